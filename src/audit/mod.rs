@@ -1,0 +1,257 @@
+//! The audit log: append-only JSON Lines in segments, every record chained to the previous one
+//! by SHA-256, durable (fsync'd) before anyone is acknowledged.
+//!
+//! Format (see docs/audit.md): a directory of segments `seg-{first_seq:020}.jsonl`. A record is
+//! one line: `seq` (from 1, +1 each record), `time`, `prev` (hex SHA-256 of the previous
+//! record's exact line bytes; 64 zeros for the first record of the log), then the entry's
+//! fields. A full segment is sealed with a `seal` record and the chain continues in the next.
+
+mod read;
+mod verify;
+mod writer;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use read::{query, records, segments, tail};
+pub use verify::{VerifyError, VerifyReport, verify, verify_reader};
+pub use writer::AuditLog;
+
+/// `prev` of the very first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Received,
+    Rejected,
+    Matched,
+    Decided,
+    Held,
+    Applied,
+    Noop,
+    Refused,
+    Failed,
+    DryRun,
+    Control,
+    Recovered,
+    Seal,
+    Checkpoint,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 14] = [
+        Kind::Received,
+        Kind::Rejected,
+        Kind::Matched,
+        Kind::Decided,
+        Kind::Held,
+        Kind::Applied,
+        Kind::Noop,
+        Kind::Refused,
+        Kind::Failed,
+        Kind::DryRun,
+        Kind::Control,
+        Kind::Recovered,
+        Kind::Seal,
+        Kind::Checkpoint,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Received => "received",
+            Kind::Rejected => "rejected",
+            Kind::Matched => "matched",
+            Kind::Decided => "decided",
+            Kind::Held => "held",
+            Kind::Applied => "applied",
+            Kind::Noop => "noop",
+            Kind::Refused => "refused",
+            Kind::Failed => "failed",
+            Kind::DryRun => "dry_run",
+            Kind::Control => "control",
+            Kind::Recovered => "recovered",
+            Kind::Seal => "seal",
+            Kind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        let s = if s == "dry-run" { "dry_run" } else { s };
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown record kind `{s}`"))
+    }
+}
+
+/// What a caller records; the log adds `seq`, `time` and `prev`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who, for manual controls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+macro_rules! setters {
+    ($($name:ident),*) => {$(
+        pub fn $name(mut self, v: impl Into<String>) -> Self {
+            self.$name = Some(v.into());
+            self
+        }
+    )*};
+}
+
+impl Entry {
+    pub fn new(kind: Kind) -> Entry {
+        Entry {
+            kind,
+            event_id: None,
+            source: None,
+            rule: None,
+            target: None,
+            action_id: None,
+            key: None,
+            reason: None,
+            actor: None,
+            before: None,
+            after: None,
+            detail: None,
+        }
+    }
+
+    setters!(event_id, source, rule, target, action_id, key, reason, actor);
+
+    pub fn before(mut self, v: Value) -> Self {
+        self.before = Some(v);
+        self
+    }
+    pub fn after(mut self, v: Value) -> Self {
+        self.after = Some(v);
+        self
+    }
+    pub fn detail(mut self, v: Value) -> Self {
+        self.detail = Some(v);
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    pub prev: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditOptions {
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
+    /// fdatasync before acknowledging; only benchmarks of the ceiling turn it off.
+    pub fsync: bool,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(24 * 3600),
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit log {0} is in use by another backstop process")]
+    Locked(PathBuf),
+    #[error("{path}:{line}: unreadable record: {message}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+/// Which records a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub rule: Option<String>,
+    pub target: Option<String>,
+    pub event_id: Option<String>,
+    pub action_id: Option<String>,
+    /// Empty: any kind.
+    pub kinds: Vec<Kind>,
+    pub after_seq: Option<u64>,
+    /// Keep only the most recent `limit` matches.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn matches(&self, r: &Record) -> bool {
+        let e = &r.entry;
+        let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
+        self.since.is_none_or(|t| r.time >= t)
+            && self.until.is_none_or(|t| r.time <= t)
+            && self.after_seq.is_none_or(|s| r.seq > s)
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && eq(&self.rule, &e.rule)
+            && eq(&self.target, &e.target)
+            && eq(&self.event_id, &e.event_id)
+            && eq(&self.action_id, &e.action_id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+//! The single writer: a dedicated thread that takes everything queued, writes it with one
+//! `write` and one `fdatasync` (group commit), then answers every caller.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use super::read::{segment_name, segments};
+use super::{AuditError, AuditOptions, Entry, GENESIS, Kind, Record};
+
+/// At most this many bytes of records go into one group commit.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Bytes of a torn record kept in the `recovered` record.
+const TORN_PREFIX: usize = 256;
+
+type Reply = oneshot::Sender<Result<Vec<Record>, AuditError>>;
+
+struct Request {
+    entries: Vec<Entry>,
+    reply: Reply,
+}
+
+struct Shared {
+    dir: PathBuf,
+    healthy: AtomicBool,
+    fsyncs: AtomicU64,
+    last: Mutex<(u64, String)>,
+    #[cfg(test)]
+    fail_next: std::sync::atomic::AtomicUsize,
+}
+
+/// A handle to the audit log; clones share one writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    shared: Arc<Shared>,
+}
+
+/// The open tail segment and the chain's position.
+struct Tail {
+    file: Option<File>,
+    path: PathBuf,
+    len: u64,
+    first_time: Option<DateTime<Utc>>,
+    next_seq: u64,
+    last_hash: String,
+    _lock: File,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
+    let path = path.to_path_buf();
+    move |source| AuditError::Io { action, path, source }
+}
+
+fn hash(line: &[u8]) -> String {
+    hex::encode(Sha256::digest(line))
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `dir`, take its lock, recover a torn tail, start the writer.
+    pub fn open(dir: &Path, opts: AuditOptions) -> Result<AuditLog, AuditError> {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &lock_path)(e)),
+        }
+        let (mut tail, torn) = open_tail(dir, lock)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            healthy: AtomicBool::new(true),
+            fsyncs: AtomicU64::new(0),
+            last: Mutex::new((tail.next_seq - 1, tail.last_hash.clone())),
+            #[cfg(test)]
+            fail_next: Default::default(),
+        });
+        if let Some(detail) = torn {
+            let entry = Entry::new(Kind::Recovered)
+                .reason("torn last record cut off at open (crash during a write)")
+                .detail(detail);
+            write_batch(&mut tail, &opts, &shared, vec![entry])?;
+        }
+        let (tx, rx) = mpsc::channel::<Request>();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || run(rx, tail, opts, thread_shared))
+            .map_err(io("spawn writer for", dir))?;
+        Ok(AuditLog {
+            tx: Arc::new(Mutex::new(Some(tx))),
+            thread: Arc::new(Mutex::new(Some(thread))),
+            shared,
+        })
+    }
+
+    fn submit(&self, entries: Vec<Entry>) -> Result<oneshot::Receiver<Result<Vec<Record>, AuditError>>, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref()
+            .ok_or(AuditError::Stopped)?
+            .send(Request { entries, reply })
+            .map_err(|_| AuditError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Append contiguously; returns once the records are on disk.
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        self.submit(entries)?.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    pub fn append_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        self.submit(entries)?.blocking_recv().map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Last seq and hash.
+    pub fn last(&self) -> (u64, String) {
+        self.shared.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// False after a failed write, until a write succeeds again.
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// How many fsyncs the writer has done (group commit makes this far less than appends).
+    pub fn fsyncs(&self) -> u64 {
+        self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Make the next `n` writes fail, as a full disk would.
+    #[cfg(test)]
+    pub fn fail_next_writes(&self, n: usize) {
+        self.shared.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Flush what is queued, stop the writer and release the lock.
+    pub async fn close(self) -> Result<(), AuditError> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            tokio::task::spawn_blocking(move || t.join()).await.ok();
+        }
+        Ok(())
+    }
+}
+
+/// Find the tail of the log; cut a torn last line (returned as the detail of a `recovered` record).
+fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>), AuditError> {
+    let segs = segments(dir)?;
+    let Some((first_seq, path)) = segs.last().cloned() else {
+        let path = dir.join(segment_name(1));
+        return Ok((
+            Tail {
+                file: None,
+                path,
+                len: 0,
+                first_time: None,
+                next_seq: 1,
+                last_hash: GENESIS.into(),
+                _lock: lock,
+            },
+            None,
+        ));
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    let mut reader = BufReader::new(&mut file);
+    let (mut good_len, mut last_hash, mut last_seq, mut first_time) = (0u64, None, None, None);
+    let mut torn = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io("read", &path))?;
+        if n == 0 {
+            break;
+        }
+        let complete = line.ends_with(b"\n");
+        let body = if complete { &line[..line.len() - 1] } else { &line[..] };
+        match serde_json::from_slice::<Record>(body) {
+            Ok(r) if complete => {
+                first_time.get_or_insert(r.time);
+                last_seq = Some(r.seq);
+                last_hash = Some(hash(body));
+                good_len += n as u64;
+            }
+            _ => {
+                // Only the last line may be torn; anything after it is cut too.
+                let rest_len = file_len(&path)? - good_len;
+                torn = Some(json!({
+                    "segment": path.file_name().map(|n| n.to_string_lossy().to_string()),
+                    "offset": good_len,
+                    "length": rest_len,
+                    "sha256": hash(&read_range(&path, good_len)?),
+                    "prefix": String::from_utf8_lossy(&body[..body.len().min(TORN_PREFIX)]),
+                }));
+                break;
+            }
+        }
+    }
+    drop(reader);
+    if torn.is_some() {
+        file.set_len(good_len).map_err(io("truncate", &path))?;
+        file.sync_all().map_err(io("fsync", &path))?;
+    }
+    let (next_seq, last_hash) = match (last_seq, last_hash) {
+        (Some(s), Some(h)) => (s + 1, h),
+        // An empty last segment: the chain position comes from the segment before it.
+        _ => {
+            let prev = segs.len().checked_sub(2).map(|i| segs[i].1.clone());
+            match prev {
+                Some(p) => last_of(&p)?,
+                None => (first_seq, GENESIS.to_string()),
+            }
+        }
+    };
+    file.seek(SeekFrom::End(0)).map_err(io("seek", &path))?;
+    Ok((
+        Tail {
+            file: Some(file),
+            path,
+            len: good_len,
+            first_time,
+            next_seq,
+            last_hash,
+            _lock: lock,
+        },
+        torn,
+    ))
+}
+
+fn file_len(path: &Path) -> Result<u64, AuditError> {
+    Ok(std::fs::metadata(path).map_err(io("stat", path))?.len())
+}
+
+fn read_range(path: &Path, from: u64) -> Result<Vec<u8>, AuditError> {
+    let mut f = File::open(path).map_err(io("open", path))?;
+    f.seek(SeekFrom::Start(from)).map_err(io("seek", path))?;
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut buf).map_err(io("read", path))?;
+    Ok(buf)
+}
+
+/// (next seq, hash of last record) of a sealed segment.
+fn last_of(path: &Path) -> Result<(u64, String), AuditError> {
+    let f = File::open(path).map_err(io("open", path))?;
+    let mut last = None;
+    for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
+        let line = line.map_err(io("read", path))?;
+        let r: Record = serde_json::from_slice(&line).map_err(|e| AuditError::Corrupt {
+            path: path.into(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        last = Some((r.seq + 1, hash(&line)));
+    }
+    last.ok_or_else(|| AuditError::Corrupt {
+        path: path.into(),
+        line: 0,
+        message: "empty sealed segment".into(),
+    })
+}
+
+fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: Arc<Shared>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut size: usize = batch[0].entries.len();
+        while size < MAX_BATCH_BYTES / 256 {
+            match rx.try_recv() {
+                Ok(r) => {
+                    size += r.entries.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let counts: Vec<usize> = batch.iter().map(|r| r.entries.len()).collect();
+        let (entries, replies): (Vec<Vec<Entry>>, Vec<Reply>) = batch.into_iter().map(|r| (r.entries, r.reply)).unzip();
+        match write_batch(&mut tail, &opts, &shared, entries.into_iter().flatten().collect()) {
+            Ok(records) => {
+                let mut records = records.into_iter();
+                for (reply, n) in replies.into_iter().zip(counts) {
+                    let _ = reply.send(Ok(records.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "audit write failed; callers get an error and nothing is acknowledged");
+                for reply in replies {
+                    let _ = reply.send(Err(AuditError::Io {
+                        action: "append to",
+                        path: tail.path.clone(),
+                        source: std::io::Error::other(msg.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Serialise, write, fsync. On failure the file is cut back and the chain does not move.
+fn write_batch(
+    tail: &mut Tail,
+    opts: &AuditOptions,
+    shared: &Shared,
+    entries: Vec<Entry>,
+) -> Result<Vec<Record>, AuditError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let full = tail.len >= opts.segment_max_bytes
+        || tail
+            .first_time
+            .is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.segment_max_age);
+    if full && tail.len > 0 {
+        rotate(tail, opts, shared)?;
+    }
+    let (records, buf, last_hash) = serialize(tail.next_seq, &tail.last_hash, entries)?;
+    append_bytes(tail, opts, shared, &buf)?;
+    tail.first_time.get_or_insert(now);
+    tail.next_seq += records.len() as u64;
+    tail.last_hash = last_hash;
+    *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = (tail.next_seq - 1, tail.last_hash.clone());
+    Ok(records)
+}
+
+fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<(Vec<Record>, Vec<u8>, String), AuditError> {
+    let mut prev = prev.to_string();
+    let mut buf = Vec::new();
+    let mut records = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let record = Record {
+            seq,
+            time: Utc::now(),
+            prev: prev.clone(),
+            entry,
+        };
+        let line = serde_json::to_vec(&record).map_err(|e| AuditError::Io {
+            action: "serialise",
+            path: PathBuf::new(),
+            source: e.into(),
+        })?;
+        prev = hash(&line);
+        buf.extend_from_slice(&line);
+        buf.push(b'\n');
+        records.push(record);
+        seq += 1;
+    }
+    Ok((records, buf, prev))
+}
+
+fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8]) -> Result<(), AuditError> {
+    let result = (|| -> std::io::Result<()> {
+        #[cfg(test)]
+        if shared
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            ));
+        }
+        if tail.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&tail.path)?;
+            if let Some(dir) = tail.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            tail.file = Some(f);
+        }
+        let file = tail
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no segment open"))?;
+        file.write_all(buf)?;
+        if opts.fsync {
+            file.sync_data()?;
+            shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            tail.len += buf.len() as u64;
+            shared.healthy.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            shared.healthy.store(false, Ordering::Relaxed);
+            // Cut back whatever part of the batch reached the file; reopen on the next write.
+            if let Some(f) = tail.file.take() {
+                let _ = f.set_len(tail.len);
+                let _ = f.sync_all();
+            }
+            Err(io("append to", &tail.path)(e))
+        }
+    }
+}
+
+/// Seal the current segment and start the next one.
+fn rotate(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), AuditError> {
+    let first_seq = segments(&shared.dir)?.last().map(|s| s.0).unwrap_or(1);
+    let seal = Entry::new(Kind::Seal).detail(json!({ "first_seq": first_seq, "last_seq": tail.next_seq }));
+    let (_, buf, last_hash) = serialize(tail.next_seq, &tail.last_hash, vec![seal])?;
+    append_bytes(tail, opts, shared, &buf)?;
+    tail.next_seq += 1;
+    tail.last_hash = last_hash;
+    tail.file = None;
+    tail.path = shared.dir.join(segment_name(tail.next_seq));
+    tail.len = 0;
+    tail.first_time = None;
+    Ok(())
+}

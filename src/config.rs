@@ -1,0 +1,319 @@
+//! `backstop.yaml`: validated once at start into typed values. Relative paths are resolved
+//! against the directory of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::audit::AuditOptions;
+use crate::guards::GuardSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}{}: field `{field}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        file: String,
+        line: Option<usize>,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_rules")]
+    rules: Vec<PathBuf>,
+    target: RawTarget,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    action_timeout: Option<String>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    guards: RawGuards,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_rules() -> Vec<PathBuf> {
+    vec!["rules".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    manifests: RawManifests,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifests {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    bearer_token_env: Option<String>,
+    #[serde(default)]
+    basic: Option<RawBasic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    username: String,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    password_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuards {
+    max_actions: Option<usize>,
+    window: Option<String>,
+    default_cooldown: Option<String>,
+    key_retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    segment_max_bytes: Option<u64>,
+    segment_max_age: Option<String>,
+}
+
+/// Where a secret comes from; read when the server starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Secret::File(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read secret file {}: {e}", p.display())),
+            Secret::Env(v) => std::env::var(v).map_err(|_| format!("environment variable {v} is not set")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthConfig {
+    pub bearer: Option<Secret>,
+    pub basic: Option<(String, Secret)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub rules: Vec<PathBuf>,
+    pub manifests_dir: PathBuf,
+    pub dry_run: bool,
+    pub action_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub auth: AuthConfig,
+    pub guards: GuardSettings,
+    pub audit: AuditOptions,
+}
+
+impl Config {
+    pub fn audit_dir(&self) -> PathBuf {
+        self.data_dir.join("audit")
+    }
+
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.display().to_string(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let name = file.display().to_string();
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            file: name.clone(),
+            line: None,
+            field: field.into(),
+            message,
+        };
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            ConfigError::Invalid {
+                file: name.clone(),
+                line: inner.location().map(|l| l.line()),
+                field,
+                message: msg.split(" at line ").next().unwrap_or_default().to_string(),
+            }
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let duration = |field: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => {
+                humantime::parse_duration(s).map_err(|e| invalid(field, format!("`{s}` is not a duration: {e}")))
+            }
+        };
+        let listen = raw
+            .listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("`{}` is not HOST:PORT: {e}", raw.listen)))?;
+        let defaults = GuardSettings::default();
+        let guards = GuardSettings {
+            max_actions: raw.guards.max_actions.unwrap_or(defaults.max_actions),
+            window: duration("guards.window", &raw.guards.window, defaults.window)?,
+            default_cooldown: duration(
+                "guards.default_cooldown",
+                &raw.guards.default_cooldown,
+                defaults.default_cooldown,
+            )?,
+            key_retention: duration(
+                "guards.key_retention",
+                &raw.guards.key_retention,
+                defaults.key_retention,
+            )?,
+        };
+        if guards.max_actions == 0 {
+            return Err(invalid(
+                "guards.max_actions",
+                "must be at least 1 (use dry_run to stop all writes)".into(),
+            ));
+        }
+        let audit_defaults = AuditOptions::default();
+        let audit = AuditOptions {
+            segment_max_bytes: raw.audit.segment_max_bytes.unwrap_or(audit_defaults.segment_max_bytes),
+            segment_max_age: duration(
+                "audit.segment_max_age",
+                &raw.audit.segment_max_age,
+                audit_defaults.segment_max_age,
+            )?,
+            ..audit_defaults
+        };
+        let auth = match raw.http.auth {
+            None => AuthConfig::default(),
+            Some(a) => {
+                let secret = |field: &str, file: Option<PathBuf>, env: Option<String>| match (file, env) {
+                    (Some(f), None) => Ok(Some(Secret::File(resolve(&f)))),
+                    (None, Some(e)) => Ok(Some(Secret::Env(e))),
+                    (None, None) => Ok(None),
+                    (Some(_), Some(_)) => Err(invalid(
+                        field,
+                        "give a file or an environment variable, not both".into(),
+                    )),
+                };
+                let bearer = secret("http.auth.bearer_token", a.bearer_token_file, a.bearer_token_env)?;
+                let basic = match a.basic {
+                    None => None,
+                    Some(b) => {
+                        let s = secret("http.auth.basic", b.password_file, b.password_env)?
+                            .ok_or_else(|| invalid("http.auth.basic", "needs password_file or password_env".into()))?;
+                        Some((b.username, s))
+                    }
+                };
+                if bearer.is_none() && basic.is_none() {
+                    return Err(invalid("http.auth", "configure bearer_token_file/_env or basic".into()));
+                }
+                AuthConfig { bearer, basic }
+            }
+        };
+        Ok(Config {
+            file: file.to_path_buf(),
+            listen,
+            data_dir: resolve(&raw.data_dir),
+            rules: raw.rules.iter().map(|p| resolve(p)).collect(),
+            manifests_dir: resolve(&raw.target.manifests.dir),
+            dry_run: raw.dry_run,
+            action_timeout: duration("action_timeout", &raw.action_timeout, Duration::from_secs(10))?,
+            max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
+            auth,
+            guards,
+            audit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_config_is_valid_and_resolves_paths() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("backstop.yaml");
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.manifests_dir.ends_with("deploy/local"));
+        assert!(c.rules[0].ends_with("rules"));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field() {
+        let err = Config::parse(
+            Path::new("/etc/b.yaml"),
+            "target: {manifests: {dir: x}}\nlisten: nowhere\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("field `listen`"), "{err}");
+        let err = Config::parse(
+            Path::new("/etc/b.yaml"),
+            "target: {manifests: {dir: x}}\nguards: {windoww: 1h}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `windoww`"), "{err}");
+        assert!(err.to_string().starts_with("/etc/b.yaml:2"), "{err}");
+    }
+
+    #[test]
+    fn auth_secrets_from_file_or_env() {
+        let c = Config::parse(
+            Path::new("/etc/backstop/b.yaml"),
+            "target: {manifests: {dir: x}}\nhttp:\n  auth:\n    bearer_token_file: token\n    basic: {username: am, password_env: AM_PASS}\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.bearer, Some(Secret::File("/etc/backstop/token".into())));
+        assert_eq!(c.auth.basic, Some(("am".into(), Secret::Env("AM_PASS".into()))));
+    }
+}

@@ -1,0 +1,71 @@
+//! The one event model every source produces and the pipeline consumes.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where an event came from (the `source` field of its audit records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Alertmanager,
+    Manual,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Alertmanager => "alertmanager",
+            SourceKind::Manual => "manual",
+        }
+    }
+}
+
+/// Firing or resolved, as Alertmanager says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+impl std::fmt::Display for AlertStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        })
+    }
+}
+
+/// One alert, whatever transport carried it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable across redeliveries of the same alert instance: `{fingerprint}-{startsAt unix seconds}`.
+    pub id: String,
+    pub source: SourceKind,
+    pub name: String,
+    pub status: AlertStatus,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<DateTime<Utc>>,
+    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generator_url: String,
+}
+
+impl Alert {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels.get(name).map(String::as_str)
+    }
+
+    /// The idempotency key of acting on this alert with `rule`: one alert instance, delivered
+    /// any number of times, leads to at most one action per rule.
+    pub fn key(&self, rule: &str) -> String {
+        format!("{rule}|{}|{}", self.fingerprint, self.starts_at.to_rfc3339())
+    }
+}

@@ -1,0 +1,339 @@
+//! Guards vet an `Act` decision: duplicate deliveries (idempotency keys), pause switches,
+//! cooldowns per rule and target, and a global cap on actions per window. Their state is a fold
+//! over audit records, so it is rebuilt from the log after a restart and kept current by
+//! observing every record appended.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit::{Kind, Record};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardSettings {
+    /// At most this many applied actions in `window`, across all rules and targets.
+    pub max_actions: usize,
+    pub window: Duration,
+    /// Cooldown for rules that do not set their own.
+    pub default_cooldown: Duration,
+    /// How long an idempotency key is remembered.
+    pub key_retention: Duration,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings {
+            max_actions: 5,
+            window: Duration::from_secs(3600),
+            default_cooldown: Duration::from_secs(600),
+            key_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pause {
+    pub actor: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Proceed,
+    /// The same alert instance was already handled by this rule.
+    Duplicate {
+        action_id: String,
+    },
+    Held {
+        reason: String,
+    },
+}
+
+/// Kinds of on-call control recorded as `control` records (`detail.control`).
+pub const PAUSE: &str = "pause";
+pub const RESUME: &str = "resume";
+
+#[derive(Debug, Default)]
+pub struct GuardState {
+    keys: HashMap<String, (String, DateTime<Utc>)>,
+    last_applied: HashMap<(String, String), DateTime<Utc>>,
+    applied: VecDeque<DateTime<Utc>>,
+    global_pause: Option<Pause>,
+    paused: HashMap<String, Pause>,
+}
+
+impl GuardState {
+    /// Fold one audit record into the state.
+    pub fn observe(&mut self, r: &Record) {
+        let e = &r.entry;
+        match e.kind {
+            Kind::Decided | Kind::DryRun => {
+                if let (Some(key), Some(id)) = (&e.key, &e.action_id) {
+                    self.keys.insert(key.clone(), (id.clone(), r.time));
+                }
+            }
+            // A failed or refused action frees its key: a later delivery may try again.
+            Kind::Failed | Kind::Refused => {
+                if let Some(key) = &e.key {
+                    self.keys.remove(key);
+                }
+            }
+            Kind::Applied => {
+                if let (Some(rule), Some(target)) = (&e.rule, &e.target) {
+                    self.last_applied.insert((rule.clone(), target.clone()), r.time);
+                }
+                self.applied.push_back(r.time);
+            }
+            Kind::Control => {
+                let control = e.detail.as_ref().and_then(|d| d["control"].as_str());
+                let pause = Pause {
+                    actor: e.actor.clone().unwrap_or_default(),
+                    reason: e.reason.clone().unwrap_or_default(),
+                    since: r.time,
+                };
+                match (control, &e.target) {
+                    (Some(PAUSE), None) => self.global_pause = Some(pause),
+                    (Some(PAUSE), Some(t)) => {
+                        self.paused.insert(t.clone(), pause);
+                    }
+                    (Some(RESUME), None) => self.global_pause = None,
+                    (Some(RESUME), Some(t)) => {
+                        self.paused.remove(t);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Drop what no guard can use any more, so memory follows activity, not history.
+    pub fn prune(&mut self, now: DateTime<Utc>, settings: &GuardSettings, longest_cooldown: Duration) {
+        let keys_before = now - settings.key_retention;
+        self.keys.retain(|_, (_, t)| *t >= keys_before);
+        let cooldown_before = now - longest_cooldown.max(settings.default_cooldown);
+        self.last_applied.retain(|_, t| *t >= cooldown_before);
+        let window_start = now - settings.window;
+        while self.applied.front().is_some_and(|t| *t < window_start) {
+            self.applied.pop_front();
+        }
+    }
+
+    /// Vet an automatic action.
+    pub fn vet(
+        &self,
+        rule: &str,
+        key: &str,
+        target: &str,
+        cooldown: Duration,
+        settings: &GuardSettings,
+        now: DateTime<Utc>,
+    ) -> Verdict {
+        if let Some((action_id, _)) = self.keys.get(key) {
+            return Verdict::Duplicate {
+                action_id: action_id.clone(),
+            };
+        }
+        if let Some(p) = self.global_pause.as_ref().or_else(|| self.paused.get(target)) {
+            let scope = if self.global_pause.is_some() {
+                "all automatic actions"
+            } else {
+                target
+            };
+            return Verdict::Held {
+                reason: format!(
+                    "paused ({scope}) by {} since {}: {}",
+                    p.actor,
+                    p.since.to_rfc3339(),
+                    p.reason
+                ),
+            };
+        }
+        if let Some(last) = self.last_applied.get(&(rule.to_string(), target.to_string())) {
+            let ends = *last + cooldown;
+            if now < ends {
+                return Verdict::Held {
+                    reason: format!(
+                        "cooldown: rule {rule} acted on {target} at {}, cooldown {} ends {}",
+                        last.to_rfc3339(),
+                        humantime::format_duration(cooldown),
+                        ends.to_rfc3339()
+                    ),
+                };
+            }
+        }
+        let window_start = now - settings.window;
+        let recent = self.applied.iter().filter(|t| **t >= window_start).count();
+        if recent >= settings.max_actions {
+            return Verdict::Held {
+                reason: format!(
+                    "action cap: {recent} actions in the last {} (limit {})",
+                    humantime::format_duration(settings.window),
+                    settings.max_actions
+                ),
+            };
+        }
+        Verdict::Proceed
+    }
+
+    /// Current pauses, for the API and CLI.
+    pub fn pauses(&self) -> serde_json::Value {
+        json!({ "global": self.global_pause, "targets": self.paused })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Entry;
+
+    fn rec(seq: u64, time: DateTime<Utc>, entry: Entry) -> Record {
+        Record {
+            seq,
+            time,
+            prev: String::new(),
+            entry,
+        }
+    }
+
+    fn settings() -> GuardSettings {
+        GuardSettings {
+            max_actions: 2,
+            window: Duration::from_secs(3600),
+            ..Default::default()
+        }
+    }
+
+    const TEN_MIN: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn decided_key_makes_redelivery_a_duplicate_and_failure_frees_it() {
+        let now = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, now, Entry::new(Kind::Decided).key("k").action_id("a1")));
+        assert_eq!(
+            s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now),
+            Verdict::Duplicate { action_id: "a1".into() }
+        );
+        s.observe(&rec(2, now, Entry::new(Kind::Failed).key("k").action_id("a1")));
+        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
+    }
+
+    #[test]
+    fn cooldown_holds_the_same_rule_and_target_until_it_ends() {
+        let t0 = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("r").target("ns/vs")));
+        let held = s.vet(
+            "r",
+            "k2",
+            "ns/vs",
+            TEN_MIN,
+            &settings(),
+            t0 + chrono::Duration::minutes(5),
+        );
+        assert!(
+            matches!(held, Verdict::Held { ref reason } if reason.starts_with("cooldown")),
+            "{held:?}"
+        );
+        assert_eq!(
+            s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), t0),
+            Verdict::Proceed,
+            "other rule"
+        );
+        assert_eq!(
+            s.vet("r", "k2", "ns/other", TEN_MIN, &settings(), t0),
+            Verdict::Proceed,
+            "other target"
+        );
+        assert_eq!(
+            s.vet(
+                "r",
+                "k2",
+                "ns/vs",
+                TEN_MIN,
+                &settings(),
+                t0 + chrono::Duration::minutes(11)
+            ),
+            Verdict::Proceed
+        );
+    }
+
+    #[test]
+    fn cap_counts_applied_actions_in_the_window() {
+        let t0 = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("a").target("x/1")));
+        s.observe(&rec(2, t0, Entry::new(Kind::Applied).rule("b").target("x/2")));
+        let v = s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0);
+        assert!(
+            matches!(v, Verdict::Held { ref reason } if reason.contains("action cap: 2 actions")),
+            "{v:?}"
+        );
+        assert_eq!(
+            s.vet(
+                "c",
+                "k",
+                "x/3",
+                TEN_MIN,
+                &settings(),
+                t0 + chrono::Duration::minutes(61)
+            ),
+            Verdict::Proceed
+        );
+    }
+
+    #[test]
+    fn pause_and_resume_per_target_and_global() {
+        let now = Utc::now();
+        let mut s = GuardState::default();
+        let pause = |t: Option<&str>| {
+            let e = Entry::new(Kind::Control)
+                .actor("alice")
+                .reason("investigating")
+                .detail(json!({"control": PAUSE}));
+            match t {
+                Some(t) => e.target(t),
+                None => e,
+            }
+        };
+        s.observe(&rec(1, now, pause(Some("ns/vs"))));
+        assert!(
+            matches!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Held { ref reason } if reason.contains("by alice"))
+        );
+        assert_eq!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Proceed);
+        s.observe(&rec(2, now, pause(None)));
+        assert!(matches!(
+            s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now),
+            Verdict::Held { .. }
+        ));
+        s.observe(&rec(
+            3,
+            now,
+            Entry::new(Kind::Control).detail(json!({"control": RESUME})),
+        ));
+        s.observe(&rec(
+            4,
+            now,
+            Entry::new(Kind::Control)
+                .target("ns/vs")
+                .detail(json!({"control": RESUME})),
+        ));
+        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
+    }
+
+    #[test]
+    fn prune_drops_expired_keys_and_window_entries() {
+        let t0 = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, t0, Entry::new(Kind::Decided).key("old").action_id("a")));
+        s.observe(&rec(2, t0, Entry::new(Kind::Applied).rule("r").target("t")));
+        let later = t0 + chrono::Duration::days(8);
+        s.prune(later, &settings(), TEN_MIN);
+        assert!(s.keys.is_empty() && s.last_applied.is_empty() && s.applied.is_empty());
+    }
+}

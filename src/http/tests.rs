@@ -1,0 +1,488 @@
+//! The HTTP API through `router(state)` with `oneshot`: real pipeline, real audit log and a
+//! manifests directory in a temporary directory.
+
+use super::*;
+use crate::audit::{AuditLog, AuditOptions, Filter, Kind};
+use crate::config::{AuthConfig, Secret};
+use crate::guards::GuardSettings;
+use crate::pipeline::Settings;
+use crate::target::manifests::Manifests;
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use std::path::{Path, PathBuf};
+use tower::ServiceExt;
+
+const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
+const RESOLVED: &str = include_str!("../../fixtures/alertmanager/resolved.json");
+const UNRELATED: &str = include_str!("../../fixtures/alertmanager/unrelated.json");
+const GROUPED: &str = include_str!("../../fixtures/alertmanager/grouped.json");
+const TRUNCATED: &str = include_str!("../../fixtures/alertmanager/truncated.json");
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    state: AppState,
+    manifests: PathBuf,
+    audit: PathBuf,
+}
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    for f in ["model-service.yaml", "checkout.yaml"] {
+        std::fs::copy(repo("deploy/local").join(f), manifests.join(f)).unwrap();
+    }
+    let audit_dir = dir.path().join("audit");
+    let audit = AuditLog::open(&audit_dir, AuditOptions::default()).unwrap();
+    let rules = crate::rules::load(&[repo("rules")]).unwrap();
+    let settings = Settings {
+        dry_run: false,
+        action_timeout: std::time::Duration::from_secs(5),
+        guards: GuardSettings::default(),
+    };
+    let pipeline = Pipeline::new(rules, audit, Arc::new(Manifests::new(&manifests)), settings).unwrap();
+    Harness {
+        _dir: dir,
+        state: AppState {
+            pipeline: Arc::new(pipeline),
+            auth,
+            max_body_bytes,
+        },
+        manifests,
+        audit: audit_dir,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(Auth::none(), 1 << 20)
+}
+
+impl Harness {
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, body)
+    }
+
+    async fn webhook(&self, body: &str) -> (StatusCode, Value) {
+        self.send(post("/v1/alertmanager", "application/json", body.as_bytes().to_vec()))
+            .await
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(post(path, "application/json", body.to_string().into_bytes()))
+            .await
+    }
+
+    fn vs(&self) -> String {
+        std::fs::read_to_string(self.manifests.join("model-service.yaml")).unwrap()
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        audit::query(&self.audit, &Filter::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.entry.kind)
+            .collect()
+    }
+
+    fn records(&self, kind: Kind) -> Vec<audit::Record> {
+        audit::query(
+            &self.audit,
+            &Filter {
+                kinds: vec![kind],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+}
+
+fn post(path: &str, content_type: &str, body: Vec<u8>) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", content_type)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn firing_alert_rolls_back_once_and_redelivery_is_a_noop() {
+    let h = harness();
+    let original = h.vs();
+    let (status, body) = h.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    assert_eq!(body["results"][0]["target"], "sms-app/model-service");
+    let after = h.vs();
+    assert!(
+        after.contains("weight: 100 # stable") && after.contains("weight: 0 # canary"),
+        "{after}"
+    );
+    assert!(
+        after.contains("backstop.io/action-id"),
+        "annotations record the action: {after}"
+    );
+    let changed: Vec<_> = original.lines().filter(|l| !after.contains(*l)).collect();
+    assert_eq!(
+        changed,
+        vec!["      weight: 90 # stable", "      weight: 10 # canary"],
+        "only the weights changed"
+    );
+    assert_eq!(
+        h.kinds(),
+        vec![Kind::Received, Kind::Matched, Kind::Decided, Kind::Applied]
+    );
+
+    let (status, body) = h.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
+    assert!(
+        body["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate delivery")
+    );
+    assert_eq!(h.vs(), after, "the redelivery wrote nothing");
+    let applied = h.records(Kind::Applied);
+    assert_eq!(applied.len(), 1);
+    assert_eq!(
+        applied[0].entry.before.as_ref().unwrap()[0]["destinations"][0]["weight"],
+        90
+    );
+    audit::verify(&h.audit).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grouped_payload_acts_refuses_and_noops_per_alert() {
+    let h = harness();
+    let (status, body) = h.webhook(GROUPED).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let outcomes: Vec<(&str, &str)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["target"].as_str().unwrap_or("-"), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("sms-app/model-service", "applied"),
+            // checkout is blue-green: the canary rule's subsets do not exist there.
+            ("shop/checkout", "refused"),
+            // Another rule for the same, already rolled back, VirtualService: nothing to write.
+            ("sms-app/model-service", "noop"),
+        ]
+    );
+    let refused = &body["results"][1]["reason"];
+    assert!(refused.as_str().unwrap().contains("v2"), "{refused}");
+    assert_eq!(
+        std::fs::read_to_string(h.manifests.join("checkout.yaml")).unwrap(),
+        std::fs::read_to_string(repo("deploy/local/checkout.yaml")).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_payload_is_accepted_and_its_truncation_recorded() {
+    let h = harness();
+    let (status, body) = h.webhook(TRUNCATED).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["truncatedAlerts"], 3);
+    let received = h.records(Kind::Received);
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].entry.detail.as_ref().unwrap()["delivery"]["truncatedAlerts"],
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolved_and_unrelated_alerts_are_recorded_and_change_nothing() {
+    let h = harness();
+    let original = h.vs();
+    for payload in [RESOLVED, UNRELATED] {
+        let (status, body) = h.webhook(payload).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["results"][0]["reason"], "no rule matches");
+    }
+    assert_eq!(h.vs(), original);
+    assert_eq!(h.kinds(), vec![Kind::Received, Kind::Received]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_json_is_400_with_line_and_column_and_recorded() {
+    let h = harness();
+    let (status, body) = h.webhook("{\n \"receiver\": \"x\",\n oops }").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["status"], 400);
+    assert_eq!(body["error"]["line"], 3);
+    assert_eq!(body["error"]["column"], 2);
+    let rejected = h.records(Kind::Rejected);
+    assert_eq!(rejected.len(), 1);
+    let d = rejected[0].entry.detail.as_ref().unwrap();
+    assert_eq!(d["status"], 400);
+    assert_eq!(d["size"], 27);
+    assert_eq!(
+        d["sha256"],
+        crate::pipeline::sha256_hex(b"{\n \"receiver\": \"x\",\n oops }")
+    );
+    assert_eq!(d["prefix"], "{\n \"receiver\": \"x\",\n oops }");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_that_is_not_a_webhook_is_422_naming_the_field() {
+    let h = harness();
+    let body = FIRING.replace("\"fingerprint\":\"a9c5c3b76558e44d\"", "\"fingerprint\":17");
+    let (status, resp) = h.webhook(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
+    assert_eq!(resp["error"]["path"], "alerts[0].fingerprint");
+    assert_eq!(h.kinds(), vec![Kind::Rejected]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_body_is_413_and_recorded_with_its_full_size() {
+    let h = harness_with(Auth::none(), 100);
+    let (status, resp) = h.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
+    let d = h.records(Kind::Rejected)[0].entry.detail.clone().unwrap();
+    assert_eq!(d["size"], FIRING.len());
+    assert_eq!(d["sha256"], crate::pipeline::sha256_hex(FIRING.as_bytes()));
+    assert_eq!(
+        d["prefix"].as_str().unwrap().len(),
+        100,
+        "only the bytes within the limit are kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_json_content_type_is_415() {
+    let h = harness();
+    let (status, resp) = h
+        .send(post("/v1/alertmanager", "text/plain", FIRING.as_bytes().to_vec()))
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(resp["error"]["message"].as_str().unwrap().contains("text/plain"));
+    let (status, _) = h
+        .send(post(
+            "/v1/alertmanager",
+            "application/json; charset=utf-8",
+            FIRING.as_bytes().to_vec(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "a charset parameter is fine");
+    assert_eq!(h.kinds()[0], Kind::Rejected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_are_401_and_recorded_right_ones_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+    let auth = Auth::load(&AuthConfig {
+        bearer: Some(Secret::File(dir.path().join("token"))),
+        basic: None,
+    })
+    .unwrap();
+    let h = harness_with(auth, 1 << 20);
+    let (status, _) = h.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut req = post("/v1/alertmanager", "application/json", FIRING.as_bytes().to_vec());
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let (status, body) = h.send(req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = h.post_json("/v1/pause", json!({"reason": "x"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "controls need credentials too");
+    assert_eq!(
+        h.records(Kind::Rejected)[0].entry.detail.as_ref().unwrap()["status"],
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_bad_body_is_recorded_once_and_repeats_counted() {
+    let h = harness();
+    for _ in 0..5 {
+        assert_eq!(h.webhook("not json").await.0, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(h.webhook("other junk").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(h.records(Kind::Rejected).len(), 2, "one record per distinct body");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_holds_automatic_actions_until_resume() {
+    let h = harness();
+    let (status, body) = h
+        .post_json(
+            "/v1/pause",
+            json!({"target": "sms-app/model-service", "reason": "migration", "actor": "bob"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "held");
+    assert!(
+        body["results"][0]["reason"].as_str().unwrap().contains("by bob"),
+        "{body}"
+    );
+    assert!(h.vs().contains("weight: 90"));
+    h.post_json(
+        "/v1/resume",
+        json!({"target": "sms-app/model-service", "reason": "done", "actor": "bob"}),
+    )
+    .await;
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(
+        body["results"][0]["outcome"], "applied",
+        "held did not consume the key: {body}"
+    );
+    let controls = h.records(Kind::Control);
+    assert_eq!(controls.len(), 2);
+    assert_eq!(controls[0].entry.actor.as_deref(), Some("bob"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_puts_back_the_recorded_state_and_refuses_when_the_object_moved_on() {
+    let h = harness();
+    let original = h.vs();
+    let (_, body) = h.webhook(FIRING).await;
+    let action = body["results"][0]["action_id"].as_str().unwrap().to_string();
+    let (status, body) = h
+        .post_json(
+            &format!("/v1/actions/{action}/undo"),
+            json!({"reason": "false alarm", "actor": "carol"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["outcome"], "applied");
+    let restored = h.vs();
+    assert!(
+        restored.contains("weight: 90 # stable") && restored.contains("weight: 10 # canary"),
+        "{restored}"
+    );
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.contains("backstop.io/") && !l.trim_start().starts_with("annotations:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&restored), strip(&original));
+    // Undoing again: the object is no longer as the action left it.
+    let (_, body) = h
+        .post_json(
+            &format!("/v1/actions/{action}/undo"),
+            json!({"reason": "again", "actor": "carol"}),
+        )
+        .await;
+    assert_eq!(body["outcome"], "refused", "{body}");
+    let (status, _) = h.post_json("/v1/actions/nope/undo", json!({"reason": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_act_needs_a_known_rule_a_target_and_a_reason() {
+    let h = harness();
+    let (status, _) = h
+        .post_json("/v1/actions", json!({"rule": "nope", "target": "a/b", "reason": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h
+        .post_json(
+            "/v1/actions",
+            json!({"rule": "canary-high-error-rate", "target": "ab", "reason": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, body) = h
+        .post_json(
+            "/v1/actions",
+            json!({"rule": "canary-high-error-rate", "target": "sms-app/model-service", "reason": " "}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = h
+        .post_json("/v1/actions", json!({"rule": "canary-high-error-rate"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("missing field"),
+        "our error body: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_endpoint_filters_by_outcome_and_rule() {
+    let h = harness();
+    h.webhook(FIRING).await;
+    h.webhook(UNRELATED).await;
+    let (status, body) = h
+        .send(
+            Request::get("/v1/audit?outcome=applied,noop&rule=canary-high-error-rate")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["kind"], "applied");
+    let (status, _) = h
+        .send(
+            Request::get("/v1/audit?since=yesterday-ish")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, body) = h
+        .send(
+            Request::get("/v1/audit?since=1h&outcome=received")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(body["records"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guard_state_survives_a_restart() {
+    let h = harness();
+    h.webhook(FIRING).await;
+    // A new pipeline over the same audit log and manifests, as after a restart.
+    let audit_dir = h.audit.clone();
+    let manifests = h.manifests.clone();
+    let Harness { state, _dir, .. } = h;
+    let audit = state.pipeline.audit().clone();
+    drop(state);
+    audit.close().await.unwrap();
+    let pipeline = Pipeline::new(
+        crate::rules::load(&[repo("rules")]).unwrap(),
+        AuditLog::open(&audit_dir, AuditOptions::default()).unwrap(),
+        Arc::new(Manifests::new(&manifests)),
+        Settings {
+            dry_run: false,
+            action_timeout: std::time::Duration::from_secs(5),
+            guards: GuardSettings::default(),
+        },
+    )
+    .unwrap();
+    let h2 = Harness {
+        _dir,
+        state: AppState {
+            pipeline: Arc::new(pipeline),
+            auth: Auth::none(),
+            max_body_bytes: 1 << 20,
+        },
+        manifests,
+        audit: audit_dir,
+    };
+    let (_, body) = h2.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("duplicate"));
+}

@@ -1,0 +1,18 @@
+//! backstop: an always-on rollback responder for Kubernetes and Istio.
+//!
+//! Data flows one way: **sources** turn bytes into events; the **pipeline** records them and
+//! hands them to the **rules** engine, which returns decisions; **guards** vet them; **actions**
+//! change a **target**; the **audit** log records each step.
+
+pub mod actions;
+pub mod audit;
+pub mod config;
+pub mod event;
+pub mod guards;
+pub mod http;
+pub mod istio;
+pub mod pipeline;
+pub mod rules;
+pub mod server;
+pub mod sources;
+pub mod target;

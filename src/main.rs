@@ -1,0 +1,420 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use backstop::audit::{self, Record};
+use backstop::config::Config;
+use backstop::http::AuditParams;
+use backstop::rules::{self, Decision};
+use backstop::sources::alertmanager;
+use backstop::target::{Target, manifests::Manifests};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+/// backstop: puts canary and blue-green traffic back when alerts fire, and writes down why.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "backstop.yaml", env = "BACKSTOP_CONFIG")]
+    config: PathBuf,
+    /// Log format: text or json (levels via RUST_LOG).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// Listen address, overriding the config's `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Decide and record, but write nothing to the target.
+        #[arg(long)]
+        dry_run: bool,
+        /// Data directory (audit log), overriding the config's `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check the config and rule files; exits non-zero listing every problem.
+    Validate {
+        /// Rule files or directories (default: the config's rules).
+        paths: Vec<PathBuf>,
+    },
+    /// Show which rules match each alert of a webhook payload and what would be done; touches nothing.
+    Simulate { payload: PathBuf },
+    /// Fire a rule's action by hand (the kill switch), through the running server.
+    Act {
+        rule: String,
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Put back the state recorded before an action, through the running server.
+    Undo {
+        action_id: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Stop automatic actions (one target, or all) while people work.
+    Pause {
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Resume automatic actions.
+    Resume {
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct Who {
+    /// Why: goes into the audit log.
+    #[arg(long)]
+    reason: String,
+    /// Who: defaults to $USER.
+    #[arg(long, env = "USER", default_value = "unknown")]
+    actor: String,
+    /// The running server (default: the config's listen address).
+    #[arg(long, env = "BACKSTOP_SERVER")]
+    server: Option<String>,
+    /// Bearer token for the server, if it requires one.
+    #[arg(long, env = "BACKSTOP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// The last records.
+    Tail {
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Records by time, rule, target, event, action and outcome.
+    Query {
+        /// RFC 3339 time or a duration back from now (1h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// Record kinds, comma-separated: received,rejected,matched,decided,held,applied,noop,refused,failed,dry_run,control
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Check the hash chain; says which record breaks it.
+    Verify {
+        /// Verify an exported JSON Lines file instead of the log directory.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(path: &PathBuf) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            dry_run,
+            data_dir,
+        } => {
+            let mut config = load_config(&cli.config)?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            config.dry_run |= dry_run;
+            runtime.block_on(backstop::server::serve(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { paths } => validate(&cli.config, paths),
+        Command::Simulate { payload } => runtime.block_on(simulate(&cli.config, &payload)),
+        Command::Act { rule, target, who } => {
+            let body = json!({ "rule": rule, "target": target, "reason": who.reason, "actor": who.actor });
+            runtime.block_on(call(&cli.config, &who, "/v1/actions", body))
+        }
+        Command::Undo { action_id, who } => {
+            let body = json!({ "reason": who.reason, "actor": who.actor });
+            runtime.block_on(call(&cli.config, &who, &format!("/v1/actions/{action_id}/undo"), body))
+        }
+        Command::Pause { target, who } => {
+            let body = json!({ "target": target, "reason": who.reason, "actor": who.actor });
+            runtime.block_on(call(&cli.config, &who, "/v1/pause", body))
+        }
+        Command::Resume { target, who } => {
+            let body = json!({ "target": target, "reason": who.reason, "actor": who.actor });
+            runtime.block_on(call(&cli.config, &who, "/v1/resume", body))
+        }
+        Command::Audit(cmd) => audit_command(&cli.config, cmd),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+fn validate(config_path: &PathBuf, paths: Vec<PathBuf>) -> Result<ExitCode> {
+    let mut failed = false;
+    let rule_paths = if paths.is_empty() {
+        match Config::load(config_path) {
+            Ok(c) => {
+                println!("ok: {}", config_path.display());
+                c.rules
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        paths
+    };
+    match rules::load(&rule_paths) {
+        Ok(set) => {
+            for r in set.rules() {
+                println!("ok: rule {} ({}): {}", r.name, r.file.display(), r.action_summary());
+            }
+            println!("{} rules valid", set.rules().len());
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problems", errors.0.len());
+            failed = true;
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn simulate(config_path: &PathBuf, payload: &PathBuf) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let rules = rules::load(&config.rules).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
+    let bytes = std::fs::read(payload).with_context(|| format!("reading {}", payload.display()))?;
+    let webhook = alertmanager::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", payload.display()))?;
+    let target = Manifests::new(&config.manifests_dir);
+    let now = chrono::Utc::now();
+    for alert in webhook.events() {
+        println!("alert {} {} ({})", alert.name, alert.status, alert.id);
+        let decisions = rules.decide(&alert, now);
+        if decisions.is_empty() {
+            println!("  no rule matches");
+        }
+        for d in decisions {
+            match d {
+                Decision::Hold { rule, reason } => println!("  rule {rule}: would hold: {reason}"),
+                Decision::Refuse { rule, reason } => println!("  rule {rule}: would refuse: {reason}"),
+                Decision::Act {
+                    rule,
+                    target: obj,
+                    plan,
+                    dry_run,
+                    ..
+                } => {
+                    let summary = rules.get(&rule).map(|r| r.action_summary()).unwrap_or_default();
+                    let dry = if dry_run || config.dry_run { " (dry run)" } else { "" };
+                    println!("  rule {rule}: {summary} on {obj}{dry}");
+                    let what = match target.get(&obj).await {
+                        Err(e) => format!("cannot read the target: {e}"),
+                        Ok(f) => match backstop::istio::apply(&f.object, &plan) {
+                            Err(e) => format!("would refuse: {e}"),
+                            Ok(backstop::istio::Outcome::Unchanged { .. }) => {
+                                "no-op: already in the desired state".into()
+                            }
+                            Ok(backstop::istio::Outcome::Changed { before, after, .. }) => {
+                                format!("would change {} -> {}", json!(before), json!(after))
+                            }
+                        },
+                    };
+                    println!("    {what}");
+                }
+            }
+        }
+    }
+    println!("(guards such as cooldowns, caps and pauses are not evaluated by simulate)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn call(config_path: &PathBuf, who: &Who, path: &str, body: Value) -> Result<ExitCode> {
+    let base = match &who.server {
+        Some(s) => s.trim_end_matches('/').to_string(),
+        None => format!("http://{}", load_config(config_path)?.listen),
+    };
+    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    if let Some(t) = &who.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach backstop at {base} (is `backstop serve` running?)"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
+        .unwrap_or(text);
+    println!("{pretty}");
+    if !status.is_success() {
+        bail!("server answered {status}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_command(config_path: &PathBuf, cmd: AuditCommand) -> Result<ExitCode> {
+    let dir = || -> Result<PathBuf> { Ok(load_config(config_path)?.audit_dir()) };
+    match cmd {
+        AuditCommand::Tail { n, format } => print_records(&audit::tail(&dir()?, n)?, &format),
+        AuditCommand::Query {
+            since,
+            until,
+            rule,
+            target,
+            event,
+            action,
+            outcome,
+            limit,
+            format,
+        } => {
+            let params = AuditParams {
+                since,
+                until,
+                rule,
+                target,
+                event,
+                action,
+                outcome,
+                limit,
+            };
+            let filter = params.to_filter().map_err(|e| anyhow::anyhow!(e))?;
+            print_records(&audit::query(&dir()?, &filter)?, &format)
+        }
+        AuditCommand::Verify { file } => {
+            let report = match file {
+                Some(f) => {
+                    let reader = std::io::BufReader::new(
+                        std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?,
+                    );
+                    audit::verify_reader(reader, &f.display().to_string())
+                }
+                None => audit::verify(&dir()?),
+            };
+            match report {
+                Ok(r) => {
+                    println!(
+                        "ok: {} records in {} segments, seq {}..{}, chain intact; last hash {}",
+                        r.records, r.segments, r.first_seq, r.last_seq, r.last_hash
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("audit log BROKEN: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn print_records(records: &[Record], format: &str) -> Result<ExitCode> {
+    match format {
+        "json" => {
+            for r in records {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        }
+        "table" => {
+            println!(
+                "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  REASON",
+                "SEQ", "TIME", "KIND", "RULE", "TARGET", "EVENT / ACTION"
+            );
+            for r in records {
+                let e = &r.entry;
+                let id = e.action_id.as_deref().or(e.event_id.as_deref()).unwrap_or("-");
+                println!(
+                    "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  {}",
+                    r.seq,
+                    r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    e.kind.to_string(),
+                    e.rule.as_deref().unwrap_or("-"),
+                    e.target.as_deref().unwrap_or("-"),
+                    id,
+                    e.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        other => bail!("unknown format `{other}`: table or json"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

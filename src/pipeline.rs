@@ -1,0 +1,465 @@
+//! The pipeline: record every event durably, hand it to the rules engine, vet each decision with
+//! the guards, act through the target, and record each step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tracing::{info, instrument, warn};
+
+use crate::actions::{self, Meta, Outcome};
+use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
+use crate::event::Alert;
+use crate::guards::{self, GuardSettings, GuardState, Verdict};
+use crate::istio::{self, RouteState};
+use crate::rules::{Decision, Rule, RuleSet};
+use crate::target::{ObjectRef, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The audit log cannot take the record: nothing was acknowledged (HTTP 503).
+    #[error("audit log unavailable: {0}")]
+    Audit(#[from] AuditError),
+    #[error("no rule named `{0}`")]
+    UnknownRule(String),
+    #[error("no applied action with id `{0}` in the audit log")]
+    UnknownAction(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dry_run: bool,
+    pub action_timeout: Duration,
+    pub guards: GuardSettings,
+}
+
+/// What happened to one alert under one rule (or to an alert no rule matched).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub event_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub outcome: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A request that could not be accepted, recorded so nothing sent is lost without trace.
+#[derive(Debug, Clone)]
+pub struct Rejection<'a> {
+    pub source: &'a str,
+    pub status: u16,
+    pub reason: String,
+    pub size: usize,
+    pub body: &'a [u8],
+    pub body_sha256: String,
+}
+
+/// Bytes of a rejected body kept in its audit record.
+pub const REJECTED_PREFIX: usize = 512;
+/// The same rejected body is recorded once per this period; repeats in between are counted.
+const REJECTION_DEDUP: Duration = Duration::from_secs(600);
+const REJECTION_MEMORY: usize = 4096;
+
+pub struct Pipeline {
+    rules: RwLock<Arc<RuleSet>>,
+    audit: AuditLog,
+    target: Arc<dyn Target>,
+    state: tokio::sync::Mutex<GuardState>,
+    settings: Settings,
+    rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Pipeline {
+    /// Rebuild the guards' state from the audit log and start.
+    pub fn new(
+        rules: RuleSet,
+        audit: AuditLog,
+        target: Arc<dyn Target>,
+        settings: Settings,
+    ) -> Result<Pipeline, AuditError> {
+        let mut state = GuardState::default();
+        for record in audit::records(audit.dir())? {
+            state.observe(&record?);
+        }
+        Ok(Pipeline {
+            rules: RwLock::new(Arc::new(rules)),
+            audit,
+            target,
+            state: tokio::sync::Mutex::new(state),
+            settings,
+            rejections: Default::default(),
+        })
+    }
+
+    pub fn rules(&self) -> Arc<RuleSet> {
+        match self.rules.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn target(&self) -> &dyn Target {
+        self.target.as_ref()
+    }
+
+    pub async fn pauses(&self) -> Value {
+        self.state.lock().await.pauses()
+    }
+
+    async fn record(&self, state: &mut GuardState, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        let records = self.audit.append(entries).await?;
+        records.iter().for_each(|r| state.observe(r));
+        Ok(records)
+    }
+
+    /// Record a rejected request. The same body (by hash) is written once per period; repeats
+    /// in between are counted and reported with the next record of that body.
+    pub async fn reject(&self, r: Rejection<'_>) -> Result<(), AuditError> {
+        let now = Utc::now();
+        let repeats = {
+            let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get_mut(&r.body_sha256) {
+                Some((first, count))
+                    if now - *first < chrono::Duration::from_std(REJECTION_DEDUP).unwrap_or_default() =>
+                {
+                    *count += 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+            if seen.len() >= REJECTION_MEMORY {
+                seen.retain(|_, (t, _)| now - *t < chrono::Duration::seconds(600));
+            }
+            seen.insert(r.body_sha256.clone(), (now, 0))
+                .map(|(_, n)| n)
+                .unwrap_or(0)
+        };
+        let prefix = &r.body[..r.body.len().min(REJECTED_PREFIX)];
+        let entry = Entry::new(Kind::Rejected)
+            .source(r.source)
+            .reason(r.reason)
+            .detail(json!({
+                "status": r.status,
+                "size": r.size,
+                "sha256": r.body_sha256,
+                "prefix": String::from_utf8_lossy(prefix),
+                "repeats_before": repeats,
+            }));
+        self.audit.append(vec![entry]).await.map(|_| ())
+    }
+
+    /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
+    pub async fn alerts(&self, alerts: &[Alert], context: Value) -> Result<Vec<Report>, PipelineError> {
+        let received: Vec<Entry> = alerts
+            .iter()
+            .map(|a| {
+                Entry::new(Kind::Received)
+                    .event_id(&a.id)
+                    .source(a.source.as_str())
+                    .detail(json!({ "alert": a, "delivery": context }))
+            })
+            .collect();
+        self.audit.append(received).await?;
+        let rules = self.rules();
+        let mut reports = Vec::new();
+        for alert in alerts {
+            let decisions = rules.decide(alert, Utc::now());
+            if decisions.is_empty() {
+                reports.push(Report {
+                    event_id: alert.id.clone(),
+                    rule: None,
+                    outcome: Kind::Received,
+                    target: None,
+                    action_id: None,
+                    reason: Some("no rule matches".into()),
+                });
+            }
+            for decision in decisions {
+                let rule = rules.get(decision.rule()).cloned();
+                if let Some(rule) = rule {
+                    reports.push(self.decided(alert, &rule, decision).await?);
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    #[instrument(skip_all, fields(event_id = %alert.id, rule = %rule.name))]
+    async fn decided(&self, alert: &Alert, rule: &Rule, decision: Decision) -> Result<Report, PipelineError> {
+        let matched = Entry::new(Kind::Matched)
+            .event_id(&alert.id)
+            .source(alert.source.as_str())
+            .rule(&rule.name)
+            .detail(json!({ "action": rule.action_summary(), "status": alert.status }));
+        let mut state = self.state.lock().await;
+        let report =
+            |outcome: Kind, target: Option<&ObjectRef>, action_id: Option<&str>, reason: Option<String>| Report {
+                event_id: alert.id.clone(),
+                rule: Some(rule.name.clone()),
+                outcome,
+                target: target.map(ToString::to_string),
+                action_id: action_id.map(str::to_string),
+                reason,
+            };
+        let (key, target, dry_run) = match decision {
+            Decision::Hold { reason, .. } => {
+                let held = Entry::new(Kind::Held)
+                    .event_id(&alert.id)
+                    .rule(&rule.name)
+                    .reason(&reason);
+                self.record(&mut state, vec![matched, held]).await?;
+                return Ok(report(Kind::Held, None, None, Some(reason)));
+            }
+            Decision::Refuse { reason, .. } => {
+                let refused = Entry::new(Kind::Refused)
+                    .event_id(&alert.id)
+                    .rule(&rule.name)
+                    .reason(&reason);
+                self.record(&mut state, vec![matched, refused]).await?;
+                return Ok(report(Kind::Refused, None, None, Some(reason)));
+            }
+            Decision::Act {
+                key, target, dry_run, ..
+            } => (key, target, dry_run),
+        };
+        let now = Utc::now();
+        let cooldown = rule.cooldown.unwrap_or(self.settings.guards.default_cooldown);
+        state.prune(now, &self.settings.guards, cooldown);
+        let target_name = target.to_string();
+        let base = |kind: Kind| {
+            Entry::new(kind)
+                .event_id(&alert.id)
+                .rule(&rule.name)
+                .target(&target_name)
+                .key(&key)
+        };
+        match state.vet(&rule.name, &key, &target_name, cooldown, &self.settings.guards, now) {
+            Verdict::Duplicate { action_id } => {
+                let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
+                self.record(
+                    &mut state,
+                    vec![matched, base(Kind::Noop).action_id(&action_id).reason(&reason)],
+                )
+                .await?;
+                Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
+            }
+            Verdict::Held { reason } => {
+                self.record(&mut state, vec![matched, base(Kind::Held).reason(&reason)])
+                    .await?;
+                info!(target = %target_name, %reason, "held");
+                Ok(report(Kind::Held, Some(&target), None, Some(reason)))
+            }
+            Verdict::Proceed => {
+                let action_id = uuid::Uuid::now_v7().to_string();
+                let plan = rule.plan();
+                let decide = |vs: &Value| istio::apply(vs, &plan);
+                let dry = dry_run || self.settings.dry_run;
+                let decided = base(Kind::Decided).action_id(&action_id).detail(
+                    json!({ "action": rule.action_summary(), "dry_run": dry, "target": self.target.describe() }),
+                );
+                if dry {
+                    let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
+                    let reason = format!("dry run: would be {}", outcome_word(&outcome));
+                    let entry = outcome_entry(base(Kind::DryRun).action_id(&action_id), &outcome).reason(&reason);
+                    self.record(&mut state, vec![matched, entry]).await?;
+                    return Ok(report(Kind::DryRun, Some(&target), Some(&action_id), Some(reason)));
+                }
+                self.record(&mut state, vec![matched, decided]).await?;
+                let outcome = self.run(&target, &decide, &action_id, &rule.name, true).await;
+                let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome);
+                let reason = entry.reason.clone();
+                self.record(&mut state, vec![entry]).await?;
+                log_outcome(&outcome, &target_name, &action_id);
+                Ok(report(outcome.kind(), Some(&target), Some(&action_id), reason))
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        target: &ObjectRef,
+        decide: &(dyn Fn(&Value) -> Result<istio::Outcome, istio::VsError> + Sync),
+        action_id: &str,
+        rule: &str,
+        write: bool,
+    ) -> Outcome {
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let meta = Meta {
+            action_id,
+            rule,
+            at: &at,
+        };
+        actions::execute(
+            self.target.as_ref(),
+            target,
+            decide,
+            &meta,
+            self.settings.action_timeout,
+            write,
+        )
+        .await
+    }
+
+    /// The kill switch: fire a rule's action by hand on a target. Bypasses pause, cooldown and
+    /// cap (a person decided), never the target's own state check.
+    pub async fn act(
+        &self,
+        rule_name: &str,
+        target: &ObjectRef,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Report, PipelineError> {
+        let rules = self.rules();
+        let rule = rules
+            .get(rule_name)
+            .ok_or_else(|| PipelineError::UnknownRule(rule_name.into()))?;
+        let plan = rule.plan();
+        let decide = |vs: &Value| istio::apply(vs, &plan);
+        self.manual("act", &rule.name, target, actor, reason, &decide, None)
+            .await
+    }
+
+    /// Put back the state recorded before `action_id`, if the object is still as that action left it.
+    pub async fn undo(&self, action_id: &str, actor: &str, reason: &str) -> Result<Report, PipelineError> {
+        let filter = audit::Filter {
+            action_id: Some(action_id.into()),
+            kinds: vec![Kind::Applied],
+            ..Default::default()
+        };
+        let applied = audit::query(self.audit.dir(), &filter)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PipelineError::UnknownAction(action_id.into()))?;
+        let e = &applied.entry;
+        let target: Option<ObjectRef> = e.target.as_deref().and_then(|t| t.parse().ok());
+        let before: Option<Vec<RouteState>> = e.before.clone().and_then(|v| serde_json::from_value(v).ok());
+        let after: Option<Vec<RouteState>> = e.after.clone().and_then(|v| serde_json::from_value(v).ok());
+        let (Some(target), Some(before), Some(after)) = (target, before, after) else {
+            return Err(PipelineError::UnknownAction(action_id.into()));
+        };
+        let decide = |vs: &Value| {
+            let now = istio::routes(vs)?;
+            let moved_on = after.iter().any(|a| !now.contains(a));
+            if moved_on {
+                return Err(istio::VsError::MovedOn {
+                    object: target.to_string(),
+                    action: action_id.to_string(),
+                    now: serde_json::to_string(&now).unwrap_or_default(),
+                });
+            }
+            istio::restore(vs, &before)
+        };
+        let rule = e.rule.clone().unwrap_or_default();
+        self.manual("undo", &rule, &target, actor, reason, &decide, Some(action_id))
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn manual(
+        &self,
+        control: &str,
+        rule: &str,
+        target: &ObjectRef,
+        actor: &str,
+        reason: &str,
+        decide: &(dyn Fn(&Value) -> Result<istio::Outcome, istio::VsError> + Sync),
+        undoes: Option<&str>,
+    ) -> Result<Report, PipelineError> {
+        let mut state = self.state.lock().await;
+        let action_id = uuid::Uuid::now_v7().to_string();
+        let event_id = format!("manual-{action_id}");
+        let target_name = target.to_string();
+        let base = |kind: Kind| {
+            Entry::new(kind)
+                .event_id(&event_id)
+                .source("manual")
+                .rule(rule)
+                .target(&target_name)
+                .action_id(&action_id)
+                .actor(actor)
+        };
+        let detail = json!({ "control": control, "undoes": undoes, "target": self.target.describe() });
+        self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)])
+            .await?;
+        let outcome = self.run(target, decide, &action_id, rule, true).await;
+        let entry = outcome_entry(base(outcome.kind()), &outcome);
+        let why = entry.reason.clone();
+        self.record(&mut state, vec![entry]).await?;
+        log_outcome(&outcome, &target_name, &action_id);
+        Ok(Report {
+            event_id,
+            rule: Some(rule.into()),
+            outcome: outcome.kind(),
+            target: Some(target_name),
+            action_id: Some(action_id),
+            reason: why,
+        })
+    }
+
+    /// Pause or resume automatic actions, for one target or all.
+    pub async fn pause(
+        &self,
+        target: Option<&ObjectRef>,
+        pause: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Record, PipelineError> {
+        let mut state = self.state.lock().await;
+        let control = if pause { guards::PAUSE } else { guards::RESUME };
+        let mut entry = Entry::new(Kind::Control)
+            .source("manual")
+            .actor(actor)
+            .reason(reason)
+            .detail(json!({ "control": control }));
+        if let Some(t) = target {
+            entry = entry.target(t.to_string());
+        }
+        let mut records = self.record(&mut state, vec![entry]).await?;
+        Ok(records.remove(0))
+    }
+}
+
+fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Applied { .. } => "applied",
+        Outcome::NoOp { .. } => "a no-op (already in the desired state)",
+        Outcome::Refused { .. } => "refused",
+        Outcome::Failed { .. } => "failed",
+    }
+}
+
+fn outcome_entry(entry: Entry, outcome: &Outcome) -> Entry {
+    match outcome {
+        Outcome::Applied { before, after } => entry.before(json!(before)).after(json!(after)),
+        Outcome::NoOp { state } => entry
+            .before(json!(state))
+            .reason("already in the desired state; nothing written"),
+        Outcome::Refused { reason } | Outcome::Failed { reason } => entry.reason(reason),
+    }
+}
+
+fn log_outcome(outcome: &Outcome, target: &str, action_id: &str) {
+    match outcome {
+        Outcome::Applied { .. } => info!(%target, %action_id, "applied"),
+        Outcome::NoOp { .. } => info!(%target, %action_id, "noop"),
+        Outcome::Refused { reason } => warn!(%target, %action_id, %reason, "refused"),
+        Outcome::Failed { reason } => warn!(%target, %action_id, %reason, "failed"),
+    }
+}

@@ -1,0 +1,642 @@
+//! Declarative rules: YAML files validated once into typed values, and the pure engine that
+//! turns an alert into [`Decision`]s.
+
+pub mod matcher;
+pub mod template;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::event::{Alert, AlertStatus};
+use crate::istio::{Change, Dest, Plan, Weight};
+use crate::target::ObjectRef;
+use matcher::Matcher;
+use template::Template;
+
+/// Which alert statuses a rule reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    #[default]
+    Firing,
+    Resolved,
+    Any,
+}
+
+impl StatusFilter {
+    fn accepts(self, status: AlertStatus) -> bool {
+        matches!(
+            (self, status),
+            (StatusFilter::Any, _)
+                | (StatusFilter::Firing, AlertStatus::Firing)
+                | (StatusFilter::Resolved, AlertStatus::Resolved)
+        )
+    }
+}
+
+/// A validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    pub file: PathBuf,
+    pub matchers: Vec<Matcher>,
+    pub status: StatusFilter,
+    /// The alert must have been firing at least this long (from `startsAt`).
+    pub min_firing: Duration,
+    pub namespace: Template,
+    pub virtualservice: Template,
+    pub routes: Option<Vec<String>>,
+    pub change: Change,
+    pub cooldown: Option<Duration>,
+    pub dry_run: bool,
+}
+
+impl Rule {
+    pub fn matches(&self, alert: &Alert) -> bool {
+        self.status.accepts(alert.status) && self.matchers.iter().all(|m| m.matches(&alert.labels))
+    }
+
+    /// The object this rule acts on for `alert`.
+    pub fn target_for(&self, alert: &Alert) -> Result<ObjectRef, template::MissingLabel> {
+        Ok(ObjectRef::virtual_service(
+            self.namespace.render(&alert.labels)?,
+            self.virtualservice.render(&alert.labels)?,
+        ))
+    }
+
+    pub fn plan(&self) -> Plan {
+        Plan {
+            change: self.change.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
+    /// A short human description of the action, for tables and logs.
+    pub fn action_summary(&self) -> String {
+        match &self.change {
+            Change::Rollback { stable, canary } => format!(
+                "rollback {} -> {}",
+                canary.iter().map(Dest::to_string).collect::<Vec<_>>().join(", "),
+                stable
+            ),
+            Change::Switch { from, to } => format!("switch {from} -> {to}"),
+            Change::SetWeights { weights } => format!(
+                "set-weights {}",
+                weights
+                    .iter()
+                    .map(|(d, w)| format!("{d}={w}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// What the engine concludes for one rule that matched one alert. Guards vet `Act` afterwards.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Act {
+        rule: String,
+        key: String,
+        target: ObjectRef,
+        plan: Plan,
+        dry_run: bool,
+    },
+    /// Not yet: the alert has not been firing long enough. No key is consumed.
+    Hold { rule: String, reason: String },
+    /// This rule cannot act on this alert (for example a label its target needs is missing).
+    Refuse { rule: String, reason: String },
+}
+
+impl Decision {
+    pub fn rule(&self) -> &str {
+        match self {
+            Decision::Act { rule, .. } | Decision::Hold { rule, .. } | Decision::Refuse { rule, .. } => rule,
+        }
+    }
+}
+
+/// The loaded rules, indexed by exact alert name so evaluation does not scan every rule.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    by_alertname: HashMap<String, Vec<usize>>,
+    any_alertname: Vec<usize>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut set = RuleSet::default();
+        for (i, rule) in rules.into_iter().enumerate() {
+            match rule.matchers.iter().find_map(Matcher::exact_alertname) {
+                Some(name) => set.by_alertname.entry(name.to_string()).or_default().push(i),
+                None => set.any_alertname.push(i),
+            }
+            set.rules.push(Arc::new(rule));
+        }
+        set
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Rules matching `alert`, in file order.
+    pub fn matching<'a>(&'a self, alert: &'a Alert) -> Vec<&'a Arc<Rule>> {
+        let named = self.by_alertname.get(&alert.name).map(Vec::as_slice).unwrap_or(&[]);
+        let mut idx: Vec<usize> = named.iter().chain(&self.any_alertname).copied().collect();
+        idx.sort_unstable();
+        idx.into_iter()
+            .map(|i| &self.rules[i])
+            .filter(|r| r.matches(alert))
+            .collect()
+    }
+
+    /// The engine: a decision for every rule that matches `alert` at time `now`.
+    pub fn decide(&self, alert: &Alert, now: DateTime<Utc>) -> Vec<Decision> {
+        self.matching(alert)
+            .into_iter()
+            .map(|rule| decide_one(rule, alert, now))
+            .collect()
+    }
+}
+
+fn decide_one(rule: &Rule, alert: &Alert, now: DateTime<Utc>) -> Decision {
+    let target = match rule.target_for(alert) {
+        Ok(t) => t,
+        Err(missing) => {
+            return Decision::Refuse {
+                rule: rule.name.clone(),
+                reason: missing.to_string(),
+            };
+        }
+    };
+    if alert.status == AlertStatus::Firing && !rule.min_firing.is_zero() {
+        let firing_for = (now - alert.starts_at).to_std().unwrap_or_default();
+        if firing_for < rule.min_firing {
+            return Decision::Hold {
+                rule: rule.name.clone(),
+                reason: format!(
+                    "firing for {}, rule requires {}",
+                    humantime::format_duration(Duration::from_secs(firing_for.as_secs())),
+                    humantime::format_duration(rule.min_firing)
+                ),
+            };
+        }
+    }
+    Decision::Act {
+        rule: rule.name.clone(),
+        key: alert.key(&rule.name),
+        target,
+        plan: rule.plan(),
+        dry_run: rule.dry_run,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation
+
+/// One problem in a rule file, with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub rule: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(rule) = &self.rule {
+            write!(f, ": rule `{rule}`")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": field `{}`", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found, reported at once.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rules: Vec<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(rename = "match")]
+    matchers: Vec<String>,
+    #[serde(default)]
+    status: StatusFilter,
+    #[serde(default, rename = "for")]
+    min_firing: Option<String>,
+    target: RawTarget,
+    action: RawAction,
+    #[serde(default)]
+    cooldown: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    namespace: String,
+    virtualservice: String,
+    #[serde(default)]
+    routes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAction {
+    rollback: Option<RawRollback>,
+    switch: Option<RawSwitch>,
+    set_weights: Option<Vec<RawWeight>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollback {
+    stable: RawDest,
+    canary: OneOrMany<RawDest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    from: RawDest,
+    to: RawDest,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeight {
+    #[serde(default)]
+    subset: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    weight: Weight,
+}
+
+/// `v2` (a subset), `{subset: v2}` or `{host: reviews-canary}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a subset name, {subset: NAME} or {host: HOST}")]
+enum RawDest {
+    Subset(String),
+    Keyed(RawDestKeyed),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestKeyed {
+    #[serde(default)]
+    subset: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    // `Many` first: serde would otherwise read `[v2, v1]` as the fields of one keyed destination.
+    Many(Vec<T>),
+    One(T),
+}
+
+fn dest(subset: Option<String>, host: Option<String>) -> Result<Dest, String> {
+    match (subset, host) {
+        (Some(s), None) if !s.is_empty() => Ok(Dest::Subset(s)),
+        (None, Some(h)) if !h.is_empty() => Ok(Dest::Host(h)),
+        (Some(_), Some(_)) => Err("name either a subset or a host, not both".into()),
+        _ => Err("a destination needs a non-empty `subset` or `host`".into()),
+    }
+}
+
+impl RawDest {
+    fn into_dest(self) -> Result<Dest, String> {
+        match self {
+            RawDest::Subset(s) => dest(Some(s), None),
+            RawDest::Keyed(k) => dest(k.subset, k.host),
+        }
+    }
+}
+
+/// Load every rule file under `paths` (files, or directories of `*.yaml`/`*.yml`).
+pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RuleErrors> {
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    for file in rule_files(paths, &mut errors) {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => rules.extend(parse_file(&file, &text, &mut errors)),
+            Err(e) => errors.push(file_error(&file, format!("cannot read: {e}"))),
+        }
+    }
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for rule in &rules {
+        if let Some(first) = seen.insert(rule.name.clone(), rule.file.clone()) {
+            errors.push(RuleError {
+                file: rule.file.clone(),
+                line: None,
+                rule: Some(rule.name.clone()),
+                field: "name".into(),
+                message: format!("duplicate rule name (also in {})", first.display()),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(RuleSet::new(rules))
+    } else {
+        Err(RuleErrors(errors))
+    }
+}
+
+fn file_error(file: &Path, message: String) -> RuleError {
+    RuleError {
+        file: file.to_path_buf(),
+        line: None,
+        rule: None,
+        field: String::new(),
+        message,
+    }
+}
+
+fn rule_files(paths: &[PathBuf], errors: &mut Vec<RuleError>) -> Vec<PathBuf> {
+    let mut files = BTreeSet::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        let p = entry.path();
+                        let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+                        if yaml && p.is_file() {
+                            files.insert(p);
+                        }
+                    }
+                }
+                Err(e) => errors.push(file_error(path, format!("cannot read directory: {e}"))),
+            }
+        } else if path.is_file() {
+            files.insert(path.clone());
+        } else {
+            errors.push(file_error(path, "no such file or directory".into()));
+        }
+    }
+    files.into_iter().collect()
+}
+
+/// Parse one file's text; problems go to `errors`, valid rules are returned.
+pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<Rule> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: RawFile = match serde_path_to_error::deserialize(de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            errors.push(RuleError {
+                file: file.to_path_buf(),
+                line: inner.location().map(|l| l.line()),
+                rule: None,
+                field: if path == "." { String::new() } else { path },
+                message: strip_location(&inner.to_string()),
+            });
+            return Vec::new();
+        }
+    };
+    let mut rules = Vec::new();
+    for (i, value) in raw.rules.into_iter().enumerate() {
+        let name = value.get("name").and_then(|n| n.as_str()).map(str::to_string);
+        let line = name.as_deref().and_then(|n| line_of_rule(text, n));
+        let mut push = |field: String, message: String| {
+            errors.push(RuleError {
+                file: file.to_path_buf(),
+                line,
+                rule: Some(name.clone().unwrap_or_else(|| format!("#{}", i + 1))),
+                field,
+                message,
+            })
+        };
+        match serde_path_to_error::deserialize::<_, RawRule>(value) {
+            Ok(raw) => match validate(raw, file) {
+                Ok(rule) => rules.push(rule),
+                Err(problems) => problems.into_iter().for_each(|(f, m)| push(f, m)),
+            },
+            Err(e) => {
+                let path = e.path().to_string();
+                push(
+                    if path == "." { String::new() } else { path },
+                    strip_location(&e.into_inner().to_string()),
+                )
+            }
+        }
+    }
+    rules
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn line_of_rule(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start();
+            t.strip_prefix("name:")
+                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == name)
+                .unwrap_or(false)
+        })
+        .map(|i| i + 1)
+}
+
+fn parse_duration(field: &str, text: Option<String>, problems: &mut Vec<(String, String)>) -> Option<Duration> {
+    let text = text?;
+    match humantime::parse_duration(&text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push((
+                field.into(),
+                format!("`{text}` is not a duration ({e}); examples: 30s, 5m, 1h30m"),
+            ));
+            None
+        }
+    }
+}
+
+/// Turn a raw rule into a typed one, collecting every problem.
+fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    if raw.name.trim().is_empty() || raw.name.contains(char::is_whitespace) {
+        problems.push(("name".into(), "must be non-empty, without spaces".into()));
+    }
+    let matchers = match matcher::parse_all(&raw.matchers) {
+        Ok(m) if m.is_empty() => {
+            problems.push(("match".into(), "needs at least one matcher".into()));
+            m
+        }
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(("match".into(), e.to_string()));
+            Vec::new()
+        }
+    };
+    let mut template = |field: &str, src: &str| match Template::parse(src) {
+        Ok(t) if t.literal() == Some("") => {
+            problems.push((field.into(), "must not be empty".into()));
+            None
+        }
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push((field.into(), e.to_string()));
+            None
+        }
+    };
+    let namespace = template("target.namespace", &raw.target.namespace);
+    let virtualservice = template("target.virtualservice", &raw.target.virtualservice);
+    if let Some(routes) = &raw.target.routes {
+        if routes.is_empty() || routes.iter().any(|r| r.is_empty()) {
+            problems.push((
+                "target.routes".into(),
+                "list route names, or leave the field out for all routes".into(),
+            ));
+        }
+    }
+    let change = change(raw.action, &mut problems);
+    let min_firing = parse_duration("for", raw.min_firing, &mut problems).unwrap_or_default();
+    let cooldown = parse_duration("cooldown", raw.cooldown, &mut problems);
+    match (namespace, virtualservice, change) {
+        (Some(namespace), Some(virtualservice), Some(change)) if problems.is_empty() => Ok(Rule {
+            name: raw.name,
+            description: raw.description,
+            file: file.to_path_buf(),
+            matchers,
+            status: raw.status,
+            min_firing,
+            namespace,
+            virtualservice,
+            routes: raw.target.routes,
+            change,
+            cooldown,
+            dry_run: raw.dry_run,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn change(action: RawAction, problems: &mut Vec<(String, String)>) -> Option<Change> {
+    let count = [
+        action.rollback.is_some(),
+        action.switch.is_some(),
+        action.set_weights.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if count != 1 {
+        problems.push((
+            "action".into(),
+            "exactly one of `rollback`, `switch`, `set-weights`".into(),
+        ));
+        return None;
+    }
+    let mut d = |field: &str, raw: RawDest| match raw.into_dest() {
+        Ok(d) => Some(d),
+        Err(m) => {
+            problems.push((field.into(), m));
+            None
+        }
+    };
+    if let Some(rb) = action.rollback {
+        let stable = d("action.rollback.stable", rb.stable);
+        let canaries = match rb.canary {
+            OneOrMany::One(c) => vec![c],
+            OneOrMany::Many(cs) => cs,
+        };
+        let canary: Vec<Dest> = canaries
+            .into_iter()
+            .filter_map(|c| d("action.rollback.canary", c))
+            .collect();
+        let stable = stable?;
+        if canary.is_empty() {
+            problems.push((
+                "action.rollback.canary".into(),
+                "name at least one canary destination".into(),
+            ));
+            return None;
+        }
+        if canary.contains(&stable) {
+            problems.push(("action.rollback".into(), format!("{stable} is both stable and canary")));
+            return None;
+        }
+        return Some(Change::Rollback { stable, canary });
+    }
+    if let Some(sw) = action.switch {
+        let (from, to) = (d("action.switch.from", sw.from)?, d("action.switch.to", sw.to)?);
+        if from == to {
+            problems.push(("action.switch".into(), format!("from and to are both {from}")));
+            return None;
+        }
+        return Some(Change::Switch { from, to });
+    }
+    let mut weights = Vec::new();
+    for (i, w) in action.set_weights.unwrap_or_default().into_iter().enumerate() {
+        match dest(w.subset, w.host) {
+            Ok(dest) => weights.push((dest, w.weight)),
+            Err(m) => problems.push((format!("action.set-weights[{i}]"), m)),
+        }
+    }
+    let total: u32 = weights.iter().map(|(_, w)| u32::from(w.get())).sum();
+    if weights.is_empty() {
+        problems.push(("action.set-weights".into(), "name at least one destination".into()));
+        return None;
+    }
+    if total != 100 {
+        problems.push(("action.set-weights".into(), format!("weights sum to {total}, not 100")));
+        return None;
+    }
+    Some(Change::SetWeights { weights })
+}
+
+#[cfg(test)]
+mod tests;

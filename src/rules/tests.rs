@@ -1,0 +1,284 @@
+use super::*;
+use crate::event::SourceKind;
+use std::collections::BTreeMap;
+
+const GOOD: &str = r#"
+rules:
+  - name: canary-high-error-rate
+    description: roll the canary back
+    match:
+      - alertname="CanaryHighErrorRate"
+      - severity=~"critical|page"
+    for: 1m
+    target:
+      namespace: "{{ $labels.namespace }}"
+      virtualservice: "{{ $labels.virtualservice }}"
+    action:
+      rollback: { stable: v1, canary: v2 }
+    cooldown: 10m
+  - name: bluegreen
+    match: ['{alertname="BlueGreenBroken"}']
+    target: { namespace: shop, virtualservice: checkout, routes: [primary] }
+    action:
+      switch: { from: { subset: green }, to: { subset: blue } }
+    dry_run: true
+  - name: any-name
+    match: ['team="payments"']
+    status: any
+    target: { namespace: pay, virtualservice: "{{ $labels.vs }}" }
+    action:
+      set-weights: [{ subset: v1, weight: 100 }, { subset: v2, weight: 0 }]
+"#;
+
+fn parse(text: &str) -> (Vec<Rule>, Vec<RuleError>) {
+    let mut errors = Vec::new();
+    let rules = parse_file(Path::new("rules/test.yaml"), text, &mut errors);
+    (rules, errors)
+}
+
+fn alert(name: &str, labels: &[(&str, &str)], status: AlertStatus, started_secs_ago: i64) -> Alert {
+    let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.insert("alertname".into(), name.into());
+    Alert {
+        id: "fp-1".into(),
+        source: SourceKind::Alertmanager,
+        name: name.into(),
+        status,
+        labels: l,
+        annotations: BTreeMap::new(),
+        starts_at: Utc::now() - chrono::Duration::seconds(started_secs_ago),
+        ends_at: None,
+        fingerprint: "fp".into(),
+        generator_url: String::new(),
+    }
+}
+
+#[test]
+fn valid_file_loads_into_typed_rules() {
+    let (rules, errors) = parse(GOOD);
+    assert_eq!(errors, vec![]);
+    assert_eq!(rules.len(), 3);
+    let r = &rules[0];
+    assert_eq!(r.min_firing, Duration::from_secs(60));
+    assert_eq!(r.cooldown, Some(Duration::from_secs(600)));
+    assert_eq!(
+        r.change,
+        Change::Rollback {
+            stable: Dest::Subset("v1".into()),
+            canary: vec![Dest::Subset("v2".into())]
+        }
+    );
+    assert_eq!(rules[1].routes, Some(vec!["primary".to_string()]));
+    assert!(rules[1].dry_run);
+    assert_eq!(rules[2].status, StatusFilter::Any);
+}
+
+#[test]
+fn every_error_is_reported_with_file_rule_field_and_line() {
+    let text = r#"
+rules:
+  - name: bad-regex
+    match: ['alertname=~"("']
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: v2 } }
+  - name: bad-duration
+    match: ['alertname=X']
+    for: soon
+    target: { namespace: a, virtualservice: "{{ $labels.vs " }
+    action: { rollback: { stable: v1, canary: v2 } }
+  - name: unknown-field
+    match: ['alertname=X']
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: v2 } }
+    colldown: 5m
+  - name: bad-weight
+    match: ['alertname=X']
+    target: { namespace: a, virtualservice: b }
+    action: { set-weights: [{ subset: v1, weight: 130 }] }
+"#;
+    let (rules, errors) = parse(text);
+    assert!(rules.is_empty());
+    let by_rule = |name: &str| {
+        errors
+            .iter()
+            .filter(|e| e.rule.as_deref() == Some(name))
+            .collect::<Vec<_>>()
+    };
+    let e = by_rule("bad-regex");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].field, "match");
+    assert_eq!(e[0].line, Some(3));
+    assert!(e[0].message.contains("invalid regex"), "{}", e[0].message);
+    let e = by_rule("bad-duration");
+    assert_eq!(e.len(), 2, "both problems of one rule are reported: {e:?}");
+    assert!(e.iter().any(|e| e.field == "for"));
+    assert!(e.iter().any(|e| e.field == "target.virtualservice"));
+    let e = by_rule("unknown-field");
+    assert!(e[0].message.contains("unknown field `colldown`"), "{}", e[0].message);
+    let e = by_rule("bad-weight");
+    assert_eq!(e[0].field, "action.set-weights[0].weight");
+    let shown = RuleErrors(errors.clone()).to_string();
+    assert!(
+        shown.contains("rules/test.yaml:3: rule `bad-regex`: field `match`"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_names_the_line() {
+    let (_, errors) = parse("rules:\n  - name: x\n   match: [\n");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].line.is_some(), "{:?}", errors[0]);
+}
+
+#[test]
+fn actions_are_checked_for_sense() {
+    let text = r#"
+rules:
+  - name: two-actions
+    match: ['alertname=X']
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: v2 }, switch: { from: a, to: b } }
+  - name: same-stable-canary
+    match: ['alertname=X']
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: [v2, v1] } }
+  - name: weights-not-100
+    match: ['alertname=X']
+    target: { namespace: a, virtualservice: b }
+    action: { set-weights: [{ subset: v1, weight: 60 }, { subset: v2, weight: 30 }] }
+"#;
+    let (rules, errors) = parse(text);
+    assert!(rules.is_empty());
+    let msgs: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(msgs[0].contains("exactly one of"), "{msgs:?}");
+    assert!(msgs[1].contains("subset v1 is both stable and canary"), "{msgs:?}");
+    assert!(msgs[2].contains("sum to 90"), "{msgs:?}");
+}
+
+#[test]
+fn engine_decides_per_matching_rule() {
+    let (rules, _) = parse(GOOD);
+    let set = RuleSet::new(rules);
+    let a = alert(
+        "CanaryHighErrorRate",
+        &[
+            ("namespace", "sms-app"),
+            ("virtualservice", "model-service"),
+            ("severity", "critical"),
+        ],
+        AlertStatus::Firing,
+        300,
+    );
+    let decisions = set.decide(&a, Utc::now());
+    assert_eq!(decisions.len(), 1);
+    match &decisions[0] {
+        Decision::Act {
+            rule,
+            key,
+            target,
+            dry_run,
+            ..
+        } => {
+            assert_eq!(rule, "canary-high-error-rate");
+            assert_eq!(key, &a.key(rule));
+            assert_eq!(target.to_string(), "sms-app/model-service");
+            assert!(!dry_run);
+        }
+        other => panic!("expected act, got {other:?}"),
+    }
+}
+
+#[test]
+fn engine_holds_until_the_alert_has_fired_long_enough() {
+    let (rules, _) = parse(GOOD);
+    let set = RuleSet::new(rules);
+    let a = alert(
+        "CanaryHighErrorRate",
+        &[
+            ("namespace", "sms-app"),
+            ("virtualservice", "model-service"),
+            ("severity", "page"),
+        ],
+        AlertStatus::Firing,
+        10,
+    );
+    match &set.decide(&a, Utc::now())[0] {
+        Decision::Hold { reason, .. } => assert!(reason.contains("rule requires 1m"), "{reason}"),
+        other => panic!("expected hold, got {other:?}"),
+    }
+}
+
+#[test]
+fn engine_refuses_when_a_target_label_is_missing() {
+    let (rules, _) = parse(GOOD);
+    let set = RuleSet::new(rules);
+    let a = alert(
+        "CanaryHighErrorRate",
+        &[("namespace", "sms-app"), ("severity", "critical")],
+        AlertStatus::Firing,
+        300,
+    );
+    match &set.decide(&a, Utc::now())[0] {
+        Decision::Refuse { reason, .. } => assert!(reason.contains("no label `virtualservice`"), "{reason}"),
+        other => panic!("expected refuse, got {other:?}"),
+    }
+}
+
+#[test]
+fn status_filter_and_matchers_select_rules() {
+    let (rules, _) = parse(GOOD);
+    let set = RuleSet::new(rules);
+    let labels = [
+        ("namespace", "sms-app"),
+        ("virtualservice", "model-service"),
+        ("severity", "critical"),
+    ];
+    let resolved = alert("CanaryHighErrorRate", &labels, AlertStatus::Resolved, 300);
+    assert!(
+        set.decide(&resolved, Utc::now()).is_empty(),
+        "firing-only rule ignores resolved"
+    );
+    let warning = alert(
+        "CanaryHighErrorRate",
+        &[("severity", "warning")],
+        AlertStatus::Firing,
+        300,
+    );
+    assert!(
+        set.decide(&warning, Utc::now()).is_empty(),
+        "severity matcher excludes warning"
+    );
+    let pay = alert(
+        "Anything",
+        &[("team", "payments"), ("vs", "ledger")],
+        AlertStatus::Resolved,
+        0,
+    );
+    let d = set.decide(&pay, Utc::now());
+    assert_eq!(
+        d.len(),
+        1,
+        "rule without alertname matcher is found through the generic list"
+    );
+    assert_eq!(d[0].rule(), "any-name");
+}
+
+#[test]
+fn shipped_rules_directory_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let set = load(&[dir]).unwrap_or_else(|e| panic!("rules/ must validate:\n{e}"));
+    assert!(set.get("canary-high-error-rate").is_some());
+}
+
+#[test]
+fn duplicate_rule_names_across_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "rules:\n  - name: same\n    match: ['alertname=X']\n    target: { namespace: a, virtualservice: b }\n    action: { rollback: { stable: v1, canary: v2 } }\n";
+    std::fs::write(dir.path().join("a.yaml"), rule).unwrap();
+    std::fs::write(dir.path().join("b.yml"), rule).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let err = load(&[dir.path().to_path_buf()]).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(err.0[0].message.contains("duplicate rule name"));
+}

@@ -1,0 +1,257 @@
+//! The embedded default target: a directory of Kubernetes YAML manifests (also a GitOps mode).
+//! Edits change only the values they must (see [`super::yaml_edit`]) and are written atomically.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use super::yaml_edit;
+use super::{Fetched, ObjectRef, Target, TargetError};
+
+pub struct Manifests {
+    dir: PathBuf,
+    /// Serialises read-check-write so two writers in this process cannot interleave.
+    write_lock: Mutex<()>,
+}
+
+/// Where an object lives: a file, the document's index in it, and the file's hash when read.
+struct Location {
+    file: PathBuf,
+    index: usize,
+    hash: String,
+}
+
+impl Manifests {
+    pub fn new(dir: impl Into<PathBuf>) -> Manifests {
+        Manifests {
+            dir: dir.into(),
+            write_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn find(&self, obj: &ObjectRef) -> Result<(Location, Value), TargetError> {
+        let mut found = Vec::new();
+        for file in yaml_files(&self.dir).map_err(|e| io("read directory", &self.dir, e))? {
+            let text = std::fs::read_to_string(&file).map_err(|e| io("read", &file, e))?;
+            // A file that is not YAML cannot hold our object; others may still.
+            let Ok(docs) = yaml_edit::parse_documents(&text) else {
+                continue;
+            };
+            for doc in docs {
+                if is_object(&doc.value, obj) {
+                    found.push((
+                        Location {
+                            file: file.clone(),
+                            index: doc.index,
+                            hash: hex::encode(Sha256::digest(text.as_bytes())),
+                        },
+                        doc.value,
+                    ));
+                }
+            }
+        }
+        match found.len() {
+            0 => Err(TargetError::NotFound {
+                kind: obj.kind.as_str(),
+                object: obj.to_string(),
+                place: self.dir.display().to_string(),
+            }),
+            1 => Ok(found.remove(0)),
+            _ => Err(TargetError::Ambiguous {
+                kind: obj.kind.as_str(),
+                object: obj.to_string(),
+                places: found
+                    .iter()
+                    .map(|(l, _)| format!("{} (document {})", l.file.display(), l.index + 1))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    fn replace_blocking(&self, obj: &ObjectRef, version: &str, new: &Value) -> Result<(), TargetError> {
+        let (loc, _) = self.find(obj)?;
+        if version_of(&loc) != version {
+            return Err(TargetError::Conflict {
+                object: obj.to_string(),
+                detail: format!("{} was modified", loc.file.display()),
+            });
+        }
+        let text = std::fs::read_to_string(&loc.file).map_err(|e| io("read", &loc.file, e))?;
+        let edited = yaml_edit::edit_document(&text, loc.index, new).map_err(|e| TargetError::Invalid {
+            object: obj.to_string(),
+            message: format!("cannot edit {}: {e}", loc.file.display()),
+        })?;
+        write_atomically(&loc.file, edited.as_bytes())
+    }
+}
+
+fn version_of(loc: &Location) -> String {
+    format!("{}#{}@{}", loc.file.display(), loc.index, loc.hash)
+}
+
+fn is_object(v: &Value, obj: &ObjectRef) -> bool {
+    let meta = &v["metadata"];
+    v["kind"] == obj.kind.as_str()
+        && v["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io/"))
+        && meta["name"] == obj.name.as_str()
+        // As in Kubernetes, a manifest without a namespace lands in `default`.
+        && meta["namespace"].as_str().unwrap_or("default") == obj.namespace
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> TargetError {
+    TargetError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// All `*.yaml`/`*.yml` files under `dir`, recursively, in a stable order; dot-directories skipped.
+fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            } else if path.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Temporary file in the same directory, fsync, rename over the original, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("manifest");
+    let tmp = dir.join(format!(".{name}.backstop-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io("write", path, e))
+}
+
+impl Target for Manifests {
+    fn describe(&self) -> String {
+        format!("manifests:{}", self.dir.display())
+    }
+
+    fn get<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Fetched, TargetError>> {
+        Box::pin(async move {
+            tokio::task::block_in_place(|| {
+                let (loc, object) = self.find(obj)?;
+                Ok(Fetched {
+                    object,
+                    version: version_of(&loc),
+                })
+            })
+        })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        obj: &'a ObjectRef,
+        version: &'a str,
+        new: &'a Value,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            let _guard = self.write_lock.lock().await;
+            tokio::task::block_in_place(|| self.replace_blocking(obj, version, new))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VS: &str = "# the demo canary\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: model-service\n  namespace: sms-app\nspec:\n  hosts:\n  - model-service\n  http:\n  - route:\n    - destination:\n        host: model-service\n        subset: v1\n      weight: 90 # stable\n    - destination:\n        host: model-service\n        subset: v2\n      weight: 10\n";
+
+    fn setup() -> (tempfile::TempDir, Manifests, ObjectRef) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("nested")).unwrap();
+        std::fs::write(dir.path().join("nested/vs.yaml"), VS).unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        )
+        .unwrap();
+        let m = Manifests::new(dir.path());
+        (dir, m, ObjectRef::virtual_service("sms-app", "model-service"))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn finds_object_in_nested_directory_and_writes_only_changed_values() {
+        let (dir, m, obj) = setup();
+        let fetched = m.get(&obj).await.unwrap();
+        let mut new = fetched.object.clone();
+        new["spec"]["http"][0]["route"][0]["weight"] = 100.into();
+        new["spec"]["http"][0]["route"][1]["weight"] = 0.into();
+        m.replace(&obj, &fetched.version, &new).await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join("nested/vs.yaml")).unwrap();
+        assert_eq!(
+            text,
+            VS.replace("weight: 90 # stable", "weight: 100 # stable")
+                .replace("weight: 10\n", "weight: 0\n")
+        );
+        assert_eq!(m.get(&obj).await.unwrap().object, new);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("nested")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stale_version_is_a_conflict_and_writes_nothing() {
+        let (dir, m, obj) = setup();
+        let fetched = m.get(&obj).await.unwrap();
+        let path = dir.path().join("nested/vs.yaml");
+        std::fs::write(&path, VS.replace("# the demo canary", "# edited by a person")).unwrap();
+        let err = m.replace(&obj, &fetched.version, &fetched.object).await.unwrap_err();
+        assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("edited by a person"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn missing_and_duplicated_objects_are_clear_errors() {
+        let (dir, m, _) = setup();
+        let err = m.get(&ObjectRef::virtual_service("sms-app", "nope")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("VirtualService sms-app/nope not found in {}", dir.path().display())
+        );
+        std::fs::write(dir.path().join("copy.yml"), VS).unwrap();
+        let err = m
+            .get(&ObjectRef::virtual_service("sms-app", "model-service"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::Ambiguous { .. }), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! Targets hold the objects actions change. The executor reads an object, decides its new state
+//! with the pure functions of [`crate::istio`], and writes it back conditionally on the version
+//! it read; a target only knows how to read and write.
+
+pub mod manifests;
+pub mod yaml_edit;
+
+use std::fmt;
+use std::str::FromStr;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The kinds of object backstop changes. (Kubernetes Services for selector switches come with the
+/// Kubernetes target.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    VirtualService,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::VirtualService => "VirtualService",
+        }
+    }
+}
+
+/// One object: kind, namespace and name. Displayed and parsed as `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn virtual_service(namespace: impl Into<String>, name: impl Into<String>) -> ObjectRef {
+        ObjectRef {
+            kind: ObjectKind::VirtualService,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for ObjectRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(ObjectRef::virtual_service(ns, name))
+            }
+            _ => Err(format!("`{s}` is not NAMESPACE/NAME")),
+        }
+    }
+}
+
+/// An object as read, with the opaque version a conditional write must present.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched {
+    pub object: Value,
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{kind} {object} not found in {place}")]
+    NotFound {
+        kind: &'static str,
+        object: String,
+        place: String,
+    },
+    #[error("{kind} {object} is defined more than once: {places}")]
+    Ambiguous {
+        kind: &'static str,
+        object: String,
+        places: String,
+    },
+    #[error("{object} changed since it was read ({detail})")]
+    Conflict { object: String, detail: String },
+    #[error("{object}: {message}")]
+    Invalid { object: String, message: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Read and conditionally write objects.
+pub trait Target: Send + Sync + 'static {
+    /// For logs and the audit trail, e.g. `manifests:deploy/local`.
+    fn describe(&self) -> String;
+    fn get<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Fetched, TargetError>>;
+    /// Replace the object, only if it is still at `version`; otherwise `TargetError::Conflict`.
+    fn replace<'a>(
+        &'a self,
+        obj: &'a ObjectRef,
+        version: &'a str,
+        new: &'a Value,
+    ) -> BoxFuture<'a, Result<(), TargetError>>;
+}

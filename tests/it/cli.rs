@@ -1,0 +1,53 @@
+//! The command line: validate and simulate.
+
+use crate::support::backstop::Workdir;
+
+#[test]
+fn validate_accepts_the_shipped_config_and_rules() {
+    let wd = Workdir::new();
+    let out = wd.cli(&["validate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok: rule canary-high-error-rate"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_rule_and_field_and_fails() {
+    let wd = Workdir::new();
+    std::fs::write(
+        wd.path("bad.yaml"),
+        "rules:\n  - name: one\n    match: ['alertname=~\"(\"']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n  - name: two\n    match: ['alertname=X']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n    cooldown: forever\n",
+    )
+    .unwrap();
+    let out = wd.cli(&["validate", wd.path("bad.yaml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:2: rule `one`: field `match`: `alertname=~\"(\"`: invalid regex"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.yaml:6: rule `two`: field `cooldown`"), "{stderr}");
+    assert!(stderr.contains("2 problems"), "{stderr}");
+}
+
+#[test]
+fn simulate_shows_what_would_happen_and_touches_nothing() {
+    let wd = Workdir::new();
+    let before = wd.read("deploy/local/model-service.yaml");
+    let out = wd.cli(&[
+        "simulate",
+        crate::support::backstop::repo("fixtures/alertmanager/grouped.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("rule canary-high-error-rate: rollback subset v2 -> subset v1 on sms-app/model-service"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("would change"), "{stdout}");
+    assert!(stdout.contains("would refuse"), "checkout has no subset v2: {stdout}");
+    assert_eq!(wd.read("deploy/local/model-service.yaml"), before);
+    assert!(!wd.path("data").exists(), "simulate opens no audit log");
+}

@@ -1,0 +1,149 @@
+//! `backstop serve` as a process: the README's demo, restarts and shutdown.
+
+use crate::support::backstop::{Workdir, repo};
+
+const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn readme_demo_rolls_back_the_manifest_and_the_audit_trail_verifies() {
+    let wd = Workdir::new();
+    let before = wd.read("deploy/local/model-service.yaml");
+    let server = wd.serve();
+    let (status, body) = server.post("/v1/alertmanager", "application/json", FIRING).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied");
+    let after = wd.read("deploy/local/model-service.yaml");
+    assert_ne!(before, after);
+    assert!(after.contains("weight: 100 # stable"), "{after}");
+    assert!(after.contains("weight: 0 # canary"), "{after}");
+
+    let out = wd.cli(&["audit", "query", "--outcome", "applied", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applied = json_lines(&out.stdout);
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["target"], "sms-app/model-service");
+    assert_eq!(applied[0]["rule"], "canary-high-error-rate");
+
+    let out = wd.cli(&["audit", "tail", "-n", "10"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("KIND"), "{table}");
+    assert!(table.contains("applied"), "{table}");
+
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
+    let out = wd.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chain intact"));
+}
+
+#[tokio::test]
+async fn a_restart_remembers_handled_alerts() {
+    let wd = Workdir::new();
+    let server = wd.serve();
+    let (_, body) = server.post("/v1/alertmanager", "application/json", FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied");
+    assert!(server.terminate().success());
+    // Someone puts the weights back by hand (say, after fixing the canary)...
+    let path = wd.path("deploy/local/model-service.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("weight: 100 # stable", "weight: 90 # stable")
+        .replace("weight: 0 # canary", "weight: 10 # canary");
+    std::fs::write(&path, text).unwrap();
+    // ...and Alertmanager redelivers the same alert after backstop restarted: no second action.
+    let server = wd.serve();
+    let (status, body) = server.post("/v1/alertmanager", "application/json", FIRING).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
+    assert!(
+        wd.read("deploy/local/model-service.yaml")
+            .contains("weight: 90 # stable")
+    );
+}
+
+#[tokio::test]
+async fn cli_controls_reach_the_running_server() {
+    let wd = Workdir::new();
+    let server = wd.serve();
+    let out = wd.cli(&[
+        "pause",
+        "--target",
+        "sms-app/model-service",
+        "--reason",
+        "deploy freeze",
+        "--actor",
+        "dave",
+        "--server",
+        &server.url,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, body) = server.post("/v1/alertmanager", "application/json", FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "held");
+    let out = wd.cli(&[
+        "resume",
+        "--target",
+        "sms-app/model-service",
+        "--reason",
+        "over",
+        "--server",
+        &server.url,
+    ]);
+    assert!(out.status.success());
+    let out = wd.cli(&[
+        "act",
+        "canary-high-error-rate",
+        "--target",
+        "sms-app/model-service",
+        "--reason",
+        "kill switch",
+        "--server",
+        &server.url,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "applied");
+    let action = report["action_id"].as_str().unwrap();
+    let out = wd.cli(&[
+        "undo",
+        action,
+        "--reason",
+        "back to the canary",
+        "--server",
+        &server.url,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wd.read("deploy/local/model-service.yaml")
+            .contains("weight: 10 # canary")
+    );
+    let out = wd.cli(&["audit", "query", "--outcome", "control", "--format", "json"]);
+    let controls = json_lines(&out.stdout);
+    assert_eq!(controls.len(), 4, "pause, resume, act, undo: {controls:?}");
+    assert_eq!(controls[0]["actor"], "dave");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_from_the_process() {
+    let wd = Workdir::new();
+    let server = wd.serve();
+    let (status, body) = server
+        .post("/v1/alertmanager", "application/json", "{\"alerts\": [}")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["line"], 1);
+    let (status, _) = server.post("/v1/alertmanager", "text/plain", FIRING).await;
+    assert_eq!(status, 415);
+    let big = vec![b' '; (1 << 20) + 1];
+    let (status, _) = server.post("/v1/alertmanager", "application/json", big).await;
+    assert_eq!(status, 413);
+    let out = wd.cli(&["audit", "query", "--outcome", "rejected", "--format", "json"]);
+    assert_eq!(json_lines(&out.stdout).len(), 3);
+    let _ = repo("");
+}

@@ -1,0 +1,2 @@
+pub mod alertmanager;
+pub mod backstop;
