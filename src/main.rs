@@ -387,6 +387,22 @@ fn audit_command(config_path: &PathBuf, cmd: AuditCommand) -> Result<ExitCode> {
     }
 }
 
+/// The last column of the table: the reason, or for a received alert its name and status.
+fn describe(r: &Record) -> String {
+    if let Some(reason) = &r.entry.reason {
+        return reason.clone();
+    }
+    let alert = r.entry.detail.as_ref().map(|d| &d["alert"]);
+    match alert {
+        Some(a) if a.is_object() => format!(
+            "{} {}",
+            a["name"].as_str().unwrap_or("?"),
+            a["status"].as_str().unwrap_or("?")
+        ),
+        _ => String::new(),
+    }
+}
+
 fn print_records(records: &[Record], format: &str) -> Result<ExitCode> {
     match format {
         "json" => {
@@ -410,7 +426,7 @@ fn print_records(records: &[Record], format: &str) -> Result<ExitCode> {
                     e.rule.as_deref().unwrap_or("-"),
                     e.target.as_deref().unwrap_or("-"),
                     id,
-                    e.reason.as_deref().unwrap_or("")
+                    describe(r)
                 );
             }
         }

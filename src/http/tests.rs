@@ -486,3 +486,66 @@ async fn guard_state_survives_a_restart() {
     assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
     assert!(body["results"][0]["reason"].as_str().unwrap().contains("duplicate"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_failure_answers_503_and_the_redelivery_is_processed() {
+    let h = harness();
+    h.state.pipeline.audit().fail_next_writes(1);
+    let (status, body) = h.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit log unavailable"),
+        "{body}"
+    );
+    assert!(h.vs().contains("weight: 90"), "nothing acted on an unrecorded alert");
+    let (status, _) = h.send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while the audit log cannot write"
+    );
+    // Alertmanager retries on 5xx; the retry finds the log writable again.
+    let (status, body) = h.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied");
+    assert_eq!(
+        h.kinds(),
+        vec![Kind::Received, Kind::Matched, Kind::Decided, Kind::Applied]
+    );
+    let (status, _) = h.send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_rule_records_what_it_would_do_and_writes_nothing() {
+    let h = harness();
+    let checkout = std::fs::read_to_string(h.manifests.join("checkout.yaml")).unwrap();
+    let alert = UNRELATED
+        .replace(
+            "\"alertname\":\"DiskFull\"",
+            "\"alertname\":\"BlueGreenUnhealthy\",\"color\":\"green\",\"virtualservice\":\"checkout\"",
+        )
+        .replace("\"namespace\":\"infra\"", "\"namespace\":\"shop\"");
+    let (status, body) = h.webhook(&alert).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "dry_run", "{body}");
+    assert_eq!(body["results"][0]["reason"], "dry run: would be applied");
+    assert_eq!(
+        std::fs::read_to_string(h.manifests.join("checkout.yaml")).unwrap(),
+        checkout
+    );
+    let dry = &h.records(Kind::DryRun)[0].entry;
+    assert_eq!(
+        dry.after.as_ref().unwrap()[0]["destinations"][0]["subset"],
+        "blue",
+        "{dry:?}"
+    );
+    let (_, body) = h.webhook(&alert).await;
+    assert_eq!(
+        body["results"][0]["outcome"], "noop",
+        "a redelivered dry run is a duplicate too: {body}"
+    );
+}
