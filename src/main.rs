@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -159,7 +159,7 @@ fn init_logging(format: &str) {
     }
 }
 
-fn load_config(path: &PathBuf) -> Result<Config> {
+fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -225,7 +225,7 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn validate(config_path: &PathBuf, paths: Vec<PathBuf>) -> Result<ExitCode> {
+fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
     let mut failed = false;
     let rule_paths = if paths.is_empty() {
         match Config::load(config_path) {
@@ -259,7 +259,7 @@ fn validate(config_path: &PathBuf, paths: Vec<PathBuf>) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-async fn simulate(config_path: &PathBuf, payload: &PathBuf) -> Result<ExitCode> {
+async fn simulate(config_path: &Path, payload: &Path) -> Result<ExitCode> {
     let config = load_config(config_path)?;
     let rules = rules::load(&config.rules).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     let bytes = std::fs::read(payload).with_context(|| format!("reading {}", payload.display()))?;
@@ -307,7 +307,7 @@ async fn simulate(config_path: &PathBuf, payload: &PathBuf) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn call(config_path: &PathBuf, who: &Who, path: &str, body: Value) -> Result<ExitCode> {
+async fn call(config_path: &Path, who: &Who, path: &str, body: Value) -> Result<ExitCode> {
     let base = match &who.server {
         Some(s) => s.trim_end_matches('/').to_string(),
         None => format!("http://{}", load_config(config_path)?.listen),
@@ -332,7 +332,7 @@ async fn call(config_path: &PathBuf, who: &Who, path: &str, body: Value) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn audit_command(config_path: &PathBuf, cmd: AuditCommand) -> Result<ExitCode> {
+fn audit_command(config_path: &Path, cmd: AuditCommand) -> Result<ExitCode> {
     let dir = || -> Result<PathBuf> { Ok(load_config(config_path)?.audit_dir()) };
     match cmd {
         AuditCommand::Tail { n, format } => print_records(&audit::tail(&dir()?, n)?, &format),

@@ -142,20 +142,20 @@ pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
     let mut out = std::collections::VecDeque::new();
     for (i, (_, path)) in segs.iter().enumerate() {
         let next = segs.get(i + 1);
-        if let (Some(after), Some((next_first, _))) = (filter.after_seq, next) {
-            if *next_first <= after + 1 {
-                continue;
-            }
+        if let (Some(after), Some((next_first, _))) = (filter.after_seq, next)
+            && *next_first <= after + 1
+        {
+            continue;
         }
-        if let (Some(since), Some((_, next_path))) = (filter.since, next) {
-            if first_time(next_path)?.is_some_and(|t| t < since) {
-                continue;
-            }
+        if let (Some(since), Some((_, next_path))) = (filter.since, next)
+            && first_time(next_path)?.is_some_and(|t| t < since)
+        {
+            continue;
         }
-        if let Some(until) = filter.until {
-            if first_time(path)?.is_some_and(|t| t > until) {
-                break;
-            }
+        if let Some(until) = filter.until
+            && first_time(path)?.is_some_and(|t| t > until)
+        {
+            break;
         }
         read_segment(path, |r| {
             if filter.matches(&r) {

@@ -102,15 +102,15 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
     let mut chain = Chain::new(Some((segs.first().map(|s| s.0).unwrap_or(1), GENESIS.to_string())));
     for (first_seq, path) in &segs {
         let file = path.display().to_string();
-        if let Some((seq, _)) = &chain.expected {
-            if seq != first_seq {
-                return Err(VerifyError::Broken {
-                    file,
-                    line: 1,
-                    seq: *first_seq,
-                    problem: format!("segment starts at seq {first_seq}, expected {seq}: a segment is missing"),
-                });
-            }
+        if let Some((seq, _)) = &chain.expected
+            && seq != first_seq
+        {
+            return Err(VerifyError::Broken {
+                file,
+                line: 1,
+                seq: *first_seq,
+                problem: format!("segment starts at seq {first_seq}, expected {seq}: a segment is missing"),
+            });
         }
         let mut lines = Lines::open(path)?;
         while let Some((n, bytes)) = lines.next_line()? {

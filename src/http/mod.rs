@@ -66,8 +66,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = json!({ "status": self.status.as_u16(), "message": self.message });
-        if let Value::Object(loc) = self.location {
-            error.as_object_mut().map(|e| e.extend(loc));
+        if let Value::Object(loc) = self.location
+            && let Some(e) = error.as_object_mut()
+        {
+            e.extend(loc)
         }
         (self.status, Json(json!({ "error": error }))).into_response()
     }

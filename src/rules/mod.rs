@@ -534,13 +534,13 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     };
     let namespace = template("target.namespace", &raw.target.namespace);
     let virtualservice = template("target.virtualservice", &raw.target.virtualservice);
-    if let Some(routes) = &raw.target.routes {
-        if routes.is_empty() || routes.iter().any(|r| r.is_empty()) {
-            problems.push((
-                "target.routes".into(),
-                "list route names, or leave the field out for all routes".into(),
-            ));
-        }
+    if let Some(routes) = &raw.target.routes
+        && (routes.is_empty() || routes.iter().any(|r| r.is_empty()))
+    {
+        problems.push((
+            "target.routes".into(),
+            "list route names, or leave the field out for all routes".into(),
+        ));
     }
     let change = change(raw.action, &mut problems);
     let min_firing = parse_duration("for", raw.min_firing, &mut problems).unwrap_or_default();
