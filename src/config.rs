@@ -42,6 +42,8 @@ struct RawConfig {
     #[serde(default)]
     action_timeout: Option<String>,
     #[serde(default)]
+    shutdown_grace: Option<String>,
+    #[serde(default)]
     http: RawHttp,
     #[serde(default)]
     guards: RawGuards,
@@ -150,6 +152,8 @@ pub struct Config {
     pub manifests_dir: PathBuf,
     pub dry_run: bool,
     pub action_timeout: Duration,
+    /// After SIGTERM, how long in-flight work may take before it is aborted.
+    pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
     pub auth: AuthConfig,
     pub guards: GuardSettings,
@@ -267,6 +271,7 @@ impl Config {
             manifests_dir: resolve(&raw.target.manifests.dir),
             dry_run: raw.dry_run,
             action_timeout: duration("action_timeout", &raw.action_timeout, Duration::from_secs(10))?,
+            shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(20))?,
             max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
             auth,
             guards,

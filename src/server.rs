@@ -4,13 +4,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::info;
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::http::{AppState, auth::Auth, router};
 use crate::pipeline::{Pipeline, Settings};
 use crate::rules::{self, RuleErrors};
+use crate::sources::{Source, SourceError};
 use crate::target::manifests::Manifests;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Source(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -49,7 +55,9 @@ pub fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
     Ok(Pipeline::new(rules, audit, target, settings)?)
 }
 
-/// Run until `shutdown` completes; in-flight requests finish, then the audit log is flushed.
+/// Run until `shutdown` completes: then every source stops taking input and finishes what is in
+/// flight, within `config.shutdown_grace` (after which the rest is aborted), and the audit log is
+/// flushed and closed.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let auth = Auth::load(&config.auth).map_err(ServeError::Auth)?;
     let pipeline = Arc::new(pipeline(&config)?);
@@ -60,6 +68,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             source,
         })?;
     let addr = listener.local_addr()?;
+    let app = router(AppState {
+        pipeline: pipeline.clone(),
+        auth: auth.clone(),
+        max_body_bytes: config.max_body_bytes,
+    });
+    let sources: Vec<Box<dyn Source>> = vec![Box::new(HttpSource { listener, app })];
     info!(
         %addr,
         rules = pipeline.rules().rules().len(),
@@ -71,15 +85,111 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     );
     // One line on stdout that scripts and tests can wait for.
     println!("backstop listening on http://{addr}");
-    let app = router(AppState {
-        pipeline: pipeline.clone(),
-        auth,
-        max_body_bytes: config.max_body_bytes,
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    info!("stopped accepting requests; flushing the audit log");
+
+    let token = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    for source in sources {
+        let name = source.name();
+        let token = token.clone();
+        tasks.spawn(async move { (name, source.run(token).await) });
+    }
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown => info!("shutting down: no new input; finishing what is in flight"),
+        Some(ended) = tasks.join_next() => {
+            // A source stopped on its own: the service cannot do its job, stop everything.
+            failure = Some(match ended {
+                Ok((name, Ok(()))) => format!("source {name} stopped unexpectedly"),
+                Ok((_, Err(e))) => e.to_string(),
+                Err(e) => format!("source task failed: {e}"),
+            });
+        }
+    }
+    token.cancel();
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while let Some(ended) = tasks.join_next().await {
+            match ended {
+                Ok((name, Ok(()))) => info!(source = name, "stopped"),
+                Ok((name, Err(e))) => warn!(source = name, error = %e, "stopped with an error"),
+                Err(e) => warn!(error = %e, "source task failed"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(grace = ?config.shutdown_grace, "grace period over: aborting what is still running");
+        tasks.abort_all();
+    }
     let audit = pipeline.audit().clone();
     drop(pipeline);
     audit.close().await?;
-    Ok(())
+    info!("audit log flushed; stopped");
+    match failure {
+        Some(f) => Err(ServeError::Source(f)),
+        None => Ok(()),
+    }
+}
+
+/// The HTTP API as a source: graceful shutdown lets in-flight requests finish.
+struct HttpSource {
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+}
+
+impl Source for HttpSource {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
+        Box::pin(async move {
+            axum::serve(self.listener, self.app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(|e| SourceError {
+                    source_name: "http",
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn shutdown_future_stops_the_service_and_releases_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("backstop.yaml")).unwrap();
+        let mut config = Config::parse(&root.join("backstop.yaml"), &text).unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(config.clone(), async move {
+            let _ = rx.await;
+        }));
+        // The audit log is held while serving...
+        let held = loop {
+            match AuditLog::open(&config.audit_dir(), Default::default()) {
+                Err(AuditError::Locked(_)) => break true,
+                Ok(log) => {
+                    log.close().await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(held);
+        tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // ...and released once `serve` returns.
+        AuditLog::open(&config.audit_dir(), Default::default()).unwrap();
+    }
 }
