@@ -18,6 +18,9 @@ struct Cli {
     /// Configuration file.
     #[arg(long, global = true, default_value = "backstop.yaml", env = "BACKSTOP_CONFIG")]
     config: PathBuf,
+    /// Data directory (audit log), overriding the config's `data_dir`.
+    #[arg(long, global = true, env = "BACKSTOP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Log format: text or json (levels via RUST_LOG).
     #[arg(long, global = true, default_value = "text")]
     log_format: String,
@@ -35,9 +38,6 @@ enum Command {
         /// Decide and record, but write nothing to the target.
         #[arg(long)]
         dry_run: bool,
-        /// Data directory (audit log), overriding the config's `data_dir`.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
     },
     /// Check the config and rule files; exits non-zero listing every problem.
     Validate {
@@ -159,48 +159,57 @@ fn init_logging(format: &str) {
     }
 }
 
-fn load_config(path: &Path) -> Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+/// Where the configuration comes from: `--config`, with `--data-dir` applied.
+struct ConfigSource {
+    file: PathBuf,
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config> {
+        let mut config = Config::load(&self.file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        Ok(config)
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let cfg = ConfigSource {
+        file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+    };
     match cli.command {
-        Command::Serve {
-            listen,
-            dry_run,
-            data_dir,
-        } => {
-            let mut config = load_config(&cli.config)?;
+        Command::Serve { listen, dry_run } => {
+            let mut config = cfg.load()?;
             if let Some(l) = listen {
                 config.listen = l;
-            }
-            if let Some(d) = data_dir {
-                config.data_dir = d;
             }
             config.dry_run |= dry_run;
             runtime.block_on(backstop::server::serve(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { paths } => validate(&cli.config, paths),
-        Command::Simulate { payload } => runtime.block_on(simulate(&cli.config, &payload)),
+        Command::Simulate { payload } => runtime.block_on(simulate(&cfg, &payload)),
         Command::Act { rule, target, who } => {
             let body = json!({ "rule": rule, "target": target, "reason": who.reason, "actor": who.actor });
-            runtime.block_on(call(&cli.config, &who, "/v1/actions", body))
+            runtime.block_on(call(&cfg, &who, "/v1/actions", body))
         }
         Command::Undo { action_id, who } => {
             let body = json!({ "reason": who.reason, "actor": who.actor });
-            runtime.block_on(call(&cli.config, &who, &format!("/v1/actions/{action_id}/undo"), body))
+            runtime.block_on(call(&cfg, &who, &format!("/v1/actions/{action_id}/undo"), body))
         }
         Command::Pause { target, who } => {
             let body = json!({ "target": target, "reason": who.reason, "actor": who.actor });
-            runtime.block_on(call(&cli.config, &who, "/v1/pause", body))
+            runtime.block_on(call(&cfg, &who, "/v1/pause", body))
         }
         Command::Resume { target, who } => {
             let body = json!({ "target": target, "reason": who.reason, "actor": who.actor });
-            runtime.block_on(call(&cli.config, &who, "/v1/resume", body))
+            runtime.block_on(call(&cfg, &who, "/v1/resume", body))
         }
-        Command::Audit(cmd) => audit_command(&cli.config, cmd),
+        Command::Audit(cmd) => audit_command(&cfg, cmd),
     }
 }
 
@@ -259,8 +268,8 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-async fn simulate(config_path: &Path, payload: &Path) -> Result<ExitCode> {
-    let config = load_config(config_path)?;
+async fn simulate(cfg: &ConfigSource, payload: &Path) -> Result<ExitCode> {
+    let config = cfg.load()?;
     let rules = rules::load(&config.rules).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     let bytes = std::fs::read(payload).with_context(|| format!("reading {}", payload.display()))?;
     let webhook = alertmanager::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", payload.display()))?;
@@ -307,10 +316,10 @@ async fn simulate(config_path: &Path, payload: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn call(config_path: &Path, who: &Who, path: &str, body: Value) -> Result<ExitCode> {
+async fn call(cfg: &ConfigSource, who: &Who, path: &str, body: Value) -> Result<ExitCode> {
     let base = match &who.server {
         Some(s) => s.trim_end_matches('/').to_string(),
-        None => format!("http://{}", load_config(config_path)?.listen),
+        None => format!("http://{}", cfg.load()?.listen),
     };
     let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
     if let Some(t) = &who.token {
@@ -332,8 +341,8 @@ async fn call(config_path: &Path, who: &Who, path: &str, body: Value) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn audit_command(config_path: &Path, cmd: AuditCommand) -> Result<ExitCode> {
-    let dir = || -> Result<PathBuf> { Ok(load_config(config_path)?.audit_dir()) };
+fn audit_command(cfg: &ConfigSource, cmd: AuditCommand) -> Result<ExitCode> {
+    let dir = || -> Result<PathBuf> { Ok(cfg.load()?.audit_dir()) };
     match cmd {
         AuditCommand::Tail { n, format } => print_records(&audit::tail(&dir()?, n)?, &format),
         AuditCommand::Query {

@@ -28,6 +28,8 @@ pub enum PipelineError {
     UnknownRule(String),
     #[error("no applied action with id `{0}` in the audit log")]
     UnknownAction(String),
+    #[error("{0}")]
+    NeedsAlert(String),
 }
 
 #[derive(Debug, Clone)]
@@ -218,7 +220,7 @@ impl Pipeline {
                 action_id: action_id.map(str::to_string),
                 reason,
             };
-        let (key, target, dry_run) = match decision {
+        let (key, target, plan, dry_run) = match decision {
             Decision::Hold { reason, .. } => {
                 let held = Entry::new(Kind::Held)
                     .event_id(&alert.id)
@@ -236,8 +238,12 @@ impl Pipeline {
                 return Ok(report(Kind::Refused, None, None, Some(reason)));
             }
             Decision::Act {
-                key, target, dry_run, ..
-            } => (key, target, dry_run),
+                key,
+                target,
+                plan,
+                dry_run,
+                ..
+            } => (key, target, plan, dry_run),
         };
         let now = Utc::now();
         let cooldown = rule.cooldown.unwrap_or(self.settings.guards.default_cooldown);
@@ -268,7 +274,6 @@ impl Pipeline {
             }
             Verdict::Proceed => {
                 let action_id = uuid::Uuid::now_v7().to_string();
-                let plan = rule.plan();
                 let decide = |vs: &Value| istio::apply(vs, &plan);
                 let dry = dry_run || self.settings.dry_run;
                 let decided = base(Kind::Decided).action_id(&action_id).detail(
@@ -330,7 +335,11 @@ impl Pipeline {
         let rule = rules
             .get(rule_name)
             .ok_or_else(|| PipelineError::UnknownRule(rule_name.into()))?;
-        let plan = rule.plan();
+        let plan = rule.plan(&Default::default()).map_err(|e| {
+            PipelineError::NeedsAlert(format!(
+                "rule {rule_name} takes its route names from an alert's labels ({e}); it cannot be fired by hand"
+            ))
+        })?;
         let decide = |vs: &Value| istio::apply(vs, &plan);
         self.manual("act", &rule.name, target, actor, reason, &decide, None)
             .await

@@ -80,6 +80,7 @@ impl From<PipelineError> for ApiError {
         let status = match e {
             PipelineError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
             PipelineError::UnknownRule(_) | PipelineError::UnknownAction(_) => StatusCode::NOT_FOUND,
+            PipelineError::NeedsAlert(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, e.to_string())
     }

@@ -4,7 +4,7 @@
 pub mod matcher;
 pub mod template;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub struct Rule {
     pub min_firing: Duration,
     pub namespace: Template,
     pub virtualservice: Template,
-    pub routes: Option<Vec<String>>,
+    pub routes: Option<Vec<Template>>,
     pub change: Change,
     pub cooldown: Option<Duration>,
     pub dry_run: bool,
@@ -71,11 +71,16 @@ impl Rule {
         ))
     }
 
-    pub fn plan(&self) -> Plan {
-        Plan {
+    /// The change to make; route names may be templated from the alert's labels.
+    pub fn plan(&self, labels: &BTreeMap<String, String>) -> Result<Plan, template::MissingLabel> {
+        let routes = match &self.routes {
+            None => None,
+            Some(ts) => Some(ts.iter().map(|t| t.render(labels)).collect::<Result<_, _>>()?),
+        };
+        Ok(Plan {
             change: self.change.clone(),
-            routes: self.routes.clone(),
-        }
+            routes,
+        })
     }
 
     /// A short human description of the action, for tables and logs.
@@ -173,8 +178,9 @@ impl RuleSet {
 }
 
 fn decide_one(rule: &Rule, alert: &Alert, now: DateTime<Utc>) -> Decision {
-    let target = match rule.target_for(alert) {
-        Ok(t) => t,
+    let target_and_plan = rule.target_for(alert).and_then(|t| Ok((t, rule.plan(&alert.labels)?)));
+    let (target, plan) = match target_and_plan {
+        Ok(tp) => tp,
         Err(missing) => {
             return Decision::Refuse {
                 rule: rule.name.clone(),
@@ -199,7 +205,7 @@ fn decide_one(rule: &Rule, alert: &Alert, now: DateTime<Utc>) -> Decision {
         rule: rule.name.clone(),
         key: alert.key(&rule.name),
         target,
-        plan: rule.plan(),
+        plan,
         dry_run: rule.dry_run,
     }
 }
@@ -534,14 +540,24 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     };
     let namespace = template("target.namespace", &raw.target.namespace);
     let virtualservice = template("target.virtualservice", &raw.target.virtualservice);
-    if let Some(routes) = &raw.target.routes
-        && (routes.is_empty() || routes.iter().any(|r| r.is_empty()))
-    {
-        problems.push((
-            "target.routes".into(),
-            "list route names, or leave the field out for all routes".into(),
-        ));
-    }
+    let routes = match raw.target.routes {
+        Some(routes) if routes.is_empty() => {
+            problems.push((
+                "target.routes".into(),
+                "list route names, or leave the field out for all routes".into(),
+            ));
+            None
+        }
+        Some(routes) => {
+            let ts: Vec<Template> = routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| template(&format!("target.routes[{i}]"), r))
+                .collect();
+            Some(ts)
+        }
+        None => None,
+    };
     let change = change(raw.action, &mut problems);
     let min_firing = parse_duration("for", raw.min_firing, &mut problems).unwrap_or_default();
     let cooldown = parse_duration("cooldown", raw.cooldown, &mut problems);
@@ -555,7 +571,7 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             min_firing,
             namespace,
             virtualservice,
-            routes: raw.target.routes,
+            routes,
             change,
             cooldown,
             dry_run: raw.dry_run,

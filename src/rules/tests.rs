@@ -68,7 +68,8 @@ fn valid_file_loads_into_typed_rules() {
             canary: vec![Dest::Subset("v2".into())]
         }
     );
-    assert_eq!(rules[1].routes, Some(vec!["primary".to_string()]));
+    let plan = rules[1].plan(&BTreeMap::new()).unwrap();
+    assert_eq!(plan.routes, Some(vec!["primary".to_string()]));
     assert!(rules[1].dry_run);
     assert_eq!(rules[2].status, StatusFilter::Any);
 }
@@ -281,4 +282,25 @@ fn duplicate_rule_names_across_files_are_refused() {
     let err = load(&[dir.path().to_path_buf()]).unwrap_err();
     assert_eq!(err.0.len(), 1);
     assert!(err.0[0].message.contains("duplicate rule name"));
+}
+
+#[test]
+fn route_names_may_be_templated_and_a_missing_label_refuses() {
+    let text = r#"
+rules:
+  - name: per-route
+    match: ['alertname=RouteBroken']
+    target: { namespace: ns, virtualservice: vs, routes: ["{{ $labels.route }}"] }
+    action: { rollback: { stable: v1, canary: v2 } }
+"#;
+    let (rules, errors) = parse(text);
+    assert_eq!(errors, vec![]);
+    let set = RuleSet::new(rules);
+    let a = alert("RouteBroken", &[("route", "checkout-api")], AlertStatus::Firing, 0);
+    match &set.decide(&a, Utc::now())[0] {
+        Decision::Act { plan, .. } => assert_eq!(plan.routes, Some(vec!["checkout-api".to_string()])),
+        other => panic!("{other:?}"),
+    }
+    let a = alert("RouteBroken", &[], AlertStatus::Firing, 0);
+    assert!(matches!(&set.decide(&a, Utc::now())[0], Decision::Refuse { reason, .. } if reason.contains("`route`")));
 }
