@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::audit::AuditOptions;
+use crate::audit::{AuditOptions, Retention};
 use crate::guards::GuardSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,16 @@ struct RawGuards {
 struct RawAudit {
     segment_max_bytes: Option<u64>,
     segment_max_age: Option<String>,
+    snapshot_interval: Option<String>,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    max_age: Option<String>,
+    max_bytes: Option<u64>,
 }
 
 /// Where a secret comes from; read when the server starts.
@@ -158,6 +168,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub guards: GuardSettings,
     pub audit: AuditOptions,
+    /// How often the guards' state is written beside the audit log.
+    pub snapshot_interval: Duration,
 }
 
 impl Config {
@@ -234,8 +246,22 @@ impl Config {
                 &raw.audit.segment_max_age,
                 audit_defaults.segment_max_age,
             )?,
+            retention: Retention {
+                max_age: raw
+                    .audit
+                    .retention
+                    .max_age
+                    .as_ref()
+                    .map(|s| humantime::parse_duration(s))
+                    .transpose()
+                    .map_err(|e| invalid("audit.retention.max_age", format!("not a duration: {e}")))?,
+                max_bytes: raw.audit.retention.max_bytes,
+            },
             ..audit_defaults
         };
+        if audit.segment_max_bytes < 4096 {
+            return Err(invalid("audit.segment_max_bytes", "must be at least 4096".into()));
+        }
         let auth = match raw.http.auth {
             None => AuthConfig::default(),
             Some(a) => {
@@ -276,6 +302,11 @@ impl Config {
             auth,
             guards,
             audit,
+            snapshot_interval: duration(
+                "audit.snapshot_interval",
+                &raw.audit.snapshot_interval,
+                Duration::from_secs(30),
+            )?,
         })
     }
 }

@@ -34,7 +34,7 @@ impl Default for GuardSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pause {
     pub actor: String,
     pub reason: String,
@@ -66,7 +66,68 @@ pub struct GuardState {
     paused: HashMap<String, Pause>,
 }
 
+/// The guards' state as written beside the audit log, valid up to the record `seq` whose line
+/// hashes to `hash`: a restart loads it and replays only the records after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub format: u32,
+    pub seq: u64,
+    pub hash: String,
+    pub written: DateTime<Utc>,
+    keys: Vec<(String, String, DateTime<Utc>)>,
+    cooldowns: Vec<(String, String, DateTime<Utc>)>,
+    applied: Vec<DateTime<Utc>>,
+    global_pause: Option<Pause>,
+    paused: Vec<(String, Pause)>,
+}
+
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
 impl GuardState {
+    pub fn snapshot(&self, seq: u64, hash: String) -> Snapshot {
+        let mut keys: Vec<_> = self.keys.iter().map(|(k, (a, t))| (k.clone(), a.clone(), *t)).collect();
+        keys.sort();
+        let mut cooldowns: Vec<_> = self
+            .last_applied
+            .iter()
+            .map(|((r, t), at)| (r.clone(), t.clone(), *at))
+            .collect();
+        cooldowns.sort();
+        let mut paused: Vec<_> = self.paused.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        paused.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            seq,
+            hash,
+            written: Utc::now(),
+            keys,
+            cooldowns,
+            applied: self.applied.iter().copied().collect(),
+            global_pause: self.global_pause.clone(),
+            paused,
+        }
+    }
+
+    pub fn from_snapshot(s: Snapshot) -> GuardState {
+        GuardState {
+            keys: s.keys.into_iter().map(|(k, a, t)| (k, (a, t))).collect(),
+            last_applied: s.cooldowns.into_iter().map(|(r, t, at)| ((r, t), at)).collect(),
+            applied: s.applied.into(),
+            global_pause: s.global_pause,
+            paused: s.paused.into_iter().collect(),
+        }
+    }
+
+    /// How many entries the state holds (it must follow activity, not history).
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.last_applied.len() + self.applied.len() + self.paused.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 && self.global_pause.is_none()
+    }
+
     /// Fold one audit record into the state.
     pub fn observe(&mut self, r: &Record) {
         let e = &r.entry;

@@ -8,6 +8,8 @@ pub mod actions;
 pub mod audit;
 pub mod config;
 pub mod event;
+pub mod failpoint;
+pub mod fsutil;
 pub mod guards;
 pub mod http;
 pub mod istio;

@@ -78,6 +78,82 @@ pub struct Pipeline {
     state: tokio::sync::Mutex<GuardState>,
     settings: Settings,
     rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
+    restored: Restored,
+}
+
+/// The guards' state snapshot, beside the audit log's segments.
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// How the guards' state was restored at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    /// The seq the snapshot covered, if a valid one was found.
+    pub snapshot_seq: Option<u64>,
+    /// Records read from the log after it (all of them without a snapshot).
+    pub replayed: u64,
+    /// Why the snapshot was not used, if it was not.
+    pub note: Option<String>,
+}
+
+fn longest_cooldown(rules: &RuleSet) -> Duration {
+    rules
+        .rules()
+        .iter()
+        .filter_map(|r| r.cooldown)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Load the snapshot if it matches the log (the record it covers still hashes the same), then
+/// replay the records after it; otherwise rebuild from the whole log.
+fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let loaded: Result<guards::Snapshot, String> = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no snapshot".into()),
+        Err(e) => Err(format!("snapshot unreadable: {e}")),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("snapshot invalid: {e}")),
+    };
+    let valid = match loaded {
+        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => Err(format!("snapshot format {} unknown", s.format)),
+        Ok(s) => {
+            let matches = if s.seq == 0 {
+                s.hash == audit::GENESIS
+            } else {
+                audit::hash_at(dir, s.seq)?.as_deref() == Some(&s.hash)
+            };
+            if matches {
+                Ok(s)
+            } else {
+                Err(format!("snapshot (seq {}) does not match the log", s.seq))
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let (mut state, after, snapshot_seq, note) = match valid {
+        Ok(s) => {
+            let seq = s.seq;
+            (GuardState::from_snapshot(s), seq, Some(seq), None)
+        }
+        Err(note) => (
+            GuardState::default(),
+            0,
+            None,
+            Some(format!("{note}: rebuilt from the whole log")),
+        ),
+    };
+    let mut replayed = 0;
+    for record in audit::records_after(dir, after)? {
+        state.observe(&record?);
+        replayed += 1;
+    }
+    Ok((
+        state,
+        Restored {
+            snapshot_seq,
+            replayed,
+            note,
+        },
+    ))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -85,17 +161,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Pipeline {
-    /// Rebuild the guards' state from the audit log and start.
+    /// Restore the guards' state (snapshot plus the log's tail, or the whole log) and start.
     pub fn new(
         rules: RuleSet,
         audit: AuditLog,
         target: Arc<dyn Target>,
         settings: Settings,
     ) -> Result<Pipeline, AuditError> {
-        let mut state = GuardState::default();
-        for record in audit::records(audit.dir())? {
-            state.observe(&record?);
-        }
+        let (mut state, restored) = restore_state(audit.dir())?;
+        state.prune(Utc::now(), &settings.guards, longest_cooldown(&rules));
+        info!(
+            snapshot = ?restored.snapshot_seq,
+            replayed = restored.replayed,
+            note = restored.note.as_deref().unwrap_or(""),
+            "guard state restored"
+        );
         Ok(Pipeline {
             rules: RwLock::new(Arc::new(rules)),
             audit,
@@ -103,7 +183,41 @@ impl Pipeline {
             state: tokio::sync::Mutex::new(state),
             settings,
             rejections: Default::default(),
+            restored,
         })
+    }
+
+    /// How the guards' state was restored at start.
+    pub fn restored(&self) -> &Restored {
+        &self.restored
+    }
+
+    /// Write the guards' state beside the log (atomically), so the next start replays only what
+    /// comes after it. Expired keys and cooldowns are dropped first.
+    pub async fn save_snapshot(&self) -> Result<u64, AuditError> {
+        let snapshot = {
+            let mut state = self.state.lock().await;
+            state.prune(Utc::now(), &self.settings.guards, longest_cooldown(&self.rules()));
+            let (seq, hash) = self.audit.last();
+            state.snapshot(seq, hash)
+        };
+        let seq = snapshot.seq;
+        let path = self.audit.dir().join(SNAPSHOT_FILE);
+        let bytes = serde_json::to_vec(&snapshot).map_err(|e| AuditError::Io {
+            action: "serialise",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        tokio::task::spawn_blocking(move || {
+            crate::fsutil::write_atomically(&path, &bytes).map_err(|source| AuditError::Io {
+                action: "write snapshot",
+                path,
+                source,
+            })
+        })
+        .await
+        .map_err(|_| AuditError::Stopped)??;
+        Ok(seq)
     }
 
     pub fn rules(&self) -> Arc<RuleSet> {

@@ -93,6 +93,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         let token = token.clone();
         tasks.spawn(async move { (name, source.run(token).await) });
     }
+    // The guards' state is written beside the log periodically, and once more at the end.
+    let snapshots = {
+        let pipeline = pipeline.clone();
+        let token = token.clone();
+        let every = config.snapshot_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = pipeline.save_snapshot().await {
+                            warn!(error = %e, "could not write the state snapshot");
+                        }
+                    }
+                }
+            }
+        })
+    };
     let mut failure = None;
     tokio::select! {
         _ = shutdown => info!("shutting down: no new input; finishing what is in flight"),
@@ -119,6 +139,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     if drained.is_err() {
         warn!(grace = ?config.shutdown_grace, "grace period over: aborting what is still running");
         tasks.abort_all();
+    }
+    let _ = snapshots.await;
+    match pipeline.save_snapshot().await {
+        Ok(seq) => info!(seq, "state snapshot written"),
+        Err(e) => warn!(error = %e, "could not write the state snapshot"),
     }
     let audit = pipeline.audit().clone();
     drop(pipeline);
@@ -165,30 +190,43 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(root.join("backstop.yaml")).unwrap();
         let mut config = Config::parse(&root.join("backstop.yaml"), &text).unwrap();
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        config.listen = format!("127.0.0.1:{port}").parse().unwrap();
         config.data_dir = dir.path().to_path_buf();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(config.clone(), async move {
             let _ = rx.await;
         }));
-        // The audit log is held while serving...
-        let held = loop {
-            match AuditLog::open(&config.audit_dir(), Default::default()) {
-                Err(AuditError::Locked(_)) => break true,
-                Ok(log) => {
-                    log.close().await.unwrap();
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{e}"),
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        let mut up = false;
+        for _ in 0..200 {
+            if reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
+                up = true;
+                break;
             }
-        };
-        assert!(held);
+            assert!(!server.is_finished(), "serve stopped early");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(up, "serve did not answer /healthz");
+        // The audit log is held while serving...
+        assert!(matches!(
+            AuditLog::open(&config.audit_dir(), Default::default()),
+            Err(AuditError::Locked(_))
+        ));
         tx.send(()).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(10), server)
             .await
             .unwrap()
             .unwrap()
             .unwrap();
+        assert!(
+            config.audit_dir().join(crate::pipeline::SNAPSHOT_FILE).exists(),
+            "a final snapshot is written"
+        );
         // ...and released once `serve` returns.
         AuditLog::open(&config.audit_dir(), Default::default()).unwrap();
     }

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use read::{query, records, segments, tail};
+pub use read::{export, hash_at, query, records, records_after, segments, tail};
 pub use verify::{VerifyError, VerifyReport, verify, verify_reader};
 pub use writer::AuditLog;
 
@@ -189,6 +189,16 @@ pub struct AuditOptions {
     pub segment_max_age: Duration,
     /// fdatasync before acknowledging; only benchmarks of the ceiling turn it off.
     pub fsync: bool,
+    pub retention: Retention,
+}
+
+/// Which sealed segments to keep. The default keeps everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Delete segments whose newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for AuditOptions {
@@ -197,6 +207,7 @@ impl Default for AuditOptions {
             segment_max_bytes: 64 << 20,
             segment_max_age: Duration::from_secs(24 * 3600),
             fsync: true,
+            retention: Retention::default(),
         }
     }
 }

@@ -100,7 +100,15 @@ fn read_segment(path: &Path, mut keep: impl FnMut(Record) -> bool) -> Result<(),
 
 /// Every record of the log, streaming, in order.
 pub fn records(dir: &Path) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
-    let segs = segments(dir)?;
+    records_after(dir, 0)
+}
+
+/// The records with `seq > after`, streaming, in order; segments wholly before are not opened.
+pub fn records_after(dir: &Path, after: u64) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
+    let mut segs = segments(dir)?;
+    // Keep the segment holding `after + 1` and those following it.
+    let keep_from = segs.iter().rposition(|(first, _)| *first <= after + 1).unwrap_or(0);
+    segs.drain(..keep_from);
     let mut current: Option<Lines> = None;
     let mut rest = segs.into_iter();
     Ok(std::iter::from_fn(move || {
@@ -115,7 +123,10 @@ pub fn records(dir: &Path) -> Result<impl Iterator<Item = Result<Record, AuditEr
             let lines = current.as_mut()?;
             let next = lines.next_line().map(|o| o.map(|(n, b)| (n, b.to_vec())));
             match next {
-                Ok(Some((n, bytes))) => return Some(parse(lines.path(), n, &bytes)),
+                Ok(Some((n, bytes))) => match parse(lines.path(), n, &bytes) {
+                    Ok(r) if r.seq <= after => continue,
+                    other => return Some(other),
+                },
                 Ok(None) => current = None,
                 Err(e) => {
                     current = None;
@@ -126,13 +137,17 @@ pub fn records(dir: &Path) -> Result<impl Iterator<Item = Result<Record, AuditEr
     }))
 }
 
-/// Time of a segment's first record, reading only that line.
-fn first_time(path: &Path) -> Result<Option<DateTime<Utc>>, AuditError> {
+/// A segment's first record, reading only that line.
+pub(super) fn first_record(path: &Path) -> Result<Option<Record>, AuditError> {
     let mut lines = Lines::open(path)?;
     match lines.next_line()? {
-        Some((n, bytes)) => Ok(Some(parse(path, n, bytes)?.time)),
+        Some((n, bytes)) => Ok(Some(parse(path, n, bytes)?)),
         None => Ok(None),
     }
+}
+
+fn first_time(path: &Path) -> Result<Option<DateTime<Utc>>, AuditError> {
+    Ok(first_record(path)?.map(|r| r.time))
 }
 
 /// Records matching `filter`, in order. Segments that cannot match, by their sequence range or
@@ -140,15 +155,10 @@ fn first_time(path: &Path) -> Result<Option<DateTime<Utc>>, AuditError> {
 pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
     let segs = segments(dir)?;
     let mut out = std::collections::VecDeque::new();
-    for (i, (_, path)) in segs.iter().enumerate() {
-        let next = segs.get(i + 1);
-        if let (Some(after), Some((next_first, _))) = (filter.after_seq, next)
+    let first = first_segment_since(&segs, filter.since)?;
+    for (i, (_, path)) in segs.iter().enumerate().skip(first) {
+        if let (Some(after), Some((next_first, _))) = (filter.after_seq, segs.get(i + 1))
             && *next_first <= after + 1
-        {
-            continue;
-        }
-        if let (Some(since), Some((_, next_path))) = (filter.since, next)
-            && first_time(next_path)?.is_some_and(|t| t < since)
         {
             continue;
         }
@@ -189,4 +199,87 @@ pub fn tail(dir: &Path, n: usize) -> Result<Vec<Record>, AuditError> {
         out = seg;
     }
     Ok(out)
+}
+
+/// Write the raw lines of the records with `since <= time <= until` to `out`, unchanged, so the
+/// export verifies on its own (`verify_reader`). Returns how many records were written.
+pub fn export(
+    dir: &Path,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, AuditError> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        time: DateTime<Utc>,
+    }
+    let segs = segments(dir)?;
+    let start = first_segment_since(&segs, since)?;
+    let mut written = 0;
+    for (_, path) in &segs[start..] {
+        if let Some(until) = until
+            && first_time(path)?.is_some_and(|t| t > until)
+        {
+            break;
+        }
+        let mut lines = Lines::open(path)?;
+        while let Some((n, bytes)) = lines.next_line()? {
+            let stamp: Stamp = serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
+                path: path.clone(),
+                line: n,
+                message: e.to_string(),
+            })?;
+            if since.is_some_and(|s| stamp.time < s) {
+                continue;
+            }
+            if until.is_some_and(|u| stamp.time > u) {
+                return Ok(written);
+            }
+            out.write_all(bytes)
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(io("write export of", path))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Index of the first segment that can hold records at or after `since`: a binary search on the
+/// segments' first record times, so the cost does not grow with the number of older segments.
+fn first_segment_since(segs: &[(u64, PathBuf)], since: Option<DateTime<Utc>>) -> Result<usize, AuditError> {
+    let Some(since) = since else { return Ok(0) };
+    // The first segment whose first record is after `since`; the one before it may straddle.
+    let (mut lo, mut hi) = (0, segs.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match first_time(&segs[mid].1)? {
+            Some(t) if t <= since => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo.saturating_sub(1))
+}
+
+/// The hash of record `seq`'s line, if the log still holds it.
+pub fn hash_at(dir: &Path, seq: u64) -> Result<Option<String>, AuditError> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let segs = segments(dir)?;
+    let Some((_, path)) = segs.iter().rev().find(|(first, _)| *first <= seq) else {
+        return Ok(None);
+    };
+    let mut lines = Lines::open(path)?;
+    while let Some((n, bytes)) = lines.next_line()? {
+        let s: Seq = serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
+            path: path.clone(),
+            line: n,
+            message: e.to_string(),
+        })?;
+        if s.seq == seq {
+            return Ok(Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))));
+        }
+    }
+    Ok(None)
 }

@@ -356,3 +356,205 @@ fn kinds_parse_from_their_names() {
     }
     assert!("bogus".parse::<Kind>().is_err());
 }
+
+fn retained(max_bytes: Option<u64>, max_age: Option<std::time::Duration>) -> AuditOptions {
+    AuditOptions {
+        segment_max_bytes: 600,
+        retention: Retention { max_age, max_bytes },
+        ..AuditOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn retention_by_size_deletes_oldest_segments_and_verify_starts_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), retained(Some(3000), None)).unwrap();
+    for _ in 0..40 {
+        log.append(entries(2)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let segs = segments(dir.path()).unwrap();
+    let total: u64 = segs.iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(
+        total <= 3000 + 1200,
+        "the log stays near its size limit: {total} bytes in {} segments",
+        segs.len()
+    );
+    assert!(segs[0].0 > 1, "old segments are gone");
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.first_seq, segs[0].0);
+    let checkpoint = report.anchored_by.expect("anchored by a checkpoint");
+    let c = query(
+        dir.path(),
+        &Filter {
+            kinds: vec![Kind::Checkpoint],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(c.iter().any(|r| r.seq == checkpoint));
+}
+
+#[tokio::test]
+async fn retention_by_age_keeps_the_open_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = retained(None, Some(std::time::Duration::from_millis(1)));
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            retention: Retention::default(),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    for _ in 0..10 {
+        log.append(entries(2)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    assert!(segments(dir.path()).unwrap().len() > 2);
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // Retention runs when the log opens with it configured.
+    let log = AuditLog::open(dir.path(), opts).unwrap();
+    let segs = segments(dir.path()).unwrap();
+    assert_eq!(segs.len(), 1, "only the open segment is left: {segs:?}");
+    let next = log.append(entries(1)).await.unwrap();
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.last_seq, next[0].seq);
+    assert!(report.anchored_by.is_some());
+}
+
+#[tokio::test]
+async fn a_crash_halfway_through_retention_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    for _ in 0..15 {
+        log.append(entries(2)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let before = segments(dir.path()).unwrap();
+    for (_, p) in &before {
+        std::fs::copy(p, backup.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let log = AuditLog::open(dir.path(), retained(None, Some(std::time::Duration::from_millis(1)))).unwrap();
+    log.close().await.unwrap();
+    // As if the process died after the checkpoint and the first deletion: put the others back.
+    for (_, p) in &before[1..before.len() - 1] {
+        if !p.exists() {
+            std::fs::copy(backup.path().join(p.file_name().unwrap()), p).unwrap();
+        }
+    }
+    assert_eq!(segments(dir.path()).unwrap().len(), before.len() - 1);
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.first_seq, before[1].0);
+    assert!(report.anchored_by.is_some());
+}
+
+#[tokio::test]
+async fn removing_the_oldest_segment_by_hand_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    for _ in 0..10 {
+        log.append(entries(2)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    std::fs::remove_file(&segments(dir.path()).unwrap()[0].1).unwrap();
+    let err = verify(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("no checkpoint record anchors"), "{err}");
+}
+
+#[tokio::test]
+async fn a_log_that_stopped_right_after_a_seal_continues_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    for _ in 0..6 {
+        log.append(entries(2)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    // Cut the newest segment away, so the log ends with a seal (as a crash after sealing would).
+    let segs = segments(dir.path()).unwrap();
+    std::fs::remove_file(&segs.last().unwrap().1).unwrap();
+    let sealed_last = tail(dir.path(), 1).unwrap();
+    assert_eq!(sealed_last[0].entry.kind, Kind::Seal);
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    let next = log.append(entries(1)).await.unwrap();
+    assert_eq!(next[0].seq, sealed_last[0].seq + 1, "no second seal");
+    assert_eq!(
+        segments(dir.path()).unwrap().last().unwrap().0,
+        next[0].seq,
+        "a new segment starts at it"
+    );
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_new_segment_left_by_a_crash_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    for _ in 0..6 {
+        log.append(entries(2)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let segs = segments(dir.path()).unwrap();
+    let (last_first, last_path) = segs.last().unwrap().clone();
+    std::fs::remove_file(&last_path).unwrap();
+    std::fs::write(&last_path, "").unwrap(); // created, nothing written yet
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    let next = log.append(entries(1)).await.unwrap();
+    assert_eq!(next[0].seq, last_first);
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn export_writes_the_period_unchanged_and_it_verifies_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    log.append(entries(5)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let since = chrono::Utc::now();
+    for _ in 0..5 {
+        log.append(entries(2)).await.unwrap();
+    }
+    let until = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    log.append(entries(3)).await.unwrap();
+    log.close().await.unwrap();
+    let mut out = Vec::new();
+    let n = export(dir.path(), Some(since), Some(until), &mut out).unwrap();
+    let expected = query(
+        dir.path(),
+        &Filter {
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(n as usize, expected.len());
+    assert!(n >= 10);
+    let report = verify_reader(out.as_slice(), "export").unwrap();
+    assert_eq!(
+        (report.first_seq, report.last_seq),
+        (expected[0].seq, expected.last().unwrap().seq)
+    );
+    let all: String = all_lines(dir.path()).into_iter().map(|(_, l)| l + "\n").collect();
+    assert!(
+        all.contains(std::str::from_utf8(&out).unwrap()),
+        "exported bytes are the log's bytes"
+    );
+}
+
+#[tokio::test]
+async fn records_after_and_hash_at_skip_to_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), small_segments()).unwrap();
+    for _ in 0..10 {
+        log.append(entries(2)).await.unwrap();
+    }
+    let (last, hash) = log.last();
+    log.close().await.unwrap();
+    let after: Vec<u64> = records_after(dir.path(), 17).unwrap().map(|r| r.unwrap().seq).collect();
+    assert_eq!(after, (18..=last).collect::<Vec<_>>());
+    assert_eq!(hash_at(dir.path(), last).unwrap(), Some(hash));
+    assert_eq!(hash_at(dir.path(), last + 1).unwrap(), None);
+}

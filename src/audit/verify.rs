@@ -16,6 +16,9 @@ pub struct VerifyReport {
     pub first_seq: u64,
     pub last_seq: u64,
     pub last_hash: String,
+    /// When older segments were removed by retention: the `checkpoint` record (its seq) that
+    /// anchors the first record kept.
+    pub anchored_by: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,21 @@ pub enum VerifyError {
 
 /// Only what verification needs from a record.
 #[derive(Deserialize)]
-struct Link {
+struct Link<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    prev: &'a str,
+    #[serde(borrow, default)]
+    kind: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct CheckpointDetail {
+    anchors: Vec<Anchor>,
+}
+
+#[derive(Deserialize)]
+struct Anchor {
     seq: u64,
     prev: String,
 }
@@ -43,6 +60,9 @@ struct Link {
 struct Chain {
     report: VerifyReport,
     expected: Option<(u64, String)>,
+    /// (seq, prev) of the first record, and the anchors checkpoints give: (seq, prev, checkpoint seq).
+    start: Option<(u64, String)>,
+    anchors: Vec<(u64, String, u64)>,
 }
 
 impl Chain {
@@ -54,8 +74,11 @@ impl Chain {
                 first_seq: 0,
                 last_seq: 0,
                 last_hash: GENESIS.into(),
+                anchored_by: None,
             },
             expected,
+            start: None,
+            anchors: Vec::new(),
         }
     }
 
@@ -77,16 +100,30 @@ impl Chain {
                     "expected seq {seq}: a record was removed, inserted or reordered before this one"
                 )));
             }
-            if link.prev != *prev {
+            if link.prev != prev {
                 return Err(broken(format!(
                     "prev is {} but the previous record hashes to {prev}: the previous record was edited, or records were removed or reordered",
                     link.prev
                 )));
             }
         }
+        if link.kind == Some("checkpoint") {
+            #[derive(Deserialize)]
+            struct Checkpoint {
+                detail: CheckpointDetail,
+            }
+            let c: Checkpoint = serde_json::from_slice(bytes).map_err(|e| VerifyError::Unreadable {
+                file: file.into(),
+                line,
+                message: format!("checkpoint without anchors: {e}"),
+            })?;
+            self.anchors
+                .extend(c.detail.anchors.into_iter().map(|a| (a.seq, a.prev, link.seq)));
+        }
         let hash = hex::encode(Sha256::digest(bytes));
         if self.report.records == 0 {
             self.report.first_seq = link.seq;
+            self.start = Some((link.seq, link.prev.to_string()));
         }
         self.report.records += 1;
         self.report.last_seq = link.seq;
@@ -99,7 +136,11 @@ impl Chain {
 /// Verify the whole log directory from its first record.
 pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
     let segs = segments(dir)?;
-    let mut chain = Chain::new(Some((segs.first().map(|s| s.0).unwrap_or(1), GENESIS.to_string())));
+    let first_seq = segs.first().map(|s| s.0).unwrap_or(1);
+    // A log that starts later than seq 1 lost its oldest segments to retention: its first record
+    // must be anchored by a checkpoint, checked at the end.
+    let needs_anchor = first_seq != 1;
+    let mut chain = Chain::new((!needs_anchor).then(|| (1, GENESIS.to_string())));
     for (first_seq, path) in &segs {
         let file = path.display().to_string();
         if let Some((seq, _)) = &chain.expected
@@ -117,6 +158,21 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
             chain.check(&file, n, bytes)?;
         }
         chain.report.segments += 1;
+    }
+    if needs_anchor {
+        let (seq, prev) = chain.start.clone().unwrap_or_default();
+        let anchor = chain.anchors.iter().find(|(s, p, _)| *s == seq && *p == prev);
+        match anchor {
+            Some((_, _, checkpoint)) => chain.report.anchored_by = Some(*checkpoint),
+            None => {
+                return Err(VerifyError::Broken {
+                    file: segs.first().map(|s| s.1.display().to_string()).unwrap_or_default(),
+                    line: 1,
+                    seq,
+                    problem: "the log starts here, but no checkpoint record anchors this record: older segments were removed without retention, or the first segment was edited".into(),
+                });
+            }
+        }
     }
     Ok(chain.report)
 }

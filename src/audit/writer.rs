@@ -47,7 +47,9 @@ pub struct AuditLog {
 /// The open tail segment and the chain's position.
 struct Tail {
     file: Option<File>,
+    /// The open segment and the seq its name carries.
     path: PathBuf,
+    seg_first: u64,
     len: u64,
     first_time: Option<DateTime<Utc>>,
     next_seq: u64,
@@ -95,6 +97,7 @@ impl AuditLog {
                 .detail(detail);
             write_batch(&mut tail, &opts, &shared, vec![entry])?;
         }
+        apply_retention(&mut tail, &opts, &shared)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -168,18 +171,17 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
     let segs = segments(dir)?;
     let Some((first_seq, path)) = segs.last().cloned() else {
         let path = dir.join(segment_name(1));
-        return Ok((
-            Tail {
-                file: None,
-                path,
-                len: 0,
-                first_time: None,
-                next_seq: 1,
-                last_hash: GENESIS.into(),
-                _lock: lock,
-            },
-            None,
-        ));
+        let tail = Tail {
+            file: None,
+            path,
+            seg_first: 1,
+            len: 0,
+            first_time: None,
+            next_seq: 1,
+            last_hash: GENESIS.into(),
+            _lock: lock,
+        };
+        return Ok((tail, None));
     };
     let mut file = OpenOptions::new()
         .read(true)
@@ -188,6 +190,7 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
         .map_err(io("open", &path))?;
     let mut reader = BufReader::new(&mut file);
     let (mut good_len, mut last_hash, mut last_seq, mut first_time) = (0u64, None, None, None);
+    let mut last_kind = None;
     let mut torn = None;
     let mut line = Vec::new();
     loop {
@@ -202,6 +205,7 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
             Ok(r) if complete => {
                 first_time.get_or_insert(r.time);
                 last_seq = Some(r.seq);
+                last_kind = Some(r.entry.kind);
                 last_hash = Some(hash(body));
                 good_len += n as u64;
             }
@@ -236,18 +240,32 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
         }
     };
     file.seek(SeekFrom::End(0)).map_err(io("seek", &path))?;
-    Ok((
-        Tail {
-            file: Some(file),
+    if last_kind == Some(Kind::Seal) {
+        // Stopped between sealing a segment and writing the next: start that next one.
+        let path = dir.join(segment_name(next_seq));
+        let tail = Tail {
+            file: None,
             path,
-            len: good_len,
-            first_time,
+            seg_first: next_seq,
+            len: 0,
+            first_time: None,
             next_seq,
             last_hash,
             _lock: lock,
-        },
-        torn,
-    ))
+        };
+        return Ok((tail, torn));
+    }
+    let tail = Tail {
+        file: Some(file),
+        path,
+        seg_first: first_seq,
+        len: good_len,
+        first_time,
+        next_seq,
+        last_hash,
+        _lock: lock,
+    };
+    Ok((tail, torn))
 }
 
 fn file_len(path: &Path) -> Result<u64, AuditError> {
@@ -319,7 +337,8 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
     }
 }
 
-/// Serialise, write, fsync. On failure the file is cut back and the chain does not move.
+/// Rotate if the segment is full, then write. On failure the file is cut back and the chain
+/// does not move.
 fn write_batch(
     tail: &mut Tail,
     opts: &AuditOptions,
@@ -336,10 +355,21 @@ fn write_batch(
             .is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.segment_max_age);
     if full && tail.len > 0 {
         rotate(tail, opts, shared)?;
+        apply_retention(tail, opts, shared)?;
     }
+    write_records(tail, opts, shared, entries)
+}
+
+/// Serialise, write, fsync, and move the chain forward.
+fn write_records(
+    tail: &mut Tail,
+    opts: &AuditOptions,
+    shared: &Shared,
+    entries: Vec<Entry>,
+) -> Result<Vec<Record>, AuditError> {
     let (records, buf, last_hash) = serialize(tail.next_seq, &tail.last_hash, entries)?;
     append_bytes(tail, opts, shared, &buf)?;
-    tail.first_time.get_or_insert(now);
+    tail.first_time.get_or_insert(records[0].time);
     tail.next_seq += records.len() as u64;
     tail.last_hash = last_hash;
     *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = (tail.next_seq - 1, tail.last_hash.clone());
@@ -391,14 +421,21 @@ fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8
                 .read(true)
                 .open(&tail.path)?;
             if let Some(dir) = tail.path.parent() {
-                File::open(dir)?.sync_all()?;
+                crate::fsutil::sync_dir(dir)?;
             }
+            crate::failpoint::crash_point("audit.segment_created");
             tail.file = Some(f);
         }
         let file = tail
             .file
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no segment open"))?;
+        if crate::failpoint::hit("audit.torn_write") {
+            // Half a batch reaches the disk, then the process dies.
+            file.write_all(&buf[..buf.len() / 2])?;
+            file.sync_data()?;
+            std::process::abort();
+        }
         file.write_all(buf)?;
         if opts.fsync {
             file.sync_data()?;
@@ -424,17 +461,93 @@ fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8
     }
 }
 
-/// Seal the current segment and start the next one.
+/// Seal the current segment and start the next one. The seal is the segment's trailer: its
+/// first and last seq, the hash of the last record before it, and its time span.
 fn rotate(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), AuditError> {
-    let first_seq = segments(&shared.dir)?.last().map(|s| s.0).unwrap_or(1);
-    let seal = Entry::new(Kind::Seal).detail(json!({ "first_seq": first_seq, "last_seq": tail.next_seq }));
-    let (_, buf, last_hash) = serialize(tail.next_seq, &tail.last_hash, vec![seal])?;
-    append_bytes(tail, opts, shared, &buf)?;
-    tail.next_seq += 1;
-    tail.last_hash = last_hash;
+    let seal = Entry::new(Kind::Seal).detail(json!({
+        "segment": tail.path.file_name().map(|n| n.to_string_lossy().to_string()),
+        "first_seq": tail.seg_first,
+        "last_seq": tail.next_seq,
+        "last_hash": tail.last_hash,
+        "first_time": tail.first_time,
+    }));
+    write_records(tail, opts, shared, vec![seal])?;
+    crate::failpoint::crash_point("audit.sealed");
     tail.file = None;
     tail.path = shared.dir.join(segment_name(tail.next_seq));
+    tail.seg_first = tail.next_seq;
     tail.len = 0;
     tail.first_time = None;
+    Ok(())
+}
+
+/// Delete the oldest sealed segments that retention no longer keeps. First a `checkpoint` record
+/// anchors what remains: for each segment deleted, the seq and `prev` of the record that follows
+/// it, so `audit verify` can start from any of them (also after a crash halfway through).
+fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), AuditError> {
+    let r = &opts.retention;
+    if r.max_age.is_none() && r.max_bytes.is_none() {
+        return Ok(());
+    }
+    let segs = segments(&shared.dir)?;
+    let sizes: Vec<u64> = segs
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let mut total: u64 = sizes.iter().sum();
+    let now = Utc::now();
+    let mut delete = Vec::new();
+    for (i, (first, path)) in segs.iter().enumerate() {
+        if *first >= tail.seg_first {
+            break; // never the open segment
+        }
+        // A segment ends where the next one starts.
+        let ends = match segs.get(i + 1) {
+            Some((_, next)) => super::read::first_record(next)?.map(|r| r.time).unwrap_or(now),
+            None => now,
+        };
+        let too_old = r.max_age.is_some_and(|a| (now - ends).to_std().unwrap_or_default() > a);
+        let too_big = r.max_bytes.is_some_and(|b| total > b);
+        if !(too_old || too_big) {
+            break;
+        }
+        total -= sizes[i];
+        delete.push((*first, path.clone()));
+    }
+    if delete.is_empty() {
+        return Ok(());
+    }
+    let mut anchors = Vec::new();
+    for (first, _) in &delete {
+        let next = segs.iter().find(|(f, _)| f > first);
+        let anchor = match next {
+            Some((_, p)) => super::read::first_record(p)?.map(|r| (r.seq, r.prev)),
+            None => None,
+        };
+        // The segment after the last deleted one may not exist yet: this checkpoint starts it.
+        let (seq, prev) = anchor.unwrap_or((tail.next_seq, tail.last_hash.clone()));
+        anchors.push(json!({ "seq": seq, "prev": prev }));
+    }
+    let names: Vec<_> = delete
+        .iter()
+        .map(|(_, p)| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .collect();
+    let checkpoint = Entry::new(Kind::Checkpoint)
+        .reason(format!("retention removed {} segment(s)", delete.len()))
+        .detail(json!({
+            "deleted": names,
+            "anchors": anchors,
+            "kept_from_seq": segs.iter().map(|s| s.0).find(|f| delete.iter().all(|(d, _)| d != f)),
+            "retention": { "max_age": r.max_age.map(|d| humantime::format_duration(d).to_string()), "max_bytes": r.max_bytes },
+        }));
+    write_records(tail, opts, shared, vec![checkpoint])?;
+    for (i, (_, path)) in delete.iter().enumerate() {
+        if i == 1 {
+            crate::failpoint::crash_point("audit.retention");
+        }
+        std::fs::remove_file(path).map_err(io("remove", path))?;
+    }
+    crate::fsutil::sync_dir(&shared.dir).map_err(io("sync", &shared.dir))?;
+    tracing::info!(deleted = delete.len(), "audit retention removed old segments");
     Ok(())
 }

@@ -40,12 +40,7 @@ fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
     let audit_dir = dir.path().join("audit");
     let audit = AuditLog::open(&audit_dir, AuditOptions::default()).unwrap();
     let rules = crate::rules::load(&[repo("rules")]).unwrap();
-    let settings = Settings {
-        dry_run: false,
-        action_timeout: std::time::Duration::from_secs(5),
-        guards: GuardSettings::default(),
-    };
-    let pipeline = Pipeline::new(rules, audit, Arc::new(Manifests::new(&manifests)), settings).unwrap();
+    let pipeline = Pipeline::new(rules, audit, Arc::new(Manifests::new(&manifests)), settings()).unwrap();
     Harness {
         _dir: dir,
         state: AppState {
@@ -58,11 +53,50 @@ fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
     }
 }
 
+fn settings() -> Settings {
+    Settings {
+        dry_run: false,
+        action_timeout: std::time::Duration::from_secs(5),
+        guards: GuardSettings::default(),
+    }
+}
+
 fn harness() -> Harness {
     harness_with(Auth::none(), 1 << 20)
 }
 
 impl Harness {
+    /// Stop this pipeline and start a new one on the same audit log and manifests.
+    async fn restart(self) -> Harness {
+        let Harness {
+            _dir,
+            state,
+            manifests,
+            audit,
+        } = self;
+        let log = state.pipeline.audit().clone();
+        drop(state);
+        log.close().await.unwrap();
+        let pipeline = Pipeline::new(
+            crate::rules::load(&[repo("rules")]).unwrap(),
+            AuditLog::open(&audit, AuditOptions::default()).unwrap(),
+            Arc::new(Manifests::new(&manifests)),
+            settings(),
+        )
+        .unwrap();
+        let state = AppState {
+            pipeline: Arc::new(pipeline),
+            auth: Auth::none(),
+            max_body_bytes: 1 << 20,
+        };
+        Harness {
+            _dir,
+            state,
+            manifests,
+            audit,
+        }
+    }
+
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = router(self.state.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
@@ -451,40 +485,78 @@ async fn audit_endpoint_filters_by_outcome_and_rule() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn guard_state_survives_a_restart() {
+async fn guard_state_survives_a_restart_without_a_snapshot() {
     let h = harness();
     h.webhook(FIRING).await;
-    // A new pipeline over the same audit log and manifests, as after a restart.
-    let audit_dir = h.audit.clone();
-    let manifests = h.manifests.clone();
-    let Harness { state, _dir, .. } = h;
-    let audit = state.pipeline.audit().clone();
-    drop(state);
-    audit.close().await.unwrap();
-    let pipeline = Pipeline::new(
-        crate::rules::load(&[repo("rules")]).unwrap(),
-        AuditLog::open(&audit_dir, AuditOptions::default()).unwrap(),
-        Arc::new(Manifests::new(&manifests)),
-        Settings {
-            dry_run: false,
-            action_timeout: std::time::Duration::from_secs(5),
-            guards: GuardSettings::default(),
-        },
-    )
-    .unwrap();
-    let h2 = Harness {
-        _dir,
-        state: AppState {
-            pipeline: Arc::new(pipeline),
-            auth: Auth::none(),
-            max_body_bytes: 1 << 20,
-        },
-        manifests,
-        audit: audit_dir,
-    };
-    let (_, body) = h2.webhook(FIRING).await;
+    let h = h.restart().await;
+    let restored = h.state.pipeline.restored().clone();
+    assert_eq!(restored.snapshot_seq, None);
+    assert_eq!(restored.replayed, 4, "rebuilt from the whole log");
+    assert!(restored.note.unwrap().contains("no snapshot"));
+    let (_, body) = h.webhook(FIRING).await;
     assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
     assert!(body["results"][0]["reason"].as_str().unwrap().contains("duplicate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_loads_the_snapshot_and_replays_only_the_tail() {
+    let h = harness();
+    h.webhook(FIRING).await;
+    let covered = h.state.pipeline.save_snapshot().await.unwrap();
+    assert_eq!(covered, 4);
+    // After the snapshot: a pause (state) and an unrelated alert (no state).
+    h.post_json(
+        "/v1/pause",
+        json!({"target": "shop/checkout", "reason": "r", "actor": "a"}),
+    )
+    .await;
+    h.webhook(UNRELATED).await;
+    let h = h.restart().await;
+    let restored = h.state.pipeline.restored().clone();
+    assert_eq!(restored.snapshot_seq, Some(4));
+    assert_eq!(restored.replayed, 2, "only the records after the snapshot are read");
+    assert_eq!(restored.note, None);
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(
+        body["results"][0]["outcome"], "noop",
+        "the key came from the snapshot: {body}"
+    );
+    assert!(
+        h.state.pipeline.pauses().await["targets"]["shop/checkout"].is_object(),
+        "the pause came from the tail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_that_does_not_match_the_log_is_ignored_and_state_rebuilt() {
+    let h = harness();
+    h.webhook(FIRING).await;
+    h.state.pipeline.save_snapshot().await.unwrap();
+    let path = h.audit.join(crate::pipeline::SNAPSHOT_FILE);
+    let mut snap: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    snap["hash"] = json!("00ff");
+    snap["keys"] = json!([]);
+    std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
+    let h = h.restart().await;
+    let restored = h.state.pipeline.restored().clone();
+    assert_eq!(restored.snapshot_seq, None);
+    assert!(restored.note.unwrap().contains("does not match the log"));
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(
+        body["results"][0]["outcome"], "noop",
+        "the key was rebuilt from the log: {body}"
+    );
+    std::fs::write(&path, b"{ torn").unwrap();
+    let h = h.restart().await;
+    assert!(
+        h.state
+            .pipeline
+            .restored()
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("snapshot invalid")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

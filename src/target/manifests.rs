@@ -1,7 +1,6 @@
 //! The embedded default target: a directory of Kubernetes YAML manifests (also a GitOps mode).
 //! Edits change only the values they must (see [`super::yaml_edit`]) and are written atomically.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
@@ -90,7 +89,7 @@ impl Manifests {
             object: obj.to_string(),
             message: format!("cannot edit {}: {e}", loc.file.display()),
         })?;
-        write_atomically(&loc.file, edited.as_bytes())
+        crate::fsutil::write_atomically(&loc.file, edited.as_bytes()).map_err(|e| io("write", &loc.file, e))
     }
 }
 
@@ -137,27 +136,6 @@ fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Temporary file in the same directory, fsync, rename over the original, fsync the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("manifest");
-    let tmp = dir.join(format!(".{name}.backstop-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io("write", path, e))
 }
 
 impl Target for Manifests {
