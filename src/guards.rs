@@ -57,8 +57,22 @@ pub enum Verdict {
 pub const PAUSE: &str = "pause";
 pub const RESUME: &str = "resume";
 
+/// An action whose `decided` record is in the log but whose outcome is not: the process stopped
+/// in between. It is resumed at start (the executor's state check makes that safe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub action_id: String,
+    pub key: Option<String>,
+    pub rule: String,
+    pub target: String,
+    pub event_id: Option<String>,
+    /// The `istio::Plan` decided, as recorded.
+    pub plan: serde_json::Value,
+}
+
 #[derive(Debug, Default)]
 pub struct GuardState {
+    pending: std::collections::BTreeMap<String, Pending>,
     keys: HashMap<String, (String, DateTime<Utc>)>,
     last_applied: HashMap<(String, String), DateTime<Utc>>,
     applied: VecDeque<DateTime<Utc>>,
@@ -80,6 +94,7 @@ pub struct Snapshot {
     applied: Vec<DateTime<Utc>>,
     global_pause: Option<Pause>,
     paused: Vec<(String, Pause)>,
+    pending: Vec<Pending>,
 }
 
 pub const SNAPSHOT_FORMAT: u32 = 1;
@@ -106,7 +121,13 @@ impl GuardState {
             applied: self.applied.iter().copied().collect(),
             global_pause: self.global_pause.clone(),
             paused,
+            pending: self.pending.values().cloned().collect(),
         }
+    }
+
+    /// Actions decided but not finished, oldest first.
+    pub fn pending(&self) -> Vec<Pending> {
+        self.pending.values().cloned().collect()
     }
 
     pub fn from_snapshot(s: Snapshot) -> GuardState {
@@ -116,12 +137,13 @@ impl GuardState {
             applied: s.applied.into(),
             global_pause: s.global_pause,
             paused: s.paused.into_iter().collect(),
+            pending: s.pending.into_iter().map(|p| (p.action_id.clone(), p)).collect(),
         }
     }
 
     /// How many entries the state holds (it must follow activity, not history).
     pub fn len(&self) -> usize {
-        self.keys.len() + self.last_applied.len() + self.applied.len() + self.paused.len()
+        self.keys.len() + self.last_applied.len() + self.applied.len() + self.paused.len() + self.pending.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,6 +153,26 @@ impl GuardState {
     /// Fold one audit record into the state.
     pub fn observe(&mut self, r: &Record) {
         let e = &r.entry;
+        if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
+            && let Some(id) = &e.action_id
+        {
+            self.pending.remove(id);
+        }
+        if e.kind == Kind::Decided
+            && let (Some(id), Some(rule), Some(target), Some(plan)) =
+                (&e.action_id, &e.rule, &e.target, e.detail.as_ref().map(|d| &d["plan"]))
+            && !plan.is_null()
+        {
+            let pending = Pending {
+                action_id: id.clone(),
+                key: e.key.clone(),
+                rule: rule.clone(),
+                target: target.clone(),
+                event_id: e.event_id.clone(),
+                plan: plan.clone(),
+            };
+            self.pending.insert(id.clone(), pending);
+        }
         match e.kind {
             Kind::Decided | Kind::DryRun => {
                 if let (Some(key), Some(id)) = (&e.key, &e.action_id) {
@@ -396,5 +438,45 @@ mod tests {
         let later = t0 + chrono::Duration::days(8);
         s.prune(later, &settings(), TEN_MIN);
         assert!(s.keys.is_empty() && s.last_applied.is_empty() && s.applied.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+    use crate::audit::Entry;
+
+    #[test]
+    fn a_decided_action_without_outcome_is_pending_until_one_is_recorded() {
+        let now = Utc::now();
+        let mut s = GuardState::default();
+        let decided = Entry::new(Kind::Decided)
+            .action_id("a1")
+            .key("k")
+            .rule("r")
+            .target("ns/vs")
+            .detail(json!({"plan": {"change": "x"}}));
+        s.observe(&Record {
+            seq: 1,
+            time: now,
+            prev: String::new(),
+            entry: decided,
+        });
+        assert_eq!(s.pending().len(), 1);
+        assert_eq!(s.pending()[0].target, "ns/vs");
+        let snap = s.snapshot(1, "h".into());
+        assert_eq!(
+            GuardState::from_snapshot(snap).pending().len(),
+            1,
+            "kept across a snapshot"
+        );
+        let applied = Entry::new(Kind::Noop).action_id("a1");
+        s.observe(&Record {
+            seq: 2,
+            time: now,
+            prev: String::new(),
+            entry: applied,
+        });
+        assert!(s.pending().is_empty());
     }
 }

@@ -391,7 +391,7 @@ impl Pipeline {
                 let decide = |vs: &Value| istio::apply(vs, &plan);
                 let dry = dry_run || self.settings.dry_run;
                 let decided = base(Kind::Decided).action_id(&action_id).detail(
-                    json!({ "action": rule.action_summary(), "dry_run": dry, "target": self.target.describe() }),
+                    json!({ "action": rule.action_summary(), "dry_run": dry, "target": self.target.describe(), "plan": plan }),
                 );
                 if dry {
                     let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
@@ -434,6 +434,52 @@ impl Pipeline {
             write,
         )
         .await
+    }
+
+    /// Finish the actions a previous run decided but did not finish (it stopped between the
+    /// `decided` record and the outcome). Safe to run again: a target already changed is a no-op.
+    pub async fn resume_pending(&self) -> Result<Vec<Report>, PipelineError> {
+        let mut state = self.state.lock().await;
+        let mut reports = Vec::new();
+        for p in state.pending() {
+            let base = |kind: Kind| {
+                let mut e = Entry::new(kind).rule(&p.rule).target(&p.target).action_id(&p.action_id);
+                e.key = p.key.clone();
+                e.event_id = p.event_id.clone();
+                e
+            };
+            let plan: Result<istio::Plan, _> = serde_json::from_value(p.plan.clone());
+            let target: Result<ObjectRef, _> = p.target.parse();
+            let outcome = match (plan, target) {
+                (Ok(plan), Ok(target)) => {
+                    let decide = |vs: &Value| istio::apply(vs, &plan);
+                    self.run(&target, &decide, &p.action_id, &p.rule, true).await
+                }
+                (Err(e), _) => Outcome::Failed {
+                    reason: format!("cannot resume: recorded plan unreadable: {e}"),
+                },
+                (_, Err(e)) => Outcome::Failed {
+                    reason: format!("cannot resume: {e}"),
+                },
+            };
+            let mut entry = outcome_entry(base(outcome.kind()), &outcome);
+            let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
+            entry.reason = Some(format!(
+                "resumed after a restart (the previous run stopped during this action){why}"
+            ));
+            let reason = entry.reason.clone();
+            self.record(&mut state, vec![entry]).await?;
+            log_outcome(&outcome, &p.target, &p.action_id);
+            reports.push(Report {
+                event_id: p.event_id.clone().unwrap_or_default(),
+                rule: Some(p.rule.clone()),
+                outcome: outcome.kind(),
+                target: Some(p.target.clone()),
+                action_id: Some(p.action_id.clone()),
+                reason,
+            });
+        }
+        Ok(reports)
     }
 
     /// The kill switch: fire a rule's action by hand on a target. Bypasses pause, cooldown and

@@ -61,6 +61,13 @@ pub fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let auth = Auth::load(&config.auth).map_err(ServeError::Auth)?;
     let pipeline = Arc::new(pipeline(&config)?);
+    for report in pipeline
+        .resume_pending()
+        .await
+        .map_err(|e| ServeError::Source(e.to_string()))?
+    {
+        info!(action_id = ?report.action_id, outcome = %report.outcome, "resumed an action the previous run did not finish");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -2,7 +2,7 @@
 //! manifests directory in a temporary directory.
 
 use super::*;
-use crate::audit::{AuditLog, AuditOptions, Filter, Kind};
+use crate::audit::{AuditLog, AuditOptions, Entry, Filter, Kind};
 use crate::config::{AuthConfig, Secret};
 use crate::guards::GuardSettings;
 use crate::pipeline::Settings;
@@ -620,4 +620,48 @@ async fn dry_run_rule_records_what_it_would_do_and_writes_nothing() {
         body["results"][0]["outcome"], "noop",
         "a redelivered dry run is a duplicate too: {body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_interrupted_by_a_crash_is_finished_at_the_next_start() {
+    let h = harness();
+    // As if the previous run wrote `decided` and died before touching the target.
+    let plan = crate::rules::load(&[repo("rules")])
+        .unwrap()
+        .get("canary-high-error-rate")
+        .unwrap()
+        .plan(&Default::default())
+        .unwrap();
+    h.state
+        .pipeline
+        .audit()
+        .append(vec![
+            Entry::new(Kind::Decided)
+                .event_id("fp-1")
+                .rule("canary-high-error-rate")
+                .target("sms-app/model-service")
+                .key("k1")
+                .action_id("A-interrupted")
+                .detail(json!({ "plan": plan })),
+        ])
+        .await
+        .unwrap();
+    let h = h.restart().await;
+    let reports = h.state.pipeline.resume_pending().await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Kind::Applied);
+    assert!(h.vs().contains("weight: 100 # stable"));
+    let applied = &h.records(Kind::Applied)[0].entry;
+    assert_eq!(applied.action_id.as_deref(), Some("A-interrupted"));
+    assert!(
+        applied
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("resumed after a restart")
+    );
+    // Nothing left to resume, even after another restart.
+    assert!(h.state.pipeline.resume_pending().await.unwrap().is_empty());
+    let h = h.restart().await;
+    assert!(h.state.pipeline.resume_pending().await.unwrap().is_empty());
 }

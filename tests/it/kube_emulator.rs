@@ -922,3 +922,20 @@ async fn the_kubeconfig_points_at_the_emulator_with_its_token() {
         "nothing listens on other"
     );
 }
+
+#[tokio::test]
+async fn the_emulator_answers_while_the_test_thread_blocks() {
+    use std::io::{Read, Write};
+    let kube = KubeEmulator::start().await;
+    // A blocking client on the test's own (single) runtime thread, as when a test waits for a
+    // child process that talks to the emulator.
+    let mut stream = std::net::TcpStream::connect(kube.url().trim_start_matches("http://")).unwrap();
+    let request = format!(
+        "GET /version HTTP/1.1\r\nHost: emulator\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        kube.token()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -382,22 +382,30 @@ impl KubeEmulator {
             "kubectl.kubernetes.io/last-applied-configuration".into(),
             format!("{}\n", serde_json::to_string(&last_applied).expect("JSON")).into(),
         );
-        let body = serde_json::to_vec(&obj).expect("JSON");
         let name = obj["metadata"]["name"]
             .as_str()
             .expect("seed: metadata.name")
             .to_owned();
-        let exists = self
-            .shared
-            .lock()
+        let mut store = self.shared.lock();
+        // An existing object is replaced.
+        let current = store
             .objects
-            .contains_key(&(res, ns.clone(), name.clone()));
-        let (method, name, content_type) = if exists {
-            (Method::PATCH, Some(name), "application/merge-patch+json")
-        } else {
-            (Method::POST, None, "application/json")
+            .get(&key(res, &ns, &name))
+            .map(|o| o["metadata"]["resourceVersion"].clone());
+        let (method, name) = match current {
+            Some(rv) => {
+                obj["metadata"]["resourceVersion"] = rv;
+                (Method::PUT, Some(name))
+            }
+            None => (Method::POST, None),
         };
-        let call = Call::internal(method, content_type, "fieldManager=kubectl-client-side-apply", body);
+        let body = serde_json::to_vec(&obj).expect("JSON");
+        let call = Call::internal(
+            method,
+            "application/json",
+            "fieldManager=kubectl-client-side-apply",
+            body,
+        );
         let target = Target {
             res,
             version: version.to_owned(),
@@ -405,7 +413,7 @@ impl KubeEmulator {
             name,
             sub: None,
         };
-        let reply = self.shared.lock().resource_call(&call, &target);
+        let reply = store.resource_call(&call, &target);
         assert!(reply.code < 300, "seed rejected: {}", reply.body["message"]);
         reply.body
     }
@@ -773,17 +781,16 @@ impl FieldError {
         }
     }
 
-    fn required(field: String) -> FieldError {
-        FieldError {
-            field, "FieldValueRequired", "Required value")
+    fn required(field: impl Into<String>) -> FieldError {
+        FieldError::new(field, "FieldValueRequired", "Required value")
     }
 
-    fn invalid(field: String, value: &Value, detail: &str) -> FieldError {
-        FieldError {
+    fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> FieldError {
+        FieldError::new(
             field,
-            reason: "FieldValueInvalid",
-            body: format!("Invalid value: {}: {detail}", go_value(value)),
-        }
+            "FieldValueInvalid",
+            format!("Invalid value: {}: {detail}", go_value(value)),
+        )
     }
 }
 
@@ -842,53 +849,51 @@ fn forbidden(res: &ResourceDef, t: &Target, verb: &str) -> Reply {
 
 /// The answer to an injected failure.
 fn injected(code: u16) -> Reply {
-    let mut reply = match code {
-        429 => status(
-            429,
+    let (reason, message, details) = match code {
+        429 => (
             "TooManyRequests",
-            "Too many requests, please try again later.".into(),
-            Some(json!({"retryAfterSeconds": 1})),
+            "Too many requests, please try again later.",
+            json!({"retryAfterSeconds": 1}),
         ),
-        500 => status(
-            500,
+        500 => (
             "InternalError",
-            "Internal error occurred: injected by the emulator".into(),
-            Some(json!({"causes": [{"message": "injected by the emulator"}]})),
+            "Internal error occurred: injected by the emulator",
+            json!({"causes": [{"message": "injected by the emulator"}]}),
         ),
-        503 => status(
-            503,
+        503 => (
             "ServiceUnavailable",
-            "the server is currently unable to handle the request".into(),
-            Some(json!({})),
+            "the server is currently unable to handle the request",
+            json!({}),
         ),
-        504 => status(
-            504,
+        504 => (
             "Timeout",
-            "Timeout: request did not complete within requested timeout - context deadline exceeded".into(),
-            Some(json!({})),
+            "Timeout: request did not complete within requested timeout - context deadline exceeded",
+            json!({}),
         ),
-        409 => status(
-            409,
-            "Conflict",
-            "the server reported a conflict".into(),
-            Some(json!({})),
+        // Others as apimachinery's NewGenericServerResponse words them.
+        409 => ("Conflict", "the server reported a conflict", json!({})),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource",
+            json!({}),
         ),
-        404 => path_not_found(),
-        403 => status(
-            403,
-            "Forbidden",
-            "forbidden: injected by the emulator".into(),
-            Some(json!({})),
+        400 => (
+            "BadRequest",
+            "the server rejected our request for an unknown reason",
+            json!({}),
         ),
-        401 => status(401, "Unauthorized", "Unauthorized".into(), None),
-        400 => bad_request("the server rejected our request for an unknown reason".into()),
-        code => status(
-            code,
-            if code >= 500 { "InternalError" } else { "Unknown" },
-            format!("the server responded with the status code {code} but did not return more information"),
-            Some(json!({})),
+        _ if code >= 500 => (
+            "InternalError",
+            "an error on the server (\"\") has prevented the request from succeeding",
+            json!({}),
+        ),
+        _ => (
+            "Unknown",
+            "the server responded with an unexpected status code",
+            json!({}),
         ),
     };
+    let mut reply = status(code, reason, message.into(), Some(details));
     if code == 429 {
         reply.headers.push(("retry-after", "1".into()));
     }
@@ -1159,7 +1164,11 @@ impl Store {
             (Some(name), _) if !name.is_empty() => name.to_owned(),
             (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{}", &format!("{:x}", mix(nanos()))[..5]),
             _ => {
-                let errors = [FieldError::new("metadata.name", "FieldValueRequired", "Required value: name or generateName is required")];
+                let errors = [FieldError::new(
+                    "metadata.name",
+                    "FieldValueRequired",
+                    "Required value: name or generateName is required",
+                )];
                 return Err(invalid(res, "", &errors));
             }
         };
@@ -1217,86 +1226,11 @@ impl Store {
         let name = t.name.clone().unwrap_or_default();
         let ns = t.ns.clone().unwrap_or_default();
         let av = api_version(res, &t.version);
-        enum Body {
-            Put(Value),
-            Merge(Value),
-            Json(Value),
-            Apply(Value),
-        }
-        let parse_json = || -> Res<Value> {
-            serde_json::from_slice(&call.body).map_err(|e| bad_request(format!("error decoding patch: {e}")))
-        };
-        let ct = call.content_type.split(';').next().unwrap_or("").trim();
-        let body = if call.method == Method::PUT {
-            if !ct.is_empty() && ct != "application/json" {
-                return Err(unsupported_media_type("application/json, application/yaml"));
-            }
-            let obj: Value = serde_json::from_slice(&call.body)
-                .map_err(|e| bad_request(format!("the object provided is unrecognized: {e}")))?;
-            check_type_meta(&obj, res, &t.version)?;
-            if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                let found = obj["metadata"]["name"].as_str().unwrap_or("");
-                return Err(bad_request(format!(
-                    "the name of the object ({found}) does not match the name on the URL ({name})"
-                )));
-            }
-            if res.namespaced && obj["metadata"]["namespace"].as_str().is_some_and(|n| n != ns) {
-                return Err(bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request".into(),
-                ));
-            }
-            Body::Put(obj)
-        } else {
-            let accepted = if res.crd.is_some() {
-                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
-            } else {
-                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
-            };
-            let apply = ct == "application/apply-patch+yaml";
-            if apply && call.q("fieldManager").is_none() {
-                let errors = [FieldError::required("fieldManager".into())];
-                let mut reply = invalid_status("meta.k8s.io", "PatchOptions", "", &errors);
-                reply.body["details"]["causes"][0]["message"] = "Required value: is required for apply patch".into();
-                reply.body["message"] =
-                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into();
-                return Err(reply);
-            }
-            if !apply && call.query.contains_key("force") {
-                let errors = [FieldError::new("force", "FieldValueForbidden", "Forbidden: may not be specified for non-apply patch")];
-                return Err(invalid_status("meta.k8s.io", "PatchOptions", "", &errors));
-            }
-            match ct {
-                "application/merge-patch+json" => Body::Merge(parse_json()?),
-                // A strategic merge patch is taken as a merge patch: the same for maps such as a
-                // Service's selector; the real one merges lists by key (ports by `port`) and
-                // knows `$patch` directives. Custom resources do not accept it at all.
-                "application/strategic-merge-patch+json" if res.crd.is_none() => Body::Merge(parse_json()?),
-                "application/json-patch+json" => Body::Json(parse_json()?),
-                "application/apply-patch+yaml" => {
-                    let text = String::from_utf8_lossy(&call.body);
-                    let cfg: Value =
-                        serde_yaml_ng::from_str(&text).map_err(|e| bad_request(format!("error decoding YAML: {e}")))?;
-                    if cfg["apiVersion"].as_str() != Some(av.as_str()) || cfg["kind"].as_str() != Some(res.kind) {
-                        return Err(bad_request(format!(
-                            "the API version in the data ({}) does not match the expected API version ({av})",
-                            cfg["apiVersion"].as_str().unwrap_or("")
-                        )));
-                    }
-                    if cfg["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                        return Err(bad_request(
-                            "the name of the object does not match the name on the URL".into(),
-                        ));
-                    }
-                    Body::Apply(cfg)
-                }
-                _ => return Err(unsupported_media_type(accepted)),
-            }
-        };
-
+        let body = write_body(call, t, &name, &ns)?;
         let key = key(t.res, &ns, &name);
         if !self.objects.contains_key(&key) {
             return match body {
-                Body::Apply(cfg) if t.sub.is_none() => {
+                WriteBody::Apply(cfg) if t.sub.is_none() => {
                     let manager = call.q("fieldManager").unwrap_or("").to_owned();
                     self.insert(call, t, cfg, &ns, &manager, "Apply")
                 }
@@ -1332,8 +1266,8 @@ impl Store {
         let sub = t.sub.as_deref();
         let mut apply_owners = None;
         let mut new = match body {
-            Body::Put(obj) => obj,
-            Body::Merge(patch) => {
+            WriteBody::Put(obj) => obj,
+            WriteBody::Merge(patch) => {
                 if !patch.is_object() {
                     return Err(bad_request("error decoding patch: not a JSON object".into()));
                 }
@@ -1341,12 +1275,12 @@ impl Store {
                 merge_patch(&mut obj, &patch);
                 obj
             }
-            Body::Json(ops) => {
+            WriteBody::Json(ops) => {
                 let mut obj = current.clone();
                 json_patch(&mut obj, &ops)?;
                 obj
             }
-            Body::Apply(cfg) => {
+            WriteBody::Apply(cfg) => {
                 let manager = call.q("fieldManager").unwrap_or("");
                 let owners = apply_ownership(&current, &cfg, manager, &av, sub, call.q("force") == Some("true"))?;
                 let mut obj = current.clone();
@@ -1364,7 +1298,7 @@ impl Store {
             Some(_) => {}
             None if call.method == Method::PUT && res.crd.is_some() => {
                 let errors = [FieldError::invalid(
-                    "metadata.resourceVersion".into(),
+                    "metadata.resourceVersion",
                     &json!(0),
                     "must be specified for an update",
                 )];
@@ -1562,6 +1496,94 @@ fn labels_match(labels: &Value, selector: &str) -> bool {
             label(k).is_none()
         } else {
             label(req).is_some()
+        }
+    })
+}
+
+/// What a PUT or PATCH asks for.
+enum WriteBody {
+    Put(Value),
+    Merge(Value),
+    Json(Value),
+    Apply(Value),
+}
+
+/// Parses and checks a PUT or PATCH body (patch options first, as the server does).
+fn write_body(call: &Call, t: &Target, name: &str, ns: &str) -> Res<WriteBody> {
+    let res = &RESOURCES[t.res];
+    let av = api_version(res, &t.version);
+    let parse_json = || -> Res<Value> {
+        serde_json::from_slice(&call.body).map_err(|e| bad_request(format!("error decoding patch: {e}")))
+    };
+    let ct = call.content_type.split(';').next().unwrap_or("").trim();
+    Ok(if call.method == Method::PUT {
+        if !ct.is_empty() && ct != "application/json" {
+            return Err(unsupported_media_type("application/json, application/yaml"));
+        }
+        let obj: Value = serde_json::from_slice(&call.body)
+            .map_err(|e| bad_request(format!("the object provided is unrecognized: {e}")))?;
+        check_type_meta(&obj, res, &t.version)?;
+        if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            let found = obj["metadata"]["name"].as_str().unwrap_or("");
+            return Err(bad_request(format!(
+                "the name of the object ({found}) does not match the name on the URL ({name})"
+            )));
+        }
+        if res.namespaced && obj["metadata"]["namespace"].as_str().is_some_and(|n| n != ns) {
+            return Err(bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            ));
+        }
+        WriteBody::Put(obj)
+    } else {
+        let accepted = if res.crd.is_some() {
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+        } else {
+            "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+        };
+        let apply = ct == "application/apply-patch+yaml";
+        if apply && call.q("fieldManager").is_none() {
+            let errors = [FieldError::required("fieldManager")];
+            let mut reply = invalid_status("meta.k8s.io", "PatchOptions", "", &errors);
+            reply.body["details"]["causes"][0]["message"] = "Required value: is required for apply patch".into();
+            reply.body["message"] =
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+                    .into();
+            return Err(reply);
+        }
+        if !apply && call.query.contains_key("force") {
+            let errors = [FieldError::new(
+                "force",
+                "FieldValueForbidden",
+                "Forbidden: may not be specified for non-apply patch",
+            )];
+            return Err(invalid_status("meta.k8s.io", "PatchOptions", "", &errors));
+        }
+        match ct {
+            "application/merge-patch+json" => WriteBody::Merge(parse_json()?),
+            // A strategic merge patch is taken as a merge patch: the same for maps such as a
+            // Service's selector; the real one merges lists by key (ports by `port`) and
+            // knows `$patch` directives. Custom resources do not accept it at all.
+            "application/strategic-merge-patch+json" if res.crd.is_none() => WriteBody::Merge(parse_json()?),
+            "application/json-patch+json" => WriteBody::Json(parse_json()?),
+            "application/apply-patch+yaml" => {
+                let text = String::from_utf8_lossy(&call.body);
+                let cfg: Value =
+                    serde_yaml_ng::from_str(&text).map_err(|e| bad_request(format!("error decoding YAML: {e}")))?;
+                if cfg["apiVersion"].as_str() != Some(av.as_str()) || cfg["kind"].as_str() != Some(res.kind) {
+                    return Err(bad_request(format!(
+                        "the API version in the data ({}) does not match the expected API version ({av})",
+                        cfg["apiVersion"].as_str().unwrap_or("")
+                    )));
+                }
+                if cfg["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+                    return Err(bad_request(
+                        "the name of the object does not match the name on the URL".into(),
+                    ));
+                }
+                WriteBody::Apply(cfg)
+            }
+            _ => return Err(unsupported_media_type(accepted)),
         }
     })
 }
@@ -2188,23 +2210,17 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> FieldError {
             };
             let actual = go_type(instance);
             let field = if field.is_empty() { "<root>".to_owned() } else { field };
-            FieldError {
-                body: format!("Invalid value: \"{actual}\": {field} in body must be of type {expected}: \"{actual}\""),
-                field,
-                reason: "FieldValueTypeInvalid",
-            }
+            let body = format!("Invalid value: \"{actual}\": {field} in body must be of type {expected}: \"{actual}\"");
+            FieldError::new(field, "FieldValueTypeInvalid", body)
         }
         K::Enum { options } => {
             let supported: Vec<String> = options.as_array().into_iter().flatten().map(go_value).collect();
-            FieldError {
-                body: format!(
-                    "Unsupported value: {}: supported values: {}",
-                    go_value(instance),
-                    supported.join(", ")
-                ),
-                field,
-                reason: "FieldValueNotSupported",
-            }
+            let body = format!(
+                "Unsupported value: {}: supported values: {}",
+                go_value(instance),
+                supported.join(", ")
+            );
+            FieldError::new(field, "FieldValueNotSupported", body)
         }
         K::Maximum { limit } => {
             let detail = format!("{field} in body should be less than or equal to {limit}");
@@ -2326,7 +2342,7 @@ fn check_events_v1(ev: &Value) -> Vec<FieldError> {
         "reason",
     ] {
         if ev[field].as_str().is_none_or(str::is_empty) {
-            errors.push(FieldError::required(field.into()));
+            errors.push(FieldError::required(field));
         }
     }
     errors.extend(check_event_type_and_note(ev, "note"));
@@ -2341,7 +2357,7 @@ fn check_core_event(ev: &Value) -> Vec<FieldError> {
         && involved != ns
     {
         errors.push(FieldError::invalid(
-            "involvedObject.namespace".into(),
+            "involvedObject.namespace",
             &json!(involved),
             "does not match event.namespace",
         ));
@@ -2356,10 +2372,18 @@ fn check_event_type_and_note(ev: &Value, note: &str) -> Vec<FieldError> {
         && t != "Normal"
         && t != "Warning"
     {
-        errors.push(FieldError::new("type", "FieldValueNotSupported", format!("Unsupported value: \"{t}\": supported values: \"Normal\", \"Warning\"")));
+        errors.push(FieldError::new(
+            "type",
+            "FieldValueNotSupported",
+            format!("Unsupported value: \"{t}\": supported values: \"Normal\", \"Warning\""),
+        ));
     }
     if ev[note].as_str().is_some_and(|n| n.len() > 1024) {
-        errors.push(FieldError::new(note, "FieldValueTooLong", "Too long: may not be more than 1024 bytes"));
+        errors.push(FieldError::new(
+            note,
+            "FieldValueTooLong",
+            "Too long: may not be more than 1024 bytes",
+        ));
     }
     errors
 }
