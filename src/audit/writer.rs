@@ -541,10 +541,9 @@ fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Res
             "retention": { "max_age": r.max_age.map(|d| humantime::format_duration(d).to_string()), "max_bytes": r.max_bytes },
         }));
     write_records(tail, opts, shared, vec![checkpoint])?;
-    for (i, (_, path)) in delete.iter().enumerate() {
-        if i == 1 {
-            crate::failpoint::crash_point("audit.retention");
-        }
+    for (_, path) in &delete {
+        // After the checkpoint, before each removal: every state a crash here can leave must verify.
+        crate::failpoint::crash_point("audit.retention");
         std::fs::remove_file(path).map_err(io("remove", path))?;
     }
     crate::fsutil::sync_dir(&shared.dir).map_err(io("sync", &shared.dir))?;

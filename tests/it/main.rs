@@ -3,5 +3,7 @@
 mod support;
 
 mod cli;
+mod crash;
 mod end_to_end;
+mod kube_emulator;
 mod serve;

@@ -61,11 +61,17 @@ impl Workdir {
 
     /// Start `backstop serve` on 127.0.0.1:0 and wait for its address.
     pub fn serve(&self) -> Server {
+        self.serve_with_env(&[])
+    }
+
+    /// `serve` with extra environment variables (e.g. `BACKSTOP_CRASH_AT`).
+    pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(self.config())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -128,6 +134,30 @@ impl Server {
             status,
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
         )
+    }
+
+    /// Wait (bounded) for the process to end by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// POST, or None when the server is gone (connection refused or reset).
+    pub async fn try_post(&self, path: &str, body: String) -> Option<u16> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        Some(resp.status().as_u16())
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.
