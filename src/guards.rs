@@ -86,8 +86,8 @@ pub struct GuardState {
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub format: u32,
-    pub seq: u64,
-    pub hash: String,
+    /// The last record the state covers.
+    pub position: crate::audit::Position,
     pub written: DateTime<Utc>,
     keys: Vec<(String, String, DateTime<Utc>)>,
     cooldowns: Vec<(String, String, DateTime<Utc>)>,
@@ -100,7 +100,7 @@ pub struct Snapshot {
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
 impl GuardState {
-    pub fn snapshot(&self, seq: u64, hash: String) -> Snapshot {
+    pub fn snapshot(&self, position: crate::audit::Position) -> Snapshot {
         let mut keys: Vec<_> = self.keys.iter().map(|(k, (a, t))| (k.clone(), a.clone(), *t)).collect();
         keys.sort();
         let mut cooldowns: Vec<_> = self
@@ -113,8 +113,7 @@ impl GuardState {
         paused.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
             format: SNAPSHOT_FORMAT,
-            seq,
-            hash,
+            position,
             written: Utc::now(),
             keys,
             cooldowns,
@@ -464,7 +463,12 @@ mod pending_tests {
         });
         assert_eq!(s.pending().len(), 1);
         assert_eq!(s.pending()[0].target, "ns/vs");
-        let snap = s.snapshot(1, "h".into());
+        let snap = s.snapshot(crate::audit::Position {
+            seq: 1,
+            hash: "h".into(),
+            segment: "s".into(),
+            offset: 0,
+        });
         assert_eq!(
             GuardState::from_snapshot(snap).pending().len(),
             1,

@@ -113,39 +113,51 @@ fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditE
         Err(e) => Err(format!("snapshot unreadable: {e}")),
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("snapshot invalid: {e}")),
     };
-    let valid = match loaded {
-        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => Err(format!("snapshot format {} unknown", s.format)),
+    let mut replayed = 0;
+    let mut replay = |state: &mut GuardState, records: &mut dyn Iterator<Item = Result<Record, AuditError>>| {
+        for record in records {
+            state.observe(&record?);
+            replayed += 1;
+        }
+        Ok::<_, AuditError>(())
+    };
+    let (state, snapshot_seq, note) = match loaded {
+        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => (
+            GuardState::default(),
+            None,
+            Some(format!("snapshot format {} unknown", s.format)),
+        ),
+        // A snapshot of an empty log: everything in the log comes after it.
+        Ok(s) if s.position.seq == 0 && s.position.hash == audit::GENESIS => {
+            let mut state = GuardState::from_snapshot(s);
+            replay(&mut state, &mut audit::records(dir)?)?;
+            (state, Some(0), None)
+        }
         Ok(s) => {
-            let matches = if s.seq == 0 {
-                s.hash == audit::GENESIS
-            } else {
-                audit::hash_at(dir, s.seq)?.as_deref() == Some(&s.hash)
-            };
-            if matches {
-                Ok(s)
-            } else {
-                Err(format!("snapshot (seq {}) does not match the log", s.seq))
+            let seq = s.position.seq;
+            match audit::records_after_position(dir, &s.position)? {
+                Some(mut tail) => {
+                    let mut state = GuardState::from_snapshot(s);
+                    replay(&mut state, &mut tail)?;
+                    (state, Some(seq), None)
+                }
+                None => (
+                    GuardState::default(),
+                    None,
+                    Some(format!("snapshot (seq {seq}) does not match the log")),
+                ),
             }
         }
-        Err(e) => Err(e),
+        Err(note) => (GuardState::default(), None, Some(note)),
     };
-    let (mut state, after, snapshot_seq, note) = match valid {
-        Ok(s) => {
-            let seq = s.seq;
-            (GuardState::from_snapshot(s), seq, Some(seq), None)
+    let (state, note) = match note {
+        None => (state, None),
+        Some(note) => {
+            let mut state = GuardState::default();
+            replay(&mut state, &mut audit::records(dir)?)?;
+            (state, Some(format!("{note}: rebuilt from the whole log")))
         }
-        Err(note) => (
-            GuardState::default(),
-            0,
-            None,
-            Some(format!("{note}: rebuilt from the whole log")),
-        ),
     };
-    let mut replayed = 0;
-    for record in audit::records_after(dir, after)? {
-        state.observe(&record?);
-        replayed += 1;
-    }
     Ok((
         state,
         Restored {
@@ -198,10 +210,9 @@ impl Pipeline {
         let snapshot = {
             let mut state = self.state.lock().await;
             state.prune(Utc::now(), &self.settings.guards, longest_cooldown(&self.rules()));
-            let (seq, hash) = self.audit.last();
-            state.snapshot(seq, hash)
+            state.snapshot(self.audit.position())
         };
-        let seq = snapshot.seq;
+        let seq = snapshot.position.seq;
         let path = self.audit.dir().join(SNAPSHOT_FILE);
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| AuditError::Io {
             action: "serialise",

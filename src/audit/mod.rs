@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use read::{export, hash_at, query, records, records_after, segments, tail};
+pub use read::{export, hash_at, query, records, records_after, records_after_position, segments, tail};
 pub use verify::{VerifyError, VerifyReport, verify, verify_reader};
 pub use writer::AuditLog;
 
@@ -231,6 +231,15 @@ pub enum AuditError {
     },
     #[error("the audit writer has stopped")]
     Stopped,
+}
+
+/// Where a record is: its seq and hash, and the segment file and byte offset of its line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub seq: u64,
+    pub hash: String,
+    pub segment: String,
+    pub offset: u64,
 }
 
 /// Which records a query wants.

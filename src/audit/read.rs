@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::{AuditError, Filter, Record};
+use super::{AuditError, Filter, Position, Record};
 
 pub(super) fn segment_name(first_seq: u64) -> String {
     format!("seg-{first_seq:020}.jsonl")
@@ -52,6 +52,19 @@ pub(super) struct Lines {
 impl Lines {
     pub(super) fn open(path: &Path) -> Result<Lines, AuditError> {
         let f = File::open(path).map_err(io("open", path))?;
+        Ok(Lines {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(256 << 10, f),
+            line: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Start reading at byte `offset` (the start of a line).
+    pub(super) fn open_at(path: &Path, offset: u64) -> Result<Lines, AuditError> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = File::open(path).map_err(io("open", path))?;
+        f.seek(SeekFrom::Start(offset)).map_err(io("seek", path))?;
         Ok(Lines {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(256 << 10, f),
@@ -109,13 +122,52 @@ pub fn records_after(dir: &Path, after: u64) -> Result<impl Iterator<Item = Resu
     // Keep the segment holding `after + 1` and those following it.
     let keep_from = segs.iter().rposition(|(first, _)| *first <= after + 1).unwrap_or(0);
     segs.drain(..keep_from);
+    Ok(stream(segs.into_iter().map(|(_, p)| (p, 0)).collect(), after))
+}
+
+/// The records after the one at `pos`, reading from its byte offset: a restart replays only the
+/// tail of the log, however long the log is. `None` if `pos` does not match the log (the record
+/// there is not `pos.seq`, or does not hash to `pos.hash`).
+pub fn records_after_position(
+    dir: &Path,
+    pos: &Position,
+) -> Result<Option<impl Iterator<Item = Result<Record, AuditError>> + use<>>, AuditError> {
+    let segs = segments(dir)?;
+    let Some(i) = segs
+        .iter()
+        .position(|(_, p)| p.file_name().is_some_and(|n| n.to_string_lossy() == pos.segment))
+    else {
+        return Ok(None);
+    };
+    let mut lines = Lines::open_at(&segs[i].1, pos.offset)?;
+    let line_len = match lines.next_line()? {
+        Some((_, bytes))
+            if hash_hex(bytes) == pos.hash && parse(&segs[i].1, 0, bytes).is_ok_and(|r| r.seq == pos.seq) =>
+        {
+            bytes.len() as u64
+        }
+        _ => return Ok(None),
+    };
+    let mut queue: Vec<(PathBuf, u64)> = Vec::new();
+    let after_line = pos.offset + line_len + 1;
+    queue.push((segs[i].1.clone(), after_line));
+    queue.extend(segs[i + 1..].iter().map(|(_, p)| (p.clone(), 0)));
+    Ok(Some(stream(queue, pos.seq)))
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// Records of the given (segment, start offset) list, skipping those with `seq <= after`.
+fn stream(segs: Vec<(PathBuf, u64)>, after: u64) -> impl Iterator<Item = Result<Record, AuditError>> {
     let mut current: Option<Lines> = None;
     let mut rest = segs.into_iter();
-    Ok(std::iter::from_fn(move || {
+    std::iter::from_fn(move || {
         loop {
             if current.is_none() {
-                let (_, path) = rest.next()?;
-                match Lines::open(&path) {
+                let (path, offset) = rest.next()?;
+                match Lines::open_at(&path, offset) {
                     Ok(l) => current = Some(l),
                     Err(e) => return Some(Err(e)),
                 }
@@ -134,9 +186,122 @@ pub fn records_after(dir: &Path, after: u64) -> Result<impl Iterator<Item = Resu
                 }
             }
         }
-    }))
+    })
 }
 
+/// What the end of a segment holds, read backwards (the cost does not grow with its size).
+pub(super) struct TailScan {
+    /// Bytes up to and including the newline of the last whole record.
+    pub complete_len: u64,
+    /// The last whole record: its line's offset, the record, its hash.
+    pub last: Option<(u64, Record, String)>,
+    /// What follows it and is not a whole record (a write cut short by a crash): offset, bytes.
+    pub torn: Option<(u64, Vec<u8>)>,
+}
+
+pub(super) fn scan_tail(path: &Path) -> Result<TailScan, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let len = f.metadata().map_err(io("stat", path))?.len();
+    let mut window: u64 = 64 << 10;
+    loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start)).map_err(io("seek", path))?;
+        let mut data = Vec::with_capacity((len - start) as usize);
+        (&mut f)
+            .take(len - start)
+            .read_to_end(&mut data)
+            .map_err(io("read", path))?;
+        let whole_window = start == 0;
+        // The end of the whole lines, and the start of the last whole line.
+        let Some(e) = data.iter().rposition(|b| *b == b'\n') else {
+            if whole_window {
+                let torn = (!data.is_empty()).then_some((0, data));
+                return Ok(TailScan {
+                    complete_len: 0,
+                    last: None,
+                    torn,
+                });
+            }
+            window *= 4;
+            continue;
+        };
+        let ls = match data[..e].iter().rposition(|b| *b == b'\n') {
+            Some(p) => p + 1,
+            None if whole_window => 0,
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        let line = &data[ls..e];
+        let rest = &data[e + 1..];
+        let torn_rest = (!rest.is_empty()).then(|| (start + e as u64 + 1, rest.to_vec()));
+        return match serde_json::from_slice::<Record>(line) {
+            Ok(r) => Ok(TailScan {
+                complete_len: start + e as u64 + 1,
+                last: Some((start + ls as u64, r, hash_hex(line))),
+                torn: torn_rest,
+            }),
+            // A whole line that is not a record, at the very end: the tail of a write cut short
+            // (zero-filled blocks after a crash). It is cut too, but only this once: garbage
+            // before a valid last line is corruption, reported by verify, never cut.
+            Err(_) if ls > 0 || !whole_window => {
+                let cut_from = start + ls as u64;
+                let before = scan_prefix(path, cut_from)?;
+                Ok(TailScan {
+                    complete_len: cut_from,
+                    last: before,
+                    torn: Some((cut_from, data[ls..].to_vec())),
+                })
+            }
+            Err(_) => Ok(TailScan {
+                complete_len: 0,
+                last: None,
+                torn: Some((0, data)),
+            }),
+        };
+    }
+}
+
+/// The last whole record before byte `end`, which must be valid (no second cut).
+fn scan_prefix(path: &Path, end: u64) -> Result<Option<(u64, Record, String)>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    if end == 0 {
+        return Ok(None);
+    }
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let mut window: u64 = 64 << 10;
+    loop {
+        let start = end.saturating_sub(window);
+        f.seek(SeekFrom::Start(start)).map_err(io("seek", path))?;
+        let mut data = Vec::with_capacity((end - start) as usize);
+        (&mut f)
+            .take(end - start)
+            .read_to_end(&mut data)
+            .map_err(io("read", path))?;
+        // `data` ends with the newline of the line we want.
+        let body = &data[..data.len().saturating_sub(1)];
+        let ls = match body.iter().rposition(|b| *b == b'\n') {
+            Some(p) => p + 1,
+            None if start == 0 => 0,
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        let line = &body[ls..];
+        let record = serde_json::from_slice::<Record>(line).map_err(|e| AuditError::Corrupt {
+            path: path.to_path_buf(),
+            line: 0,
+            message: format!(
+                "the record before the torn tail (byte {}) is unreadable: {e}",
+                start + ls as u64
+            ),
+        })?;
+        return Ok(Some((start + ls as u64, record, hash_hex(line))));
+    }
+}
 /// A segment's first record, reading only that line.
 pub(super) fn first_record(path: &Path) -> Result<Option<Record>, AuditError> {
     let mut lines = Lines::open(path)?;

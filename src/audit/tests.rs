@@ -558,3 +558,72 @@ async fn records_after_and_hash_at_skip_to_a_seq() {
     assert_eq!(hash_at(dir.path(), last).unwrap(), Some(hash));
     assert_eq!(hash_at(dir.path(), last + 1).unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_zero_filled_whole_line_at_the_end_is_cut_once_and_recorded() {
+    let (dir, seg) = log_of(3).await;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[0u8; 40]).unwrap();
+    f.write_all(b"\n\0\0").unwrap();
+    drop(f);
+    let log = open(dir.path());
+    let recovered = query(
+        dir.path(),
+        &Filter {
+            kinds: vec![Kind::Recovered],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(recovered[0].entry.detail.as_ref().unwrap()["length"], 43);
+    assert_eq!(log.append(entries(1)).await.unwrap()[0].seq, 5);
+    verify(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn garbage_before_the_last_record_is_never_cut_and_verify_reports_it() {
+    let (dir, seg) = log_of(3).await;
+    rewrite(&seg, |l| l.insert(1, "not a record".into()));
+    let log = open(dir.path());
+    log.close().await.unwrap();
+    let err = verify(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(":2: unreadable record"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&seg).unwrap().lines().count(),
+        4,
+        "nothing was cut"
+    );
+}
+
+#[tokio::test]
+async fn reopening_reads_the_tail_backwards_and_keeps_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append(entries(500)).await.unwrap();
+    let pos = log.position();
+    log.close().await.unwrap();
+    let log = open(dir.path());
+    assert_eq!(
+        log.position(),
+        pos,
+        "the same position is found from the end of the segment"
+    );
+    let after: Vec<u64> = records_after_position(dir.path(), &pos)
+        .unwrap()
+        .unwrap()
+        .map(|r| r.unwrap().seq)
+        .collect();
+    assert!(after.is_empty());
+    log.append(entries(2)).await.unwrap();
+    let after: Vec<u64> = records_after_position(dir.path(), &pos)
+        .unwrap()
+        .unwrap()
+        .map(|r| r.unwrap().seq)
+        .collect();
+    assert_eq!(after, vec![501, 502]);
+    let wrong = Position {
+        hash: GENESIS.into(),
+        ..pos
+    };
+    assert!(records_after_position(dir.path(), &wrong).unwrap().is_none());
+}

@@ -2,7 +2,7 @@
 //! `write` and one `fdatasync` (group commit), then answers every caller.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -12,8 +12,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::read::{segment_name, segments};
-use super::{AuditError, AuditOptions, Entry, GENESIS, Kind, Record};
+use super::read::{scan_tail, segment_name, segments};
+use super::{AuditError, AuditOptions, Entry, GENESIS, Kind, Position, Record};
 
 /// At most this many bytes of records go into one group commit.
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -31,7 +31,7 @@ struct Shared {
     dir: PathBuf,
     healthy: AtomicBool,
     fsyncs: AtomicU64,
-    last: Mutex<(u64, String)>,
+    last: Mutex<Position>,
     #[cfg(test)]
     fail_next: std::sync::atomic::AtomicUsize,
 }
@@ -54,7 +54,26 @@ struct Tail {
     first_time: Option<DateTime<Utc>>,
     next_seq: u64,
     last_hash: String,
+    /// Segment file name and offset of the last record's line (for snapshots).
+    last_at: (String, u64),
     _lock: File,
+}
+
+impl Tail {
+    fn position(&self) -> Position {
+        Position {
+            seq: self.next_seq - 1,
+            hash: self.last_hash.clone(),
+            segment: self.last_at.0.clone(),
+            offset: self.last_at.1,
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
@@ -87,7 +106,7 @@ impl AuditLog {
             dir: dir.to_path_buf(),
             healthy: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
-            last: Mutex::new((tail.next_seq - 1, tail.last_hash.clone())),
+            last: Mutex::new(tail.position()),
             #[cfg(test)]
             fail_next: Default::default(),
         });
@@ -132,6 +151,12 @@ impl AuditLog {
 
     /// Last seq and hash.
     pub fn last(&self) -> (u64, String) {
+        let p = self.position();
+        (p.seq, p.hash)
+    }
+
+    /// Where the last record is: seq, hash, segment and byte offset of its line.
+    pub fn position(&self) -> Position {
         self.shared.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -166,138 +191,94 @@ impl AuditLog {
     }
 }
 
-/// Find the tail of the log; cut a torn last line (returned as the detail of a `recovered` record).
+/// Find the tail of the log by reading the newest segment backwards (a restart does not read the
+/// log); cut a torn last write (returned as the detail of a `recovered` record).
 fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>), AuditError> {
     let segs = segments(dir)?;
     let Some((first_seq, path)) = segs.last().cloned() else {
-        let path = dir.join(segment_name(1));
         let tail = Tail {
             file: None,
-            path,
+            path: dir.join(segment_name(1)),
             seg_first: 1,
             len: 0,
             first_time: None,
             next_seq: 1,
             last_hash: GENESIS.into(),
+            last_at: (String::new(), 0),
             _lock: lock,
         };
         return Ok((tail, None));
     };
+    let scan = scan_tail(&path)?;
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
         .open(&path)
         .map_err(io("open", &path))?;
-    let mut reader = BufReader::new(&mut file);
-    let (mut good_len, mut last_hash, mut last_seq, mut first_time) = (0u64, None, None, None);
-    let mut last_kind = None;
-    let mut torn = None;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io("read", &path))?;
-        if n == 0 {
-            break;
+    let torn = match &scan.torn {
+        Some((offset, bytes)) => {
+            file.set_len(scan.complete_len).map_err(io("truncate", &path))?;
+            file.sync_all().map_err(io("fsync", &path))?;
+            Some(json!({
+                "segment": file_name(&path),
+                "offset": offset,
+                "length": bytes.len(),
+                "sha256": hash(bytes),
+                "prefix": String::from_utf8_lossy(&bytes[..bytes.len().min(TORN_PREFIX)]),
+            }))
         }
-        let complete = line.ends_with(b"\n");
-        let body = if complete { &line[..line.len() - 1] } else { &line[..] };
-        match serde_json::from_slice::<Record>(body) {
-            Ok(r) if complete => {
-                first_time.get_or_insert(r.time);
-                last_seq = Some(r.seq);
-                last_kind = Some(r.entry.kind);
-                last_hash = Some(hash(body));
-                good_len += n as u64;
-            }
-            _ => {
-                // Only the last line may be torn; anything after it is cut too.
-                let rest_len = file_len(&path)? - good_len;
-                torn = Some(json!({
-                    "segment": path.file_name().map(|n| n.to_string_lossy().to_string()),
-                    "offset": good_len,
-                    "length": rest_len,
-                    "sha256": hash(&read_range(&path, good_len)?),
-                    "prefix": String::from_utf8_lossy(&body[..body.len().min(TORN_PREFIX)]),
-                }));
-                break;
-            }
-        }
-    }
-    drop(reader);
-    if torn.is_some() {
-        file.set_len(good_len).map_err(io("truncate", &path))?;
-        file.sync_all().map_err(io("fsync", &path))?;
-    }
-    let (next_seq, last_hash) = match (last_seq, last_hash) {
-        (Some(s), Some(h)) => (s + 1, h),
-        // An empty last segment: the chain position comes from the segment before it.
-        _ => {
-            let prev = segs.len().checked_sub(2).map(|i| segs[i].1.clone());
-            match prev {
-                Some(p) => last_of(&p)?,
-                None => (first_seq, GENESIS.to_string()),
-            }
-        }
+        None => None,
     };
     file.seek(SeekFrom::End(0)).map_err(io("seek", &path))?;
-    if last_kind == Some(Kind::Seal) {
+    let (next_seq, last_hash, last_at, last_kind) = match &scan.last {
+        Some((offset, r, h)) => (r.seq + 1, h.clone(), (file_name(&path), *offset), Some(r.entry.kind)),
+        // An empty newest segment: the chain position comes from the one before it.
+        None => match segs.len().checked_sub(2).map(|i| &segs[i].1) {
+            Some(prev) => match scan_tail(prev)?.last {
+                Some((offset, r, h)) => (r.seq + 1, h, (file_name(prev), offset), Some(r.entry.kind)),
+                None => {
+                    return Err(AuditError::Corrupt {
+                        path: prev.clone(),
+                        line: 0,
+                        message: "empty sealed segment".into(),
+                    });
+                }
+            },
+            None => (first_seq, GENESIS.to_string(), (String::new(), 0), None),
+        },
+    };
+    if last_kind == Some(Kind::Seal) || scan.last.is_none() && next_seq != first_seq {
         // Stopped between sealing a segment and writing the next: start that next one.
-        let path = dir.join(segment_name(next_seq));
+        drop(file);
+        if scan.last.is_none() {
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        }
         let tail = Tail {
             file: None,
-            path,
+            path: dir.join(segment_name(next_seq)),
             seg_first: next_seq,
             len: 0,
             first_time: None,
             next_seq,
             last_hash,
+            last_at,
             _lock: lock,
         };
         return Ok((tail, torn));
     }
+    let first_time = super::read::first_record(&path)?.map(|r| r.time);
     let tail = Tail {
         file: Some(file),
         path,
         seg_first: first_seq,
-        len: good_len,
+        len: scan.complete_len,
         first_time,
         next_seq,
         last_hash,
+        last_at,
         _lock: lock,
     };
     Ok((tail, torn))
-}
-
-fn file_len(path: &Path) -> Result<u64, AuditError> {
-    Ok(std::fs::metadata(path).map_err(io("stat", path))?.len())
-}
-
-fn read_range(path: &Path, from: u64) -> Result<Vec<u8>, AuditError> {
-    let mut f = File::open(path).map_err(io("open", path))?;
-    f.seek(SeekFrom::Start(from)).map_err(io("seek", path))?;
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut f, &mut buf).map_err(io("read", path))?;
-    Ok(buf)
-}
-
-/// (next seq, hash of last record) of a sealed segment.
-fn last_of(path: &Path) -> Result<(u64, String), AuditError> {
-    let f = File::open(path).map_err(io("open", path))?;
-    let mut last = None;
-    for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
-        let line = line.map_err(io("read", path))?;
-        let r: Record = serde_json::from_slice(&line).map_err(|e| AuditError::Corrupt {
-            path: path.into(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        last = Some((r.seq + 1, hash(&line)));
-    }
-    last.ok_or_else(|| AuditError::Corrupt {
-        path: path.into(),
-        line: 0,
-        message: "empty sealed segment".into(),
-    })
 }
 
 fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: Arc<Shared>) {
@@ -367,18 +348,24 @@ fn write_records(
     shared: &Shared,
     entries: Vec<Entry>,
 ) -> Result<Vec<Record>, AuditError> {
-    let (records, buf, last_hash) = serialize(tail.next_seq, &tail.last_hash, entries)?;
+    let (records, buf, last_hash, last_line) = serialize(tail.next_seq, &tail.last_hash, entries)?;
+    let offset = tail.len;
     append_bytes(tail, opts, shared, &buf)?;
     tail.first_time.get_or_insert(records[0].time);
     tail.next_seq += records.len() as u64;
     tail.last_hash = last_hash;
-    *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = (tail.next_seq - 1, tail.last_hash.clone());
+    tail.last_at = (file_name(&tail.path), offset + last_line as u64);
+    *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = tail.position();
     Ok(records)
 }
 
-fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<(Vec<Record>, Vec<u8>, String), AuditError> {
+/// The records, their bytes, the last record's hash and the offset of its line in the bytes.
+type Serialized = (Vec<Record>, Vec<u8>, String, usize);
+
+fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<Serialized, AuditError> {
     let mut prev = prev.to_string();
     let mut buf = Vec::new();
+    let mut last_line = 0;
     let mut records = Vec::with_capacity(entries.len());
     for entry in entries {
         let record = Record {
@@ -393,12 +380,13 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<(Vec<Recor
             source: e.into(),
         })?;
         prev = hash(&line);
+        last_line = buf.len();
         buf.extend_from_slice(&line);
         buf.push(b'\n');
         records.push(record);
         seq += 1;
     }
-    Ok((records, buf, prev))
+    Ok((records, buf, prev, last_line))
 }
 
 fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8]) -> Result<(), AuditError> {

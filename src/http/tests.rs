@@ -534,7 +534,7 @@ async fn a_snapshot_that_does_not_match_the_log_is_ignored_and_state_rebuilt() {
     h.state.pipeline.save_snapshot().await.unwrap();
     let path = h.audit.join(crate::pipeline::SNAPSHOT_FILE);
     let mut snap: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    snap["hash"] = json!("00ff");
+    snap["position"]["hash"] = json!("00ff");
     snap["keys"] = json!([]);
     std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
     let h = h.restart().await;

@@ -3,12 +3,15 @@
 //!
 //! ```ignore
 //! let kube = KubeEmulator::start().await;
-//! kube.seed(serde_json::from_str(VS_YAML_AS_JSON)?);           // as if `kubectl apply`'d
+//! kube.seed(serde_yaml_ng::from_str(VIRTUAL_SERVICE_YAML)?);    // as if `kubectl apply`'d
 //! let kubeconfig = kube.write_kubeconfig(dir.path());           // contexts "emulator" and "other"
 //! kube.conflict_next(1);                                         // a concurrent writer, once
 //! // ... run backstop against it ...
 //! let vs = kube.get("networking.istio.io/v1", "VirtualService", "sms-app", "model-service");
 //! ```
+//!
+//! It runs on a thread and tokio runtime of its own, so it answers while the test's thread
+//! blocks (say, waiting for a backstop child process that talks to it).
 //!
 //! What it serves, with the real paths, content types and `Status` bodies (404, 409, 403, 422,
 //! 401, ...): discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/{group}[/{version}]`,
@@ -213,14 +216,6 @@ fn group_resource(res: &ResourceDef) -> String {
     }
 }
 
-fn group_kind(res: &ResourceDef) -> String {
-    if res.group.is_empty() {
-        res.kind.to_owned()
-    } else {
-        format!("{}.{}", res.kind, res.group)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The public handle
 
@@ -358,8 +353,10 @@ impl KubeEmulator {
         path
     }
 
-    /// Stores `obj` as `kubectl apply` would (create, or update an existing object), validated
-    /// like any write; panics with the server's message if it is rejected. Returns it as stored.
+    /// Stores `obj` as `kubectl apply` would (manager `kubectl-client-side-apply`, the
+    /// last-applied annotation), creating it or replacing an existing one; validated like any
+    /// write, panicking with the server's message if rejected. Returns the object as stored.
+    /// As on a real server, `status` is not written this way: set it with [`Self::mutate`].
     pub fn seed(&self, mut obj: Value) -> Value {
         let api_version = obj["apiVersion"].as_str().expect("seed: apiVersion").to_owned();
         let kind = obj["kind"].as_str().expect("seed: kind").to_owned();
@@ -371,11 +368,11 @@ impl KubeEmulator {
             String::new()
         };
         let mut last_applied = obj.clone();
-        if let Some(meta) = last_applied["metadata"].as_object_mut() {
-            meta.remove("annotations");
-            if RESOURCES[res].namespaced {
-                meta.insert("namespace".into(), ns.clone().into());
-            }
+        if RESOURCES[res].namespaced {
+            last_applied["metadata"]["namespace"] = ns.clone().into();
+        }
+        if let Some(annotations) = last_applied["metadata"]["annotations"].as_object_mut() {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
         let annotations = annotations_mut(&mut obj);
         annotations.insert(
@@ -430,6 +427,8 @@ impl KubeEmulator {
 
     /// Changes a stored object behind the client's back, as the manager `kubectl-edit`: always
     /// a new resourceVersion (and generation when something outside metadata and status changed).
+    /// `f` (like a [`Self::before_write`] hook) runs under the emulator's lock: it must not call
+    /// the emulator.
     pub fn mutate(&self, api_version: &str, kind: &str, namespace: &str, name: &str, f: impl FnOnce(&mut Value)) {
         let res = find_kind(api_version, kind);
         let key = key(res, namespace, name);
@@ -1192,6 +1191,10 @@ impl Store {
         }
         obj["apiVersion"] = api_version(res, &t.version).into();
         obj["kind"] = res.kind.into();
+        if res.status {
+            // Status is written through `/status` only, never on create.
+            set_or_remove(&mut obj, "status", None);
+        }
         let warnings = admit(res, &t.version, &name, &mut obj, call.q("fieldValidation"))?;
         let meta = ensure_object(&mut obj, "metadata");
         meta.insert("uid".into(), uid(self.rv).into());
@@ -1297,18 +1300,9 @@ impl Store {
             Some(rv) if rv != current_rv => return Err(conflict(res, &name)),
             Some(_) => {}
             None if call.method == Method::PUT && res.crd.is_some() => {
-                let errors = [FieldError::invalid(
-                    "metadata.resourceVersion",
-                    &json!(0),
-                    "must be specified for an update",
-                )];
-                let mut reply = invalid(res, &name, &errors);
-                reply.body["message"] = format!(
-                    "{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
-                    group_kind(res)
-                )
-                .into();
-                return Err(reply);
+                let body = "Invalid value: 0x0: must be specified for an update";
+                let errors = [FieldError::new("metadata.resourceVersion", "FieldValueInvalid", body)];
+                return Err(invalid(res, &name, &errors));
             }
             None => {}
         }
@@ -1543,13 +1537,9 @@ fn write_body(call: &Call, t: &Target, name: &str, ns: &str) -> Res<WriteBody> {
         };
         let apply = ct == "application/apply-patch+yaml";
         if apply && call.q("fieldManager").is_none() {
-            let errors = [FieldError::required("fieldManager")];
-            let mut reply = invalid_status("meta.k8s.io", "PatchOptions", "", &errors);
-            reply.body["details"]["causes"][0]["message"] = "Required value: is required for apply patch".into();
-            reply.body["message"] =
-                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
-                    .into();
-            return Err(reply);
+            let body = "Required value: is required for apply patch";
+            let errors = [FieldError::new("fieldManager", "FieldValueRequired", body)];
+            return Err(invalid_status("meta.k8s.io", "PatchOptions", "", &errors));
         }
         if !apply && call.query.contains_key("force") {
             let errors = [FieldError::new(
