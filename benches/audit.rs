@@ -247,6 +247,14 @@ fn main() {
     println!("\n| benchmark | measured | baseline (same run) | ratio | goal | met |");
     println!("|---|---|---|---|---|---|");
     for r in &rows {
-        println!("| {} | {} | {} | {:.2}x | {} | {} |", r.name, r.measured, r.baseline, r.ratio, r.goal, if r.met { "yes" } else { "NO" });
+        println!(
+            "| {} | {} | {} | {:.2}x | {} | {} |",
+            r.name,
+            r.measured,
+            r.baseline,
+            r.ratio,
+            r.goal,
+            if r.met { "yes" } else { "NO" }
+        );
     }
 }

@@ -19,11 +19,17 @@ pub enum Outcome {
         after: Vec<RouteState>,
     },
     /// Already in the desired state: nothing written.
-    NoOp { state: Vec<RouteState> },
+    NoOp {
+        state: Vec<RouteState>,
+    },
     /// The change makes no sense for this object (missing subset, bad weights...).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// The target could not be read or written.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -92,12 +98,7 @@ async fn attempt(
         }
         istio::annotate(
             &mut object,
-            &Annotations {
-                action_id: meta.action_id,
-                rule: meta.rule,
-                at: meta.at,
-                previous: &before,
-            },
+            &Annotations { action_id: meta.action_id, rule: meta.rule, at: meta.at, previous: &before },
         );
         match target.replace(obj, &fetched.version, &object).await {
             Ok(()) => return Outcome::Applied { before, after },
@@ -106,9 +107,6 @@ async fn attempt(
         }
     }
     Outcome::Failed {
-        reason: format!(
-            "{obj} kept changing while being written ({} attempts): {last_conflict}",
-            CONFLICT_RETRIES + 1
-        ),
+        reason: format!("{obj} kept changing while being written ({} attempts): {last_conflict}", CONFLICT_RETRIES + 1),
     }
 }

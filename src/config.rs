@@ -19,12 +19,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{file}{}: field `{field}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Invalid {
-        file: String,
-        line: Option<usize>,
-        field: String,
-        message: String,
-    },
+    Invalid { file: String, line: Option<usize>, field: String, message: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,10 +173,8 @@ impl Config {
     }
 
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.display().to_string(), source })?;
         Config::parse(file, &text)
     }
 
@@ -213,10 +206,8 @@ impl Config {
                 humantime::parse_duration(s).map_err(|e| invalid(field, format!("`{s}` is not a duration: {e}")))
             }
         };
-        let listen = raw
-            .listen
-            .parse()
-            .map_err(|e| invalid("listen", format!("`{}` is not HOST:PORT: {e}", raw.listen)))?;
+        let listen =
+            raw.listen.parse().map_err(|e| invalid("listen", format!("`{}` is not HOST:PORT: {e}", raw.listen)))?;
         let defaults = GuardSettings::default();
         let guards = GuardSettings {
             max_actions: raw.guards.max_actions.unwrap_or(defaults.max_actions),
@@ -226,17 +217,10 @@ impl Config {
                 &raw.guards.default_cooldown,
                 defaults.default_cooldown,
             )?,
-            key_retention: duration(
-                "guards.key_retention",
-                &raw.guards.key_retention,
-                defaults.key_retention,
-            )?,
+            key_retention: duration("guards.key_retention", &raw.guards.key_retention, defaults.key_retention)?,
         };
         if guards.max_actions == 0 {
-            return Err(invalid(
-                "guards.max_actions",
-                "must be at least 1 (use dry_run to stop all writes)".into(),
-            ));
+            return Err(invalid("guards.max_actions", "must be at least 1 (use dry_run to stop all writes)".into()));
         }
         let audit_defaults = AuditOptions::default();
         let audit = AuditOptions {
@@ -269,10 +253,9 @@ impl Config {
                     (Some(f), None) => Ok(Some(Secret::File(resolve(&f)))),
                     (None, Some(e)) => Ok(Some(Secret::Env(e))),
                     (None, None) => Ok(None),
-                    (Some(_), Some(_)) => Err(invalid(
-                        field,
-                        "give a file or an environment variable, not both".into(),
-                    )),
+                    (Some(_), Some(_)) => {
+                        Err(invalid(field, "give a file or an environment variable, not both".into()))
+                    }
                 };
                 let bearer = secret("http.auth.bearer_token", a.bearer_token_file, a.bearer_token_env)?;
                 let basic = match a.basic {
@@ -327,17 +310,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_values_name_the_field() {
-        let err = Config::parse(
-            Path::new("/etc/b.yaml"),
-            "target: {manifests: {dir: x}}\nlisten: nowhere\n",
-        )
-        .unwrap_err();
+        let err =
+            Config::parse(Path::new("/etc/b.yaml"), "target: {manifests: {dir: x}}\nlisten: nowhere\n").unwrap_err();
         assert!(err.to_string().contains("field `listen`"), "{err}");
-        let err = Config::parse(
-            Path::new("/etc/b.yaml"),
-            "target: {manifests: {dir: x}}\nguards: {windoww: 1h}\n",
-        )
-        .unwrap_err();
+        let err = Config::parse(Path::new("/etc/b.yaml"), "target: {manifests: {dir: x}}\nguards: {windoww: 1h}\n")
+            .unwrap_err();
         assert!(err.to_string().contains("unknown field `windoww`"), "{err}");
         assert!(err.to_string().starts_with("/etc/b.yaml:2"), "{err}");
     }

@@ -6,10 +6,7 @@ use std::path::Path;
 /// Replace `path` atomically: temporary file in the same directory, fsync, rename over the
 /// original, fsync of the directory. A crash leaves either the old or the new content.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.backstop-{}.tmp", std::process::id()));
     let result = (|| {

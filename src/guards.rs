@@ -103,11 +103,7 @@ impl GuardState {
     pub fn snapshot(&self, position: crate::audit::Position) -> Snapshot {
         let mut keys: Vec<_> = self.keys.iter().map(|(k, (a, t))| (k.clone(), a.clone(), *t)).collect();
         keys.sort();
-        let mut cooldowns: Vec<_> = self
-            .last_applied
-            .iter()
-            .map(|((r, t), at)| (r.clone(), t.clone(), *at))
-            .collect();
+        let mut cooldowns: Vec<_> = self.last_applied.iter().map(|((r, t), at)| (r.clone(), t.clone(), *at)).collect();
         cooldowns.sort();
         let mut paused: Vec<_> = self.paused.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
         paused.sort_by(|a, b| a.0.cmp(&b.0));
@@ -236,23 +232,12 @@ impl GuardState {
         now: DateTime<Utc>,
     ) -> Verdict {
         if let Some((action_id, _)) = self.keys.get(key) {
-            return Verdict::Duplicate {
-                action_id: action_id.clone(),
-            };
+            return Verdict::Duplicate { action_id: action_id.clone() };
         }
         if let Some(p) = self.global_pause.as_ref().or_else(|| self.paused.get(target)) {
-            let scope = if self.global_pause.is_some() {
-                "all automatic actions"
-            } else {
-                target
-            };
+            let scope = if self.global_pause.is_some() { "all automatic actions" } else { target };
             return Verdict::Held {
-                reason: format!(
-                    "paused ({scope}) by {} since {}: {}",
-                    p.actor,
-                    p.since.to_rfc3339(),
-                    p.reason
-                ),
+                reason: format!("paused ({scope}) by {} since {}: {}", p.actor, p.since.to_rfc3339(), p.reason),
             };
         }
         if let Some(last) = self.last_applied.get(&(rule.to_string(), target.to_string())) {
@@ -294,20 +279,11 @@ mod tests {
     use crate::audit::Entry;
 
     fn rec(seq: u64, time: DateTime<Utc>, entry: Entry) -> Record {
-        Record {
-            seq,
-            time,
-            prev: String::new(),
-            entry,
-        }
+        Record { seq, time, prev: String::new(), entry }
     }
 
     fn settings() -> GuardSettings {
-        GuardSettings {
-            max_actions: 2,
-            window: Duration::from_secs(3600),
-            ..Default::default()
-        }
+        GuardSettings { max_actions: 2, window: Duration::from_secs(3600), ..Default::default() }
     }
 
     const TEN_MIN: Duration = Duration::from_secs(600);
@@ -317,10 +293,7 @@ mod tests {
         let now = Utc::now();
         let mut s = GuardState::default();
         s.observe(&rec(1, now, Entry::new(Kind::Decided).key("k").action_id("a1")));
-        assert_eq!(
-            s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now),
-            Verdict::Duplicate { action_id: "a1".into() }
-        );
+        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Duplicate { action_id: "a1".into() });
         s.observe(&rec(2, now, Entry::new(Kind::Failed).key("k").action_id("a1")));
         assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
     }
@@ -330,37 +303,12 @@ mod tests {
         let t0 = Utc::now();
         let mut s = GuardState::default();
         s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("r").target("ns/vs")));
-        let held = s.vet(
-            "r",
-            "k2",
-            "ns/vs",
-            TEN_MIN,
-            &settings(),
-            t0 + chrono::Duration::minutes(5),
-        );
-        assert!(
-            matches!(held, Verdict::Held { ref reason } if reason.starts_with("cooldown")),
-            "{held:?}"
-        );
+        let held = s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(5));
+        assert!(matches!(held, Verdict::Held { ref reason } if reason.starts_with("cooldown")), "{held:?}");
+        assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), t0), Verdict::Proceed, "other rule");
+        assert_eq!(s.vet("r", "k2", "ns/other", TEN_MIN, &settings(), t0), Verdict::Proceed, "other target");
         assert_eq!(
-            s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), t0),
-            Verdict::Proceed,
-            "other rule"
-        );
-        assert_eq!(
-            s.vet("r", "k2", "ns/other", TEN_MIN, &settings(), t0),
-            Verdict::Proceed,
-            "other target"
-        );
-        assert_eq!(
-            s.vet(
-                "r",
-                "k2",
-                "ns/vs",
-                TEN_MIN,
-                &settings(),
-                t0 + chrono::Duration::minutes(11)
-            ),
+            s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(11)),
             Verdict::Proceed
         );
     }
@@ -372,21 +320,8 @@ mod tests {
         s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("a").target("x/1")));
         s.observe(&rec(2, t0, Entry::new(Kind::Applied).rule("b").target("x/2")));
         let v = s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0);
-        assert!(
-            matches!(v, Verdict::Held { ref reason } if reason.contains("action cap: 2 actions")),
-            "{v:?}"
-        );
-        assert_eq!(
-            s.vet(
-                "c",
-                "k",
-                "x/3",
-                TEN_MIN,
-                &settings(),
-                t0 + chrono::Duration::minutes(61)
-            ),
-            Verdict::Proceed
-        );
+        assert!(matches!(v, Verdict::Held { ref reason } if reason.contains("action cap: 2 actions")), "{v:?}");
+        assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(61)), Verdict::Proceed);
     }
 
     #[test]
@@ -394,10 +329,7 @@ mod tests {
         let now = Utc::now();
         let mut s = GuardState::default();
         let pause = |t: Option<&str>| {
-            let e = Entry::new(Kind::Control)
-                .actor("alice")
-                .reason("investigating")
-                .detail(json!({"control": PAUSE}));
+            let e = Entry::new(Kind::Control).actor("alice").reason("investigating").detail(json!({"control": PAUSE}));
             match t {
                 Some(t) => e.target(t),
                 None => e,
@@ -409,22 +341,9 @@ mod tests {
         );
         assert_eq!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Proceed);
         s.observe(&rec(2, now, pause(None)));
-        assert!(matches!(
-            s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now),
-            Verdict::Held { .. }
-        ));
-        s.observe(&rec(
-            3,
-            now,
-            Entry::new(Kind::Control).detail(json!({"control": RESUME})),
-        ));
-        s.observe(&rec(
-            4,
-            now,
-            Entry::new(Kind::Control)
-                .target("ns/vs")
-                .detail(json!({"control": RESUME})),
-        ));
+        assert!(matches!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Held { .. }));
+        s.observe(&rec(3, now, Entry::new(Kind::Control).detail(json!({"control": RESUME}))));
+        s.observe(&rec(4, now, Entry::new(Kind::Control).target("ns/vs").detail(json!({"control": RESUME}))));
         assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
     }
 
@@ -455,32 +374,13 @@ mod pending_tests {
             .rule("r")
             .target("ns/vs")
             .detail(json!({"plan": {"change": "x"}}));
-        s.observe(&Record {
-            seq: 1,
-            time: now,
-            prev: String::new(),
-            entry: decided,
-        });
+        s.observe(&Record { seq: 1, time: now, prev: String::new(), entry: decided });
         assert_eq!(s.pending().len(), 1);
         assert_eq!(s.pending()[0].target, "ns/vs");
-        let snap = s.snapshot(crate::audit::Position {
-            seq: 1,
-            hash: "h".into(),
-            segment: "s".into(),
-            offset: 0,
-        });
-        assert_eq!(
-            GuardState::from_snapshot(snap).pending().len(),
-            1,
-            "kept across a snapshot"
-        );
+        let snap = s.snapshot(crate::audit::Position { seq: 1, hash: "h".into(), segment: "s".into(), offset: 0 });
+        assert_eq!(GuardState::from_snapshot(snap).pending().len(), 1, "kept across a snapshot");
         let applied = Entry::new(Kind::Noop).action_id("a1");
-        s.observe(&Record {
-            seq: 2,
-            time: now,
-            prev: String::new(),
-            entry: applied,
-        });
+        s.observe(&Record { seq: 2, time: now, prev: String::new(), entry: applied });
         assert!(s.pending().is_empty());
     }
 }

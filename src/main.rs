@@ -160,10 +160,7 @@ fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only for a person at a terminal, not in files and collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -189,10 +186,7 @@ impl ConfigSource {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let cfg = ConfigSource {
-        file: cli.config.clone(),
-        data_dir: cli.data_dir.clone(),
-    };
+    let cfg = ConfigSource { file: cli.config.clone(), data_dir: cli.data_dir.clone() };
     match cli.command {
         Command::Serve { listen, dry_run } => {
             let mut config = cfg.load()?;
@@ -297,13 +291,7 @@ async fn simulate(cfg: &ConfigSource, payload: &Path) -> Result<ExitCode> {
             match d {
                 Decision::Hold { rule, reason } => println!("  rule {rule}: would hold: {reason}"),
                 Decision::Refuse { rule, reason } => println!("  rule {rule}: would refuse: {reason}"),
-                Decision::Act {
-                    rule,
-                    target: obj,
-                    plan,
-                    dry_run,
-                    ..
-                } => {
+                Decision::Act { rule, target: obj, plan, dry_run, .. } => {
                     let summary = rules.get(&rule).map(|r| r.action_summary()).unwrap_or_default();
                     let dry = if dry_run || config.dry_run { " (dry run)" } else { "" };
                     println!("  rule {rule}: {summary} on {obj}{dry}");
@@ -337,10 +325,8 @@ async fn call(cfg: &ConfigSource, who: &Who, path: &str, body: Value) -> Result<
     if let Some(t) = &who.token {
         req = req.bearer_auth(t);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach backstop at {base} (is `backstop serve` running?)"))?;
+    let resp =
+        req.send().await.with_context(|| format!("cannot reach backstop at {base} (is `backstop serve` running?)"))?;
     let status = resp.status();
     let text = resp.text().await?;
     let pretty = serde_json::from_str::<Value>(&text)
@@ -357,38 +343,14 @@ fn audit_command(cfg: &ConfigSource, cmd: AuditCommand) -> Result<ExitCode> {
     let dir = || -> Result<PathBuf> { Ok(cfg.load()?.audit_dir()) };
     match cmd {
         AuditCommand::Tail { n, format } => print_records(&audit::tail(&dir()?, n)?, &format),
-        AuditCommand::Query {
-            since,
-            until,
-            rule,
-            target,
-            event,
-            action,
-            outcome,
-            limit,
-            format,
-        } => {
-            let params = AuditParams {
-                since,
-                until,
-                rule,
-                target,
-                event,
-                action,
-                outcome,
-                limit,
-            };
+        AuditCommand::Query { since, until, rule, target, event, action, outcome, limit, format } => {
+            let params = AuditParams { since, until, rule, target, event, action, outcome, limit };
             let filter = params.to_filter().map_err(|e| anyhow::anyhow!(e))?;
             print_records(&audit::query(&dir()?, &filter)?, &format)
         }
         AuditCommand::Export { since, until } => {
-            let filter = AuditParams {
-                since,
-                until,
-                ..Default::default()
-            }
-            .to_filter()
-            .map_err(|e| anyhow::anyhow!(e))?;
+            let filter =
+                AuditParams { since, until, ..Default::default() }.to_filter().map_err(|e| anyhow::anyhow!(e))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let n = audit::export(&dir()?, filter.since, filter.until, &mut out)?;
@@ -437,11 +399,9 @@ fn describe(r: &Record) -> String {
     }
     let alert = r.entry.detail.as_ref().map(|d| &d["alert"]);
     match alert {
-        Some(a) if a.is_object() => format!(
-            "{} {}",
-            a["name"].as_str().unwrap_or("?"),
-            a["status"].as_str().unwrap_or("?")
-        ),
+        Some(a) if a.is_object() => {
+            format!("{} {}", a["name"].as_str().unwrap_or("?"), a["status"].as_str().unwrap_or("?"))
+        }
         _ => String::new(),
     }
 }

@@ -96,12 +96,7 @@ pub struct Restored {
 }
 
 fn longest_cooldown(rules: &RuleSet) -> Duration {
-    rules
-        .rules()
-        .iter()
-        .filter_map(|r| r.cooldown)
-        .max()
-        .unwrap_or_default()
+    rules.rules().iter().filter_map(|r| r.cooldown).max().unwrap_or_default()
 }
 
 /// Load the snapshot if it matches the log (the record it covers still hashes the same), then
@@ -122,11 +117,9 @@ fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditE
         Ok::<_, AuditError>(())
     };
     let (state, snapshot_seq, note) = match loaded {
-        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => (
-            GuardState::default(),
-            None,
-            Some(format!("snapshot format {} unknown", s.format)),
-        ),
+        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => {
+            (GuardState::default(), None, Some(format!("snapshot format {} unknown", s.format)))
+        }
         // A snapshot of an empty log: everything in the log comes after it.
         Ok(s) if s.position.seq == 0 && s.position.hash == audit::GENESIS => {
             let mut state = GuardState::from_snapshot(s);
@@ -141,11 +134,7 @@ fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditE
                     replay(&mut state, &mut tail)?;
                     (state, Some(seq), None)
                 }
-                None => (
-                    GuardState::default(),
-                    None,
-                    Some(format!("snapshot (seq {seq}) does not match the log")),
-                ),
+                None => (GuardState::default(), None, Some(format!("snapshot (seq {seq}) does not match the log"))),
             }
         }
         Err(note) => (GuardState::default(), None, Some(note)),
@@ -158,14 +147,7 @@ fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditE
             (state, Some(format!("{note}: rebuilt from the whole log")))
         }
     };
-    Ok((
-        state,
-        Restored {
-            snapshot_seq,
-            replayed,
-            note,
-        },
-    ))
+    Ok((state, Restored { snapshot_seq, replayed, note }))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -274,21 +256,16 @@ impl Pipeline {
             if seen.len() >= REJECTION_MEMORY {
                 seen.retain(|_, (t, _)| now - *t < chrono::Duration::seconds(600));
             }
-            seen.insert(r.body_sha256.clone(), (now, 0))
-                .map(|(_, n)| n)
-                .unwrap_or(0)
+            seen.insert(r.body_sha256.clone(), (now, 0)).map(|(_, n)| n).unwrap_or(0)
         };
         let prefix = &r.body[..r.body.len().min(REJECTED_PREFIX)];
-        let entry = Entry::new(Kind::Rejected)
-            .source(r.source)
-            .reason(r.reason)
-            .detail(json!({
-                "status": r.status,
-                "size": r.size,
-                "sha256": r.body_sha256,
-                "prefix": String::from_utf8_lossy(prefix),
-                "repeats_before": repeats,
-            }));
+        let entry = Entry::new(Kind::Rejected).source(r.source).reason(r.reason).detail(json!({
+            "status": r.status,
+            "size": r.size,
+            "sha256": r.body_sha256,
+            "prefix": String::from_utf8_lossy(prefix),
+            "repeats_before": repeats,
+        }));
         self.audit.append(vec![entry]).await.map(|_| ())
     }
 
@@ -347,53 +324,30 @@ impl Pipeline {
             };
         let (key, target, plan, dry_run) = match decision {
             Decision::Hold { reason, .. } => {
-                let held = Entry::new(Kind::Held)
-                    .event_id(&alert.id)
-                    .rule(&rule.name)
-                    .reason(&reason);
+                let held = Entry::new(Kind::Held).event_id(&alert.id).rule(&rule.name).reason(&reason);
                 self.record(&mut state, vec![matched, held]).await?;
                 return Ok(report(Kind::Held, None, None, Some(reason)));
             }
             Decision::Refuse { reason, .. } => {
-                let refused = Entry::new(Kind::Refused)
-                    .event_id(&alert.id)
-                    .rule(&rule.name)
-                    .reason(&reason);
+                let refused = Entry::new(Kind::Refused).event_id(&alert.id).rule(&rule.name).reason(&reason);
                 self.record(&mut state, vec![matched, refused]).await?;
                 return Ok(report(Kind::Refused, None, None, Some(reason)));
             }
-            Decision::Act {
-                key,
-                target,
-                plan,
-                dry_run,
-                ..
-            } => (key, target, plan, dry_run),
+            Decision::Act { key, target, plan, dry_run, .. } => (key, target, plan, dry_run),
         };
         let now = Utc::now();
         let cooldown = rule.cooldown.unwrap_or(self.settings.guards.default_cooldown);
         state.prune(now, &self.settings.guards, cooldown);
         let target_name = target.to_string();
-        let base = |kind: Kind| {
-            Entry::new(kind)
-                .event_id(&alert.id)
-                .rule(&rule.name)
-                .target(&target_name)
-                .key(&key)
-        };
+        let base = |kind: Kind| Entry::new(kind).event_id(&alert.id).rule(&rule.name).target(&target_name).key(&key);
         match state.vet(&rule.name, &key, &target_name, cooldown, &self.settings.guards, now) {
             Verdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
-                self.record(
-                    &mut state,
-                    vec![matched, base(Kind::Noop).action_id(&action_id).reason(&reason)],
-                )
-                .await?;
+                self.record(&mut state, vec![matched, base(Kind::Noop).action_id(&action_id).reason(&reason)]).await?;
                 Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
             }
             Verdict::Held { reason } => {
-                self.record(&mut state, vec![matched, base(Kind::Held).reason(&reason)])
-                    .await?;
+                self.record(&mut state, vec![matched, base(Kind::Held).reason(&reason)]).await?;
                 info!(target = %target_name, %reason, "held");
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))
             }
@@ -431,20 +385,8 @@ impl Pipeline {
         write: bool,
     ) -> Outcome {
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let meta = Meta {
-            action_id,
-            rule,
-            at: &at,
-        };
-        actions::execute(
-            self.target.as_ref(),
-            target,
-            decide,
-            &meta,
-            self.settings.action_timeout,
-            write,
-        )
-        .await
+        let meta = Meta { action_id, rule, at: &at };
+        actions::execute(self.target.as_ref(), target, decide, &meta, self.settings.action_timeout, write).await
     }
 
     /// Finish the actions a previous run decided but did not finish (it stopped between the
@@ -466,18 +408,12 @@ impl Pipeline {
                     let decide = |vs: &Value| istio::apply(vs, &plan);
                     self.run(&target, &decide, &p.action_id, &p.rule, true).await
                 }
-                (Err(e), _) => Outcome::Failed {
-                    reason: format!("cannot resume: recorded plan unreadable: {e}"),
-                },
-                (_, Err(e)) => Outcome::Failed {
-                    reason: format!("cannot resume: {e}"),
-                },
+                (Err(e), _) => Outcome::Failed { reason: format!("cannot resume: recorded plan unreadable: {e}") },
+                (_, Err(e)) => Outcome::Failed { reason: format!("cannot resume: {e}") },
             };
             let mut entry = outcome_entry(base(outcome.kind()), &outcome);
             let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
-            entry.reason = Some(format!(
-                "resumed after a restart (the previous run stopped during this action){why}"
-            ));
+            entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
             let reason = entry.reason.clone();
             self.record(&mut state, vec![entry]).await?;
             log_outcome(&outcome, &p.target, &p.action_id);
@@ -503,26 +439,20 @@ impl Pipeline {
         reason: &str,
     ) -> Result<Report, PipelineError> {
         let rules = self.rules();
-        let rule = rules
-            .get(rule_name)
-            .ok_or_else(|| PipelineError::UnknownRule(rule_name.into()))?;
+        let rule = rules.get(rule_name).ok_or_else(|| PipelineError::UnknownRule(rule_name.into()))?;
         let plan = rule.plan(&Default::default()).map_err(|e| {
             PipelineError::NeedsAlert(format!(
                 "rule {rule_name} takes its route names from an alert's labels ({e}); it cannot be fired by hand"
             ))
         })?;
         let decide = |vs: &Value| istio::apply(vs, &plan);
-        self.manual("act", &rule.name, target, actor, reason, &decide, None)
-            .await
+        self.manual("act", &rule.name, target, actor, reason, &decide, None).await
     }
 
     /// Put back the state recorded before `action_id`, if the object is still as that action left it.
     pub async fn undo(&self, action_id: &str, actor: &str, reason: &str) -> Result<Report, PipelineError> {
-        let filter = audit::Filter {
-            action_id: Some(action_id.into()),
-            kinds: vec![Kind::Applied],
-            ..Default::default()
-        };
+        let filter =
+            audit::Filter { action_id: Some(action_id.into()), kinds: vec![Kind::Applied], ..Default::default() };
         let applied = audit::query(self.audit.dir(), &filter)?
             .into_iter()
             .next()
@@ -547,8 +477,7 @@ impl Pipeline {
             istio::restore(vs, &before)
         };
         let rule = e.rule.clone().unwrap_or_default();
-        self.manual("undo", &rule, &target, actor, reason, &decide, Some(action_id))
-            .await
+        self.manual("undo", &rule, &target, actor, reason, &decide, Some(action_id)).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -576,8 +505,7 @@ impl Pipeline {
                 .actor(actor)
         };
         let detail = json!({ "control": control, "undoes": undoes, "target": self.target.describe() });
-        self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)])
-            .await?;
+        self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)]).await?;
         let outcome = self.run(target, decide, &action_id, rule, true).await;
         let entry = outcome_entry(base(outcome.kind()), &outcome);
         let why = entry.reason.clone();
@@ -628,9 +556,7 @@ fn outcome_word(o: &Outcome) -> &'static str {
 fn outcome_entry(entry: Entry, outcome: &Outcome) -> Entry {
     match outcome {
         Outcome::Applied { before, after } => entry.before(json!(before)).after(json!(after)),
-        Outcome::NoOp { state } => entry
-            .before(json!(state))
-            .reason("already in the desired state; nothing written"),
+        Outcome::NoOp { state } => entry.before(json!(state)).reason("already in the desired state; nothing written"),
         Outcome::Refused { reason } | Outcome::Failed { reason } => entry.reason(reason),
     }
 }

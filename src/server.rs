@@ -47,11 +47,8 @@ pub fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
     }
     let audit = AuditLog::open(&config.audit_dir(), config.audit.clone())?;
     let target = Arc::new(Manifests::new(&config.manifests_dir));
-    let settings = Settings {
-        dry_run: config.dry_run,
-        action_timeout: config.action_timeout,
-        guards: config.guards.clone(),
-    };
+    let settings =
+        Settings { dry_run: config.dry_run, action_timeout: config.action_timeout, guards: config.guards.clone() };
     Ok(Pipeline::new(rules, audit, target, settings)?)
 }
 
@@ -61,25 +58,15 @@ pub fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let auth = Auth::load(&config.auth).map_err(ServeError::Auth)?;
     let pipeline = Arc::new(pipeline(&config)?);
-    for report in pipeline
-        .resume_pending()
-        .await
-        .map_err(|e| ServeError::Source(e.to_string()))?
-    {
+    for report in pipeline.resume_pending().await.map_err(|e| ServeError::Source(e.to_string()))? {
         info!(action_id = ?report.action_id, outcome = %report.outcome, "resumed an action the previous run did not finish");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr()?;
-    let app = router(AppState {
-        pipeline: pipeline.clone(),
-        auth: auth.clone(),
-        max_body_bytes: config.max_body_bytes,
-    });
+    let app =
+        router(AppState { pipeline: pipeline.clone(), auth: auth.clone(), max_body_bytes: config.max_body_bytes });
     let sources: Vec<Box<dyn Source>> = vec![Box::new(HttpSource { listener, app })];
     info!(
         %addr,
@@ -178,10 +165,7 @@ impl Source for HttpSource {
             axum::serve(self.listener, self.app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
-                .map_err(|e| SourceError {
-                    source_name: "http",
-                    message: e.to_string(),
-                })
+                .map_err(|e| SourceError { source_name: "http", message: e.to_string() })
         })
     }
 }
@@ -197,11 +181,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(root.join("backstop.yaml")).unwrap();
         let mut config = Config::parse(&root.join("backstop.yaml"), &text).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         config.listen = format!("127.0.0.1:{port}").parse().unwrap();
         config.data_dir = dir.path().to_path_buf();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -220,20 +200,10 @@ mod tests {
         }
         assert!(up, "serve did not answer /healthz");
         // The audit log is held while serving...
-        assert!(matches!(
-            AuditLog::open(&config.audit_dir(), Default::default()),
-            Err(AuditError::Locked(_))
-        ));
+        assert!(matches!(AuditLog::open(&config.audit_dir(), Default::default()), Err(AuditError::Locked(_))));
         tx.send(()).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(10), server)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(
-            config.audit_dir().join(crate::pipeline::SNAPSHOT_FILE).exists(),
-            "a final snapshot is written"
-        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+        assert!(config.audit_dir().join(crate::pipeline::SNAPSHOT_FILE).exists(), "a final snapshot is written");
         // ...and released once `serve` returns.
         AuditLog::open(&config.audit_dir(), Default::default()).unwrap();
     }

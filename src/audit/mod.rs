@@ -93,10 +93,7 @@ impl FromStr for Kind {
     type Err = String;
     fn from_str(s: &str) -> Result<Kind, String> {
         let s = if s == "dry-run" { "dry_run" } else { s };
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown record kind `{s}`"))
+        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown record kind `{s}`"))
     }
 }
 
@@ -224,11 +221,7 @@ pub enum AuditError {
     #[error("audit log {0} is in use by another backstop process")]
     Locked(PathBuf),
     #[error("{path}:{line}: unreadable record: {message}")]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Corrupt { path: PathBuf, line: usize, message: String },
     #[error("the audit writer has stopped")]
     Stopped,
 }

@@ -29,10 +29,8 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
     for entry in entries {
         let path = entry.map_err(io("read directory", dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(seq) = name
-            .strip_prefix("seg-")
-            .and_then(|n| n.strip_suffix(".jsonl"))
-            .and_then(|n| n.parse::<u64>().ok())
+        if let Some(seq) =
+            name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".jsonl")).and_then(|n| n.parse::<u64>().ok())
         {
             segs.push((seq, path));
         }
@@ -52,12 +50,7 @@ pub(super) struct Lines {
 impl Lines {
     pub(super) fn open(path: &Path) -> Result<Lines, AuditError> {
         let f = File::open(path).map_err(io("open", path))?;
-        Ok(Lines {
-            path: path.to_path_buf(),
-            reader: BufReader::with_capacity(256 << 10, f),
-            line: 0,
-            buf: Vec::new(),
-        })
+        Ok(Lines { path: path.to_path_buf(), reader: BufReader::with_capacity(256 << 10, f), line: 0, buf: Vec::new() })
     }
 
     /// Start reading at byte `offset` (the start of a line).
@@ -65,21 +58,13 @@ impl Lines {
         use std::io::{Seek, SeekFrom};
         let mut f = File::open(path).map_err(io("open", path))?;
         f.seek(SeekFrom::Start(offset)).map_err(io("seek", path))?;
-        Ok(Lines {
-            path: path.to_path_buf(),
-            reader: BufReader::with_capacity(256 << 10, f),
-            line: 0,
-            buf: Vec::new(),
-        })
+        Ok(Lines { path: path.to_path_buf(), reader: BufReader::with_capacity(256 << 10, f), line: 0, buf: Vec::new() })
     }
 
     /// The next complete line (without its newline); None at the end or at a partial last line.
     pub(super) fn next_line(&mut self) -> Result<Option<(usize, &[u8])>, AuditError> {
         self.buf.clear();
-        let n = self
-            .reader
-            .read_until(b'\n', &mut self.buf)
-            .map_err(io("read", &self.path))?;
+        let n = self.reader.read_until(b'\n', &mut self.buf).map_err(io("read", &self.path))?;
         if n == 0 || !self.buf.ends_with(b"\n") {
             return Ok(None);
         }
@@ -133,9 +118,7 @@ pub fn records_after_position(
     pos: &Position,
 ) -> Result<Option<impl Iterator<Item = Result<Record, AuditError>> + use<>>, AuditError> {
     let segs = segments(dir)?;
-    let Some(i) = segs
-        .iter()
-        .position(|(_, p)| p.file_name().is_some_and(|n| n.to_string_lossy() == pos.segment))
+    let Some(i) = segs.iter().position(|(_, p)| p.file_name().is_some_and(|n| n.to_string_lossy() == pos.segment))
     else {
         return Ok(None);
     };
@@ -208,20 +191,13 @@ pub(super) fn scan_tail(path: &Path) -> Result<TailScan, AuditError> {
         let start = len.saturating_sub(window);
         f.seek(SeekFrom::Start(start)).map_err(io("seek", path))?;
         let mut data = Vec::with_capacity((len - start) as usize);
-        (&mut f)
-            .take(len - start)
-            .read_to_end(&mut data)
-            .map_err(io("read", path))?;
+        (&mut f).take(len - start).read_to_end(&mut data).map_err(io("read", path))?;
         let whole_window = start == 0;
         // The end of the whole lines, and the start of the last whole line.
         let Some(e) = data.iter().rposition(|b| *b == b'\n') else {
             if whole_window {
                 let torn = (!data.is_empty()).then_some((0, data));
-                return Ok(TailScan {
-                    complete_len: 0,
-                    last: None,
-                    torn,
-                });
+                return Ok(TailScan { complete_len: 0, last: None, torn });
             }
             window *= 4;
             continue;
@@ -249,17 +225,9 @@ pub(super) fn scan_tail(path: &Path) -> Result<TailScan, AuditError> {
             Err(_) if ls > 0 || !whole_window => {
                 let cut_from = start + ls as u64;
                 let before = scan_prefix(path, cut_from)?;
-                Ok(TailScan {
-                    complete_len: cut_from,
-                    last: before,
-                    torn: Some((cut_from, data[ls..].to_vec())),
-                })
+                Ok(TailScan { complete_len: cut_from, last: before, torn: Some((cut_from, data[ls..].to_vec())) })
             }
-            Err(_) => Ok(TailScan {
-                complete_len: 0,
-                last: None,
-                torn: Some((0, data)),
-            }),
+            Err(_) => Ok(TailScan { complete_len: 0, last: None, torn: Some((0, data)) }),
         };
     }
 }
@@ -276,10 +244,7 @@ fn scan_prefix(path: &Path, end: u64) -> Result<Option<(u64, Record, String)>, A
         let start = end.saturating_sub(window);
         f.seek(SeekFrom::Start(start)).map_err(io("seek", path))?;
         let mut data = Vec::with_capacity((end - start) as usize);
-        (&mut f)
-            .take(end - start)
-            .read_to_end(&mut data)
-            .map_err(io("read", path))?;
+        (&mut f).take(end - start).read_to_end(&mut data).map_err(io("read", path))?;
         // `data` ends with the newline of the line we want.
         let body = &data[..data.len().saturating_sub(1)];
         let ls = match body.iter().rposition(|b| *b == b'\n') {
@@ -294,10 +259,7 @@ fn scan_prefix(path: &Path, end: u64) -> Result<Option<(u64, Record, String)>, A
         let record = serde_json::from_slice::<Record>(line).map_err(|e| AuditError::Corrupt {
             path: path.to_path_buf(),
             line: 0,
-            message: format!(
-                "the record before the torn tail (byte {}) is unreadable: {e}",
-                start + ls as u64
-            ),
+            message: format!("the record before the torn tail (byte {}) is unreadable: {e}", start + ls as u64),
         })?;
         return Ok(Some((start + ls as u64, record, hash_hex(line))));
     }
@@ -400,9 +362,7 @@ pub fn export(
             if until.is_some_and(|u| stamp.time > u) {
                 return Ok(written);
             }
-            out.write_all(bytes)
-                .and_then(|_| out.write_all(b"\n"))
-                .map_err(io("write export of", path))?;
+            out.write_all(bytes).and_then(|_| out.write_all(b"\n")).map_err(io("write export of", path))?;
             written += 1;
         }
     }

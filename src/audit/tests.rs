@@ -7,16 +7,11 @@ fn open(dir: &std::path::Path) -> AuditLog {
 }
 
 fn small_segments() -> AuditOptions {
-    AuditOptions {
-        segment_max_bytes: 600,
-        ..AuditOptions::default()
-    }
+    AuditOptions { segment_max_bytes: 600, ..AuditOptions::default() }
 }
 
 fn entries(n: usize) -> Vec<Entry> {
-    (0..n)
-        .map(|i| Entry::new(Kind::Received).event_id(format!("e{i}")).rule("r"))
-        .collect()
+    (0..n).map(|i| Entry::new(Kind::Received).event_id(format!("e{i}")).rule("r")).collect()
 }
 
 fn all_lines(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
@@ -56,19 +51,8 @@ async fn chain_runs_unbroken_across_sealed_segments() {
     assert!(segs.len() > 3, "small segments rotate: {}", segs.len());
     let report = verify(dir.path()).unwrap();
     assert_eq!(report.segments, segs.len());
-    let seals = query(
-        dir.path(),
-        &Filter {
-            kinds: vec![Kind::Seal],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        seals.len(),
-        segs.len() - 1,
-        "every segment but the open one ends with a seal"
-    );
+    let seals = query(dir.path(), &Filter { kinds: vec![Kind::Seal], ..Default::default() }).unwrap();
+    assert_eq!(seals.len(), segs.len() - 1, "every segment but the open one ends with a seal");
     let last_of_first = std::fs::read_to_string(&segs[0].1).unwrap();
     assert!(last_of_first.lines().last().unwrap().contains("\"kind\":\"seal\""));
     // Reopening continues seq and chain in the newest segment.
@@ -82,11 +66,7 @@ async fn chain_runs_unbroken_across_sealed_segments() {
 }
 
 fn rewrite(path: &std::path::Path, f: impl FnOnce(&mut Vec<String>)) {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect();
     f(&mut lines);
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
@@ -152,25 +132,14 @@ async fn torn_tail_is_cut_and_recorded_never_silently_dropped() {
     f.write_all(b"{\"seq\":4,\"time\":\"2026-").unwrap();
     drop(f);
     let log = open(dir.path());
-    let recovered = query(
-        dir.path(),
-        &Filter {
-            kinds: vec![Kind::Recovered],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let recovered = query(dir.path(), &Filter { kinds: vec![Kind::Recovered], ..Default::default() }).unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].seq, 4, "the torn record never got a seq");
     let d = recovered[0].entry.detail.as_ref().unwrap();
     assert_eq!(d["length"], 22);
     assert_eq!(d["prefix"], "{\"seq\":4,\"time\":\"2026-");
     assert_eq!(log.append(entries(1)).await.unwrap()[0].seq, 5);
-    assert_eq!(
-        verify(dir.path()).unwrap().records,
-        5,
-        "the 3 acknowledged records, the recovery note, the new one"
-    );
+    assert_eq!(verify(dir.path()).unwrap().records, 5, "the 3 acknowledged records, the recovery note, the new one");
 }
 
 #[tokio::test]
@@ -181,12 +150,9 @@ async fn concurrent_appends_share_fsyncs_and_get_contiguous_seqs() {
         .map(|i| {
             let log = log.clone();
             tokio::spawn(async move {
-                log.append(vec![
-                    Entry::new(Kind::Received).event_id(format!("c{i}")),
-                    Entry::new(Kind::Matched),
-                ])
-                .await
-                .unwrap()
+                log.append(vec![Entry::new(Kind::Received).event_id(format!("c{i}")), Entry::new(Kind::Matched)])
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -198,11 +164,7 @@ async fn concurrent_appends_share_fsyncs_and_get_contiguous_seqs() {
     }
     seqs.sort();
     assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
-    assert!(
-        log.fsyncs() < 200,
-        "group commit: {} fsyncs for 200 appends",
-        log.fsyncs()
-    );
+    assert!(log.fsyncs() < 200, "group commit: {} fsyncs for 200 appends", log.fsyncs());
     verify(dir.path()).unwrap();
 }
 
@@ -242,54 +204,14 @@ async fn query_filters_and_limit_keeps_the_most_recent() {
     .await
     .unwrap();
     let q = |f: Filter| query(dir.path(), &f).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
-    assert_eq!(
-        q(Filter {
-            kinds: vec![Kind::Applied],
-            ..Default::default()
-        }),
-        vec![2, 4]
-    );
-    assert_eq!(
-        q(Filter {
-            rule: Some("r1".into()),
-            target: Some("ns/y".into()),
-            ..Default::default()
-        }),
-        vec![4]
-    );
-    assert_eq!(
-        q(Filter {
-            action_id: Some("A1".into()),
-            ..Default::default()
-        }),
-        vec![2]
-    );
-    assert_eq!(
-        q(Filter {
-            after_seq: Some(2),
-            ..Default::default()
-        }),
-        vec![3, 4]
-    );
-    assert_eq!(
-        q(Filter {
-            limit: Some(2),
-            ..Default::default()
-        }),
-        vec![3, 4]
-    );
+    assert_eq!(q(Filter { kinds: vec![Kind::Applied], ..Default::default() }), vec![2, 4]);
+    assert_eq!(q(Filter { rule: Some("r1".into()), target: Some("ns/y".into()), ..Default::default() }), vec![4]);
+    assert_eq!(q(Filter { action_id: Some("A1".into()), ..Default::default() }), vec![2]);
+    assert_eq!(q(Filter { after_seq: Some(2), ..Default::default() }), vec![3, 4]);
+    assert_eq!(q(Filter { limit: Some(2), ..Default::default() }), vec![3, 4]);
     let future = chrono::Utc::now() + chrono::Duration::hours(1);
-    assert!(
-        q(Filter {
-            since: Some(future),
-            ..Default::default()
-        })
-        .is_empty()
-    );
-    assert_eq!(
-        tail(dir.path(), 2).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![3, 4]
-    );
+    assert!(q(Filter { since: Some(future), ..Default::default() }).is_empty());
+    assert_eq!(tail(dir.path(), 2).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
 }
 
 #[tokio::test]
@@ -311,23 +233,10 @@ async fn recent_queries_do_not_read_old_segments() {
         std::fs::write(p, format!("{first}\ngarbage that is not a record\n")).unwrap();
     }
     // (The late append may have sealed a full segment first: ask for applied records only.)
-    let recent = query(
-        dir.path(),
-        &Filter {
-            since: Some(cutoff),
-            kinds: vec![Kind::Applied],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        recent.iter().map(|r| r.entry.rule.as_deref()).collect::<Vec<_>>(),
-        vec![Some("late")]
-    );
-    assert!(
-        query(dir.path(), &Filter::default()).is_err(),
-        "a full query does read them"
-    );
+    let recent =
+        query(dir.path(), &Filter { since: Some(cutoff), kinds: vec![Kind::Applied], ..Default::default() }).unwrap();
+    assert_eq!(recent.iter().map(|r| r.entry.rule.as_deref()).collect::<Vec<_>>(), vec![Some("late")]);
+    assert!(query(dir.path(), &Filter::default()).is_err(), "a full query does read them");
 }
 
 #[tokio::test]
@@ -338,13 +247,8 @@ async fn exported_slice_verifies_on_its_own_and_detects_edits() {
     let r = verify_reader(slice.as_bytes(), "export.jsonl").unwrap();
     assert_eq!((r.first_seq, r.last_seq), (3, 5));
     let edited = slice.replacen("\"e3\"", "\"zz\"", 1);
-    let err = verify_reader(edited.as_bytes(), "export.jsonl")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("export.jsonl:3: record seq 5"),
-        "the record after the edited one: {err}"
-    );
+    let err = verify_reader(edited.as_bytes(), "export.jsonl").unwrap_err().to_string();
+    assert!(err.starts_with("export.jsonl:3: record seq 5"), "the record after the edited one: {err}");
     drop(dir);
 }
 
@@ -358,11 +262,7 @@ fn kinds_parse_from_their_names() {
 }
 
 fn retained(max_bytes: Option<u64>, max_age: Option<std::time::Duration>) -> AuditOptions {
-    AuditOptions {
-        segment_max_bytes: 600,
-        retention: Retention { max_age, max_bytes },
-        ..AuditOptions::default()
-    }
+    AuditOptions { segment_max_bytes: 600, retention: Retention { max_age, max_bytes }, ..AuditOptions::default() }
 }
 
 #[tokio::test]
@@ -375,23 +275,12 @@ async fn retention_by_size_deletes_oldest_segments_and_verify_starts_at_the_chec
     log.close().await.unwrap();
     let segs = segments(dir.path()).unwrap();
     let total: u64 = segs.iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum();
-    assert!(
-        total <= 3000 + 1200,
-        "the log stays near its size limit: {total} bytes in {} segments",
-        segs.len()
-    );
+    assert!(total <= 3000 + 1200, "the log stays near its size limit: {total} bytes in {} segments", segs.len());
     assert!(segs[0].0 > 1, "old segments are gone");
     let report = verify(dir.path()).unwrap();
     assert_eq!(report.first_seq, segs[0].0);
     let checkpoint = report.anchored_by.expect("anchored by a checkpoint");
-    let c = query(
-        dir.path(),
-        &Filter {
-            kinds: vec![Kind::Checkpoint],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let c = query(dir.path(), &Filter { kinds: vec![Kind::Checkpoint], ..Default::default() }).unwrap();
     assert!(c.iter().any(|r| r.seq == checkpoint));
 }
 
@@ -399,14 +288,7 @@ async fn retention_by_size_deletes_oldest_segments_and_verify_starts_at_the_chec
 async fn retention_by_age_keeps_the_open_segment() {
     let dir = tempfile::tempdir().unwrap();
     let opts = retained(None, Some(std::time::Duration::from_millis(1)));
-    let log = AuditLog::open(
-        dir.path(),
-        AuditOptions {
-            retention: Retention::default(),
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let log = AuditLog::open(dir.path(), AuditOptions { retention: Retention::default(), ..opts.clone() }).unwrap();
     for _ in 0..10 {
         log.append(entries(2)).await.unwrap();
     }
@@ -479,11 +361,7 @@ async fn a_log_that_stopped_right_after_a_seal_continues_in_a_new_segment() {
     let log = AuditLog::open(dir.path(), small_segments()).unwrap();
     let next = log.append(entries(1)).await.unwrap();
     assert_eq!(next[0].seq, sealed_last[0].seq + 1, "no second seal");
-    assert_eq!(
-        segments(dir.path()).unwrap().last().unwrap().0,
-        next[0].seq,
-        "a new segment starts at it"
-    );
+    assert_eq!(segments(dir.path()).unwrap().last().unwrap().0, next[0].seq, "a new segment starts at it");
     verify(dir.path()).unwrap();
 }
 
@@ -521,27 +399,13 @@ async fn export_writes_the_period_unchanged_and_it_verifies_alone() {
     log.close().await.unwrap();
     let mut out = Vec::new();
     let n = export(dir.path(), Some(since), Some(until), &mut out).unwrap();
-    let expected = query(
-        dir.path(),
-        &Filter {
-            since: Some(since),
-            until: Some(until),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let expected = query(dir.path(), &Filter { since: Some(since), until: Some(until), ..Default::default() }).unwrap();
     assert_eq!(n as usize, expected.len());
     assert!(n >= 10);
     let report = verify_reader(out.as_slice(), "export").unwrap();
-    assert_eq!(
-        (report.first_seq, report.last_seq),
-        (expected[0].seq, expected.last().unwrap().seq)
-    );
+    assert_eq!((report.first_seq, report.last_seq), (expected[0].seq, expected.last().unwrap().seq));
     let all: String = all_lines(dir.path()).into_iter().map(|(_, l)| l + "\n").collect();
-    assert!(
-        all.contains(std::str::from_utf8(&out).unwrap()),
-        "exported bytes are the log's bytes"
-    );
+    assert!(all.contains(std::str::from_utf8(&out).unwrap()), "exported bytes are the log's bytes");
 }
 
 #[tokio::test]
@@ -567,14 +431,7 @@ async fn a_zero_filled_whole_line_at_the_end_is_cut_once_and_recorded() {
     f.write_all(b"\n\0\0").unwrap();
     drop(f);
     let log = open(dir.path());
-    let recovered = query(
-        dir.path(),
-        &Filter {
-            kinds: vec![Kind::Recovered],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let recovered = query(dir.path(), &Filter { kinds: vec![Kind::Recovered], ..Default::default() }).unwrap();
     assert_eq!(recovered[0].entry.detail.as_ref().unwrap()["length"], 43);
     assert_eq!(log.append(entries(1)).await.unwrap()[0].seq, 5);
     verify(dir.path()).unwrap();
@@ -588,11 +445,7 @@ async fn garbage_before_the_last_record_is_never_cut_and_verify_reports_it() {
     log.close().await.unwrap();
     let err = verify(dir.path()).unwrap_err().to_string();
     assert!(err.contains(":2: unreadable record"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(&seg).unwrap().lines().count(),
-        4,
-        "nothing was cut"
-    );
+    assert_eq!(std::fs::read_to_string(&seg).unwrap().lines().count(), 4, "nothing was cut");
 }
 
 #[tokio::test]
@@ -603,27 +456,12 @@ async fn reopening_reads_the_tail_backwards_and_keeps_the_position() {
     let pos = log.position();
     log.close().await.unwrap();
     let log = open(dir.path());
-    assert_eq!(
-        log.position(),
-        pos,
-        "the same position is found from the end of the segment"
-    );
-    let after: Vec<u64> = records_after_position(dir.path(), &pos)
-        .unwrap()
-        .unwrap()
-        .map(|r| r.unwrap().seq)
-        .collect();
+    assert_eq!(log.position(), pos, "the same position is found from the end of the segment");
+    let after: Vec<u64> = records_after_position(dir.path(), &pos).unwrap().unwrap().map(|r| r.unwrap().seq).collect();
     assert!(after.is_empty());
     log.append(entries(2)).await.unwrap();
-    let after: Vec<u64> = records_after_position(dir.path(), &pos)
-        .unwrap()
-        .unwrap()
-        .map(|r| r.unwrap().seq)
-        .collect();
+    let after: Vec<u64> = records_after_position(dir.path(), &pos).unwrap().unwrap().map(|r| r.unwrap().seq).collect();
     assert_eq!(after, vec![501, 502]);
-    let wrong = Position {
-        hash: GENESIS.into(),
-        ..pos
-    };
+    let wrong = Position { hash: GENESIS.into(), ..pos };
     assert!(records_after_position(dir.path(), &wrong).unwrap().is_none());
 }

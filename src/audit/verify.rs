@@ -24,12 +24,7 @@ pub struct VerifyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("{file}:{line}: record seq {seq}: {problem}")]
-    Broken {
-        file: String,
-        line: usize,
-        seq: u64,
-        problem: String,
-    },
+    Broken { file: String, line: usize, seq: u64, problem: String },
     #[error("{file}:{line}: unreadable record: {message}")]
     Unreadable { file: String, line: usize, message: String },
     #[error("{0}")]
@@ -89,12 +84,7 @@ impl Chain {
             message: e.to_string(),
         })?;
         if let Some((seq, prev)) = &self.expected {
-            let broken = |problem: String| VerifyError::Broken {
-                file: file.into(),
-                line,
-                seq: link.seq,
-                problem,
-            };
+            let broken = |problem: String| VerifyError::Broken { file: file.into(), line, seq: link.seq, problem };
             if link.seq != *seq {
                 return Err(broken(format!(
                     "expected seq {seq}: a record was removed, inserted or reordered before this one"
@@ -117,8 +107,7 @@ impl Chain {
                 line,
                 message: format!("checkpoint without anchors: {e}"),
             })?;
-            self.anchors
-                .extend(c.detail.anchors.into_iter().map(|a| (a.seq, a.prev, link.seq)));
+            self.anchors.extend(c.detail.anchors.into_iter().map(|a| (a.seq, a.prev, link.seq)));
         }
         let hash = hex::encode(Sha256::digest(bytes));
         if self.report.records == 0 {
@@ -181,11 +170,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 pub fn verify_reader(r: impl BufRead, name: &str) -> Result<VerifyReport, VerifyError> {
     let mut chain = Chain::new(None);
     for (i, line) in r.split(b'\n').enumerate() {
-        let line = line.map_err(|e| VerifyError::Unreadable {
-            file: name.into(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
+        let line =
+            line.map_err(|e| VerifyError::Unreadable { file: name.into(), line: i + 1, message: e.to_string() })?;
         if line.is_empty() {
             continue;
         }

@@ -71,9 +71,7 @@ impl Tail {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
+    path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
@@ -123,20 +121,13 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || run(rx, tail, opts, thread_shared))
             .map_err(io("spawn writer for", dir))?;
-        Ok(AuditLog {
-            tx: Arc::new(Mutex::new(Some(tx))),
-            thread: Arc::new(Mutex::new(Some(thread))),
-            shared,
-        })
+        Ok(AuditLog { tx: Arc::new(Mutex::new(Some(tx))), thread: Arc::new(Mutex::new(Some(thread))), shared })
     }
 
     fn submit(&self, entries: Vec<Entry>) -> Result<oneshot::Receiver<Result<Vec<Record>, AuditError>>, AuditError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref()
-            .ok_or(AuditError::Stopped)?
-            .send(Request { entries, reply })
-            .map_err(|_| AuditError::Stopped)?;
+        tx.as_ref().ok_or(AuditError::Stopped)?.send(Request { entries, reply }).map_err(|_| AuditError::Stopped)?;
         Ok(rx)
     }
 
@@ -210,11 +201,7 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
         return Ok((tail, None));
     };
     let scan = scan_tail(&path)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .open(&path)
-        .map_err(io("open", &path))?;
+    let mut file = OpenOptions::new().read(true).append(true).open(&path).map_err(io("open", &path))?;
     let torn = match &scan.torn {
         Some((offset, bytes)) => {
             file.set_len(scan.complete_len).map_err(io("truncate", &path))?;
@@ -331,9 +318,7 @@ fn write_batch(
     }
     let now = Utc::now();
     let full = tail.len >= opts.segment_max_bytes
-        || tail
-            .first_time
-            .is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.segment_max_age);
+        || tail.first_time.is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.segment_max_age);
     if full && tail.len > 0 {
         rotate(tail, opts, shared)?;
         apply_retention(tail, opts, shared)?;
@@ -368,12 +353,7 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<Serialized
     let mut last_line = 0;
     let mut records = Vec::with_capacity(entries.len());
     for entry in entries {
-        let record = Record {
-            seq,
-            time: Utc::now(),
-            prev: prev.clone(),
-            entry,
-        };
+        let record = Record { seq, time: Utc::now(), prev: prev.clone(), entry };
         let line = serde_json::to_vec(&record).map_err(|e| AuditError::Io {
             action: "serialise",
             path: PathBuf::new(),
@@ -392,32 +372,18 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<Serialized
 fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8]) -> Result<(), AuditError> {
     let result = (|| -> std::io::Result<()> {
         #[cfg(test)]
-        if shared
-            .fail_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "injected: no space left on device",
-            ));
+        if shared.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "injected: no space left on device"));
         }
         if tail.file.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .open(&tail.path)?;
+            let f = OpenOptions::new().create(true).append(true).read(true).open(&tail.path)?;
             if let Some(dir) = tail.path.parent() {
                 crate::fsutil::sync_dir(dir)?;
             }
             crate::failpoint::crash_point("audit.segment_created");
             tail.file = Some(f);
         }
-        let file = tail
-            .file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("no segment open"))?;
+        let file = tail.file.as_mut().ok_or_else(|| std::io::Error::other("no segment open"))?;
         if crate::failpoint::hit("audit.torn_write") {
             // Half a batch reaches the disk, then the process dies.
             file.write_all(&buf[..buf.len() / 2])?;
@@ -478,10 +444,7 @@ fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Res
         return Ok(());
     }
     let segs = segments(&shared.dir)?;
-    let sizes: Vec<u64> = segs
-        .iter()
-        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .collect();
+    let sizes: Vec<u64> = segs.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).collect();
     let mut total: u64 = sizes.iter().sum();
     let now = Utc::now();
     let mut delete = Vec::new();
@@ -516,10 +479,7 @@ fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Res
         let (seq, prev) = anchor.unwrap_or((tail.next_seq, tail.last_hash.clone()));
         anchors.push(json!({ "seq": seq, "prev": prev }));
     }
-    let names: Vec<_> = delete
-        .iter()
-        .map(|(_, p)| p.file_name().map(|n| n.to_string_lossy().to_string()))
-        .collect();
+    let names: Vec<_> = delete.iter().map(|(_, p)| p.file_name().map(|n| n.to_string_lossy().to_string())).collect();
     let checkpoint = Entry::new(Kind::Checkpoint)
         .reason(format!("retention removed {} segment(s)", delete.len()))
         .detail(json!({

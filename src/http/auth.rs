@@ -58,10 +58,7 @@ impl Auth {
         let Some(h) = header else { return false };
         let given = digest(h);
         // Check every credential, so timing does not tell which one was close.
-        self.accepted
-            .iter()
-            .fold(subtle::Choice::from(0), |ok, a| ok | a.ct_eq(&given))
-            .into()
+        self.accepted.iter().fold(subtle::Choice::from(0), |ok, a| ok | a.ct_eq(&given)).into()
     }
 }
 
@@ -80,10 +77,7 @@ mod tests {
             basic: Some(("am".into(), Secret::Env("BACKSTOP_TEST_PASS".into()))),
         })
         .unwrap();
-        assert!(
-            auth.allows(Some(b"Bearer tok")),
-            "trailing newline of the file is not part of the token"
-        );
+        assert!(auth.allows(Some(b"Bearer tok")), "trailing newline of the file is not part of the token");
         assert!(auth.allows(Some(b"Basic YW06czNjcmV0")), "am:s3cret");
         assert!(!auth.allows(Some(b"Bearer tok2")));
         assert!(!auth.allows(Some(b"Basic YW06d3Jvbmc=")));
@@ -93,11 +87,8 @@ mod tests {
 
     #[test]
     fn missing_secret_is_an_error_at_start() {
-        let err = Auth::load(&AuthConfig {
-            bearer: Some(Secret::Env("BACKSTOP_NOPE_UNSET".into())),
-            basic: None,
-        })
-        .unwrap_err();
+        let err = Auth::load(&AuthConfig { bearer: Some(Secret::Env("BACKSTOP_NOPE_UNSET".into())), basic: None })
+            .unwrap_err();
         assert!(err.contains("BACKSTOP_NOPE_UNSET"));
     }
 }

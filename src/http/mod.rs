@@ -55,11 +55,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            location: Value::Null,
-        }
+        ApiError { status, message: message.into(), location: Value::Null }
     }
 }
 
@@ -100,10 +96,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
 }
 
 fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state
-        .auth
-        .allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
-    {
+    if state.auth.allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong credentials"))
@@ -133,36 +126,23 @@ async fn read_body(body: Body, limit: usize) -> (Vec<u8>, usize, String, bool) {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        })
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(|m| {
+        let m = m.trim().to_ascii_lowercase();
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    })
 }
 
 async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
-    let rejection = if !state
-        .auth
-        .allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
-    {
+    let rejection = if !state.auth.allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         Some(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong credentials"))
     } else if over {
         Some(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "body of {size} bytes exceeds the limit of {} bytes",
-                state.max_body_bytes
-            ),
+            format!("body of {size} bytes exceeds the limit of {} bytes", state.max_body_bytes),
         ))
     } else if !is_json(&headers) {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("none");
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
         Some(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content type `{ct}` is not supported; send application/json"),
@@ -179,11 +159,7 @@ async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap,
                 }
                 ParseError::Invalid { path, .. } => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "path": path })),
             };
-            ApiError {
-                status,
-                message: e.to_string(),
-                location,
-            }
+            ApiError { status, message: e.to_string(), location }
         }),
     };
     let webhook = match parsed {
@@ -250,14 +226,11 @@ struct ControlRequest {
 }
 
 fn actor(given: Option<String>) -> String {
-    given
-        .filter(|a| !a.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    given.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "unknown".into())
 }
 
 fn parse_target(t: &str) -> Result<ObjectRef, ApiError> {
-    t.parse()
-        .map_err(|e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))
+    t.parse().map_err(|e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
 fn require_reason(reason: &str) -> Result<(), ApiError> {
@@ -278,10 +251,7 @@ async fn act(
     check_auth(&state, &headers)?;
     require_reason(&req.reason)?;
     let target = parse_target(&req.target)?;
-    let report = state
-        .pipeline
-        .act(&req.rule, &target, &actor(req.actor), &req.reason)
-        .await?;
+    let report = state.pipeline.act(&req.rule, &target, &actor(req.actor), &req.reason).await?;
     Ok(Json(report).into_response())
 }
 
@@ -301,10 +271,7 @@ async fn control(state: AppState, headers: HeaderMap, req: ControlRequest, pause
     check_auth(&state, &headers)?;
     require_reason(&req.reason)?;
     let target = req.target.as_deref().map(parse_target).transpose()?;
-    let record = state
-        .pipeline
-        .pause(target.as_ref(), pause, &actor(req.actor), &req.reason)
-        .await?;
+    let record = state.pipeline.pause(target.as_ref(), pause, &actor(req.actor), &req.reason).await?;
     Ok(Json(json!({ "recorded": record, "pauses": state.pipeline.pauses().await })).into_response())
 }
 
@@ -353,9 +320,7 @@ impl AuditParams {
             }
             let d = humantime::parse_duration(s)
                 .map_err(|_| format!("`{s}` is neither RFC 3339 nor a duration like 1h"))?;
-            Ok(Some(
-                chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?,
-            ))
+            Ok(Some(chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?))
         };
         let kinds = match &self.outcome {
             None => Vec::new(),
@@ -385,9 +350,7 @@ async fn audit_query(
 ) -> Result<Response, ApiError> {
     check_auth(&state, &headers)?;
     let Query(params) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let filter = params
-        .to_filter()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let filter = params.to_filter().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let dir = state.pipeline.audit().dir().to_path_buf();
     let records = tokio::task::spawn_blocking(move || audit::query(&dir, &filter))
         .await
@@ -407,11 +370,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
     }
 }
 

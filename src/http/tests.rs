@@ -43,22 +43,14 @@ fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
     let pipeline = Pipeline::new(rules, audit, Arc::new(Manifests::new(&manifests)), settings()).unwrap();
     Harness {
         _dir: dir,
-        state: AppState {
-            pipeline: Arc::new(pipeline),
-            auth,
-            max_body_bytes,
-        },
+        state: AppState { pipeline: Arc::new(pipeline), auth, max_body_bytes },
         manifests,
         audit: audit_dir,
     }
 }
 
 fn settings() -> Settings {
-    Settings {
-        dry_run: false,
-        action_timeout: std::time::Duration::from_secs(5),
-        guards: GuardSettings::default(),
-    }
+    Settings { dry_run: false, action_timeout: std::time::Duration::from_secs(5), guards: GuardSettings::default() }
 }
 
 fn harness() -> Harness {
@@ -68,12 +60,7 @@ fn harness() -> Harness {
 impl Harness {
     /// Stop this pipeline and start a new one on the same audit log and manifests.
     async fn restart(self) -> Harness {
-        let Harness {
-            _dir,
-            state,
-            manifests,
-            audit,
-        } = self;
+        let Harness { _dir, state, manifests, audit } = self;
         let log = state.pipeline.audit().clone();
         drop(state);
         log.close().await.unwrap();
@@ -84,17 +71,8 @@ impl Harness {
             settings(),
         )
         .unwrap();
-        let state = AppState {
-            pipeline: Arc::new(pipeline),
-            auth: Auth::none(),
-            max_body_bytes: 1 << 20,
-        };
-        Harness {
-            _dir,
-            state,
-            manifests,
-            audit,
-        }
+        let state = AppState { pipeline: Arc::new(pipeline), auth: Auth::none(), max_body_bytes: 1 << 20 };
+        Harness { _dir, state, manifests, audit }
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
@@ -107,13 +85,11 @@ impl Harness {
     }
 
     async fn webhook(&self, body: &str) -> (StatusCode, Value) {
-        self.send(post("/v1/alertmanager", "application/json", body.as_bytes().to_vec()))
-            .await
+        self.send(post("/v1/alertmanager", "application/json", body.as_bytes().to_vec())).await
     }
 
     async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(post(path, "application/json", body.to_string().into_bytes()))
-            .await
+        self.send(post(path, "application/json", body.to_string().into_bytes())).await
     }
 
     fn vs(&self) -> String {
@@ -121,30 +97,16 @@ impl Harness {
     }
 
     fn kinds(&self) -> Vec<Kind> {
-        audit::query(&self.audit, &Filter::default())
-            .unwrap()
-            .iter()
-            .map(|r| r.entry.kind)
-            .collect()
+        audit::query(&self.audit, &Filter::default()).unwrap().iter().map(|r| r.entry.kind).collect()
     }
 
     fn records(&self, kind: Kind) -> Vec<audit::Record> {
-        audit::query(
-            &self.audit,
-            &Filter {
-                kinds: vec![kind],
-                ..Default::default()
-            },
-        )
-        .unwrap()
+        audit::query(&self.audit, &Filter { kinds: vec![kind], ..Default::default() }).unwrap()
     }
 }
 
 fn post(path: &str, content_type: &str, body: Vec<u8>) -> Request<Body> {
-    Request::post(path)
-        .header("content-type", content_type)
-        .body(Body::from(body))
-        .unwrap()
+    Request::post(path).header("content-type", content_type).body(Body::from(body)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,41 +118,20 @@ async fn firing_alert_rolls_back_once_and_redelivery_is_a_noop() {
     assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
     assert_eq!(body["results"][0]["target"], "sms-app/model-service");
     let after = h.vs();
-    assert!(
-        after.contains("weight: 100 # stable") && after.contains("weight: 0 # canary"),
-        "{after}"
-    );
-    assert!(
-        after.contains("backstop.io/action-id"),
-        "annotations record the action: {after}"
-    );
+    assert!(after.contains("weight: 100 # stable") && after.contains("weight: 0 # canary"), "{after}");
+    assert!(after.contains("backstop.io/action-id"), "annotations record the action: {after}");
     let changed: Vec<_> = original.lines().filter(|l| !after.contains(*l)).collect();
-    assert_eq!(
-        changed,
-        vec!["      weight: 90 # stable", "      weight: 10 # canary"],
-        "only the weights changed"
-    );
-    assert_eq!(
-        h.kinds(),
-        vec![Kind::Received, Kind::Matched, Kind::Decided, Kind::Applied]
-    );
+    assert_eq!(changed, vec!["      weight: 90 # stable", "      weight: 10 # canary"], "only the weights changed");
+    assert_eq!(h.kinds(), vec![Kind::Received, Kind::Matched, Kind::Decided, Kind::Applied]);
 
     let (status, body) = h.webhook(FIRING).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
-    assert!(
-        body["results"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("duplicate delivery")
-    );
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("duplicate delivery"));
     assert_eq!(h.vs(), after, "the redelivery wrote nothing");
     let applied = h.records(Kind::Applied);
     assert_eq!(applied.len(), 1);
-    assert_eq!(
-        applied[0].entry.before.as_ref().unwrap()[0]["destinations"][0]["weight"],
-        90
-    );
+    assert_eq!(applied[0].entry.before.as_ref().unwrap()[0]["destinations"][0]["weight"], 90);
     audit::verify(&h.audit).unwrap();
 }
 
@@ -231,10 +172,7 @@ async fn truncated_payload_is_accepted_and_its_truncation_recorded() {
     assert_eq!(body["truncatedAlerts"], 3);
     let received = h.records(Kind::Received);
     assert_eq!(received.len(), 2);
-    assert_eq!(
-        received[0].entry.detail.as_ref().unwrap()["delivery"]["truncatedAlerts"],
-        3
-    );
+    assert_eq!(received[0].entry.detail.as_ref().unwrap()["delivery"]["truncatedAlerts"], 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -263,10 +201,7 @@ async fn invalid_json_is_400_with_line_and_column_and_recorded() {
     let d = rejected[0].entry.detail.as_ref().unwrap();
     assert_eq!(d["status"], 400);
     assert_eq!(d["size"], 27);
-    assert_eq!(
-        d["sha256"],
-        crate::pipeline::sha256_hex(b"{\n \"receiver\": \"x\",\n oops }")
-    );
+    assert_eq!(d["sha256"], crate::pipeline::sha256_hex(b"{\n \"receiver\": \"x\",\n oops }"));
     assert_eq!(d["prefix"], "{\n \"receiver\": \"x\",\n oops }");
 }
 
@@ -288,28 +223,17 @@ async fn oversized_body_is_413_and_recorded_with_its_full_size() {
     let d = h.records(Kind::Rejected)[0].entry.detail.clone().unwrap();
     assert_eq!(d["size"], FIRING.len());
     assert_eq!(d["sha256"], crate::pipeline::sha256_hex(FIRING.as_bytes()));
-    assert_eq!(
-        d["prefix"].as_str().unwrap().len(),
-        100,
-        "only the bytes within the limit are kept"
-    );
+    assert_eq!(d["prefix"].as_str().unwrap().len(), 100, "only the bytes within the limit are kept");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn non_json_content_type_is_415() {
     let h = harness();
-    let (status, resp) = h
-        .send(post("/v1/alertmanager", "text/plain", FIRING.as_bytes().to_vec()))
-        .await;
+    let (status, resp) = h.send(post("/v1/alertmanager", "text/plain", FIRING.as_bytes().to_vec())).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(resp["error"]["message"].as_str().unwrap().contains("text/plain"));
-    let (status, _) = h
-        .send(post(
-            "/v1/alertmanager",
-            "application/json; charset=utf-8",
-            FIRING.as_bytes().to_vec(),
-        ))
-        .await;
+    let (status, _) =
+        h.send(post("/v1/alertmanager", "application/json; charset=utf-8", FIRING.as_bytes().to_vec())).await;
     assert_eq!(status, StatusCode::OK, "a charset parameter is fine");
     assert_eq!(h.kinds()[0], Kind::Rejected);
 }
@@ -318,25 +242,17 @@ async fn non_json_content_type_is_415() {
 async fn wrong_credentials_are_401_and_recorded_right_ones_pass() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
-    let auth = Auth::load(&AuthConfig {
-        bearer: Some(Secret::File(dir.path().join("token"))),
-        basic: None,
-    })
-    .unwrap();
+    let auth = Auth::load(&AuthConfig { bearer: Some(Secret::File(dir.path().join("token"))), basic: None }).unwrap();
     let h = harness_with(auth, 1 << 20);
     let (status, _) = h.webhook(FIRING).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let mut req = post("/v1/alertmanager", "application/json", FIRING.as_bytes().to_vec());
-    req.headers_mut()
-        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    req.headers_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
     let (status, body) = h.send(req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = h.post_json("/v1/pause", json!({"reason": "x"})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "controls need credentials too");
-    assert_eq!(
-        h.records(Kind::Rejected)[0].entry.detail.as_ref().unwrap()["status"],
-        401
-    );
+    assert_eq!(h.records(Kind::Rejected)[0].entry.detail.as_ref().unwrap()["status"], 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -353,29 +269,16 @@ async fn the_same_bad_body_is_recorded_once_and_repeats_counted() {
 async fn pause_holds_automatic_actions_until_resume() {
     let h = harness();
     let (status, body) = h
-        .post_json(
-            "/v1/pause",
-            json!({"target": "sms-app/model-service", "reason": "migration", "actor": "bob"}),
-        )
+        .post_json("/v1/pause", json!({"target": "sms-app/model-service", "reason": "migration", "actor": "bob"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = h.webhook(FIRING).await;
     assert_eq!(body["results"][0]["outcome"], "held");
-    assert!(
-        body["results"][0]["reason"].as_str().unwrap().contains("by bob"),
-        "{body}"
-    );
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("by bob"), "{body}");
     assert!(h.vs().contains("weight: 90"));
-    h.post_json(
-        "/v1/resume",
-        json!({"target": "sms-app/model-service", "reason": "done", "actor": "bob"}),
-    )
-    .await;
+    h.post_json("/v1/resume", json!({"target": "sms-app/model-service", "reason": "done", "actor": "bob"})).await;
     let (_, body) = h.webhook(FIRING).await;
-    assert_eq!(
-        body["results"][0]["outcome"], "applied",
-        "held did not consume the key: {body}"
-    );
+    assert_eq!(body["results"][0]["outcome"], "applied", "held did not consume the key: {body}");
     let controls = h.records(Kind::Control);
     assert_eq!(controls.len(), 2);
     assert_eq!(controls[0].entry.actor.as_deref(), Some("bob"));
@@ -387,19 +290,12 @@ async fn undo_puts_back_the_recorded_state_and_refuses_when_the_object_moved_on(
     let original = h.vs();
     let (_, body) = h.webhook(FIRING).await;
     let action = body["results"][0]["action_id"].as_str().unwrap().to_string();
-    let (status, body) = h
-        .post_json(
-            &format!("/v1/actions/{action}/undo"),
-            json!({"reason": "false alarm", "actor": "carol"}),
-        )
-        .await;
+    let (status, body) =
+        h.post_json(&format!("/v1/actions/{action}/undo"), json!({"reason": "false alarm", "actor": "carol"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["outcome"], "applied");
     let restored = h.vs();
-    assert!(
-        restored.contains("weight: 90 # stable") && restored.contains("weight: 10 # canary"),
-        "{restored}"
-    );
+    assert!(restored.contains("weight: 90 # stable") && restored.contains("weight: 10 # canary"), "{restored}");
     let strip = |s: &str| {
         s.lines()
             .filter(|l| !l.contains("backstop.io/") && !l.trim_start().starts_with("annotations:"))
@@ -408,12 +304,8 @@ async fn undo_puts_back_the_recorded_state_and_refuses_when_the_object_moved_on(
     };
     assert_eq!(strip(&restored), strip(&original));
     // Undoing again: the object is no longer as the action left it.
-    let (_, body) = h
-        .post_json(
-            &format!("/v1/actions/{action}/undo"),
-            json!({"reason": "again", "actor": "carol"}),
-        )
-        .await;
+    let (_, body) =
+        h.post_json(&format!("/v1/actions/{action}/undo"), json!({"reason": "again", "actor": "carol"})).await;
     assert_eq!(body["outcome"], "refused", "{body}");
     let (status, _) = h.post_json("/v1/actions/nope/undo", json!({"reason": "x"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -422,16 +314,10 @@ async fn undo_puts_back_the_recorded_state_and_refuses_when_the_object_moved_on(
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_act_needs_a_known_rule_a_target_and_a_reason() {
     let h = harness();
-    let (status, _) = h
-        .post_json("/v1/actions", json!({"rule": "nope", "target": "a/b", "reason": "x"}))
-        .await;
+    let (status, _) = h.post_json("/v1/actions", json!({"rule": "nope", "target": "a/b", "reason": "x"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = h
-        .post_json(
-            "/v1/actions",
-            json!({"rule": "canary-high-error-rate", "target": "ab", "reason": "x"}),
-        )
-        .await;
+    let (status, _) =
+        h.post_json("/v1/actions", json!({"rule": "canary-high-error-rate", "target": "ab", "reason": "x"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, body) = h
         .post_json(
@@ -440,14 +326,9 @@ async fn manual_act_needs_a_known_rule_a_target_and_a_reason() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, body) = h
-        .post_json("/v1/actions", json!({"rule": "canary-high-error-rate"}))
-        .await;
+    let (status, body) = h.post_json("/v1/actions", json!({"rule": "canary-high-error-rate"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("missing field"),
-        "our error body: {body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("missing field"), "our error body: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -456,31 +337,15 @@ async fn audit_endpoint_filters_by_outcome_and_rule() {
     h.webhook(FIRING).await;
     h.webhook(UNRELATED).await;
     let (status, body) = h
-        .send(
-            Request::get("/v1/audit?outcome=applied,noop&rule=canary-high-error-rate")
-                .body(Body::empty())
-                .unwrap(),
-        )
+        .send(Request::get("/v1/audit?outcome=applied,noop&rule=canary-high-error-rate").body(Body::empty()).unwrap())
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let records = body["records"].as_array().unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["kind"], "applied");
-    let (status, _) = h
-        .send(
-            Request::get("/v1/audit?since=yesterday-ish")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let (status, _) = h.send(Request::get("/v1/audit?since=yesterday-ish").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (_, body) = h
-        .send(
-            Request::get("/v1/audit?since=1h&outcome=received")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let (_, body) = h.send(Request::get("/v1/audit?since=1h&outcome=received").body(Body::empty()).unwrap()).await;
     assert_eq!(body["records"].as_array().unwrap().len(), 2);
 }
 
@@ -505,11 +370,7 @@ async fn a_restart_loads_the_snapshot_and_replays_only_the_tail() {
     let covered = h.state.pipeline.save_snapshot().await.unwrap();
     assert_eq!(covered, 4);
     // After the snapshot: a pause (state) and an unrelated alert (no state).
-    h.post_json(
-        "/v1/pause",
-        json!({"target": "shop/checkout", "reason": "r", "actor": "a"}),
-    )
-    .await;
+    h.post_json("/v1/pause", json!({"target": "shop/checkout", "reason": "r", "actor": "a"})).await;
     h.webhook(UNRELATED).await;
     let h = h.restart().await;
     let restored = h.state.pipeline.restored().clone();
@@ -517,14 +378,8 @@ async fn a_restart_loads_the_snapshot_and_replays_only_the_tail() {
     assert_eq!(restored.replayed, 2, "only the records after the snapshot are read");
     assert_eq!(restored.note, None);
     let (_, body) = h.webhook(FIRING).await;
-    assert_eq!(
-        body["results"][0]["outcome"], "noop",
-        "the key came from the snapshot: {body}"
-    );
-    assert!(
-        h.state.pipeline.pauses().await["targets"]["shop/checkout"].is_object(),
-        "the pause came from the tail"
-    );
+    assert_eq!(body["results"][0]["outcome"], "noop", "the key came from the snapshot: {body}");
+    assert!(h.state.pipeline.pauses().await["targets"]["shop/checkout"].is_object(), "the pause came from the tail");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -542,21 +397,10 @@ async fn a_snapshot_that_does_not_match_the_log_is_ignored_and_state_rebuilt() {
     assert_eq!(restored.snapshot_seq, None);
     assert!(restored.note.unwrap().contains("does not match the log"));
     let (_, body) = h.webhook(FIRING).await;
-    assert_eq!(
-        body["results"][0]["outcome"], "noop",
-        "the key was rebuilt from the log: {body}"
-    );
+    assert_eq!(body["results"][0]["outcome"], "noop", "the key was rebuilt from the log: {body}");
     std::fs::write(&path, b"{ torn").unwrap();
     let h = h.restart().await;
-    assert!(
-        h.state
-            .pipeline
-            .restored()
-            .note
-            .as_deref()
-            .unwrap()
-            .contains("snapshot invalid")
-    );
+    assert!(h.state.pipeline.restored().note.as_deref().unwrap().contains("snapshot invalid"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -565,28 +409,15 @@ async fn storage_failure_answers_503_and_the_redelivery_is_processed() {
     h.state.pipeline.audit().fail_next_writes(1);
     let (status, body) = h.webhook(FIRING).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("audit log unavailable"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("audit log unavailable"), "{body}");
     assert!(h.vs().contains("weight: 90"), "nothing acted on an unrecorded alert");
     let (status, _) = h.send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
-    assert_eq!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not ready while the audit log cannot write"
-    );
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready while the audit log cannot write");
     // Alertmanager retries on 5xx; the retry finds the log writable again.
     let (status, body) = h.webhook(FIRING).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["results"][0]["outcome"], "applied");
-    assert_eq!(
-        h.kinds(),
-        vec![Kind::Received, Kind::Matched, Kind::Decided, Kind::Applied]
-    );
+    assert_eq!(h.kinds(), vec![Kind::Received, Kind::Matched, Kind::Decided, Kind::Applied]);
     let (status, _) = h.send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -605,21 +436,11 @@ async fn dry_run_rule_records_what_it_would_do_and_writes_nothing() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["results"][0]["outcome"], "dry_run", "{body}");
     assert_eq!(body["results"][0]["reason"], "dry run: would be applied");
-    assert_eq!(
-        std::fs::read_to_string(h.manifests.join("checkout.yaml")).unwrap(),
-        checkout
-    );
+    assert_eq!(std::fs::read_to_string(h.manifests.join("checkout.yaml")).unwrap(), checkout);
     let dry = &h.records(Kind::DryRun)[0].entry;
-    assert_eq!(
-        dry.after.as_ref().unwrap()[0]["destinations"][0]["subset"],
-        "blue",
-        "{dry:?}"
-    );
+    assert_eq!(dry.after.as_ref().unwrap()[0]["destinations"][0]["subset"], "blue", "{dry:?}");
     let (_, body) = h.webhook(&alert).await;
-    assert_eq!(
-        body["results"][0]["outcome"], "noop",
-        "a redelivered dry run is a duplicate too: {body}"
-    );
+    assert_eq!(body["results"][0]["outcome"], "noop", "a redelivered dry run is a duplicate too: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -653,13 +474,7 @@ async fn an_action_interrupted_by_a_crash_is_finished_at_the_next_start() {
     assert!(h.vs().contains("weight: 100 # stable"));
     let applied = &h.records(Kind::Applied)[0].entry;
     assert_eq!(applied.action_id.as_deref(), Some("A-interrupted"));
-    assert!(
-        applied
-            .reason
-            .as_deref()
-            .unwrap()
-            .starts_with("resumed after a restart")
-    );
+    assert!(applied.reason.as_deref().unwrap().starts_with("resumed after a restart"));
     // Nothing left to resume, even after another restart.
     assert!(h.state.pipeline.resume_pending().await.unwrap().is_empty());
     let h = h.restart().await;

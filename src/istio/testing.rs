@@ -17,22 +17,12 @@ pub fn test() -> VirtualServiceBuilder {
 
 impl VirtualServiceBuilder {
     pub fn new(namespace: &str, name: &str) -> Self {
-        Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            http: Vec::new(),
-        }
+        Self { namespace: namespace.to_owned(), name: name.to_owned(), http: Vec::new() }
     }
 
     /// Adds an unnamed HTTP route splitting host model-service between subsets v1 and v2.
     pub fn weights(self, v1: u32, v2: u32) -> Self {
-        self.route(
-            None,
-            &[
-                ("model-service", Some("v1"), Some(v1)),
-                ("model-service", Some("v2"), Some(v2)),
-            ],
-        )
+        self.route(None, &[("model-service", Some("v1"), Some(v1)), ("model-service", Some("v2"), Some(v2))])
     }
 
     /// Adds an HTTP route of destinations `(host, subset, weight)`; `None` leaves the field out.

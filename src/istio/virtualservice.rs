@@ -99,11 +99,7 @@ impl Change {
                 let Some(found) = canary.iter().find(|c| route.carries(c)) else {
                     return Ok(());
                 };
-                let Some(target) = route
-                    .destinations
-                    .iter()
-                    .position(|d| stable.matches(d) && !is_canary(d))
-                else {
+                let Some(target) = route.destinations.iter().position(|d| stable.matches(d) && !is_canary(d)) else {
                     return Err(VsError::StableMissing {
                         object: object.to_owned(),
                         route: route.route.clone(),
@@ -111,12 +107,8 @@ impl Change {
                         canary: found.clone(),
                     });
                 };
-                let moved: u32 = route
-                    .destinations
-                    .iter_mut()
-                    .filter(|d| is_canary(d))
-                    .map(|d| mem::take(&mut d.weight))
-                    .sum();
+                let moved: u32 =
+                    route.destinations.iter_mut().filter(|d| is_canary(d)).map(|d| mem::take(&mut d.weight)).sum();
                 route.destinations[target].weight += moved;
             }
             Self::Switch { from, to } => {
@@ -183,11 +175,7 @@ pub enum Outcome {
     /// Already in the desired state (`state`: the routes concerned): record a noop, write nothing.
     Unchanged { state: Vec<RouteState> },
     /// The new object; `before` and `after` hold the routes that changed.
-    Changed {
-        object: Value,
-        before: Vec<RouteState>,
-        after: Vec<RouteState>,
-    },
+    Changed { object: Value, before: Vec<RouteState>, after: Vec<RouteState> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,41 +183,19 @@ pub enum VsError {
     #[error("{object} is not a VirtualService with HTTP routes: {reason}")]
     NotHttpVirtualService { object: String, reason: String },
     #[error("{object}: {path} is {found}, expected {expected}")]
-    Malformed {
-        object: String,
-        path: String,
-        found: String,
-        expected: &'static str,
-    },
+    Malformed { object: String, path: String, found: String, expected: &'static str },
     #[error("{object} has no HTTP route named {route:?}; its HTTP routes are: {known}")]
-    NoSuchRoute {
-        object: String,
-        route: String,
-        known: String,
-    },
+    NoSuchRoute { object: String, route: String, known: String },
     #[error("{dest} is not a destination of any HTTP route of {object}; routes carry: {carried}")]
-    NoSuchDestination {
-        object: String,
-        dest: Dest,
-        carried: String,
-    },
+    NoSuchDestination { object: String, dest: Dest, carried: String },
     #[error("route {route} of {object} carries canary {canary} but not stable {stable}; refusing to roll back")]
-    StableMissing {
-        object: String,
-        route: String,
-        stable: Dest,
-        canary: Dest,
-    },
+    StableMissing { object: String, route: String, stable: Dest, canary: Dest },
     #[error("route {route} of {object}: weights would sum to {sum} after the change; they must sum to 100")]
     BadSum { object: String, route: String, sum: u64 },
     #[error(
         "cannot undo action {action} on {object}: its routes are no longer as that action left them (now: {now}); refusing"
     )]
-    MovedOn {
-        object: String,
-        action: String,
-        now: String,
-    },
+    MovedOn { object: String, action: String, now: String },
     #[error("weight {0} is out of range 0..=100")]
     WeightOutOfRange(u64),
     #[error("cannot undo on {object}: route {route} no longer exists; the object changed since, undo is not safe")]
@@ -238,12 +204,7 @@ pub enum VsError {
         "cannot undo on {object}: route {route} has {now} destinations, {recorded} were recorded; \
          the object changed since, undo is not safe"
     )]
-    UndoShapeChanged {
-        object: String,
-        route: String,
-        now: usize,
-        recorded: usize,
-    },
+    UndoShapeChanged { object: String, route: String, now: usize, recorded: usize },
 }
 
 /// Decides the new state of `vs` for `plan`.
@@ -259,17 +220,10 @@ pub fn apply(vs: &Value, plan: &Plan) -> Result<Outcome, VsError> {
     };
     if let Some(dest) = missing {
         let carried = carried_list(selected.iter().map(|&i| &before[i]), dest);
-        return Err(VsError::NoSuchDestination {
-            object,
-            dest: dest.clone(),
-            carried,
-        });
+        return Err(VsError::NoSuchDestination { object, dest: dest.clone(), carried });
     }
     let named = plan.change.named();
-    let scope: Vec<usize> = selected
-        .into_iter()
-        .filter(|&i| named.iter().any(|d| before[i].carries(d)))
-        .collect();
+    let scope: Vec<usize> = selected.into_iter().filter(|&i| named.iter().any(|d| before[i].carries(d))).collect();
     let mut after = before.clone();
     for &i in &scope {
         plan.change.apply_to(&object, &mut after[i])?;
@@ -286,19 +240,11 @@ pub fn restore(vs: &Value, previous: &[RouteState]) -> Result<Outcome, VsError> 
     let mut scope = Vec::new();
     for prev in previous {
         let Some(i) = before.iter().position(|r| r.route == prev.route) else {
-            return Err(VsError::UndoRouteGone {
-                object,
-                route: prev.route.clone(),
-            });
+            return Err(VsError::UndoRouteGone { object, route: prev.route.clone() });
         };
         let (now, recorded) = (before[i].destinations.len(), prev.destinations.len());
         if now != recorded {
-            return Err(VsError::UndoShapeChanged {
-                object,
-                route: prev.route.clone(),
-                now,
-                recorded,
-            });
+            return Err(VsError::UndoShapeChanged { object, route: prev.route.clone(), now, recorded });
         }
         after[i] = prev.clone();
         scope.push(i);
@@ -312,24 +258,14 @@ pub fn restore(vs: &Value, previous: &[RouteState]) -> Result<Outcome, VsError> 
 /// has an empty list).
 pub fn routes(vs: &Value) -> Result<Vec<RouteState>, VsError> {
     let object = object_id(vs);
-    let not_http = |reason: String| VsError::NotHttpVirtualService {
-        object: object.clone(),
-        reason,
-    };
+    let not_http = |reason: String| VsError::NotHttpVirtualService { object: object.clone(), reason };
     let kind = vs.get("kind").unwrap_or(&Value::Null);
     if kind != "VirtualService" {
         return Err(not_http(format!("kind is {kind}")));
     }
-    let http = vs
-        .pointer("/spec/http")
-        .ok_or_else(|| not_http("it has no spec.http".to_owned()))?;
-    let http = http
-        .as_array()
-        .ok_or_else(|| malformed(&object, "spec.http".to_owned(), Some(http), "an array"))?;
-    http.iter()
-        .enumerate()
-        .map(|(i, route)| parse_route(&object, i, route))
-        .collect()
+    let http = vs.pointer("/spec/http").ok_or_else(|| not_http("it has no spec.http".to_owned()))?;
+    let http = http.as_array().ok_or_else(|| malformed(&object, "spec.http".to_owned(), Some(http), "an array"))?;
+    http.iter().enumerate().map(|(i, route)| parse_route(&object, i, route)).collect()
 }
 
 /// Backstop's annotations, written on `metadata.annotations`.
@@ -375,28 +311,22 @@ fn object_id(vs: &Value) -> String {
 
 fn malformed(object: &str, path: String, found: Option<&Value>, expected: &'static str) -> VsError {
     let found = found.map_or_else(|| "missing".to_owned(), Value::to_string);
-    VsError::Malformed {
-        object: object.to_owned(),
-        path,
-        found,
-        expected,
-    }
+    VsError::Malformed { object: object.to_owned(), path, found, expected }
 }
 
 fn parse_route(object: &str, i: usize, http: &Value) -> Result<RouteState, VsError> {
     let path = format!("spec.http[{i}]");
     let route = match http.get("name") {
         None => format!("http[{i}]"),
-        Some(name) => name
-            .as_str()
-            .ok_or_else(|| malformed(object, format!("{path}.name"), Some(name), "a string"))?
-            .to_owned(),
+        Some(name) => {
+            name.as_str().ok_or_else(|| malformed(object, format!("{path}.name"), Some(name), "a string"))?.to_owned()
+        }
     };
     let entries = match http.get("route") {
         None => &[][..],
-        Some(entries) => entries
-            .as_array()
-            .ok_or_else(|| malformed(object, format!("{path}.route"), Some(entries), "an array"))?,
+        Some(entries) => {
+            entries.as_array().ok_or_else(|| malformed(object, format!("{path}.route"), Some(entries), "an array"))?
+        }
     };
     let destinations = entries
         .iter()
@@ -410,11 +340,7 @@ fn parse_dest(object: &str, path: &str, entry: &Value, alone: bool) -> Result<De
     let string = |key: &str| {
         let value = entry.pointer(&format!("/destination/{key}"));
         let path = || format!("{path}.destination.{key}");
-        value.map(|v| {
-            v.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| malformed(object, path(), value, "a string"))
-        })
+        value.map(|v| v.as_str().map(str::to_owned).ok_or_else(|| malformed(object, path(), value, "a string")))
     };
     let host = string("host")
         .unwrap_or_else(|| Err(malformed(object, format!("{path}.destination.host"), None, "a string")))?;
@@ -440,14 +366,11 @@ fn select(object: &str, routes: &[RouteState], names: Option<&[String]>) -> Resu
     let mut selected = names
         .iter()
         .map(|name| {
-            routes
-                .iter()
-                .position(|r| r.route == *name)
-                .ok_or_else(|| VsError::NoSuchRoute {
-                    object: object.to_owned(),
-                    route: name.clone(),
-                    known: routes.iter().map(|r| r.route.as_str()).collect::<Vec<_>>().join(", "),
-                })
+            routes.iter().position(|r| r.route == *name).ok_or_else(|| VsError::NoSuchRoute {
+                object: object.to_owned(),
+                route: name.clone(),
+                known: routes.iter().map(|r| r.route.as_str()).collect::<Vec<_>>().join(", "),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     selected.sort_unstable();
@@ -467,11 +390,7 @@ fn carried_list<'a>(routes: impl Iterator<Item = &'a RouteState>, like: &Dest) -
         .collect();
     names.sort();
     names.dedup();
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
 
 /// Checks and writes the routes in `scope` that differ between `before` and `after`.
@@ -484,19 +403,13 @@ fn finish(
 ) -> Result<Outcome, VsError> {
     let changed: Vec<usize> = scope.iter().copied().filter(|&i| before[i] != after[i]).collect();
     if changed.is_empty() {
-        return Ok(Outcome::Unchanged {
-            state: scope.iter().map(|&i| before[i].clone()).collect(),
-        });
+        return Ok(Outcome::Unchanged { state: scope.iter().map(|&i| before[i].clone()).collect() });
     }
     let mut new = vs.clone();
     for &i in &changed {
         let sum = after[i].destinations.iter().map(|d| u64::from(d.weight)).sum();
         if sum != 100 {
-            return Err(VsError::BadSum {
-                object: object.to_owned(),
-                route: after[i].route.clone(),
-                sum,
-            });
+            return Err(VsError::BadSum { object: object.to_owned(), route: after[i].route.clone(), sum });
         }
         for (j, (old, dest)) in before[i].destinations.iter().zip(&after[i].destinations).enumerate() {
             if let Some(entry) = new.pointer_mut(&format!("/spec/http/{i}/route/{j}")) {
@@ -505,11 +418,7 @@ fn finish(
         }
     }
     let pick = |states: &[RouteState]| changed.iter().map(|&i| states[i].clone()).collect();
-    Ok(Outcome::Changed {
-        object: new,
-        before: pick(before),
-        after: pick(after),
-    })
+    Ok(Outcome::Changed { object: new, before: pick(before), after: pick(after) })
 }
 
 /// Writes the fields of `new` that differ from `old` into a `route[]` entry.
@@ -558,11 +467,7 @@ mod tests {
             .find(|crd| crd["metadata"]["name"] == "virtualservices.networking.istio.io")
             .and_then(|crd| {
                 let versions = crd["spec"]["versions"].as_array()?;
-                versions
-                    .iter()
-                    .find(|v| v["name"] == "v1")?
-                    .pointer("/schema/openAPIV3Schema")
-                    .cloned()
+                versions.iter().find(|v| v["name"] == "v1")?.pointer("/schema/openAPIV3Schema").cloned()
             })
             .expect("VirtualService v1 schema in the CRD file");
         jsonschema::validator_for(&schema).expect("CRD schema compiles")
@@ -582,11 +487,7 @@ mod tests {
     }
 
     fn assert_unchanged(vs: &Value, plan: &Plan) {
-        assert!(
-            matches!(apply(vs, plan), Ok(Outcome::Unchanged { .. })),
-            "{:?}",
-            apply(vs, plan)
-        );
+        assert!(matches!(apply(vs, plan), Ok(Outcome::Unchanged { .. })), "{:?}", apply(vs, plan));
     }
 
     fn error(outcome: Result<Outcome, VsError>) -> String {
@@ -610,19 +511,13 @@ mod tests {
     }
 
     fn rollback_v2() -> Plan {
-        everywhere(Change::Rollback {
-            stable: subset("v1"),
-            canary: vec![subset("v2")],
-        })
+        everywhere(Change::Rollback { stable: subset("v1"), canary: vec![subset("v2")] })
     }
 
     /// Effective weights of each HTTP route.
     fn weights(vs: &Value) -> Vec<Vec<u32>> {
         let routes = routes(vs).expect("routes");
-        routes
-            .iter()
-            .map(|r| r.destinations.iter().map(|d| d.weight).collect())
-            .collect()
+        routes.iter().map(|r| r.destinations.iter().map(|d| d.weight).collect()).collect()
     }
 
     const MS: &str = "model-service";
@@ -641,12 +536,7 @@ mod tests {
     fn rollback_of_a_rolled_back_object_is_unchanged() {
         let (object, _, _) = changed(apply(&testing::test().weights(90, 10).build(), &rollback_v2()));
         let outcome = apply(&object, &rollback_v2());
-        assert_eq!(
-            outcome,
-            Ok(Outcome::Unchanged {
-                state: routes(&object).unwrap()
-            })
-        );
+        assert_eq!(outcome, Ok(Outcome::Unchanged { state: routes(&object).unwrap() }));
     }
 
     #[test]
@@ -670,24 +560,15 @@ mod tests {
             .route(Some("a"), &[(MS, Some("v1"), Some(90)), (MS, Some("v2"), Some(10))])
             .route(Some("b"), &[(MS, Some("v1"), Some(90)), (MS, Some("v2"), Some(10))])
             .build();
-        let plan = Plan {
-            routes: Some(vec!["b".to_owned()]),
-            ..rollback_v2()
-        };
+        let plan = Plan { routes: Some(vec!["b".to_owned()]), ..rollback_v2() };
         let (object, _, _) = changed(apply(&vs, &plan));
         assert_eq!(weights(&object), [[90, 10], [100, 0]]);
     }
 
     #[test]
     fn unknown_named_route_is_an_error() {
-        let vs = testing::test()
-            .route(Some("a"), &[(MS, Some("v1"), None)])
-            .weights(90, 10)
-            .build();
-        let plan = Plan {
-            routes: Some(vec!["a".to_owned(), "c".to_owned()]),
-            ..rollback_v2()
-        };
+        let vs = testing::test().route(Some("a"), &[(MS, Some("v1"), None)]).weights(90, 10).build();
+        let plan = Plan { routes: Some(vec!["a".to_owned(), "c".to_owned()]), ..rollback_v2() };
         assert_eq!(
             error(apply(&vs, &plan)),
             r#"sms-app/model-service has no HTTP route named "c"; its HTTP routes are: a, http[1]"#
@@ -697,14 +578,7 @@ mod tests {
     #[test]
     fn rollback_with_three_destinations_stable_absorbs_and_third_is_untouched() {
         let vs = testing::test()
-            .route(
-                None,
-                &[
-                    (MS, Some("v1"), Some(80)),
-                    (MS, Some("v2"), Some(15)),
-                    (MS, Some("v3"), Some(5)),
-                ],
-            )
+            .route(None, &[(MS, Some("v1"), Some(80)), (MS, Some("v2"), Some(15)), (MS, Some("v3"), Some(5))])
             .build();
         let (object, _, _) = changed(apply(&vs, &rollback_v2()));
         assert_eq!(weights(&object), [[95, 0, 5]]);
@@ -716,11 +590,7 @@ mod tests {
         let vs = testing::test()
             .route(
                 None,
-                &[
-                    ("reviews", None, Some(70)),
-                    ("reviews-canary", None, Some(20)),
-                    ("reviews-exp", None, Some(10)),
-                ],
+                &[("reviews", None, Some(70)), ("reviews-canary", None, Some(20)), ("reviews-exp", None, Some(10))],
             )
             .build();
         let plan = everywhere(Change::Rollback {
@@ -734,10 +604,7 @@ mod tests {
 
     #[test]
     fn rollback_without_the_stable_destination_in_the_route_is_an_error() {
-        let vs = testing::test()
-            .weights(90, 10)
-            .route(Some("beta"), &[(MS, Some("v2"), None)])
-            .build();
+        let vs = testing::test().weights(90, 10).route(Some("beta"), &[(MS, Some("v2"), None)]).build();
         assert_eq!(
             error(apply(&vs, &rollback_v2())),
             "route beta of sms-app/model-service carries canary subset v2 but not stable subset v1; \
@@ -748,26 +615,14 @@ mod tests {
     #[test]
     fn switch_rewrites_the_subset_of_a_single_destination() {
         let vs = testing::test().route(Some("main"), &[(MS, Some("blue"), None)]).build();
-        let plan = everywhere(Change::Switch {
-            from: subset("blue"),
-            to: subset("green"),
-        });
+        let plan = everywhere(Change::Switch { from: subset("blue"), to: subset("green") });
         let (object, _, after) = changed(apply(&vs, &plan));
-        assert_eq!(
-            object,
-            testing::test()
-                .route(Some("main"), &[(MS, Some("green"), None)])
-                .build()
-        );
+        assert_eq!(object, testing::test().route(Some("main"), &[(MS, Some("green"), None)]).build());
         assert_eq!(
             after,
             [RouteState {
                 route: "main".to_owned(),
-                destinations: vec![DestState {
-                    host: MS.to_owned(),
-                    subset: Some("green".to_owned()),
-                    weight: 100
-                }],
+                destinations: vec![DestState { host: MS.to_owned(), subset: Some("green".to_owned()), weight: 100 }],
             }]
         );
         assert_unchanged(&object, &plan);
@@ -776,27 +631,16 @@ mod tests {
     #[test]
     fn switch_rewrites_the_host_of_a_single_destination() {
         let vs = testing::test().route(None, &[("model-blue", None, Some(100))]).build();
-        let plan = everywhere(Change::Switch {
-            from: host("model-blue"),
-            to: host("model-green"),
-        });
+        let plan = everywhere(Change::Switch { from: host("model-blue"), to: host("model-green") });
         let (object, _, _) = changed(apply(&vs, &plan));
-        assert_eq!(
-            object,
-            testing::test().route(None, &[("model-green", None, Some(100))]).build()
-        );
+        assert_eq!(object, testing::test().route(None, &[("model-green", None, Some(100))]).build());
         assert_unchanged(&object, &plan);
     }
 
     #[test]
     fn switch_moves_all_weight_between_two_weighted_destinations() {
-        let vs = testing::test()
-            .route(None, &[(MS, Some("blue"), Some(100)), (MS, Some("green"), Some(0))])
-            .build();
-        let plan = everywhere(Change::Switch {
-            from: subset("blue"),
-            to: subset("green"),
-        });
+        let vs = testing::test().route(None, &[(MS, Some("blue"), Some(100)), (MS, Some("green"), Some(0))]).build();
+        let plan = everywhere(Change::Switch { from: subset("blue"), to: subset("green") });
         let (object, _, _) = changed(apply(&vs, &plan));
         assert_eq!(weights(&object), [[0, 100]]);
         assert_unchanged(&object, &plan);
@@ -805,9 +649,8 @@ mod tests {
     #[test]
     fn set_weights_writes_the_named_weights() {
         let vs = testing::test().weights(90, 10).build();
-        let plan = everywhere(Change::SetWeights {
-            weights: vec![(subset("v1"), weight(50)), (subset("v2"), weight(50))],
-        });
+        let plan =
+            everywhere(Change::SetWeights { weights: vec![(subset("v1"), weight(50)), (subset("v2"), weight(50))] });
         let (object, _, _) = changed(apply(&vs, &plan));
         assert_eq!(object, testing::test().weights(50, 50).build());
         assert_unchanged(&object, &plan);
@@ -816,9 +659,7 @@ mod tests {
     #[test]
     fn set_weights_not_summing_to_100_names_route_and_sum() {
         let vs = testing::test().weights(90, 10).build();
-        let plan = everywhere(Change::SetWeights {
-            weights: vec![(subset("v2"), weight(20))],
-        });
+        let plan = everywhere(Change::SetWeights { weights: vec![(subset("v2"), weight(20))] });
         assert_eq!(
             error(apply(&vs, &plan)),
             "route http[0] of sms-app/model-service: weights would sum to 110 after the change; \
@@ -829,19 +670,13 @@ mod tests {
     #[test]
     fn missing_subset_error_lists_the_carried_subsets() {
         let vs = testing::test().weights(90, 10).build();
-        let plan = everywhere(Change::Rollback {
-            stable: subset("v1"),
-            canary: vec![subset("v3")],
-        });
+        let plan = everywhere(Change::Rollback { stable: subset("v1"), canary: vec![subset("v3")] });
         assert_eq!(
             error(apply(&vs, &plan)),
             "subset v3 is not a destination of any HTTP route of sms-app/model-service; \
              routes carry: subset v1, subset v2"
         );
-        let plan = everywhere(Change::Switch {
-            from: host("blue"),
-            to: host("green"),
-        });
+        let plan = everywhere(Change::Switch { from: host("blue"), to: host("green") });
         assert_eq!(
             error(apply(&vs, &plan)),
             "host blue is not a destination of any HTTP route of sms-app/model-service; \
@@ -971,10 +806,7 @@ mod tests {
             .route(Some("b"), &[("model-blue", None, None)])
             .build();
         let (rolled, before, _) = changed(apply(&vs, &rollback_v2()));
-        let switch = everywhere(Change::Switch {
-            from: host("model-blue"),
-            to: host("model-green"),
-        });
+        let switch = everywhere(Change::Switch { from: host("model-blue"), to: host("model-green") });
         let (switched, before_switch, _) = changed(apply(&rolled, &switch));
         // As the audit log stores and reads it back.
         let recorded: Vec<RouteState> =
@@ -987,9 +819,7 @@ mod tests {
 
     #[test]
     fn restore_refuses_when_the_object_changed_since() {
-        let vs = testing::test()
-            .route(Some("a"), &[(MS, Some("v1"), Some(90)), (MS, Some("v2"), Some(10))])
-            .build();
+        let vs = testing::test().route(Some("a"), &[(MS, Some("v1"), Some(90)), (MS, Some("v2"), Some(10))]).build();
         let (_, before, _) = changed(apply(&vs, &rollback_v2()));
         let reshaped = testing::test().route(Some("a"), &[(MS, Some("v1"), None)]).build();
         assert_eq!(
@@ -1009,12 +839,8 @@ mod tests {
     fn annotate_creates_the_annotations() {
         let mut vs = testing::test().weights(100, 0).build();
         let previous = routes(&testing::test().weights(90, 10).build()).unwrap();
-        let ann = Annotations {
-            action_id: "act-1",
-            rule: "sms-latency",
-            at: "2025-01-02T03:04:05Z",
-            previous: &previous,
-        };
+        let ann =
+            Annotations { action_id: "act-1", rule: "sms-latency", at: "2025-01-02T03:04:05Z", previous: &previous };
         annotate(&mut vs, &ann);
         let annotations = &vs["metadata"]["annotations"];
         assert_eq!(annotations["backstop.io/action-id"], "act-1");
@@ -1033,15 +859,7 @@ mod tests {
     fn annotate_extends_existing_annotations() {
         let mut vs = testing::test().weights(100, 0).build();
         vs["metadata"]["annotations"] = json!({ "team": "sms", "backstop.io/rule": "old" });
-        annotate(
-            &mut vs,
-            &Annotations {
-                action_id: "act-2",
-                rule: "new",
-                at: "2025-01-02T03:04:05Z",
-                previous: &[],
-            },
-        );
+        annotate(&mut vs, &Annotations { action_id: "act-2", rule: "new", at: "2025-01-02T03:04:05Z", previous: &[] });
         let annotations = &vs["metadata"]["annotations"];
         assert_eq!(annotations["team"], "sms");
         assert_eq!(annotations["backstop.io/rule"], "new");
@@ -1063,13 +881,7 @@ mod tests {
         assert!(serde_json::from_value::<Weight>(json!(101)).is_err());
         assert!(serde_json::from_value::<Weight>(json!(-1)).is_err());
         assert_eq!(Weight::try_from(300), Err(VsError::WeightOutOfRange(300)));
-        let state = routes(
-            &testing::test()
-                .route(None, &[("reviews", None, None)])
-                .weights(90, 10)
-                .build(),
-        )
-        .unwrap();
+        let state = routes(&testing::test().route(None, &[("reviews", None, None)]).weights(90, 10).build()).unwrap();
         let json = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<Vec<RouteState>>(&json).unwrap(), state);
     }

@@ -56,18 +56,13 @@ impl Matcher {
         }
         let value = unquote(raw).ok_or_else(|| MatcherError::Quote(input.to_string()))?;
         let regex = match op {
-            Op::Re | Op::NotRe => Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| MatcherError::Regex {
-                input: input.to_string(),
-                message: e.to_string(),
-            })?),
+            Op::Re | Op::NotRe => Some(
+                Regex::new(&format!("^(?:{value})$"))
+                    .map_err(|e| MatcherError::Regex { input: input.to_string(), message: e.to_string() })?,
+            ),
             Op::Eq | Op::NotEq => None,
         };
-        Ok(Matcher {
-            name: name.to_string(),
-            op,
-            value,
-            regex,
-        })
+        Ok(Matcher { name: name.to_string(), op, value, regex })
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -188,11 +183,7 @@ mod tests {
     #[test]
     fn equality_with_and_without_quotes() {
         let l = labels(&[("alertname", "CanaryHighErrorRate")]);
-        assert!(
-            Matcher::parse(r#"alertname="CanaryHighErrorRate""#)
-                .unwrap()
-                .matches(&l)
-        );
+        assert!(Matcher::parse(r#"alertname="CanaryHighErrorRate""#).unwrap().matches(&l));
         assert!(Matcher::parse("alertname = CanaryHighErrorRate").unwrap().matches(&l));
         assert!(!Matcher::parse("alertname=Other").unwrap().matches(&l));
         assert!(Matcher::parse("alertname!=Other").unwrap().matches(&l));
@@ -202,10 +193,7 @@ mod tests {
     fn regexes_are_anchored() {
         let l = labels(&[("severity", "critical")]);
         assert!(Matcher::parse(r#"severity=~"crit.*""#).unwrap().matches(&l));
-        assert!(
-            !Matcher::parse(r#"severity=~"crit""#).unwrap().matches(&l),
-            "anchored: partial match fails"
-        );
+        assert!(!Matcher::parse(r#"severity=~"crit""#).unwrap().matches(&l), "anchored: partial match fails");
         assert!(Matcher::parse(r#"severity!~"warn|info""#).unwrap().matches(&l));
         assert!(!Matcher::parse(r#"severity!~"critical|page""#).unwrap().matches(&l));
     }

@@ -77,28 +77,19 @@ impl Rule {
             None => None,
             Some(ts) => Some(ts.iter().map(|t| t.render(labels)).collect::<Result<_, _>>()?),
         };
-        Ok(Plan {
-            change: self.change.clone(),
-            routes,
-        })
+        Ok(Plan { change: self.change.clone(), routes })
     }
 
     /// A short human description of the action, for tables and logs.
     pub fn action_summary(&self) -> String {
         match &self.change {
-            Change::Rollback { stable, canary } => format!(
-                "rollback {} -> {}",
-                canary.iter().map(Dest::to_string).collect::<Vec<_>>().join(", "),
-                stable
-            ),
+            Change::Rollback { stable, canary } => {
+                format!("rollback {} -> {}", canary.iter().map(Dest::to_string).collect::<Vec<_>>().join(", "), stable)
+            }
             Change::Switch { from, to } => format!("switch {from} -> {to}"),
             Change::SetWeights { weights } => format!(
                 "set-weights {}",
-                weights
-                    .iter()
-                    .map(|(d, w)| format!("{d}={w}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                weights.iter().map(|(d, w)| format!("{d}={w}")).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -115,9 +106,15 @@ pub enum Decision {
         dry_run: bool,
     },
     /// Not yet: the alert has not been firing long enough. No key is consumed.
-    Hold { rule: String, reason: String },
+    Hold {
+        rule: String,
+        reason: String,
+    },
     /// This rule cannot act on this alert (for example a label its target needs is missing).
-    Refuse { rule: String, reason: String },
+    Refuse {
+        rule: String,
+        reason: String,
+    },
 }
 
 impl Decision {
@@ -162,18 +159,12 @@ impl RuleSet {
         let named = self.by_alertname.get(&alert.name).map(Vec::as_slice).unwrap_or(&[]);
         let mut idx: Vec<usize> = named.iter().chain(&self.any_alertname).copied().collect();
         idx.sort_unstable();
-        idx.into_iter()
-            .map(|i| &self.rules[i])
-            .filter(|r| r.matches(alert))
-            .collect()
+        idx.into_iter().map(|i| &self.rules[i]).filter(|r| r.matches(alert)).collect()
     }
 
     /// The engine: a decision for every rule that matches `alert` at time `now`.
     pub fn decide(&self, alert: &Alert, now: DateTime<Utc>) -> Vec<Decision> {
-        self.matching(alert)
-            .into_iter()
-            .map(|rule| decide_one(rule, alert, now))
-            .collect()
+        self.matching(alert).into_iter().map(|rule| decide_one(rule, alert, now)).collect()
     }
 }
 
@@ -182,10 +173,7 @@ fn decide_one(rule: &Rule, alert: &Alert, now: DateTime<Utc>) -> Decision {
     let (target, plan) = match target_and_plan {
         Ok(tp) => tp,
         Err(missing) => {
-            return Decision::Refuse {
-                rule: rule.name.clone(),
-                reason: missing.to_string(),
-            };
+            return Decision::Refuse { rule: rule.name.clone(), reason: missing.to_string() };
         }
     };
     if alert.status == AlertStatus::Firing && !rule.min_firing.is_zero() {
@@ -201,13 +189,7 @@ fn decide_one(rule: &Rule, alert: &Alert, now: DateTime<Utc>) -> Decision {
             };
         }
     }
-    Decision::Act {
-        rule: rule.name.clone(),
-        key: alert.key(&rule.name),
-        target,
-        plan,
-        dry_run: rule.dry_run,
-    }
+    Decision::Act { rule: rule.name.clone(), key: alert.key(&rule.name), target, plan, dry_run: rule.dry_run }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,21 +370,11 @@ pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RuleErrors> {
             });
         }
     }
-    if errors.is_empty() {
-        Ok(RuleSet::new(rules))
-    } else {
-        Err(RuleErrors(errors))
-    }
+    if errors.is_empty() { Ok(RuleSet::new(rules)) } else { Err(RuleErrors(errors)) }
 }
 
 fn file_error(file: &Path, message: String) -> RuleError {
-    RuleError {
-        file: file.to_path_buf(),
-        line: None,
-        rule: None,
-        field: String::new(),
-        message,
-    }
+    RuleError { file: file.to_path_buf(), line: None, rule: None, field: String::new(), message }
 }
 
 fn rule_files(paths: &[PathBuf], errors: &mut Vec<RuleError>) -> Vec<PathBuf> {
@@ -468,10 +440,7 @@ pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<R
             },
             Err(e) => {
                 let path = e.path().to_string();
-                push(
-                    if path == "." { String::new() } else { path },
-                    strip_location(&e.into_inner().to_string()),
-                )
+                push(if path == "." { String::new() } else { path }, strip_location(&e.into_inner().to_string()))
             }
         }
     }
@@ -489,9 +458,7 @@ fn line_of_rule(text: &str, name: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             let t = l.trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix("name:")
-                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == name)
-                .unwrap_or(false)
+            t.strip_prefix("name:").map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == name).unwrap_or(false)
         })
         .map(|i| i + 1)
 }
@@ -501,10 +468,7 @@ fn parse_duration(field: &str, text: Option<String>, problems: &mut Vec<(String,
     match humantime::parse_duration(&text) {
         Ok(d) => Some(d),
         Err(e) => {
-            problems.push((
-                field.into(),
-                format!("`{text}` is not a duration ({e}); examples: 30s, 5m, 1h30m"),
-            ));
+            problems.push((field.into(), format!("`{text}` is not a duration ({e}); examples: 30s, 5m, 1h30m")));
             None
         }
     }
@@ -542,18 +506,12 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     let virtualservice = template("target.virtualservice", &raw.target.virtualservice);
     let routes = match raw.target.routes {
         Some(routes) if routes.is_empty() => {
-            problems.push((
-                "target.routes".into(),
-                "list route names, or leave the field out for all routes".into(),
-            ));
+            problems.push(("target.routes".into(), "list route names, or leave the field out for all routes".into()));
             None
         }
         Some(routes) => {
-            let ts: Vec<Template> = routes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| template(&format!("target.routes[{i}]"), r))
-                .collect();
+            let ts: Vec<Template> =
+                routes.iter().enumerate().filter_map(|(i, r)| template(&format!("target.routes[{i}]"), r)).collect();
             Some(ts)
         }
         None => None,
@@ -581,19 +539,12 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
 }
 
 fn change(action: RawAction, problems: &mut Vec<(String, String)>) -> Option<Change> {
-    let count = [
-        action.rollback.is_some(),
-        action.switch.is_some(),
-        action.set_weights.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
+    let count = [action.rollback.is_some(), action.switch.is_some(), action.set_weights.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if count != 1 {
-        problems.push((
-            "action".into(),
-            "exactly one of `rollback`, `switch`, `set-weights`".into(),
-        ));
+        problems.push(("action".into(), "exactly one of `rollback`, `switch`, `set-weights`".into()));
         return None;
     }
     let mut d = |field: &str, raw: RawDest| match raw.into_dest() {
@@ -609,16 +560,10 @@ fn change(action: RawAction, problems: &mut Vec<(String, String)>) -> Option<Cha
             OneOrMany::One(c) => vec![c],
             OneOrMany::Many(cs) => cs,
         };
-        let canary: Vec<Dest> = canaries
-            .into_iter()
-            .filter_map(|c| d("action.rollback.canary", c))
-            .collect();
+        let canary: Vec<Dest> = canaries.into_iter().filter_map(|c| d("action.rollback.canary", c)).collect();
         let stable = stable?;
         if canary.is_empty() {
-            problems.push((
-                "action.rollback.canary".into(),
-                "name at least one canary destination".into(),
-            ));
+            problems.push(("action.rollback.canary".into(), "name at least one canary destination".into()));
             return None;
         }
         if canary.contains(&stable) {

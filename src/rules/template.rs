@@ -39,28 +39,20 @@ impl Template {
                 parts.push(Part::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| TemplateError::Unclosed(source.to_string()))?;
+            let end = after.find("}}").ok_or_else(|| TemplateError::Unclosed(source.to_string()))?;
             let inner = after[..end].trim();
             let label = inner
                 .strip_prefix("$labels.")
                 .or_else(|| inner.strip_prefix(".Labels."))
                 .filter(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-                .ok_or_else(|| TemplateError::Placeholder {
-                    template: source.to_string(),
-                    inner: inner.to_string(),
-                })?;
+                .ok_or_else(|| TemplateError::Placeholder { template: source.to_string(), inner: inner.to_string() })?;
             parts.push(Part::Label(label.to_string()));
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_string()));
         }
-        Ok(Template {
-            source: source.to_string(),
-            parts,
-        })
+        Ok(Template { source: source.to_string(), parts })
     }
 
     /// Render with the alert's labels; a missing or empty label is an error, never an empty name.
@@ -72,10 +64,7 @@ impl Template {
                 Part::Label(l) => match labels.get(l) {
                     Some(v) if !v.is_empty() => out.push_str(v),
                     _ => {
-                        return Err(MissingLabel {
-                            label: l.clone(),
-                            template: self.source.clone(),
-                        });
+                        return Err(MissingLabel { label: l.clone(), template: self.source.clone() });
                     }
                 },
             }
@@ -102,14 +91,10 @@ mod tests {
     use super::*;
 
     fn labels() -> BTreeMap<String, String> {
-        [
-            ("namespace", "sms-app"),
-            ("virtualservice", "model-service"),
-            ("empty", ""),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect()
+        [("namespace", "sms-app"), ("virtualservice", "model-service"), ("empty", "")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
     }
 
     #[test]
@@ -129,13 +114,7 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused_at_load() {
-        assert!(matches!(
-            Template::parse("{{ $labels.ns "),
-            Err(TemplateError::Unclosed(_))
-        ));
-        assert!(matches!(
-            Template::parse("{{ .Value }}"),
-            Err(TemplateError::Placeholder { .. })
-        ));
+        assert!(matches!(Template::parse("{{ $labels.ns "), Err(TemplateError::Unclosed(_))));
+        assert!(matches!(Template::parse("{{ .Value }}"), Err(TemplateError::Placeholder { .. })));
     }
 }

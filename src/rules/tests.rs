@@ -63,10 +63,7 @@ fn valid_file_loads_into_typed_rules() {
     assert_eq!(r.cooldown, Some(Duration::from_secs(600)));
     assert_eq!(
         r.change,
-        Change::Rollback {
-            stable: Dest::Subset("v1".into()),
-            canary: vec![Dest::Subset("v2".into())]
-        }
+        Change::Rollback { stable: Dest::Subset("v1".into()), canary: vec![Dest::Subset("v2".into())] }
     );
     let plan = rules[1].plan(&BTreeMap::new()).unwrap();
     assert_eq!(plan.routes, Some(vec!["primary".to_string()]));
@@ -99,12 +96,7 @@ rules:
 "#;
     let (rules, errors) = parse(text);
     assert!(rules.is_empty());
-    let by_rule = |name: &str| {
-        errors
-            .iter()
-            .filter(|e| e.rule.as_deref() == Some(name))
-            .collect::<Vec<_>>()
-    };
+    let by_rule = |name: &str| errors.iter().filter(|e| e.rule.as_deref() == Some(name)).collect::<Vec<_>>();
     let e = by_rule("bad-regex");
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].field, "match");
@@ -119,10 +111,7 @@ rules:
     let e = by_rule("bad-weight");
     assert_eq!(e[0].field, "action.set-weights[0].weight");
     let shown = RuleErrors(errors.clone()).to_string();
-    assert!(
-        shown.contains("rules/test.yaml:3: rule `bad-regex`: field `match`"),
-        "{shown}"
-    );
+    assert!(shown.contains("rules/test.yaml:3: rule `bad-regex`: field `match`"), "{shown}");
 }
 
 #[test]
@@ -163,24 +152,14 @@ fn engine_decides_per_matching_rule() {
     let set = RuleSet::new(rules);
     let a = alert(
         "CanaryHighErrorRate",
-        &[
-            ("namespace", "sms-app"),
-            ("virtualservice", "model-service"),
-            ("severity", "critical"),
-        ],
+        &[("namespace", "sms-app"), ("virtualservice", "model-service"), ("severity", "critical")],
         AlertStatus::Firing,
         300,
     );
     let decisions = set.decide(&a, Utc::now());
     assert_eq!(decisions.len(), 1);
     match &decisions[0] {
-        Decision::Act {
-            rule,
-            key,
-            target,
-            dry_run,
-            ..
-        } => {
+        Decision::Act { rule, key, target, dry_run, .. } => {
             assert_eq!(rule, "canary-high-error-rate");
             assert_eq!(key, &a.key(rule));
             assert_eq!(target.to_string(), "sms-app/model-service");
@@ -196,11 +175,7 @@ fn engine_holds_until_the_alert_has_fired_long_enough() {
     let set = RuleSet::new(rules);
     let a = alert(
         "CanaryHighErrorRate",
-        &[
-            ("namespace", "sms-app"),
-            ("virtualservice", "model-service"),
-            ("severity", "page"),
-        ],
+        &[("namespace", "sms-app"), ("virtualservice", "model-service"), ("severity", "page")],
         AlertStatus::Firing,
         10,
     );
@@ -214,12 +189,8 @@ fn engine_holds_until_the_alert_has_fired_long_enough() {
 fn engine_refuses_when_a_target_label_is_missing() {
     let (rules, _) = parse(GOOD);
     let set = RuleSet::new(rules);
-    let a = alert(
-        "CanaryHighErrorRate",
-        &[("namespace", "sms-app"), ("severity", "critical")],
-        AlertStatus::Firing,
-        300,
-    );
+    let a =
+        alert("CanaryHighErrorRate", &[("namespace", "sms-app"), ("severity", "critical")], AlertStatus::Firing, 300);
     match &set.decide(&a, Utc::now())[0] {
         Decision::Refuse { reason, .. } => assert!(reason.contains("no label `virtualservice`"), "{reason}"),
         other => panic!("expected refuse, got {other:?}"),
@@ -230,38 +201,14 @@ fn engine_refuses_when_a_target_label_is_missing() {
 fn status_filter_and_matchers_select_rules() {
     let (rules, _) = parse(GOOD);
     let set = RuleSet::new(rules);
-    let labels = [
-        ("namespace", "sms-app"),
-        ("virtualservice", "model-service"),
-        ("severity", "critical"),
-    ];
+    let labels = [("namespace", "sms-app"), ("virtualservice", "model-service"), ("severity", "critical")];
     let resolved = alert("CanaryHighErrorRate", &labels, AlertStatus::Resolved, 300);
-    assert!(
-        set.decide(&resolved, Utc::now()).is_empty(),
-        "firing-only rule ignores resolved"
-    );
-    let warning = alert(
-        "CanaryHighErrorRate",
-        &[("severity", "warning")],
-        AlertStatus::Firing,
-        300,
-    );
-    assert!(
-        set.decide(&warning, Utc::now()).is_empty(),
-        "severity matcher excludes warning"
-    );
-    let pay = alert(
-        "Anything",
-        &[("team", "payments"), ("vs", "ledger")],
-        AlertStatus::Resolved,
-        0,
-    );
+    assert!(set.decide(&resolved, Utc::now()).is_empty(), "firing-only rule ignores resolved");
+    let warning = alert("CanaryHighErrorRate", &[("severity", "warning")], AlertStatus::Firing, 300);
+    assert!(set.decide(&warning, Utc::now()).is_empty(), "severity matcher excludes warning");
+    let pay = alert("Anything", &[("team", "payments"), ("vs", "ledger")], AlertStatus::Resolved, 0);
     let d = set.decide(&pay, Utc::now());
-    assert_eq!(
-        d.len(),
-        1,
-        "rule without alertname matcher is found through the generic list"
-    );
+    assert_eq!(d.len(), 1, "rule without alertname matcher is found through the generic list");
     assert_eq!(d[0].rule(), "any-name");
 }
 

@@ -49,11 +49,7 @@ pub struct WebhookAlert {
 pub enum ParseError {
     /// Not JSON at all (HTTP 400).
     #[error("invalid JSON at line {line}, column {column}: {message}")]
-    Syntax {
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Syntax { line: usize, column: usize, message: String },
     /// JSON, but not a version 4 webhook (HTTP 422).
     #[error("invalid webhook payload at `{path}`: {message}")]
     Invalid { path: String, message: String },
@@ -75,22 +71,12 @@ pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => ParseError::Invalid {
-                path,
-                message: strip_position(&inner),
-            },
-            _ => ParseError::Syntax {
-                line: inner.line(),
-                column: inner.column(),
-                message: strip_position(&inner),
-            },
+            serde_json::error::Category::Data => ParseError::Invalid { path, message: strip_position(&inner) },
+            _ => ParseError::Syntax { line: inner.line(), column: inner.column(), message: strip_position(&inner) },
         }
     })?;
     if webhook.version != "4" {
-        return Err(invalid(
-            "version",
-            format!("unsupported version {:?}, expected \"4\"", webhook.version),
-        ));
+        return Err(invalid("version", format!("unsupported version {:?}, expected \"4\"", webhook.version)));
     }
     for (i, alert) in webhook.alerts.iter().enumerate() {
         match alert.labels.get("alertname") {
@@ -110,10 +96,7 @@ pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
 }
 
 fn invalid(path: &str, message: String) -> ParseError {
-    ParseError::Invalid {
-        path: path.to_string(),
-        message,
-    }
+    ParseError::Invalid { path: path.to_string(), message }
 }
 
 /// serde_json appends " at line L column C" to its messages; we report those separately.

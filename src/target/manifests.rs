@@ -26,10 +26,7 @@ struct Location {
 
 impl Manifests {
     pub fn new(dir: impl Into<PathBuf>) -> Manifests {
-        Manifests {
-            dir: dir.into(),
-            write_lock: Mutex::new(()),
-        }
+        Manifests { dir: dir.into(), write_lock: Mutex::new(()) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -107,11 +104,7 @@ fn is_object(v: &Value, obj: &ObjectRef) -> bool {
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> TargetError {
-    TargetError::Io {
-        action,
-        path: path.display().to_string(),
-        source,
-    }
+    TargetError::Io { action, path: path.display().to_string(), source }
 }
 
 /// All `*.yaml`/`*.yml` files under `dir`, recursively, in a stable order; dot-directories skipped.
@@ -121,10 +114,7 @@ fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
             let path = entry?.path();
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
             if hidden {
                 continue;
             } else if path.is_dir() {
@@ -147,10 +137,7 @@ impl Target for Manifests {
         Box::pin(async move {
             tokio::task::block_in_place(|| {
                 let (loc, object) = self.find(obj)?;
-                Ok(Fetched {
-                    object,
-                    version: version_of(&loc),
-                })
+                Ok(Fetched { object, version: version_of(&loc) })
             })
         })
     }
@@ -178,11 +165,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("nested")).unwrap();
         std::fs::write(dir.path().join("nested/vs.yaml"), VS).unwrap();
-        std::fs::write(
-            dir.path().join("other.yaml"),
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("other.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+            .unwrap();
         let m = Manifests::new(dir.path());
         (dir, m, ObjectRef::virtual_service("sms-app", "model-service"))
     }
@@ -198,8 +182,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("nested/vs.yaml")).unwrap();
         assert_eq!(
             text,
-            VS.replace("weight: 90 # stable", "weight: 100 # stable")
-                .replace("weight: 10\n", "weight: 0\n")
+            VS.replace("weight: 90 # stable", "weight: 100 # stable").replace("weight: 10\n", "weight: 0\n")
         );
         assert_eq!(m.get(&obj).await.unwrap().object, new);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("nested")).unwrap().collect();
@@ -221,15 +204,9 @@ mod tests {
     async fn missing_and_duplicated_objects_are_clear_errors() {
         let (dir, m, _) = setup();
         let err = m.get(&ObjectRef::virtual_service("sms-app", "nope")).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("VirtualService sms-app/nope not found in {}", dir.path().display())
-        );
+        assert_eq!(err.to_string(), format!("VirtualService sms-app/nope not found in {}", dir.path().display()));
         std::fs::write(dir.path().join("copy.yml"), VS).unwrap();
-        let err = m
-            .get(&ObjectRef::virtual_service("sms-app", "model-service"))
-            .await
-            .unwrap_err();
+        let err = m.get(&ObjectRef::virtual_service("sms-app", "model-service")).await.unwrap_err();
         assert!(matches!(err, TargetError::Ambiguous { .. }), "{err}");
     }
 }

@@ -37,11 +37,7 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn virtual_service(namespace: impl Into<String>, name: impl Into<String>) -> ObjectRef {
-        ObjectRef {
-            kind: ObjectKind::VirtualService,
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ObjectRef { kind: ObjectKind::VirtualService, namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -73,17 +69,9 @@ pub struct Fetched {
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("{kind} {object} not found in {place}")]
-    NotFound {
-        kind: &'static str,
-        object: String,
-        place: String,
-    },
+    NotFound { kind: &'static str, object: String, place: String },
     #[error("{kind} {object} is defined more than once: {places}")]
-    Ambiguous {
-        kind: &'static str,
-        object: String,
-        places: String,
-    },
+    Ambiguous { kind: &'static str, object: String, places: String },
     #[error("{object} changed since it was read ({detail})")]
     Conflict { object: String, detail: String },
     #[error("{object}: {message}")]

@@ -30,20 +30,10 @@ pub struct Document {
 pub enum YamlEditError {
     /// The text is not YAML. `line` and `column` are 1-based.
     #[error("YAML syntax error in document {index} at line {line}, column {column}: {message}")]
-    Syntax {
-        index: usize,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Syntax { index: usize, line: usize, column: usize, message: String },
     /// Valid YAML that has no JSON value (complex or duplicate keys, `.inf`, unknown aliases…).
     #[error("document {index} at line {line}, column {column} has no JSON value: {what}")]
-    Unrepresentable {
-        index: usize,
-        line: usize,
-        column: usize,
-        what: String,
-    },
+    Unrepresentable { index: usize, line: usize, column: usize, what: String },
     #[error("there is no document {index}: the text has {count}")]
     NoSuchDocument { index: usize, count: usize },
     /// The change at `path` (e.g. `spec.http[0].route[1].weight`, `$` for the whole document)
@@ -61,14 +51,7 @@ pub enum YamlEditError {
 /// [`YamlEditError::Syntax`] for text that is not YAML, [`YamlEditError::Unrepresentable`] for
 /// YAML without a JSON value.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlEditError> {
-    Ok(parse(text)?
-        .into_iter()
-        .enumerate()
-        .map(|(index, doc)| Document {
-            index,
-            value: doc.value,
-        })
-        .collect())
+    Ok(parse(text)?.into_iter().enumerate().map(|(index, doc)| Document { index, value: doc.value }).collect())
 }
 
 /// Rewrite document `index` of `text` so that it parses to `new`, changing as few bytes as possible.
@@ -83,22 +66,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlEditError> {
 /// document unchanged.
 pub fn edit_document(text: &str, index: usize, new: &Value) -> Result<String, YamlEditError> {
     let docs = parse(text)?;
-    let doc = docs.get(index).ok_or(YamlEditError::NoSuchDocument {
-        index,
-        count: docs.len(),
-    })?;
+    let doc = docs.get(index).ok_or(YamlEditError::NoSuchDocument { index, count: docs.len() })?;
     // The file's own way of indenting a sequence under a key, this document's first.
-    let seq_indent = std::iter::once(doc)
-        .chain(&docs)
-        .find_map(|d| sequence_indent(text, &d.root))
-        .unwrap_or(2);
-    let mut editor = Editor {
-        text,
-        index,
-        newline: newline_of(text),
-        seq_indent,
-        edits: Vec::new(),
-    };
+    let seq_indent = std::iter::once(doc).chain(&docs).find_map(|d| sequence_indent(text, &d.root)).unwrap_or(2);
+    let mut editor = Editor { text, index, newline: newline_of(text), seq_indent, edits: Vec::new() };
     editor.diff(&doc.root, &doc.value, new, "", false)?;
     if editor.edits.is_empty() {
         return Ok(text.to_owned());
@@ -107,11 +78,7 @@ pub fn edit_document(text: &str, index: usize, new: &Value) -> Result<String, Ya
     let edited = apply(text, editor.edits).ok_or_else(|| failed("edits overlap".into()))?;
     let after = parse(&edited).map_err(|e| failed(format!("it does not parse: {e}")))?;
     if after.len() != docs.len() {
-        return Err(failed(format!(
-            "it has {} documents instead of {}",
-            after.len(),
-            docs.len()
-        )));
+        return Err(failed(format!("it has {} documents instead of {}", after.len(), docs.len())));
     }
     for (i, (before, after)) in docs.iter().zip(&after).enumerate() {
         let wanted = if i == index { new } else { &before.value };
@@ -194,12 +161,7 @@ impl<'a> Reader<'a> {
     }
 
     fn syntax(&self, at: &Marker, message: &str) -> YamlEditError {
-        YamlEditError::Syntax {
-            index: self.index,
-            line: at.line(),
-            column: at.col() + 1,
-            message: message.to_owned(),
-        }
+        YamlEditError::Syntax { index: self.index, line: at.line(), column: at.col() + 1, message: message.to_owned() }
     }
 
     fn byte(&self, at: Marker) -> usize {
@@ -220,20 +182,14 @@ impl<'a> Reader<'a> {
             return Err(unrepresentable(&node, self.index, "nesting is too deep"));
         }
         // A collection's start span covers its anchor, tag and, in flow style, the bracket.
-        let opens_flow = self
-            .text
-            .get(node.start..node.end)
-            .is_some_and(|s| s.trim_end().ends_with(['{', '[']));
+        let opens_flow = self.text.get(node.start..node.end).is_some_and(|s| s.trim_end().ends_with(['{', '[']));
         match event {
             Event::Scalar(value, style, anchor, tag) => {
                 if matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted) {
                     // The reported end of a quoted scalar runs on over trailing blanks and comments.
                     node.end = quoted_end(self.text, node.start).unwrap_or(node.end);
                 }
-                node.kind = Kind::Scalar {
-                    value: value.into_owned(),
-                    style,
-                };
+                node.kind = Kind::Scalar { value: value.into_owned(), style };
                 node.anchor = anchor;
                 node.tag = tag.map(Cow::into_owned);
             }
@@ -254,10 +210,7 @@ impl<'a> Reader<'a> {
                     // A block mapping's indentation is its keys' (its start may be an anchor or a tag).
                     node.col = first_key.col;
                 }
-                node.kind = Kind::Mapping {
-                    entries,
-                    flow: opens_flow,
-                };
+                node.kind = Kind::Mapping { entries, flow: opens_flow };
                 node.anchor = anchor;
                 node.tag = tag.map(Cow::into_owned);
             }
@@ -271,10 +224,7 @@ impl<'a> Reader<'a> {
                     items.push(self.node(event, span, depth + 1)?);
                 };
                 self.close(&mut node, opens_flow, end, items.last());
-                node.kind = Kind::Sequence {
-                    items,
-                    flow: opens_flow,
-                };
+                node.kind = Kind::Sequence { items, flow: opens_flow };
                 node.anchor = anchor;
                 node.tag = tag.map(Cow::into_owned);
             }
@@ -312,22 +262,13 @@ fn quoted_end(text: &str, from: usize) -> Option<usize> {
 }
 
 fn unrepresentable(node: &Node, index: usize, what: &str) -> YamlEditError {
-    YamlEditError::Unrepresentable {
-        index,
-        line: node.line,
-        column: node.col + 1,
-        what: what.to_owned(),
-    }
+    YamlEditError::Unrepresentable { index, line: node.line, column: node.col + 1, what: what.to_owned() }
 }
 
 fn to_json(node: &Node, anchors: &mut HashMap<usize, Value>, index: usize) -> Result<Value, YamlEditError> {
     let value = match &node.kind {
         Kind::Scalar { value, style } => {
-            let core_tag = node
-                .tag
-                .as_ref()
-                .filter(|t| t.is_yaml_core_schema())
-                .map(|t| t.suffix.as_str());
+            let core_tag = node.tag.as_ref().filter(|t| t.is_yaml_core_schema()).map(|t| t.suffix.as_str());
             match (core_tag, style) {
                 (Some("str"), _) => Value::String(value.clone()),
                 (Some("null" | "bool" | "int" | "float"), _) | (_, ScalarStyle::Plain) => {
@@ -336,16 +277,12 @@ fn to_json(node: &Node, anchors: &mut HashMap<usize, Value>, index: usize) -> Re
                 _ => Value::String(value.clone()),
             }
         }
-        Kind::Alias(id) => anchors
-            .get(id)
-            .cloned()
-            .ok_or_else(|| unrepresentable(node, index, "alias to an unknown anchor"))?,
-        Kind::Sequence { items, .. } => Value::Array(
-            items
-                .iter()
-                .map(|item| to_json(item, anchors, index))
-                .collect::<Result<_, _>>()?,
-        ),
+        Kind::Alias(id) => {
+            anchors.get(id).cloned().ok_or_else(|| unrepresentable(node, index, "alias to an unknown anchor"))?
+        }
+        Kind::Sequence { items, .. } => {
+            Value::Array(items.iter().map(|item| to_json(item, anchors, index)).collect::<Result<_, _>>()?)
+        }
         Kind::Mapping { entries, .. } => {
             let mut map = Map::new();
             for (key, value) in entries {
@@ -394,11 +331,7 @@ fn resolve_plain(s: &str) -> Result<Value, &'static str> {
 }
 
 fn float(s: &str) -> Result<Value, &'static str> {
-    s.parse::<f64>()
-        .ok()
-        .and_then(Number::from_f64)
-        .map(Value::Number)
-        .ok_or("float out of range")
+    s.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number).ok_or("float out of range")
 }
 
 fn is_decimal_int(s: &str) -> bool {
@@ -490,11 +423,8 @@ impl Editor<'_> {
             }
             (Kind::Sequence { items, flow }, Value::Array(old_items), Value::Array(new_items)) => {
                 if old_items.len() != new_items.len() {
-                    let what = format!(
-                        "the sequence would change length from {} to {}",
-                        old_items.len(),
-                        new_items.len()
-                    );
+                    let what =
+                        format!("the sequence would change length from {} to {}", old_items.len(), new_items.len());
                     return Err(self.unsupported(path, &what));
                 }
                 for (i, ((item, old), new)) in items.iter().zip(old_items).zip(new_items).enumerate() {
@@ -511,11 +441,7 @@ impl Editor<'_> {
 
     fn unsupported(&self, path: &str, what: &str) -> YamlEditError {
         let path = if path.is_empty() { "$" } else { path };
-        YamlEditError::Unsupported {
-            index: self.index,
-            path: path.to_owned(),
-            what: what.to_owned(),
-        }
+        YamlEditError::Unsupported { index: self.index, path: path.to_owned(), what: what.to_owned() }
     }
 
     fn replace_scalar(
@@ -541,17 +467,9 @@ impl Editor<'_> {
             if !self.text.get(..at).unwrap_or_default().ends_with([' ', '\t']) {
                 text.insert(0, ' ');
             }
-            self.edits.push(Edit {
-                start: at,
-                end: at,
-                text,
-            });
+            self.edits.push(Edit { start: at, end: at, text });
         } else {
-            self.edits.push(Edit {
-                start: node.start,
-                end: node.end,
-                text,
-            });
+            self.edits.push(Edit { start: node.start, end: node.end, text });
         }
         Ok(())
     }
@@ -567,16 +485,8 @@ impl Editor<'_> {
         // After the line holding the last content byte (and its comment), before what follows.
         let content = self.text.get(..mapping.end).unwrap_or_default().trim_end();
         let edit = match self.text.get(content.len()..).unwrap_or_default().find('\n') {
-            Some(i) => Edit {
-                start: content.len() + i + 1,
-                end: content.len() + i + 1,
-                text: body + nl,
-            },
-            None => Edit {
-                start: self.text.len(),
-                end: self.text.len(),
-                text: format!("{nl}{body}"),
-            },
+            Some(i) => Edit { start: content.len() + i + 1, end: content.len() + i + 1, text: body + nl },
+            None => Edit { start: self.text.len(), end: self.text.len(), text: format!("{nl}{body}") },
         };
         self.edits.push(edit);
     }
@@ -637,16 +547,10 @@ impl Editor<'_> {
             Some(',') => " ",
             _ => ", ",
         };
-        let body: Vec<_> = added
-            .iter()
-            .map(|(k, v)| format!("{}: {}", string(k, ScalarStyle::Plain, true), flow(v)))
-            .collect();
+        let body: Vec<_> =
+            added.iter().map(|(k, v)| format!("{}: {}", string(k, ScalarStyle::Plain, true), flow(v))).collect();
         let at = inside.len();
-        self.edits.push(Edit {
-            start: at,
-            end: at,
-            text: format!("{separator}{}", body.join(", ")),
-        });
+        self.edits.push(Edit { start: at, end: at, text: format!("{separator}{}", body.join(", ")) });
         Ok(())
     }
 }
@@ -716,10 +620,8 @@ fn flow(value: &Value) -> String {
     match value {
         Value::Array(items) => format!("[{}]", items.iter().map(flow).collect::<Vec<_>>().join(", ")),
         Value::Object(map) => {
-            let entries: Vec<_> = map
-                .iter()
-                .map(|(k, v)| format!("{}: {}", string(k, ScalarStyle::Plain, true), flow(v)))
-                .collect();
+            let entries: Vec<_> =
+                map.iter().map(|(k, v)| format!("{}: {}", string(k, ScalarStyle::Plain, true), flow(v))).collect();
             format!("{{{}}}", entries.join(", "))
         }
         scalar_value => scalar(scalar_value, ScalarStyle::Plain, true),
@@ -751,9 +653,8 @@ fn needs_escape(c: char) -> bool {
 
 /// Whether `s` written plain reads back as the same string.
 fn can_be_plain(s: &str, in_flow: bool) -> bool {
-    const INDICATORS: &[char] = &[
-        '-', '?', ':', ',', '[', ']', '{', '}', '#', '&', '*', '!', '|', '>', '\'', '"', '%', '@', '`',
-    ];
+    const INDICATORS: &[char] =
+        &['-', '?', ':', ',', '[', ']', '{', '}', '#', '&', '*', '!', '|', '>', '\'', '"', '%', '@', '`'];
     matches!(resolve_plain(s), Ok(Value::String(_)))
         && !s.starts_with(INDICATORS)
         && !s.starts_with(' ')
@@ -853,12 +754,7 @@ spec:
 
     fn changed_lines(before: &str, after: &str) -> Vec<(String, String)> {
         assert_eq!(before.lines().count(), after.lines().count(), "line count changed");
-        before
-            .lines()
-            .zip(after.lines())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            .collect()
+        before.lines().zip(after.lines()).filter(|(a, b)| a != b).map(|(a, b)| (a.to_owned(), b.to_owned())).collect()
     }
 
     #[test]
@@ -870,10 +766,7 @@ spec:
         let vs = &docs[1].value;
         assert_eq!(docs[1].index, 1);
         assert_eq!(vs["metadata"]["labels"]["app.kubernetes.io/name"], "model-service");
-        assert_eq!(
-            vs["spec"]["http"][0]["match"][0]["headers"]["x-canary"]["exact"],
-            "always"
-        );
+        assert_eq!(vs["spec"]["http"][0]["match"][0]["headers"]["x-canary"]["exact"], "always");
         assert_eq!(vs["spec"]["http"][1]["route"][0]["weight"], 90);
         assert_eq!(vs["spec"]["http"][1]["route"][1]["weight"], 10);
     }
@@ -903,46 +796,17 @@ spec:
     #[test]
     fn reports_syntax_errors_with_line_and_column() {
         let err = parse_documents("a: 1\n---\nb: [1, 2\nc: 3\n").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                YamlEditError::Syntax {
-                    index: 1,
-                    line: 4,
-                    column: 2,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, YamlEditError::Syntax { index: 1, line: 4, column: 2, .. }), "{err:?}");
         let err = edit_document("a: 1\n b: 2\n", 0, &json!({})).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                YamlEditError::Syntax {
-                    index: 0,
-                    line: 2,
-                    column: 3,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, YamlEditError::Syntax { index: 0, line: 2, column: 3, .. }), "{err:?}");
         assert!(err.to_string().contains("line 2, column 3"), "{err}");
     }
 
     #[test]
     fn refuses_yaml_without_a_json_value() {
-        for (text, what) in [
-            ("a: 1\na: 2\n", "duplicate"),
-            ("? [a]\n: 1\n", "key"),
-            ("a: .inf\n", "NaN"),
-        ] {
+        for (text, what) in [("a: 1\na: 2\n", "duplicate"), ("? [a]\n: 1\n", "key"), ("a: .inf\n", "NaN")] {
             let err = parse_documents(text).unwrap_err();
-            assert!(
-                matches!(&err, YamlEditError::Unrepresentable { what: w, .. } if w.contains(what)),
-                "{err:?}"
-            );
+            assert!(matches!(&err, YamlEditError::Unrepresentable { what: w, .. } if w.contains(what)), "{err:?}");
         }
     }
 
@@ -960,10 +824,7 @@ spec:
         assert_eq!(
             changed_lines(MANIFEST, &edited),
             [
-                (
-                    "      weight: 90  # stable".into(),
-                    "      weight: 100  # stable".into()
-                ),
+                ("      weight: 90  # stable".into(), "      weight: 100  # stable".into()),
                 ("      weight: 10  # canary".into(), "      weight: 0  # canary".into()),
             ]
         );
@@ -1028,10 +889,7 @@ spec:
         let mut rule = parse_documents(MANIFEST).unwrap()[0].value.clone();
         rule["spec"]["exportTo"] = json!(["."]);
         let edited = edit_document(MANIFEST, 0, &rule).unwrap();
-        assert!(
-            edited.contains("        version: v2\n  exportTo:\n    - .\n---\n"),
-            "{edited}"
-        );
+        assert!(edited.contains("        version: v2\n  exportTo:\n    - .\n---\n"), "{edited}");
     }
 
     #[test]
@@ -1057,10 +915,7 @@ spec:
             changed_lines(MANIFEST, &edited),
             [
                 ("  namespace: sms-app".into(), "  namespace: sms-app-2".into()),
-                (
-                    "  - name: \"canary-header\"".into(),
-                    "  - name: \"canary \\\"x\\\"\"".into()
-                ),
+                ("  - name: \"canary-header\"".into(), "  - name: \"canary \\\"x\\\"\"".into()),
                 ("          exact: 'always'".into(), "          exact: 'it''s'".into()),
                 ("  - name: primary".into(), "  - name: 'true'".into()),
             ]
@@ -1082,10 +937,7 @@ spec:
         }
         // Numbers and booleans are written plain, even where a string was quoted.
         assert_eq!(edit_document("k: '5'\n", 0, &json!({"k": 6})).unwrap(), "k: 6\n");
-        assert_eq!(
-            edit_document("k: \"5\"\n", 0, &json!({"k": false})).unwrap(),
-            "k: false\n"
-        );
+        assert_eq!(edit_document("k: \"5\"\n", 0, &json!({"k": false})).unwrap(), "k: false\n");
     }
 
     #[test]
@@ -1095,14 +947,8 @@ spec:
             vs["metadata"]["annotations"] = json!({"a": "b"});
         })
         .unwrap();
-        for line in MANIFEST
-            .lines()
-            .filter(|l| l.trim_start().starts_with('#') || l.is_empty() || l.contains("  # "))
-        {
-            assert!(
-                edited.lines().any(|l| l == line || l == line.replace("90", "0")),
-                "lost {line:?}"
-            );
+        for line in MANIFEST.lines().filter(|l| l.trim_start().starts_with('#') || l.is_empty() || l.contains("  # ")) {
+            assert!(edited.lines().any(|l| l == line || l == line.replace("90", "0")), "lost {line:?}");
         }
         assert!(edited.contains("      weight: 0  # stable\n"));
         assert!(edited.contains("\"model-service\"\n  annotations:\n    a: b\n\nspec:\n"));
@@ -1117,10 +963,7 @@ spec:
         let edited = edit_document(&crlf, 1, &vs).unwrap();
         let expected = MANIFEST
             .replace("weight: 90", "weight: 100")
-            .replace(
-                "\"model-service\"\n\n",
-                "\"model-service\"\n  annotations:\n    backstop.io/previous: 90/10\n\n",
-            )
+            .replace("\"model-service\"\n\n", "\"model-service\"\n  annotations:\n    backstop.io/previous: 90/10\n\n")
             .replace('\n', "\r\n");
         assert_eq!(edited, expected);
     }
@@ -1128,18 +971,11 @@ spec:
     #[test]
     fn handles_a_file_without_trailing_newline() {
         let text = "metadata:\n  name: vs\nspec:\n  weight: 5";
-        let edited = edit_document(
-            text,
-            0,
-            &json!({"metadata": {"name": "vs"}, "spec": {"weight": 6, "tag": "b"}}),
-        )
-        .unwrap();
+        let edited =
+            edit_document(text, 0, &json!({"metadata": {"name": "vs"}, "spec": {"weight": 6, "tag": "b"}})).unwrap();
         assert_eq!(edited, "metadata:\n  name: vs\nspec:\n  weight: 6\n  tag: b");
         let crlf = "a: 1\r\nb: 2";
-        assert_eq!(
-            edit_document(crlf, 0, &json!({"a": 1, "b": 2, "c": 3})).unwrap(),
-            "a: 1\r\nb: 2\r\nc: 3"
-        );
+        assert_eq!(edit_document(crlf, 0, &json!({"a": 1, "b": 2, "c": 3})).unwrap(), "a: 1\r\nb: 2\r\nc: 3");
     }
 
     #[test]
@@ -1149,9 +985,7 @@ spec:
         vs["spec"]["http"][1]["route"][1]["weight"] = json!(50);
         vs["metadata"]["annotations"] = json!({"k": "v"});
         let edited = edit_document(&text, 2, &vs).unwrap();
-        let vs_start = text
-            .find("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService")
-            .unwrap();
+        let vs_start = text.find("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService").unwrap();
         assert_eq!(edited[..vs_start], text[..vs_start]);
         assert!(edited.ends_with("      weight: 50  # canary\n---\nlast: [x]\n"));
         let before = parse_documents(&text).unwrap();
@@ -1188,23 +1022,10 @@ spec:
     fn refuses_unsupported_changes_with_their_path() {
         type Change = fn(&mut Value);
         let cases: [(Change, &str); 5] = [
+            (|vs| vs["spec"]["http"][1]["route"][1]["weight"] = json!({"x": 1}), "spec.http[1].route[1].weight"),
+            (|vs| drop(vs["spec"]["http"][1]["route"].as_array_mut().unwrap().pop()), "spec.http[1].route"),
             (
-                |vs| vs["spec"]["http"][1]["route"][1]["weight"] = json!({"x": 1}),
-                "spec.http[1].route[1].weight",
-            ),
-            (
-                |vs| drop(vs["spec"]["http"][1]["route"].as_array_mut().unwrap().pop()),
-                "spec.http[1].route",
-            ),
-            (
-                |vs| {
-                    drop(
-                        vs["metadata"]["labels"]
-                            .as_object_mut()
-                            .unwrap()
-                            .remove("app.kubernetes.io/name"),
-                    )
-                },
+                |vs| drop(vs["metadata"]["labels"].as_object_mut().unwrap().remove("app.kubernetes.io/name")),
                 "metadata.labels[\"app.kubernetes.io/name\"]",
             ),
             (|vs| vs["spec"]["hosts"] = json!("model-service"), "spec.hosts"),
@@ -1222,19 +1043,13 @@ spec:
     fn refuses_edits_under_anchors_aliases_tags_and_block_scalars() {
         let text = "base: &b {w: 1}\ncopy: *b\ntagged: !!str 5\nnote: |\n  text\n";
         let value = parse_documents(text).unwrap()[0].value.clone();
-        for (path, new) in [
-            ("base", json!({"w": 2})),
-            ("copy", json!({"w": 2})),
-            ("tagged", json!("6")),
-            ("note", json!("x")),
-        ] {
+        for (path, new) in
+            [("base", json!({"w": 2})), ("copy", json!({"w": 2})), ("tagged", json!("6")), ("note", json!("x"))]
+        {
             let mut changed = value.clone();
             changed[path] = new;
             let err = edit_document(text, 0, &changed).unwrap_err();
-            assert!(
-                matches!(&err, YamlEditError::Unsupported { path: p, .. } if p == path),
-                "{err:?}"
-            );
+            assert!(matches!(&err, YamlEditError::Unsupported { path: p, .. } if p == path), "{err:?}");
         }
         let err = edit_document(text, 3, &value).unwrap_err();
         assert_eq!(err, YamlEditError::NoSuchDocument { index: 3, count: 1 });
@@ -1259,20 +1074,11 @@ spec:
             "\"", "\\", "ü", "\n", "a\r\nb", "\t", "~", "NULL", "True", "0x10", "0o7", "1e5", ".5", ".inf", "@x", "*x",
             "&x", "!x", "|", ">", "---", "...", "a\u{85}b", "\u{feff}",
         ];
-        let others = [
-            json!(null),
-            json!(true),
-            json!(-1),
-            json!(1.5),
-            json!(1e300),
-            json!(u64::MAX),
-        ];
+        let others = [json!(null), json!(true), json!(-1), json!(1.5), json!(1e300), json!(u64::MAX)];
         let values = awkward.iter().map(|s| json!(s)).chain(others);
         for text in [TEXT.to_owned(), TEXT.replace('\n', "\r\n"), TEXT.trim_end().to_owned()] {
             let original = parse_documents(&text).unwrap().remove(0).value;
-            let leaves = [
-                "/a", "/b", "/c", "/d/x", "/d/y", "/e/0", "/e/1", "/f/0/g", "/f/0/h", "/i",
-            ];
+            let leaves = ["/a", "/b", "/c", "/d/x", "/d/y", "/e/0", "/e/1", "/f/0/g", "/f/0/h", "/i"];
             for (leaf, value) in leaves.iter().flat_map(|l| values.clone().map(move |v| (l, v))) {
                 let mut new = original.clone();
                 *new.pointer_mut(leaf).unwrap() = value.clone();
@@ -1319,11 +1125,7 @@ spec:
                 assert_eq!(docs[0].value, original[0].value);
                 assert_eq!(edited.contains("\r\n"), text.contains("\r\n"));
                 if stable % 50 != 0 {
-                    assert_eq!(
-                        edit_document(&edited, 1, &original[1].value).unwrap(),
-                        *text,
-                        "variant {v}, {stable}"
-                    );
+                    assert_eq!(edit_document(&edited, 1, &original[1].value).unwrap(), *text, "variant {v}, {stable}");
                 }
             }
         }

@@ -22,10 +22,7 @@ fn validate_reports_every_problem_with_file_rule_and_field_and_fails() {
     let out = wd.cli(&["validate", wd.path("bad.yaml").to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("bad.yaml:2: rule `one`: field `match`: `alertname=~\"(\"`: invalid regex"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.yaml:2: rule `one`: field `match`: `alertname=~\"(\"`: invalid regex"), "{stderr}");
     assert!(stderr.contains("bad.yaml:6: rule `two`: field `cooldown`"), "{stderr}");
     assert!(stderr.contains("2 problems"), "{stderr}");
 }
@@ -34,12 +31,8 @@ fn validate_reports_every_problem_with_file_rule_and_field_and_fails() {
 fn simulate_shows_what_would_happen_and_touches_nothing() {
     let wd = Workdir::new();
     let before = wd.read("deploy/local/model-service.yaml");
-    let out = wd.cli(&[
-        "simulate",
-        crate::support::backstop::repo("fixtures/alertmanager/grouped.json")
-            .to_str()
-            .unwrap(),
-    ]);
+    let out =
+        wd.cli(&["simulate", crate::support::backstop::repo("fixtures/alertmanager/grouped.json").to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(

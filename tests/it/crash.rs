@@ -31,10 +31,7 @@ fn payload(i: usize) -> (String, String) {
 }
 
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 async fn crash_and_recover(point: &str, nth: u32) {
@@ -70,37 +67,18 @@ async fn crash_and_recover(point: &str, nth: u32) {
     log.push_str(&server.log());
     assert!(server.terminate().success(), "{crash_at}: clean restart and stop");
     let out = wd.cli(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{crash_at}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{crash_at}: {}", String::from_utf8_lossy(&out.stderr));
 
-    let received = json_lines(
-        &wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"])
-            .stdout,
-    );
-    let seen: HashSet<&str> = received
-        .iter()
-        .filter_map(|r| r["detail"]["alert"]["fingerprint"].as_str())
-        .collect();
+    let received = json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout);
+    let seen: HashSet<&str> = received.iter().filter_map(|r| r["detail"]["alert"]["fingerprint"].as_str()).collect();
     let oldest_kept = received.first().map(|r| r["seq"].as_u64().unwrap()).unwrap_or(0);
     for fp in &acked {
         // Retention may have removed the oldest segments (recorded by checkpoints); all the rest must be there.
-        assert!(
-            seen.contains(fp.as_str()) || oldest_kept > 1,
-            "{crash_at}: acknowledged alert {fp} is missing"
-        );
+        assert!(seen.contains(fp.as_str()) || oldest_kept > 1, "{crash_at}: acknowledged alert {fp} is missing");
     }
     // Counted from both runs' logs: retention may have removed the `applied` record itself.
-    let applied = log
-        .lines()
-        .filter(|l| l.contains("backstop::pipeline: applied"))
-        .count();
-    assert!(
-        applied <= 1,
-        "{crash_at}: the rollback happened {applied} times:\n{log}"
-    );
+    let applied = log.lines().filter(|l| l.contains("backstop::pipeline: applied")).count();
+    assert!(applied <= 1, "{crash_at}: the rollback happened {applied} times:\n{log}");
     let manifest = wd.read("deploy/local/model-service.yaml");
     if acked.iter().any(|fp| fp == "a9c5c3b76558e44d") {
         assert!(

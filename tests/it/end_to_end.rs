@@ -13,10 +13,7 @@ async fn alertmanager_alert_rolls_back_once_and_redelivery_is_a_noop() {
     let wd = Workdir::new();
     let server = wd.serve();
     // repeat_interval 2s: Alertmanager re-sends the still-firing alert, as it would after hours.
-    let options = Options {
-        repeat_interval: "2s".into(),
-        ..Options::default()
-    };
+    let options = Options { repeat_interval: "2s".into(), ..Options::default() };
     let Some(am) = Alertmanager::try_start_with(&format!("{}/v1/alertmanager", server.url), "", &options).await else {
         return;
     };
@@ -51,30 +48,15 @@ async fn alertmanager_alert_rolls_back_once_and_redelivery_is_a_noop() {
         text.contains("duplicate delivery").then_some(text)
     })
     .await;
-    assert!(
-        noop.is_some(),
-        "no redelivery was recorded as a no-op; backstop log:\n{}",
-        server.log()
-    );
-    assert_eq!(
-        std::fs::read_to_string(&vs).unwrap(),
-        rolled_back,
-        "the redelivery wrote nothing"
-    );
+    assert!(noop.is_some(), "no redelivery was recorded as a no-op; backstop log:\n{}", server.log());
+    assert_eq!(std::fs::read_to_string(&vs).unwrap(), rolled_back, "the redelivery wrote nothing");
 
     let out = wd.cli(&["audit", "query", "--outcome", "applied", "--format", "json"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().count(),
-        1,
-        "exactly one action"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "exactly one action");
     let received = wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]);
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&received.stdout).lines().next().unwrap()).unwrap();
-    assert_eq!(
-        first["detail"]["delivery"]["receiver"], "backstop",
-        "the delivery came from Alertmanager's receiver"
-    );
+    assert_eq!(first["detail"]["delivery"]["receiver"], "backstop", "the delivery came from Alertmanager's receiver");
     drop(am);
     assert!(server.terminate().success());
     let out = wd.cli(&["audit", "verify"]);

@@ -88,25 +88,15 @@ async fn get(kube: &KubeEmulator, path: &str) -> Answer {
 }
 
 fn rv(obj: &Value) -> u64 {
-    obj["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("resourceVersion")
-        .parse()
-        .expect("numeric")
+    obj["metadata"]["resourceVersion"].as_str().expect("resourceVersion").parse().expect("numeric")
 }
 
 fn stored(kube: &KubeEmulator) -> Value {
-    kube.get("networking.istio.io/v1", "VirtualService", "sms-app", "model-service")
-        .expect("stored")
+    kube.get("networking.istio.io/v1", "VirtualService", "sms-app", "model-service").expect("stored")
 }
 
 fn route_weights(obj: &Value) -> Vec<i64> {
-    obj["spec"]["http"][0]["route"]
-        .as_array()
-        .expect("route")
-        .iter()
-        .map(|d| d["weight"].as_i64().unwrap())
-        .collect()
+    obj["spec"]["http"][0]["route"].as_array().expect("route").iter().map(|d| d["weight"].as_i64().unwrap()).collect()
 }
 
 #[tokio::test]
@@ -114,72 +104,32 @@ async fn discovery_lists_the_istio_group_with_v1_preferred() {
     let kube = KubeEmulator::start().await;
     let apis = get(&kube, "/apis").await;
     assert_eq!((apis.status, apis.body["kind"].as_str()), (200, Some("APIGroupList")));
-    let istio = apis.body["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "networking.istio.io")
-        .unwrap();
-    let versions: Vec<&str> = istio["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["version"].as_str().unwrap())
-        .collect();
+    let istio = apis.body["groups"].as_array().unwrap().iter().find(|g| g["name"] == "networking.istio.io").unwrap();
+    let versions: Vec<&str> =
+        istio["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
     assert!(versions.starts_with(&["v1", "v1beta1"]), "{versions:?}");
-    assert_eq!(
-        istio["preferredVersion"],
-        json!({"groupVersion": "networking.istio.io/v1", "version": "v1"})
-    );
-    assert!(
-        apis.body["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|g| g["name"] == "events.k8s.io")
-    );
+    assert_eq!(istio["preferredVersion"], json!({"groupVersion": "networking.istio.io/v1", "version": "v1"}));
+    assert!(apis.body["groups"].as_array().unwrap().iter().any(|g| g["name"] == "events.k8s.io"));
 
     for version in ["v1", "v1beta1"] {
         let list = get(&kube, &format!("/apis/networking.istio.io/{version}")).await;
         assert_eq!(list.body["groupVersion"], format!("networking.istio.io/{version}"));
-        let vs = list.body["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == "virtualservices")
-            .unwrap();
-        assert_eq!(
-            (vs["kind"].as_str(), vs["namespaced"].as_bool()),
-            (Some("VirtualService"), Some(true))
-        );
+        let vs = list.body["resources"].as_array().unwrap().iter().find(|r| r["name"] == "virtualservices").unwrap();
+        assert_eq!((vs["kind"].as_str(), vs["namespaced"].as_bool()), (Some("VirtualService"), Some(true)));
         assert_eq!(vs["shortNames"], json!(["vs"]));
         assert!(vs["verbs"].as_array().unwrap().contains(&json!("patch")));
-        let names: Vec<&str> = list.body["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["name"].as_str().unwrap())
-            .collect();
-        assert!(
-            names.contains(&"destinationrules") && names.contains(&"virtualservices/status"),
-            "{names:?}"
-        );
+        let names: Vec<&str> =
+            list.body["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"destinationrules") && names.contains(&"virtualservices/status"), "{names:?}");
     }
     let core = get(&kube, "/api/v1").await;
-    let names: Vec<&str> = core.body["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> =
+        core.body["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"services") && names.contains(&"events"), "{names:?}");
     assert_eq!(get(&kube, "/api").await.body["versions"], json!(["v1"]));
     assert_eq!(get(&kube, "/version").await.body["major"], "1");
     let missing = get(&kube, "/apis/argoproj.io/v1alpha1").await;
-    assert_eq!(
-        (missing.status, missing.body["reason"].as_str()),
-        (404, Some("NotFound"))
-    );
+    assert_eq!((missing.status, missing.body["reason"].as_str()), (404, Some("NotFound")));
 }
 
 #[tokio::test]
@@ -206,19 +156,11 @@ async fn get_and_list_return_what_was_seeded_with_server_fields() {
     assert_eq!(list.body["items"][0], seeded);
     assert!(rv(&list.body) >= rv(&seeded));
     let all = get(&kube, "/apis/networking.istio.io/v1/virtualservices").await;
-    let namespaces: Vec<&str> = all.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["namespace"].as_str().unwrap())
-        .collect();
+    let namespaces: Vec<&str> =
+        all.body["items"].as_array().unwrap().iter().map(|i| i["metadata"]["namespace"].as_str().unwrap()).collect();
     assert_eq!(namespaces, ["shop", "sms-app"]);
 
-    let missing = get(
-        &kube,
-        "/apis/networking.istio.io/v1/namespaces/sms-app/virtualservices/nope",
-    )
-    .await;
+    let missing = get(&kube, "/apis/networking.istio.io/v1/namespaces/sms-app/virtualservices/nope").await;
     assert_eq!(missing.status, 404);
     assert_eq!(
         missing.body,
@@ -235,40 +177,24 @@ async fn merge_patch_bumps_resource_version_and_generation_but_a_no_op_does_not(
     let kube = KubeEmulator::start().await;
     let before = kube.seed(virtual_service());
 
-    let patched = send(
-        &kube,
-        "PATCH",
-        &format!("{VS}?fieldManager=backstop"),
-        Some(MERGE),
-        Some(&weights((100, 0))),
-    )
-    .await;
+    let patched =
+        send(&kube, "PATCH", &format!("{VS}?fieldManager=backstop"), Some(MERGE), Some(&weights((100, 0)))).await;
     assert_eq!(patched.status, 200, "{}", patched.body);
     assert_eq!(route_weights(&patched.body), [100, 0]);
     assert!(rv(&patched.body) > rv(&before));
     assert_eq!(patched.body["metadata"]["generation"], 2);
     assert_eq!(patched.body, stored(&kube));
-    let backstop = patched.body["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["manager"] == "backstop");
+    let backstop =
+        patched.body["metadata"]["managedFields"].as_array().unwrap().iter().find(|m| m["manager"] == "backstop");
     assert_eq!(backstop.unwrap()["fieldsV1"], json!({"f:spec": {"f:http": {}}}));
 
     let note = json!({"metadata": {"annotations": {"backstop.io/rule": "canary-high-error-rate"}}});
     let annotated = send(&kube, "PATCH", VS, Some(MERGE), Some(&note)).await;
     assert!(rv(&annotated.body) > rv(&patched.body));
-    assert_eq!(
-        annotated.body["metadata"]["generation"], 2,
-        "metadata changes leave generation alone"
-    );
+    assert_eq!(annotated.body["metadata"]["generation"], 2, "metadata changes leave generation alone");
 
     let again = send(&kube, "PATCH", VS, Some(MERGE), Some(&note)).await;
-    assert_eq!(
-        (again.status, rv(&again.body)),
-        (200, rv(&annotated.body)),
-        "a no-op write stores nothing"
-    );
+    assert_eq!((again.status, rv(&again.body)), (200, rv(&annotated.body)), "a no-op write stores nothing");
 }
 
 #[tokio::test]
@@ -276,16 +202,10 @@ async fn stale_resource_version_in_a_patch_or_put_is_409_with_the_real_status() 
     let kube = KubeEmulator::start().await;
     let read = kube.seed(virtual_service());
     let stale = read["metadata"]["resourceVersion"].clone();
-    kube.mutate(
-        "networking.istio.io/v1",
-        "VirtualService",
-        "sms-app",
-        "model-service",
-        |vs| {
-            vs["spec"]["http"][0]["route"][0]["weight"] = 80.into();
-            vs["spec"]["http"][0]["route"][1]["weight"] = 20.into();
-        },
-    );
+    kube.mutate("networking.istio.io/v1", "VirtualService", "sms-app", "model-service", |vs| {
+        vs["spec"]["http"][0]["route"][0]["weight"] = 80.into();
+        vs["spec"]["http"][0]["route"][1]["weight"] = 20.into();
+    });
 
     let mut patch = weights((100, 0));
     patch["metadata"] = json!({"resourceVersion": stale});
@@ -306,10 +226,7 @@ async fn stale_resource_version_in_a_patch_or_put_is_409_with_the_real_status() 
     assert_eq!(route_weights(&stored(&kube)), [80, 20]);
 
     // A custom resource is only replaced conditionally.
-    replacement["metadata"]
-        .as_object_mut()
-        .unwrap()
-        .remove("resourceVersion");
+    replacement["metadata"].as_object_mut().unwrap().remove("resourceVersion");
     let answer = send(&kube, "PUT", VS, Some("application/json"), Some(&replacement)).await;
     assert_eq!((answer.status, answer.body["reason"].as_str()), (422, Some("Invalid")));
     assert!(
@@ -337,24 +254,11 @@ async fn json_patch_with_a_failing_test_is_422_and_changes_nothing() {
             {"op": "replace", "path": "/spec/http/0/route/1/weight", "value": 0},
         ])
     };
-    kube.mutate(
-        "networking.istio.io/v1",
-        "VirtualService",
-        "sms-app",
-        "model-service",
-        |vs| {
-            vs["metadata"]["labels"] = json!({"edited": "by-hand"});
-        },
-    );
+    kube.mutate("networking.istio.io/v1", "VirtualService", "sms-app", "model-service", |vs| {
+        vs["metadata"]["labels"] = json!({"edited": "by-hand"});
+    });
     let current = stored(&kube);
-    let answer = send(
-        &kube,
-        "PATCH",
-        VS,
-        Some(JSON_PATCH),
-        Some(&ops(&seeded["metadata"]["resourceVersion"])),
-    )
-    .await;
+    let answer = send(&kube, "PATCH", VS, Some(JSON_PATCH), Some(&ops(&seeded["metadata"]["resourceVersion"]))).await;
     assert_eq!(answer.status, 422);
     assert_eq!(
         answer.body,
@@ -366,14 +270,7 @@ async fn json_patch_with_a_failing_test_is_422_and_changes_nothing() {
     );
     assert_eq!(stored(&kube), current);
 
-    let answer = send(
-        &kube,
-        "PATCH",
-        VS,
-        Some(JSON_PATCH),
-        Some(&ops(&current["metadata"]["resourceVersion"])),
-    )
-    .await;
+    let answer = send(&kube, "PATCH", VS, Some(JSON_PATCH), Some(&ops(&current["metadata"]["resourceVersion"]))).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(route_weights(&stored(&kube)), [100, 0]);
 }
@@ -394,14 +291,7 @@ async fn apply_patch_requires_a_field_manager_and_reports_ownership_conflicts_un
         "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
     );
 
-    let answer = send(
-        &kube,
-        "PATCH",
-        &format!("{VS}?fieldManager=backstop"),
-        Some(APPLY),
-        Some(&config),
-    )
-    .await;
+    let answer = send(&kube, "PATCH", &format!("{VS}?fieldManager=backstop"), Some(APPLY), Some(&config)).await;
     assert_eq!(answer.status, 409);
     assert_eq!(
         answer.body["message"],
@@ -410,14 +300,8 @@ async fn apply_patch_requires_a_field_manager_and_reports_ownership_conflicts_un
     assert_eq!(answer.body["details"]["causes"][0]["reason"], "FieldManagerConflict");
     assert_eq!(route_weights(&stored(&kube)), [90, 10]);
 
-    let answer = send(
-        &kube,
-        "PATCH",
-        &format!("{VS}?fieldManager=backstop&force=true"),
-        Some(APPLY),
-        Some(&config),
-    )
-    .await;
+    let answer =
+        send(&kube, "PATCH", &format!("{VS}?fieldManager=backstop&force=true"), Some(APPLY), Some(&config)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(route_weights(&stored(&kube)), [100, 0]);
     let managers = answer.body["metadata"]["managedFields"].as_array().unwrap();
@@ -426,28 +310,12 @@ async fn apply_patch_requires_a_field_manager_and_reports_ownership_conflicts_un
         (backstop["operation"].as_str(), &backstop["fieldsV1"]),
         (Some("Apply"), &json!({"f:spec": {"f:http": {}}}))
     );
-    let kubectl = managers
-        .iter()
-        .find(|m| m["manager"] == "kubectl-client-side-apply")
-        .unwrap();
-    assert!(
-        kubectl["fieldsV1"]["f:spec"].get("f:http").is_none(),
-        "forcing takes the field over: {kubectl}"
-    );
-    assert_eq!(
-        kube.requests().last().unwrap().field_manager.as_deref(),
-        Some("backstop")
-    );
+    let kubectl = managers.iter().find(|m| m["manager"] == "kubectl-client-side-apply").unwrap();
+    assert!(kubectl["fieldsV1"]["f:spec"].get("f:http").is_none(), "forcing takes the field over: {kubectl}");
+    assert_eq!(kube.requests().last().unwrap().field_manager.as_deref(), Some("backstop"));
 
     // The same manager applying again owns the field: no conflict, and a no-op.
-    let again = send(
-        &kube,
-        "PATCH",
-        &format!("{VS}?fieldManager=backstop"),
-        Some(APPLY),
-        Some(&config),
-    )
-    .await;
+    let again = send(&kube, "PATCH", &format!("{VS}?fieldManager=backstop"), Some(APPLY), Some(&config)).await;
     assert_eq!((again.status, rv(&again.body)), (200, rv(&answer.body)));
 }
 
@@ -477,10 +345,7 @@ async fn an_invalid_virtual_service_is_422_naming_the_field_and_nothing_is_store
     let answer = send(&kube, "PATCH", VS, Some(MERGE), Some(&no_host)).await;
     assert_eq!(answer.status, 422);
     assert!(
-        answer.body["message"]
-            .as_str()
-            .unwrap()
-            .ends_with("spec.http[0].route[0].destination.host: Required value"),
+        answer.body["message"].as_str().unwrap().ends_with("spec.http[0].route[0].destination.host: Required value"),
         "{}",
         answer.body["message"]
     );
@@ -498,26 +363,13 @@ async fn unknown_fields_are_pruned_with_a_warning_or_rejected_when_strict() {
     let mut patch = weights((100, 0));
     patch["spec"]["http"][0]["route"][0]["wieght"] = 100.into();
 
-    let strict = send(
-        &kube,
-        "PATCH",
-        &format!("{VS}?fieldValidation=Strict"),
-        Some(MERGE),
-        Some(&patch),
-    )
-    .await;
+    let strict = send(&kube, "PATCH", &format!("{VS}?fieldValidation=Strict"), Some(MERGE), Some(&patch)).await;
     assert_eq!(strict.status, 400);
-    assert_eq!(
-        strict.body["message"],
-        "strict decoding error: unknown field \"spec.http[0].route[0].wieght\""
-    );
+    assert_eq!(strict.body["message"], "strict decoding error: unknown field \"spec.http[0].route[0].wieght\"");
 
     let answer = send(&kube, "PATCH", VS, Some(MERGE), Some(&patch)).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(
-        answer.headers["warning"],
-        "299 - \"unknown field \\\"spec.http[0].route[0].wieght\\\"\""
-    );
+    assert_eq!(answer.headers["warning"], "299 - \"unknown field \\\"spec.http[0].route[0].wieght\\\"\"");
     assert!(stored(&kube)["spec"]["http"][0]["route"][0].get("wieght").is_none());
 }
 
@@ -532,19 +384,10 @@ async fn v1beta1_and_v1_see_the_same_object() {
     assert_eq!(read.body["metadata"], seeded["metadata"]);
 
     let answer = send(&kube, "PATCH", &beta, Some(MERGE), Some(&weights((100, 0)))).await;
-    assert_eq!(
-        (answer.status, answer.body["apiVersion"].as_str()),
-        (200, Some("networking.istio.io/v1beta1"))
-    );
+    assert_eq!((answer.status, answer.body["apiVersion"].as_str()), (200, Some("networking.istio.io/v1beta1")));
     let v1 = get(&kube, VS).await.body;
-    assert_eq!(
-        (v1["apiVersion"].as_str(), route_weights(&v1)),
-        (Some("networking.istio.io/v1"), vec![100, 0])
-    );
-    assert_eq!(
-        v1["metadata"]["resourceVersion"],
-        answer.body["metadata"]["resourceVersion"]
-    );
+    assert_eq!((v1["apiVersion"].as_str(), route_weights(&v1)), (Some("networking.istio.io/v1"), vec![100, 0]));
+    assert_eq!(v1["metadata"]["resourceVersion"], answer.body["metadata"]["resourceVersion"]);
 }
 
 #[tokio::test]
@@ -554,25 +397,15 @@ async fn fail_next_429_answers_too_many_requests_then_the_request_succeeds() {
     kube.fail_next("GET", Some("virtualservices"), 429, 1);
 
     let first = get(&kube, VS).await;
-    assert_eq!(
-        (first.status, first.body["reason"].as_str()),
-        (429, Some("TooManyRequests"))
-    );
+    assert_eq!((first.status, first.body["reason"].as_str()), (429, Some("TooManyRequests")));
     assert_eq!(first.headers["retry-after"], "1");
     assert_eq!(first.body["details"]["retryAfterSeconds"], 1);
     assert_eq!(get(&kube, VS).await.status, 200);
 
     kube.fail_next("PATCH", None, 503, 1);
     let busy = send(&kube, "PATCH", VS, Some(MERGE), Some(&weights((100, 0)))).await;
-    assert_eq!(
-        (busy.status, busy.body["reason"].as_str()),
-        (503, Some("ServiceUnavailable"))
-    );
-    assert_eq!(
-        route_weights(&stored(&kube)),
-        [90, 10],
-        "a failed request changes nothing"
-    );
+    assert_eq!((busy.status, busy.body["reason"].as_str()), (503, Some("ServiceUnavailable")));
+    assert_eq!(route_weights(&stored(&kube)), [90, 10], "a failed request changes nothing");
     let statuses: Vec<u16> = kube.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [429, 200, 503]);
 }
@@ -584,10 +417,7 @@ async fn delay_next_slows_the_answer_and_the_write_still_happens() {
     let delay = Duration::from_millis(1500);
     kube.delay_next("PATCH", Some("virtualservices"), delay, 1);
 
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
     let started = Instant::now();
     let sent = client
         .patch(format!("{}{VS}", kube.url()))
@@ -601,10 +431,7 @@ async fn delay_next_slows_the_answer_and_the_write_still_happens() {
     assert_eq!(route_weights(&stored(&kube)), [90, 10], "not yet");
     // The client gave up; the server carries the write out after the delay all the same.
     while route_weights(&stored(&kube)) != [100, 0] {
-        assert!(
-            started.elapsed() < delay + Duration::from_secs(10),
-            "the delayed write never happened"
-        );
+        assert!(started.elapsed() < delay + Duration::from_secs(10), "the delayed write never happened");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(started.elapsed() >= delay);
@@ -636,12 +463,7 @@ async fn deny_answers_403_with_the_real_message() {
     );
     assert_eq!(get(&kube, VS).await.status, 200, "get is still allowed");
     let elsewhere = "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/model-service";
-    assert_eq!(
-        send(&kube, "PATCH", elsewhere, Some(MERGE), Some(&weights((100, 0))))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(send(&kube, "PATCH", elsewhere, Some(MERGE), Some(&weights((100, 0)))).await.status, 404);
 }
 
 #[tokio::test]
@@ -674,10 +496,7 @@ async fn conflict_next_makes_exactly_the_next_n_conditional_writes_conflict() {
     assert_eq!(statuses, [409, 409, 200]);
     let vs = stored(&kube);
     assert_eq!(route_weights(&vs), [100, 0]);
-    assert_eq!(
-        vs["metadata"]["annotations"]["emulator.backstop.io/concurrent-writes"],
-        "2"
-    );
+    assert_eq!(vs["metadata"]["annotations"]["emulator.backstop.io/concurrent-writes"], "2");
 }
 
 #[tokio::test]
@@ -726,14 +545,8 @@ async fn events_are_stored() {
         "involvedObject": {"kind": "VirtualService", "namespace": "sms-app", "name": "model-service"},
         "reason": "CanaryRolledBack", "message": "rolled back", "type": "Normal",
     });
-    let created_core = send(
-        &kube,
-        "POST",
-        "/api/v1/namespaces/sms-app/events",
-        Some("application/json"),
-        Some(&core),
-    )
-    .await;
+    let created_core =
+        send(&kube, "POST", "/api/v1/namespaces/sms-app/events", Some("application/json"), Some(&core)).await;
     assert_eq!(created_core.status, 201, "{}", created_core.body);
 
     let events = kube.events();
@@ -742,25 +555,12 @@ async fn events_are_stored() {
         (events[0]["reason"].as_str(), events[0]["note"].as_str()),
         (Some("CanaryRolledBack"), Some("canary-high-error-rate: 100% to v1"))
     );
-    assert!(
-        events[1]["metadata"]["name"]
-            .as_str()
-            .unwrap()
-            .starts_with("model-service.")
-    );
+    assert!(events[1]["metadata"]["name"].as_str().unwrap().starts_with("model-service."));
 
-    let again = send(
-        &kube,
-        "POST",
-        "/apis/events.k8s.io/v1/namespaces/sms-app/events",
-        Some("application/json"),
-        Some(&event),
-    )
-    .await;
-    assert_eq!(
-        (again.status, again.body["reason"].as_str()),
-        (409, Some("AlreadyExists"))
-    );
+    let again =
+        send(&kube, "POST", "/apis/events.k8s.io/v1/namespaces/sms-app/events", Some("application/json"), Some(&event))
+            .await;
+    assert_eq!((again.status, again.body["reason"].as_str()), (409, Some("AlreadyExists")));
     let mut incomplete = event.clone();
     incomplete["metadata"]["name"] = "other".into();
     incomplete.as_object_mut().unwrap().remove("reportingController");
@@ -785,40 +585,20 @@ async fn dry_run_validates_and_answers_but_stores_nothing() {
     let kube = KubeEmulator::start().await;
     let seeded = kube.seed(virtual_service());
 
-    let answer = send(
-        &kube,
-        "PATCH",
-        &format!("{VS}?dryRun=All"),
-        Some(MERGE),
-        Some(&weights((100, 0))),
-    )
-    .await;
+    let answer = send(&kube, "PATCH", &format!("{VS}?dryRun=All"), Some(MERGE), Some(&weights((100, 0)))).await;
     assert_eq!(answer.status, 200);
     assert_eq!(route_weights(&answer.body), [100, 0]);
     assert_eq!(stored(&kube), seeded);
 
     let mut bad = weights((100, 0));
     bad["spec"]["http"][0]["route"][1]["weight"] = json!("zero");
-    assert_eq!(
-        send(&kube, "PATCH", &format!("{VS}?dryRun=All"), Some(MERGE), Some(&bad))
-            .await
-            .status,
-        422
-    );
+    assert_eq!(send(&kube, "PATCH", &format!("{VS}?dryRun=All"), Some(MERGE), Some(&bad)).await.status, 422);
 
     let mut new = virtual_service();
     new["metadata"]["name"] = "fresh".into();
     let path = "/apis/networking.istio.io/v1/namespaces/sms-app/virtualservices?dryRun=All";
-    assert_eq!(
-        send(&kube, "POST", path, Some("application/json"), Some(&new))
-            .await
-            .status,
-        201
-    );
-    assert!(
-        kube.get("networking.istio.io/v1", "VirtualService", "sms-app", "fresh")
-            .is_none()
-    );
+    assert_eq!(send(&kube, "POST", path, Some("application/json"), Some(&new)).await.status, 201);
+    assert!(kube.get("networking.istio.io/v1", "VirtualService", "sms-app", "fresh").is_none());
     assert_eq!(stored(&kube), seeded);
 }
 
@@ -832,39 +612,17 @@ async fn a_service_selector_switches_by_strategic_merge_patch_which_custom_resou
     }));
     let svc = "/api/v1/namespaces/shop/services/checkout";
     let switch = json!({"spec": {"selector": {"slot": "blue"}}});
-    let answer = send(
-        &kube,
-        "PATCH",
-        svc,
-        Some("application/strategic-merge-patch+json"),
-        Some(&switch),
-    )
-    .await;
+    let answer = send(&kube, "PATCH", svc, Some("application/strategic-merge-patch+json"), Some(&switch)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(
-        answer.body["spec"]["selector"],
-        json!({"app": "checkout", "slot": "blue"})
-    );
+    assert_eq!(answer.body["spec"]["selector"], json!({"app": "checkout", "slot": "blue"}));
     let list = get(&kube, "/api/v1/namespaces/shop/services").await;
     assert_eq!(list.body["items"][0]["spec"]["selector"]["slot"], "blue");
-    assert!(
-        list.body["items"][0].get("kind").is_none(),
-        "built-in lists leave out each item's kind"
-    );
+    assert!(list.body["items"][0].get("kind").is_none(), "built-in lists leave out each item's kind");
 
     kube.seed(virtual_service());
-    let answer = send(
-        &kube,
-        "PATCH",
-        VS,
-        Some("application/strategic-merge-patch+json"),
-        Some(&weights((100, 0))),
-    )
-    .await;
-    assert_eq!(
-        (answer.status, answer.body["reason"].as_str()),
-        (415, Some("UnsupportedMediaType"))
-    );
+    let answer =
+        send(&kube, "PATCH", VS, Some("application/strategic-merge-patch+json"), Some(&weights((100, 0)))).await;
+    assert_eq!((answer.status, answer.body["reason"].as_str()), (415, Some("UnsupportedMediaType")));
 }
 
 #[tokio::test]
@@ -875,25 +633,11 @@ async fn the_status_subresource_changes_only_status() {
     let answer = send(&kube, "PATCH", &format!("{VS}/status"), Some(MERGE), Some(&patch)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let vs = stored(&kube);
-    assert_eq!(
-        (vs["status"]["observedGeneration"].as_i64(), &vs["spec"]),
-        (Some(1), &seeded["spec"])
-    );
+    assert_eq!((vs["status"]["observedGeneration"].as_i64(), &vs["spec"]), (Some(1), &seeded["spec"]));
     assert_eq!(vs["metadata"]["generation"], 1);
 
-    let answer = send(
-        &kube,
-        "PATCH",
-        VS,
-        Some(MERGE),
-        Some(&json!({"status": {"observedGeneration": 7}})),
-    )
-    .await;
-    assert_eq!(
-        (answer.status, rv(&answer.body)),
-        (200, rv(&vs)),
-        "object writes ignore status"
-    );
+    let answer = send(&kube, "PATCH", VS, Some(MERGE), Some(&json!({"status": {"observedGeneration": 7}}))).await;
+    assert_eq!((answer.status, rv(&answer.body)), (200, rv(&vs)), "object writes ignore status");
 }
 
 #[tokio::test]
@@ -904,28 +648,16 @@ async fn the_kubeconfig_points_at_the_emulator_with_its_token() {
     let config: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(config["current-context"], "emulator");
     let server = |name: &str| {
-        let cluster = config["clusters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap();
+        let cluster = config["clusters"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
         cluster["cluster"]["server"].as_str().unwrap().to_owned()
     };
     assert_eq!(server("emulator"), kube.url());
     assert_ne!(server("other"), kube.url());
     assert_eq!(config["users"][0]["user"]["token"], kube.token());
-    let contexts: Vec<&str> = config["contexts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let contexts: Vec<&str> =
+        config["contexts"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(contexts, ["emulator", "other"]);
-    assert!(
-        reqwest::get(format!("{}/version", server("other"))).await.is_err(),
-        "nothing listens on other"
-    );
+    assert!(reqwest::get(format!("{}/version", server("other"))).await.is_err(), "nothing listens on other");
 }
 
 #[tokio::test]

@@ -5,10 +5,7 @@ use crate::support::backstop::{Workdir, repo};
 const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
 
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[tokio::test]
@@ -62,10 +59,7 @@ async fn a_restart_remembers_handled_alerts() {
     let (status, body) = server.post("/v1/alertmanager", "application/json", FIRING).await;
     assert_eq!(status, 200);
     assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
-    assert!(
-        wd.read("deploy/local/model-service.yaml")
-            .contains("weight: 90 # stable")
-    );
+    assert!(wd.read("deploy/local/model-service.yaml").contains("weight: 90 # stable"));
 }
 
 #[tokio::test]
@@ -86,15 +80,7 @@ async fn cli_controls_reach_the_running_server() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (_, body) = server.post("/v1/alertmanager", "application/json", FIRING).await;
     assert_eq!(body["results"][0]["outcome"], "held");
-    let out = wd.cli(&[
-        "resume",
-        "--target",
-        "sms-app/model-service",
-        "--reason",
-        "over",
-        "--server",
-        &server.url,
-    ]);
+    let out = wd.cli(&["resume", "--target", "sms-app/model-service", "--reason", "over", "--server", &server.url]);
     assert!(out.status.success());
     let out = wd.cli(&[
         "act",
@@ -110,19 +96,9 @@ async fn cli_controls_reach_the_running_server() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "applied");
     let action = report["action_id"].as_str().unwrap();
-    let out = wd.cli(&[
-        "undo",
-        action,
-        "--reason",
-        "back to the canary",
-        "--server",
-        &server.url,
-    ]);
+    let out = wd.cli(&["undo", action, "--reason", "back to the canary", "--server", &server.url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        wd.read("deploy/local/model-service.yaml")
-            .contains("weight: 10 # canary")
-    );
+    assert!(wd.read("deploy/local/model-service.yaml").contains("weight: 10 # canary"));
     let out = wd.cli(&["audit", "query", "--outcome", "control", "--format", "json"]);
     let controls = json_lines(&out.stdout);
     assert_eq!(controls.len(), 4, "pause, resume, act, undo: {controls:?}");
@@ -133,9 +109,7 @@ async fn cli_controls_reach_the_running_server() {
 async fn bad_requests_get_clear_errors_from_the_process() {
     let wd = Workdir::new();
     let server = wd.serve();
-    let (status, body) = server
-        .post("/v1/alertmanager", "application/json", "{\"alerts\": [}")
-        .await;
+    let (status, body) = server.post("/v1/alertmanager", "application/json", "{\"alerts\": [}").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["line"], 1);
     let (status, _) = server.post("/v1/alertmanager", "text/plain", FIRING).await;

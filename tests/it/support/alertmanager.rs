@@ -77,18 +77,14 @@ pub fn binary() -> Option<PathBuf> {
         return is_executable(&p).then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    BINARY_NAMES.iter().find_map(|name| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| is_executable(p))
-    })
+    BINARY_NAMES
+        .iter()
+        .find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p)))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn missing_message() -> String {
@@ -170,12 +166,7 @@ impl Alertmanager {
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
             // From here on Drop kills the child, also if we panic.
-            let mut am = Alertmanager {
-                child,
-                port,
-                client: client.clone(),
-                dir,
-            };
+            let mut am = Alertmanager { child, port, client: client.clone(), dir };
             match am.wait_ready().await {
                 Ok(()) => return am,
                 Err(why) => {
@@ -241,12 +232,7 @@ impl Alertmanager {
     /// `GET /api/v2/alerts`: the alerts Alertmanager currently holds.
     pub async fn alerts(&self) -> serde_json::Value {
         let url = format!("{}/api/v2/alerts", self.url());
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let resp = self.client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert!(resp.status().is_success(), "GET {url} answered {}", resp.status());
         resp.json().await.unwrap_or_else(|e| panic!("GET {url}: bad JSON: {e}"))
     }
@@ -313,12 +299,8 @@ fn config_yaml(webhook_url: &str, extra_webhook_config: &str, o: &Options) -> St
         quote(webhook_url),
     );
     let lines: Vec<&str> = extra_webhook_config.lines().collect();
-    let indent = lines
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
+    let indent =
+        lines.iter().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
     for line in lines {
         if line.trim().is_empty() {
             continue;

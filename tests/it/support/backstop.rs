@@ -50,13 +50,7 @@ impl Workdir {
 
     /// Run a CLI command against this workdir's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
+        Command::new(BIN).arg("--config").arg(self.config()).args(args).env("RUST_LOG", "warn").output().unwrap()
     }
 
     /// Start `backstop serve` on 127.0.0.1:0 and wait for its address.
@@ -130,10 +124,7 @@ impl Server {
             .unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
     /// Wait (bounded) for the process to end by itself.
@@ -169,11 +160,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "backstop did not stop after SIGTERM:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "backstop did not stop after SIGTERM:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }

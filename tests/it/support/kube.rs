@@ -169,16 +169,7 @@ pub const RESOURCES: &[ResourceDef] = &[
 pub const USER: &str = "system:serviceaccount:backstop:backstop";
 /// The manager of writes made behind the client's back.
 pub const OTHER_WRITER: &str = "kubectl-edit";
-const VERBS: &[&str] = &[
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "create",
-    "update",
-    "watch",
-];
+const VERBS: &[&str] = &["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"];
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 fn find(group: &str, version: Option<&str>, plural: &str) -> Option<usize> {
@@ -200,20 +191,12 @@ fn split_api_version(api_version: &str) -> (&str, &str) {
 }
 
 fn api_version(res: &ResourceDef, version: &str) -> String {
-    if res.group.is_empty() {
-        version.to_owned()
-    } else {
-        format!("{}/{version}", res.group)
-    }
+    if res.group.is_empty() { version.to_owned() } else { format!("{}/{version}", res.group) }
 }
 
 /// `virtualservices.networking.istio.io`, or `services` in the core group.
 fn group_resource(res: &ResourceDef) -> String {
-    if res.group.is_empty() {
-        res.plural.to_owned()
-    } else {
-        format!("{}.{}", res.plural, res.group)
-    }
+    if res.group.is_empty() { res.plural.to_owned() } else { format!("{}.{}", res.plural, res.group) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,11 +277,7 @@ impl KubeEmulator {
             probe.local_addr().expect("local address").port()
         };
         let token = format!("emulator-{:016x}", mix(nanos() ^ u64::from(addr.port())));
-        let shared = Arc::new(Shared {
-            token,
-            addr,
-            state: Mutex::new(Store::default()),
-        });
+        let shared = Arc::new(Shared { token, addr, state: Mutex::new(Store::default()) });
         let app = axum::Router::new().fallback(handle).with_state(shared.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -316,12 +295,7 @@ impl KubeEmulator {
                     .await;
             });
         });
-        KubeEmulator {
-            shared,
-            addr,
-            closed_port,
-            shutdown: Some(tx),
-        }
+        KubeEmulator { shared, addr, closed_port, shutdown: Some(tx) }
     }
 
     pub fn url(&self) -> String {
@@ -379,16 +353,10 @@ impl KubeEmulator {
             "kubectl.kubernetes.io/last-applied-configuration".into(),
             format!("{}\n", serde_json::to_string(&last_applied).expect("JSON")).into(),
         );
-        let name = obj["metadata"]["name"]
-            .as_str()
-            .expect("seed: metadata.name")
-            .to_owned();
+        let name = obj["metadata"]["name"].as_str().expect("seed: metadata.name").to_owned();
         let mut store = self.shared.lock();
         // An existing object is replaced.
-        let current = store
-            .objects
-            .get(&key(res, &ns, &name))
-            .map(|o| o["metadata"]["resourceVersion"].clone());
+        let current = store.objects.get(&key(res, &ns, &name)).map(|o| o["metadata"]["resourceVersion"].clone());
         let (method, name) = match current {
             Some(rv) => {
                 obj["metadata"]["resourceVersion"] = rv;
@@ -397,19 +365,8 @@ impl KubeEmulator {
             None => (Method::POST, None),
         };
         let body = serde_json::to_vec(&obj).expect("JSON");
-        let call = Call::internal(
-            method,
-            "application/json",
-            "fieldManager=kubectl-client-side-apply",
-            body,
-        );
-        let target = Target {
-            res,
-            version: version.to_owned(),
-            ns: Some(ns),
-            name,
-            sub: None,
-        };
+        let call = Call::internal(method, "application/json", "fieldManager=kubectl-client-side-apply", body);
+        let target = Target { res, version: version.to_owned(), ns: Some(ns), name, sub: None };
         let reply = store.resource_call(&call, &target);
         assert!(reply.code < 300, "seed rejected: {}", reply.body["message"]);
         reply.body
@@ -453,11 +410,7 @@ impl KubeEmulator {
             .filter(|((res, _, _), _)| RESOURCES[*res].plural == "events")
             .map(|(_, obj)| obj.clone())
             .collect();
-        events.sort_by_key(|e| {
-            e["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse::<u64>().ok())
-        });
+        events.sort_by_key(|e| e["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()));
         events
     }
 
@@ -574,20 +527,14 @@ impl Call {
     fn manager(&self) -> String {
         self.q("fieldManager").map(str::to_owned).unwrap_or_else(|| {
             let product = self.user_agent.split('/').next().unwrap_or("").trim();
-            if product.is_empty() {
-                "unknown".to_owned()
-            } else {
-                product.to_owned()
-            }
+            if product.is_empty() { "unknown".to_owned() } else { product.to_owned() }
         })
     }
 }
 
 fn parse_query(raw: &str) -> HashMap<String, String> {
     let uri: axum::http::Uri = format!("/?{raw}").parse().unwrap_or_default();
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .unwrap_or_default()
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default()
 }
 
 /// An answer: status code, JSON body, extra headers.
@@ -600,12 +547,7 @@ struct Reply {
 
 impl Reply {
     fn json(code: u16, body: Value) -> Reply {
-        Reply {
-            code,
-            body,
-            headers: Vec::new(),
-            content_type: "application/json",
-        }
+        Reply { code, body, headers: Vec::new(), content_type: "application/json" }
     }
 }
 
@@ -623,14 +565,8 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 async fn serve(shared: Arc<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
+    let header =
+        |name: &str| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).unwrap_or("").to_owned();
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let call = Call {
         internal: false,
@@ -651,15 +587,11 @@ async fn serve(shared: Arc<Shared>, req: Request) -> Response {
     let reply = if header("authorization") != format!("Bearer {}", shared.token) {
         status(401, "Unauthorized", "Unauthorized".into(), None)
     } else {
-        let delay = shared
-            .lock()
-            .take_fault(&call.method, plural, |e| matches!(e, Effect::Delay(_)));
+        let delay = shared.lock().take_fault(&call.method, plural, |e| matches!(e, Effect::Delay(_)));
         if let Some(Effect::Delay(d)) = delay {
             tokio::time::sleep(d).await;
         }
-        let failure = shared
-            .lock()
-            .take_fault(&call.method, plural, |e| matches!(e, Effect::Fail(_)));
+        let failure = shared.lock().take_fault(&call.method, plural, |e| matches!(e, Effect::Fail(_)));
         match failure {
             Some(Effect::Fail(code)) => injected(code),
             _ => shared.lock().answer(&call, &route, shared.addr),
@@ -686,8 +618,7 @@ impl IntoResponse for Reply {
         for (name, value) in self.headers {
             resp = resp.header(name, value);
         }
-        resp.body(axum::body::Body::from(serde_json::to_vec(&self.body).expect("JSON")))
-            .expect("response")
+        resp.body(axum::body::Body::from(serde_json::to_vec(&self.body).expect("JSON"))).expect("response")
     }
 }
 
@@ -748,12 +679,7 @@ fn unsupported_media_type(accepted: &str) -> Reply {
 }
 
 fn path_not_found() -> Reply {
-    status(
-        404,
-        "NotFound",
-        "the server could not find the requested resource".into(),
-        Some(json!({})),
-    )
+    status(404, "NotFound", "the server could not find the requested resource".into(), Some(json!({})))
 }
 
 fn method_not_allowed() -> Reply {
@@ -773,11 +699,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: &'static str, body: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            reason,
-            body: body.into(),
-        }
+        FieldError { field: field.into(), reason, body: body.into() }
     }
 
     fn required(field: impl Into<String>) -> FieldError {
@@ -785,29 +707,19 @@ impl FieldError {
     }
 
     fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> FieldError {
-        FieldError::new(
-            field,
-            "FieldValueInvalid",
-            format!("Invalid value: {}: {detail}", go_value(value)),
-        )
+        FieldError::new(field, "FieldValueInvalid", format!("Invalid value: {}: {detail}", go_value(value)))
     }
 }
 
 fn invalid_status(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Reply {
     let rendered: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.body)).collect();
-    let qualified = if group.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}.{group}")
-    };
+    let qualified = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
     let message = match rendered.as_slice() {
         [one] => format!("{qualified} \"{name}\" is invalid: {one}"),
         many => format!("{qualified} \"{name}\" is invalid: [{}]", many.join(", ")),
     };
-    let causes: Vec<Value> = errors
-        .iter()
-        .map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field}))
-        .collect();
+    let causes: Vec<Value> =
+        errors.iter().map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field})).collect();
     let mut d = Map::new();
     if !name.is_empty() {
         d.insert("name".into(), name.into());
@@ -834,11 +746,7 @@ fn forbidden(res: &ResourceDef, t: &Target, verb: &str) -> Reply {
         None => "at the cluster scope".to_owned(),
     };
     let name = t.name.as_deref().unwrap_or("");
-    let subject = if name.is_empty() {
-        group_resource(res)
-    } else {
-        format!("{} \"{name}\"", group_resource(res))
-    };
+    let subject = if name.is_empty() { group_resource(res) } else { format!("{} \"{name}\"", group_resource(res)) };
     let message = format!(
         "{subject} is forbidden: User \"{USER}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
         res.group
@@ -849,21 +757,13 @@ fn forbidden(res: &ResourceDef, t: &Target, verb: &str) -> Reply {
 /// The answer to an injected failure.
 fn injected(code: u16) -> Reply {
     let (reason, message, details) = match code {
-        429 => (
-            "TooManyRequests",
-            "Too many requests, please try again later.",
-            json!({"retryAfterSeconds": 1}),
-        ),
+        429 => ("TooManyRequests", "Too many requests, please try again later.", json!({"retryAfterSeconds": 1})),
         500 => (
             "InternalError",
             "Internal error occurred: injected by the emulator",
             json!({"causes": [{"message": "injected by the emulator"}]}),
         ),
-        503 => (
-            "ServiceUnavailable",
-            "the server is currently unable to handle the request",
-            json!({}),
-        ),
+        503 => ("ServiceUnavailable", "the server is currently unable to handle the request", json!({})),
         504 => (
             "Timeout",
             "Timeout: request did not complete within requested timeout - context deadline exceeded",
@@ -871,26 +771,12 @@ fn injected(code: u16) -> Reply {
         ),
         // Others as apimachinery's NewGenericServerResponse words them.
         409 => ("Conflict", "the server reported a conflict", json!({})),
-        404 => (
-            "NotFound",
-            "the server could not find the requested resource",
-            json!({}),
-        ),
-        400 => (
-            "BadRequest",
-            "the server rejected our request for an unknown reason",
-            json!({}),
-        ),
-        _ if code >= 500 => (
-            "InternalError",
-            "an error on the server (\"\") has prevented the request from succeeding",
-            json!({}),
-        ),
-        _ => (
-            "Unknown",
-            "the server responded with an unexpected status code",
-            json!({}),
-        ),
+        404 => ("NotFound", "the server could not find the requested resource", json!({})),
+        400 => ("BadRequest", "the server rejected our request for an unknown reason", json!({})),
+        _ if code >= 500 => {
+            ("InternalError", "an error on the server (\"\") has prevented the request from succeeding", json!({}))
+        }
+        _ => ("Unknown", "the server responded with an unexpected status code", json!({})),
     };
     let mut reply = status(code, reason, message.into(), Some(details));
     if code == 429 {
@@ -954,21 +840,11 @@ fn route(path: &str) -> Route {
         Some(_) => false,
     };
     // A namespaced object is only addressed with its namespace; a cluster-scoped one never is.
-    let scope_ok = if def.namespaced {
-        ns.is_some() || name.is_none()
-    } else {
-        ns.is_none()
-    };
+    let scope_ok = if def.namespaced { ns.is_some() || name.is_none() } else { ns.is_none() };
     if !sub_ok || !scope_ok {
         return Route::Unknown;
     }
-    Route::Resource(Target {
-        res,
-        version: version.to_owned(),
-        ns,
-        name,
-        sub,
-    })
+    Route::Resource(Target { res, version: version.to_owned(), ns, name, sub })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1009,15 +885,8 @@ impl Store {
             ),
             Route::Apis if call.accept.contains("as=APIGroupDiscoveryList") => aggregated(false),
             Route::Apis => {
-                let groups: Vec<Value> = groups()
-                    .iter()
-                    .filter(|g| !g.is_empty())
-                    .map(|g| api_group(g))
-                    .collect();
-                Reply::json(
-                    200,
-                    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
-                )
+                let groups: Vec<Value> = groups().iter().filter(|g| !g.is_empty()).map(|g| api_group(g)).collect();
+                Reply::json(200, json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
             }
             Route::Group(g) if !g.is_empty() && groups().contains(&g.as_str()) => {
                 let mut body = api_group(g);
@@ -1156,10 +1025,7 @@ impl Store {
     ) -> Res<Reply> {
         let res = &RESOURCES[t.res];
         let meta = ensure_object(&mut obj, "metadata");
-        let name = match (
-            meta.get("name").and_then(Value::as_str),
-            meta.get("generateName").and_then(Value::as_str),
-        ) {
+        let name = match (meta.get("name").and_then(Value::as_str), meta.get("generateName").and_then(Value::as_str)) {
             (Some(name), _) if !name.is_empty() => name.to_owned(),
             (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{}", &format!("{:x}", mix(nanos()))[..5]),
             _ => {
@@ -1171,14 +1037,9 @@ impl Store {
                 return Err(invalid(res, "", &errors));
             }
         };
-        for server_owned in [
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "generation",
-            "managedFields",
-            "deletionTimestamp",
-        ] {
+        for server_owned in
+            ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "deletionTimestamp"]
+        {
             meta.remove(server_owned);
         }
         meta.insert("name".into(), name.clone().into());
@@ -1203,16 +1064,7 @@ impl Store {
             meta.insert("generation".into(), 1.into());
         }
         let paths = field_paths(&obj, None);
-        set_managed(
-            &mut obj,
-            &[Manager::new(
-                manager,
-                operation,
-                &api_version(res, &t.version),
-                None,
-                paths,
-            )],
-        );
+        set_managed(&mut obj, &[Manager::new(manager, operation, &api_version(res, &t.version), None, paths)]);
         if !call.dry_run() {
             self.rv += 1;
             obj["metadata"]["resourceVersion"] = self.rv.to_string().into();
@@ -1252,10 +1104,7 @@ impl Store {
                         .and_then(Value::as_str)
                         .and_then(|n| n.parse::<u64>().ok())
                         .unwrap_or(0);
-                    annotations.insert(
-                        "emulator.backstop.io/concurrent-writes".into(),
-                        (n + 1).to_string().into(),
-                    );
+                    annotations.insert("emulator.backstop.io/concurrent-writes".into(), (n + 1).to_string().into());
                 },
                 false,
             );
@@ -1451,9 +1300,7 @@ fn without_times(obj: &Value) -> Value {
 
 fn add_warnings(reply: &mut Reply, warnings: Vec<String>) {
     for w in warnings {
-        reply
-            .headers
-            .push(("warning", format!("299 - {}", serde_json::to_string(&w).expect("JSON"))));
+        reply.headers.push(("warning", format!("299 - {}", serde_json::to_string(&w).expect("JSON"))));
     }
 }
 
@@ -1470,9 +1317,7 @@ fn ensure_object<'a>(obj: &'a mut Value, field: &str) -> &'a mut Map<String, Val
 }
 
 fn annotations_mut(obj: &mut Value) -> &mut Map<String, Value> {
-    let slot = ensure_object(obj, "metadata")
-        .entry("annotations")
-        .or_insert_with(|| json!({}));
+    let slot = ensure_object(obj, "metadata").entry("annotations").or_insert_with(|| json!({}));
     if !slot.is_object() {
         *slot = json!({});
     }
@@ -1567,9 +1412,7 @@ fn write_body(call: &Call, t: &Target, name: &str, ns: &str) -> Res<WriteBody> {
                     )));
                 }
                 if cfg["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                    return Err(bad_request(
-                        "the name of the object does not match the name on the URL".into(),
-                    ));
+                    return Err(bad_request("the name of the object does not match the name on the URL".into()));
                 }
                 WriteBody::Apply(cfg)
             }
@@ -1604,10 +1447,8 @@ fn group_versions(group: &str) -> Vec<&'static str> {
 }
 
 fn api_group(group: &str) -> Value {
-    let versions: Vec<Value> = group_versions(group)
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
-        .collect();
+    let versions: Vec<Value> =
+        group_versions(group).iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     json!({"name": group, "versions": versions, "preferredVersion": versions[0]})
 }
 
@@ -1697,27 +1538,16 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 /// path) is 422 with the generic message the real server gives.
 fn json_patch(doc: &mut Value, ops: &Value) -> Res<()> {
     let failed = || {
-        status(
-            422,
-            "Invalid",
-            "the server rejected our request due to an error in our request".into(),
-            Some(json!({})),
-        )
+        status(422, "Invalid", "the server rejected our request due to an error in our request".into(), Some(json!({})))
     };
     let ops = ops
         .as_array()
         .ok_or_else(|| bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch".into()))?;
     for op in ops {
-        let kind = op["op"]
-            .as_str()
-            .ok_or_else(|| bad_request("missing operation".into()))?;
+        let kind = op["op"].as_str().ok_or_else(|| bad_request("missing operation".into()))?;
         let path = pointer(op["path"].as_str().ok_or_else(|| bad_request("missing path".into()))?)?;
         let from = || pointer(op["from"].as_str().unwrap_or(""));
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| bad_request(format!("missing value for {kind}")))
-        };
+        let value = || op.get("value").cloned().ok_or_else(|| bad_request(format!("missing value for {kind}")));
         let ok = match kind {
             "add" => add_at(doc, &path, value()?),
             "remove" => remove_at(doc, &path).is_some(),
@@ -1762,13 +1592,8 @@ fn pointer(p: &str) -> Res<Vec<String>> {
     if p.is_empty() {
         return Ok(Vec::new());
     }
-    let rest = p
-        .strip_prefix('/')
-        .ok_or_else(|| bad_request(format!("JSON pointer must start with /: {p}")))?;
-    Ok(rest
-        .split('/')
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect())
+    let rest = p.strip_prefix('/').ok_or_else(|| bad_request(format!("JSON pointer must start with /: {p}")))?;
+    Ok(rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect())
 }
 
 fn get_at<'a>(doc: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
@@ -1904,10 +1729,7 @@ fn managers_of(obj: &Value) -> Vec<Manager> {
         let Some(m) = node.as_object() else { return };
         let children: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
         // A leaf, or a list whose items are owned (`k:`, `v:`, `i:`): the path as a whole.
-        if children.is_empty()
-            || m.keys()
-                .any(|k| k.starts_with("k:") || k.starts_with("v:") || k.starts_with("i:"))
-        {
+        if children.is_empty() || m.keys().any(|k| k.starts_with("k:") || k.starts_with("v:") || k.starts_with("i:")) {
             if !path.is_empty() {
                 out.insert(path.clone());
             }
@@ -1949,11 +1771,7 @@ fn set_managed(obj: &mut Value, managers: &[Manager]) {
             for path in &m.fields {
                 let mut node = &mut tree;
                 for seg in path {
-                    node = node
-                        .as_object_mut()
-                        .expect("object")
-                        .entry(format!("f:{seg}"))
-                        .or_insert_with(|| json!({}));
+                    node = node.as_object_mut().expect("object").entry(format!("f:{seg}")).or_insert_with(|| json!({}));
                 }
             }
             let mut e = json!({
@@ -1981,18 +1799,14 @@ fn update_ownership(
 ) {
     let old_paths = field_paths(old, sub);
     let new_paths = field_paths(new, sub);
-    let changed: BTreeSet<FieldPath> = new_paths
-        .iter()
-        .filter(|p| value_at(old, p) != value_at(new, p))
-        .cloned()
-        .collect();
+    let changed: BTreeSet<FieldPath> =
+        new_paths.iter().filter(|p| value_at(old, p) != value_at(new, p)).cloned().collect();
     let removed: BTreeSet<FieldPath> = old_paths.difference(&new_paths).cloned().collect();
     if changed.is_empty() && removed.is_empty() {
         return;
     }
     for m in managers.iter_mut() {
-        m.fields
-            .retain(|p| !removed.contains(p) && !changed.iter().any(|c| overlaps(c, p)));
+        m.fields.retain(|p| !removed.contains(p) && !changed.iter().any(|c| overlaps(c, p)));
     }
     match managers.iter_mut().find(|m| m.is(manager, "Update", sub)) {
         Some(m) => {
@@ -2029,11 +1843,7 @@ fn apply_ownership(
         return Err(apply_conflict(&conflicts));
     }
     for m in managers.iter_mut().filter(|m| !m.is(manager, "Apply", sub)) {
-        m.fields.retain(|q| {
-            !applied
-                .iter()
-                .any(|p| overlaps(p, q) && value_at(current, p) != value_at(cfg, p))
-        });
+        m.fields.retain(|q| !applied.iter().any(|p| overlaps(p, q) && value_at(current, p) != value_at(cfg, p)));
     }
     match managers.iter_mut().find(|m| m.is(manager, "Apply", sub)) {
         Some(m) => {
@@ -2050,10 +1860,7 @@ fn apply_ownership(
 fn apply_conflict(conflicts: &[(String, String, String)]) -> Reply {
     let mut by_manager: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (manager, api_version, field) in conflicts {
-        by_manager
-            .entry((manager.clone(), api_version.clone()))
-            .or_default()
-            .push(field.clone());
+        by_manager.entry((manager.clone(), api_version.clone())).or_default().push(field.clone());
     }
     let n = conflicts.len();
     let mut message = format!("Apply failed with {n} conflict{}: ", if n == 1 { "" } else { "s" });
@@ -2137,11 +1944,7 @@ fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             let keys: Vec<String> = map.keys().cloned().collect();
             for k in keys {
-                let child_path = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let child_path = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 match props.and_then(|p| p.get(&k)).or(additional) {
                     Some(s) => {
                         if map[&k].is_null() && s.get("nullable") != Some(&Value::Bool(true)) {
@@ -2187,11 +1990,7 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> FieldError {
     match e.kind() {
         K::Required { property } => {
             let p = property.as_str().unwrap_or("");
-            FieldError::required(if field.is_empty() {
-                p.to_owned()
-            } else {
-                format!("{field}.{p}")
-            })
+            FieldError::required(if field.is_empty() { p.to_owned() } else { format!("{field}.{p}") })
         }
         K::Type { kind } => {
             let expected = match kind {
@@ -2205,11 +2004,7 @@ fn schema_error(e: &jsonschema::ValidationError<'_>) -> FieldError {
         }
         K::Enum { options } => {
             let supported: Vec<String> = options.as_array().into_iter().flatten().map(go_value).collect();
-            let body = format!(
-                "Unsupported value: {}: supported values: {}",
-                go_value(instance),
-                supported.join(", ")
-            );
+            let body = format!("Unsupported value: {}: supported values: {}", go_value(instance), supported.join(", "));
             FieldError::new(field, "FieldValueNotSupported", body)
         }
         K::Maximum { limit } => {
@@ -2324,13 +2119,7 @@ fn crds() -> &'static HashMap<String, Value> {
 /// events.k8s.io/v1 (ValidateEventCreate for v1).
 fn check_events_v1(ev: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    for field in [
-        "eventTime",
-        "reportingController",
-        "reportingInstance",
-        "action",
-        "reason",
-    ] {
+    for field in ["eventTime", "reportingController", "reportingInstance", "action", "reason"] {
         if ev[field].as_str().is_none_or(str::is_empty) {
             errors.push(FieldError::required(field));
         }
@@ -2369,11 +2158,7 @@ fn check_event_type_and_note(ev: &Value, note: &str) -> Vec<FieldError> {
         ));
     }
     if ev[note].as_str().is_some_and(|n| n.len() > 1024) {
-        errors.push(FieldError::new(
-            note,
-            "FieldValueTooLong",
-            "Too long: may not be more than 1024 bytes",
-        ));
+        errors.push(FieldError::new(note, "FieldValueTooLong", "Too long: may not be more than 1024 bytes"));
     }
     errors
 }
@@ -2386,10 +2171,7 @@ fn now() -> String {
 }
 
 fn nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// splitmix64.
