@@ -100,7 +100,7 @@ async fn attempt(
             &mut object,
             &Annotations { action_id: meta.action_id, rule: meta.rule, at: meta.at, previous: &before },
         );
-        match target.replace(obj, &fetched.version, &object).await {
+        match target.replace(obj, &fetched, &object).await {
             Ok(()) => return Outcome::Applied { before, after },
             Err(TargetError::Conflict { detail, .. }) => last_conflict = detail,
             Err(e) => return Outcome::Failed { reason: e.to_string() },

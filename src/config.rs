@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::audit::{AuditOptions, Retention};
 use crate::guards::GuardSettings;
+use crate::target::kubernetes::KubernetesOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,13 +60,54 @@ fn default_rules() -> Vec<PathBuf> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
-    manifests: RawManifests,
+    #[serde(default)]
+    manifests: Option<RawManifests>,
+    #[serde(default)]
+    kubernetes: Option<RawKubernetes>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifests {
     dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    #[serde(default)]
+    kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    virtualservice_version: Option<String>,
+    #[serde(default)]
+    request_timeout: Option<String>,
+    #[serde(default)]
+    events: Option<bool>,
+}
+
+/// Which target actions change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetConfig {
+    /// A directory of YAML manifests (the embedded default, and GitOps).
+    Manifests(PathBuf),
+    /// A cluster, through the Kubernetes API.
+    Kubernetes(KubernetesOptions),
+}
+
+impl TargetConfig {
+    /// `kubernetes` or `manifests:DIR`, as `serve --target` takes it.
+    pub fn parse_flag(flag: &str, current: &TargetConfig) -> Result<TargetConfig, String> {
+        match flag.split_once(':') {
+            None if flag == "kubernetes" => Ok(match current {
+                TargetConfig::Kubernetes(k) => TargetConfig::Kubernetes(k.clone()),
+                TargetConfig::Manifests(_) => TargetConfig::Kubernetes(KubernetesOptions::default()),
+            }),
+            Some(("manifests", dir)) if !dir.is_empty() => Ok(TargetConfig::Manifests(dir.into())),
+            _ => Err(format!("`{flag}`: expected `kubernetes` or `manifests:DIR`")),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,7 +196,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub rules: Vec<PathBuf>,
-    pub manifests_dir: PathBuf,
+    pub target: TargetConfig,
     pub dry_run: bool,
     pub action_timeout: Duration,
     /// After SIGTERM, how long in-flight work may take before it is aborted.
@@ -277,7 +319,31 @@ impl Config {
             listen,
             data_dir: resolve(&raw.data_dir),
             rules: raw.rules.iter().map(|p| resolve(p)).collect(),
-            manifests_dir: resolve(&raw.target.manifests.dir),
+            target: match (raw.target.manifests, raw.target.kubernetes) {
+                (Some(m), None) => TargetConfig::Manifests(resolve(&m.dir)),
+                (None, Some(k)) => {
+                    let defaults = KubernetesOptions::default();
+                    let version = k.virtualservice_version.unwrap_or(defaults.virtualservice_version);
+                    if !matches!(version.as_str(), "v1" | "v1beta1" | "v1alpha3") {
+                        return Err(invalid(
+                            "target.kubernetes.virtualservice_version",
+                            format!("`{version}`: v1, v1beta1 or v1alpha3"),
+                        ));
+                    }
+                    TargetConfig::Kubernetes(KubernetesOptions {
+                        kubeconfig: k.kubeconfig.map(|p| resolve(&p)),
+                        context: k.context,
+                        virtualservice_version: version,
+                        request_timeout: duration(
+                            "target.kubernetes.request_timeout",
+                            &k.request_timeout,
+                            defaults.request_timeout,
+                        )?,
+                        events: k.events.unwrap_or(defaults.events),
+                    })
+                }
+                _ => return Err(invalid("target", "exactly one of `manifests` or `kubernetes`".into())),
+            },
             dry_run: raw.dry_run,
             action_timeout: duration("action_timeout", &raw.action_timeout, Duration::from_secs(10))?,
             shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(20))?,
@@ -303,7 +369,7 @@ mod tests {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("backstop.yaml");
         let c = Config::load(&file).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert!(c.manifests_dir.ends_with("deploy/local"));
+        assert!(matches!(&c.target, TargetConfig::Manifests(d) if d.ends_with("deploy/local")));
         assert!(c.rules[0].ends_with("rules"));
         assert_eq!(c.max_body_bytes, 1 << 20);
     }
@@ -317,6 +383,32 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unknown field `windoww`"), "{err}");
         assert!(err.to_string().starts_with("/etc/b.yaml:2"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_target_from_config_and_flag() {
+        let c = Config::parse(
+            Path::new("/etc/backstop/b.yaml"),
+            "target:\n  kubernetes: {kubeconfig: kc.yaml, context: prod, virtualservice_version: v1beta1}\n",
+        )
+        .unwrap();
+        let TargetConfig::Kubernetes(k) = &c.target else { panic!("{:?}", c.target) };
+        assert_eq!(k.kubeconfig.as_deref(), Some(Path::new("/etc/backstop/kc.yaml")));
+        assert_eq!((k.context.as_deref(), k.virtualservice_version.as_str()), (Some("prod"), "v1beta1"));
+        let err =
+            Config::parse(Path::new("b.yaml"), "target: {kubernetes: {virtualservice_version: v2}}\n").unwrap_err();
+        assert!(err.to_string().contains("virtualservice_version"), "{err}");
+        let m = TargetConfig::Manifests("x".into());
+        assert_eq!(
+            TargetConfig::parse_flag("kubernetes", &m),
+            Ok(TargetConfig::Kubernetes(KubernetesOptions::default()))
+        );
+        assert_eq!(TargetConfig::parse_flag("kubernetes", &c.target), Ok(c.target.clone()), "keeps configured options");
+        assert_eq!(
+            TargetConfig::parse_flag("manifests:/gitops", &c.target),
+            Ok(TargetConfig::Manifests("/gitops".into()))
+        );
+        assert!(TargetConfig::parse_flag("cluster", &m).is_err());
     }
 
     #[test]

@@ -3,11 +3,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use backstop::audit::{self, Record};
-use backstop::config::Config;
+use backstop::config::{Config, TargetConfig};
 use backstop::http::AuditParams;
 use backstop::rules::{self, Decision};
 use backstop::sources::alertmanager;
-use backstop::target::{Target, manifests::Manifests};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -21,6 +20,15 @@ struct Cli {
     /// Data directory (audit log), overriding the config's `data_dir`.
     #[arg(long, global = true, env = "BACKSTOP_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The target, overriding the config's: `kubernetes` or `manifests:DIR`.
+    #[arg(long, global = true)]
+    target: Option<String>,
+    /// Kubeconfig for the kubernetes target (default: in-cluster, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for the kubernetes target.
+    #[arg(long, global = true)]
+    context: Option<String>,
     /// Log format: text or json (levels via RUST_LOG).
     #[arg(long, global = true, default_value = "text")]
     log_format: String,
@@ -172,6 +180,9 @@ fn init_logging(format: &str) {
 struct ConfigSource {
     file: PathBuf,
     data_dir: Option<PathBuf>,
+    target: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
 }
 
 impl ConfigSource {
@@ -180,13 +191,32 @@ impl ConfigSource {
         if let Some(d) = &self.data_dir {
             config.data_dir = d.clone();
         }
+        if let Some(t) = &self.target {
+            config.target = TargetConfig::parse_flag(t, &config.target).map_err(|e| anyhow::anyhow!("--target {e}"))?;
+        }
+        if let TargetConfig::Kubernetes(k) = &mut config.target {
+            if self.kubeconfig.is_some() {
+                k.kubeconfig = self.kubeconfig.clone();
+            }
+            if self.context.is_some() {
+                k.context = self.context.clone();
+            }
+        } else if self.kubeconfig.is_some() || self.context.is_some() {
+            bail!("--kubeconfig and --context apply to the kubernetes target (add --target kubernetes)");
+        }
         Ok(config)
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let cfg = ConfigSource { file: cli.config.clone(), data_dir: cli.data_dir.clone() };
+    let cfg = ConfigSource {
+        file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        target: cli.target.clone(),
+        kubeconfig: cli.kubeconfig.clone(),
+        context: cli.context.clone(),
+    };
     match cli.command {
         Command::Serve { listen, dry_run } => {
             let mut config = cfg.load()?;
@@ -279,7 +309,7 @@ async fn simulate(cfg: &ConfigSource, payload: &Path) -> Result<ExitCode> {
     let rules = rules::load(&config.rules).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     let bytes = std::fs::read(payload).with_context(|| format!("reading {}", payload.display()))?;
     let webhook = alertmanager::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", payload.display()))?;
-    let target = Manifests::new(&config.manifests_dir);
+    let target = backstop::server::target(&config.target).await?;
     let now = chrono::Utc::now();
     for alert in webhook.events() {
         println!("alert {} {} ({})", alert.name, alert.status, alert.id);

@@ -17,7 +17,7 @@ use crate::event::Alert;
 use crate::guards::{self, GuardSettings, GuardState, Verdict};
 use crate::istio::{self, RouteState};
 use crate::rules::{Decision, Rule, RuleSet};
-use crate::target::{ObjectRef, Target};
+use crate::target::{Notice, ObjectRef, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -386,7 +386,27 @@ impl Pipeline {
     ) -> Outcome {
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let meta = Meta { action_id, rule, at: &at };
-        actions::execute(self.target.as_ref(), target, decide, &meta, self.settings.action_timeout, write).await
+        let outcome =
+            actions::execute(self.target.as_ref(), target, decide, &meta, self.settings.action_timeout, write).await;
+        if write {
+            let notice = |warning, reason, what: String| Notice {
+                warning,
+                reason,
+                message: format!("backstop action {action_id} (rule {rule}): {what}"),
+            };
+            let notice = match &outcome {
+                Outcome::Applied { before, after } => {
+                    Some(notice(false, "BackstopApplied", format!("changed {} to {}", json!(before), json!(after))))
+                }
+                Outcome::Refused { reason } => Some(notice(true, "BackstopRefused", format!("refused: {reason}"))),
+                Outcome::Failed { reason } => Some(notice(true, "BackstopFailed", format!("failed: {reason}"))),
+                Outcome::NoOp { .. } => None,
+            };
+            if let Some(n) = notice {
+                self.target.notify(target, &n).await;
+            }
+        }
+        outcome
     }
 
     /// Finish the actions a previous run decided but did not finish (it stopped between the

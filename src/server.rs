@@ -11,10 +11,13 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
+use crate::config::TargetConfig;
 use crate::http::{AppState, auth::Auth, router};
 use crate::pipeline::{Pipeline, Settings};
 use crate::rules::{self, RuleErrors};
 use crate::sources::{Source, SourceError};
+use crate::target::Target;
+use crate::target::kubernetes::Kubernetes;
 use crate::target::manifests::Manifests;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,8 @@ pub enum ServeError {
     Auth(String),
     #[error("manifests directory {0} does not exist")]
     NoManifests(String),
+    #[error("target: {0}")]
+    Target(crate::target::TargetError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -39,14 +44,24 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Build the pipeline of a configuration (also used by tools that need it without a server).
-pub fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
+/// The target a configuration names.
+pub async fn target(config: &TargetConfig) -> Result<Arc<dyn Target>, ServeError> {
+    Ok(match config {
+        TargetConfig::Manifests(dir) => {
+            if !dir.is_dir() {
+                return Err(ServeError::NoManifests(dir.display().to_string()));
+            }
+            Arc::new(Manifests::new(dir))
+        }
+        TargetConfig::Kubernetes(opts) => Arc::new(Kubernetes::connect(opts).await.map_err(ServeError::Target)?),
+    })
+}
+
+/// Build the pipeline of a configuration.
+pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
     let rules = rules::load(&config.rules)?;
-    if !config.manifests_dir.is_dir() {
-        return Err(ServeError::NoManifests(config.manifests_dir.display().to_string()));
-    }
+    let target = target(&config.target).await?;
     let audit = AuditLog::open(&config.audit_dir(), config.audit.clone())?;
-    let target = Arc::new(Manifests::new(&config.manifests_dir));
     let settings =
         Settings { dry_run: config.dry_run, action_timeout: config.action_timeout, guards: config.guards.clone() };
     Ok(Pipeline::new(rules, audit, target, settings)?)
@@ -57,7 +72,7 @@ pub fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
 /// flushed and closed.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let auth = Auth::load(&config.auth).map_err(ServeError::Auth)?;
-    let pipeline = Arc::new(pipeline(&config)?);
+    let pipeline = Arc::new(pipeline(&config).await?);
     for report in pipeline.resume_pending().await.map_err(|e| ServeError::Source(e.to_string()))? {
         info!(action_id = ?report.action_id, outcome = %report.outcome, "resumed an action the previous run did not finish");
     }

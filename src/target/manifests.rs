@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::yaml_edit;
-use super::{Fetched, ObjectRef, Target, TargetError};
+use super::{Fetched, ObjectKind, ObjectRef, Target, TargetError};
 
 pub struct Manifests {
     dir: PathBuf,
@@ -96,8 +96,12 @@ fn version_of(loc: &Location) -> String {
 
 fn is_object(v: &Value, obj: &ObjectRef) -> bool {
     let meta = &v["metadata"];
+    let api = match obj.kind {
+        ObjectKind::VirtualService => v["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io/")),
+        ObjectKind::Service => v["apiVersion"] == "v1",
+    };
     v["kind"] == obj.kind.as_str()
-        && v["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io/"))
+        && api
         && meta["name"] == obj.name.as_str()
         // As in Kubernetes, a manifest without a namespace lands in `default`.
         && meta["namespace"].as_str().unwrap_or("default") == obj.namespace
@@ -145,12 +149,12 @@ impl Target for Manifests {
     fn replace<'a>(
         &'a self,
         obj: &'a ObjectRef,
-        version: &'a str,
+        read: &'a Fetched,
         new: &'a Value,
     ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             let _guard = self.write_lock.lock().await;
-            tokio::task::block_in_place(|| self.replace_blocking(obj, version, new))
+            tokio::task::block_in_place(|| self.replace_blocking(obj, &read.version, new))
         })
     }
 }
@@ -178,7 +182,7 @@ mod tests {
         let mut new = fetched.object.clone();
         new["spec"]["http"][0]["route"][0]["weight"] = 100.into();
         new["spec"]["http"][0]["route"][1]["weight"] = 0.into();
-        m.replace(&obj, &fetched.version, &new).await.unwrap();
+        m.replace(&obj, &fetched, &new).await.unwrap();
         let text = std::fs::read_to_string(dir.path().join("nested/vs.yaml")).unwrap();
         assert_eq!(
             text,
@@ -195,7 +199,7 @@ mod tests {
         let fetched = m.get(&obj).await.unwrap();
         let path = dir.path().join("nested/vs.yaml");
         std::fs::write(&path, VS.replace("# the demo canary", "# edited by a person")).unwrap();
-        let err = m.replace(&obj, &fetched.version, &fetched.object).await.unwrap_err();
+        let err = m.replace(&obj, &fetched, &fetched.object).await.unwrap_err();
         assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
         assert!(std::fs::read_to_string(&path).unwrap().contains("edited by a person"));
     }

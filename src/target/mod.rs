@@ -2,6 +2,7 @@
 //! with the pure functions of [`crate::istio`], and writes it back conditionally on the version
 //! it read; a target only knows how to read and write.
 
+pub mod kubernetes;
 pub mod manifests;
 pub mod yaml_edit;
 
@@ -17,12 +18,15 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ObjectKind {
     VirtualService,
+    /// A Kubernetes Service whose selector a blue-green switch moves.
+    Service,
 }
 
 impl ObjectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::VirtualService => "VirtualService",
+            ObjectKind::Service => "Service",
         }
     }
 }
@@ -76,6 +80,12 @@ pub enum TargetError {
     Conflict { object: String, detail: String },
     #[error("{object}: {message}")]
     Invalid { object: String, message: String },
+    /// The API server refused for lack of permission: never retried.
+    #[error("{message} (backstop needs RBAC: {rule})")]
+    Forbidden { message: String, rule: String },
+    /// The target could not be reached or kept failing (after retries).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -85,16 +95,33 @@ pub enum TargetError {
     },
 }
 
+/// What happened to an object, for targets that can say so on the object itself (Kubernetes
+/// Events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// `Normal` or `Warning`.
+    pub warning: bool,
+    /// A CamelCase reason: `RolledBack`, `ActionRefused`, `ActionFailed`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Read and conditionally write objects.
 pub trait Target: Send + Sync + 'static {
     /// For logs and the audit trail, e.g. `manifests:deploy/local`.
     fn describe(&self) -> String;
     fn get<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Fetched, TargetError>>;
-    /// Replace the object, only if it is still at `version`; otherwise `TargetError::Conflict`.
+    /// Replace the object with `new`, only if it is still as `read` (same version); otherwise
+    /// `TargetError::Conflict`.
     fn replace<'a>(
         &'a self,
         obj: &'a ObjectRef,
-        version: &'a str,
+        read: &'a Fetched,
         new: &'a Value,
     ) -> BoxFuture<'a, Result<(), TargetError>>;
+
+    /// Tell the object's watchers what happened (best effort; the audit log is the record).
+    fn notify<'a>(&'a self, _obj: &'a ObjectRef, _notice: &'a Notice) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }

@@ -1,0 +1,223 @@
+//! The Kubernetes target against the API emulator (tests/it/support/kube.rs), driven through a
+//! kubeconfig exactly as a user would point backstop at a cluster.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::backstop::{Server, Workdir, repo};
+use crate::support::kube::KubeEmulator;
+
+const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
+const GROUPED: &str = include_str!("../../fixtures/alertmanager/grouped.json");
+const VS: (&str, &str, &str, &str) = ("networking.istio.io/v1", "VirtualService", "sms-app", "model-service");
+
+/// The emulator with the demo's DestinationRule and VirtualService applied.
+async fn cluster() -> KubeEmulator {
+    let emu = KubeEmulator::start().await;
+    let text = std::fs::read_to_string(repo("deploy/local/model-service.yaml")).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        emu.seed(v);
+    }
+    emu
+}
+
+/// The repository's config, with the kubernetes target on the emulator instead of manifests.
+fn workdir(emu: &KubeEmulator, kubernetes: &str, action_timeout: &str) -> Workdir {
+    let wd = Workdir::new();
+    let kc = emu.write_kubeconfig(wd.dir.path());
+    let config = std::fs::read_to_string(repo("backstop.yaml"))
+        .unwrap()
+        .replace(
+            "target:\n  manifests:\n    dir: deploy/local\n",
+            &format!("target:\n  kubernetes:\n    kubeconfig: {}\n    request_timeout: 1s\n{kubernetes}", kc.display()),
+        )
+        .replace("action_timeout: 10s", &format!("action_timeout: {action_timeout}"));
+    assert!(config.contains("kubernetes:"), "the config's target section changed; update this test");
+    std::fs::write(wd.config(), config).unwrap();
+    wd
+}
+
+fn weights(emu: &KubeEmulator) -> Vec<u64> {
+    let vs = emu.get(VS.0, VS.1, VS.2, VS.3).unwrap();
+    vs["spec"]["http"][0]["route"].as_array().unwrap().iter().map(|d| d["weight"].as_u64().unwrap_or(0)).collect()
+}
+
+fn patches(emu: &KubeEmulator) -> Vec<crate::support::kube::RequestRecord> {
+    emu.requests().into_iter().filter(|r| r.method == "PATCH" && r.path.contains("virtualservices")).collect()
+}
+
+async fn alert(server: &Server, body: &str) -> Value {
+    let (status, body) = server.post("/v1/alertmanager", "application/json", body.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn rollback_through_the_api_server_is_conditional_annotated_and_evented() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}\n{}", server.log());
+    assert_eq!(weights(&emu), vec![100, 0]);
+
+    let vs = emu.get(VS.0, VS.1, VS.2, VS.3).unwrap();
+    let ann = &vs["metadata"]["annotations"];
+    assert_eq!(ann["backstop.io/action-id"], body["results"][0]["action_id"]);
+    assert_eq!(ann["backstop.io/rule"], "canary-high-error-rate");
+    assert!(ann["backstop.io/previous"].as_str().unwrap().contains("\"weight\":90"));
+
+    let p = patches(&emu);
+    assert_eq!(p.len(), 1, "one write");
+    assert_eq!(p[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(p[0].field_manager.as_deref(), Some("backstop"));
+    let patch: Value = serde_json::from_str(&p[0].body).unwrap();
+    assert!(patch["metadata"]["resourceVersion"].is_string(), "conditional on the version read: {patch}");
+    assert!(patch["spec"]["hosts"].is_null(), "only what changed is sent: {patch}");
+
+    let events = emu.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["reason"], "BackstopApplied");
+    assert_eq!(events[0]["involvedObject"]["name"], "model-service");
+    assert_eq!(events[0]["type"], "Normal");
+
+    // Redelivery: a duplicate; another rule on the same object: the cluster is already there.
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "noop");
+    let body = alert(&server, GROUPED).await;
+    let outcomes: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, vec!["held", "refused", "noop"], "{body}");
+    assert!(
+        body["results"][1]["reason"].as_str().unwrap().contains("not found"),
+        "shop/checkout is not in the cluster: {body}"
+    );
+    assert_eq!(patches(&emu).len(), 1, "no other write");
+}
+
+#[tokio::test]
+async fn a_conflict_storm_is_re_read_and_re_decided_within_bounds() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    emu.conflict_next(2);
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    assert_eq!(weights(&emu), vec![100, 0]);
+    assert_eq!(patches(&emu).iter().filter(|r| r.status == 409).count(), 2);
+
+    // A writer that never stops: bounded attempts, then a recorded failure.
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    emu.conflict_next(100);
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "failed", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("kept changing"), "{body}");
+    assert_eq!(patches(&emu).len(), 4, "1 + 3 retries");
+    assert_eq!(emu.events().last().unwrap()["reason"], "BackstopFailed");
+}
+
+#[tokio::test]
+async fn when_another_writer_already_rolled_back_the_result_is_a_noop() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    // Someone else (a person, another replica) rolls back just before our write lands.
+    emu.before_write(|vs| {
+        if let Some(route) = vs["spec"]["http"][0]["route"].as_array_mut() {
+            route[0]["weight"] = 100.into();
+            route[1]["weight"] = 0.into();
+        }
+    });
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "noop", "{body}");
+    assert_eq!(weights(&emu), vec![100, 0]);
+    let vs = emu.get(VS.0, VS.1, VS.2, VS.3).unwrap();
+    assert!(vs["metadata"]["annotations"]["backstop.io/action-id"].is_null(), "our write never landed");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    emu.fail_next("PATCH", Some("virtualservices"), 503, 2);
+    emu.fail_next("GET", Some("virtualservices"), 429, 1);
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let statuses: Vec<u16> = patches(&emu).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![503, 503, 200]);
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_fails_the_action_at_its_deadline() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "3s");
+    let server = wd.serve();
+    emu.delay_next("GET", Some("virtualservices"), Duration::from_secs(30), 20);
+    let started = std::time::Instant::now();
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "failed", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("timed out after 3s"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded by the action's deadline");
+}
+
+#[tokio::test]
+async fn forbidden_fails_at_once_naming_the_rbac_rule() {
+    let emu = cluster().await;
+    emu.deny("patch", "virtualservices", Some("sms-app"));
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "failed", "{body}");
+    let reason = body["results"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("patch virtualservices.networking.istio.io sms-app/model-service"), "{reason}");
+    assert!(reason.contains(r#"apiGroups: ["networking.istio.io"], resources: ["virtualservices"], verbs: ["patch"] in namespace sms-app"#), "{reason}");
+    assert_eq!(patches(&emu).len(), 1, "not retried");
+    assert_eq!(weights(&emu), vec![90, 10]);
+}
+
+#[tokio::test]
+async fn two_replicas_given_the_same_alert_make_one_change_and_one_noop() {
+    for _ in 0..3 {
+        let emu = cluster().await;
+        let (a, b) = (workdir(&emu, "", "10s"), workdir(&emu, "", "10s"));
+        let (sa, sb) = (a.serve(), b.serve());
+        let (ra, rb) = tokio::join!(alert(&sa, FIRING), alert(&sb, FIRING));
+        let mut outcomes = vec![ra["results"][0]["outcome"].clone(), rb["results"][0]["outcome"].clone()];
+        outcomes.sort_by_key(|o| o.to_string());
+        assert_eq!(outcomes, vec![Value::from("applied"), Value::from("noop")], "{ra}\n{rb}");
+        assert_eq!(weights(&emu), vec![100, 0]);
+        assert_eq!(patches(&emu).iter().filter(|r| r.status == 200).count(), 1, "exactly one change");
+    }
+}
+
+#[tokio::test]
+async fn older_istio_uses_v1beta1_and_the_cli_selects_the_target() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "    virtualservice_version: v1beta1\n", "10s");
+    let server = wd.serve();
+    let body = alert(&server, FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    assert!(patches(&emu).iter().all(|r| r.path.starts_with("/apis/networking.istio.io/v1beta1/")));
+
+    // `--target kubernetes --kubeconfig` on the repository's own config: the shipped rules run unchanged.
+    let emu = cluster().await;
+    let wd = Workdir::new();
+    let kc = emu.write_kubeconfig(wd.dir.path());
+    let out = wd.cli(&[
+        "--target",
+        "kubernetes",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "simulate",
+        repo("fixtures/alertmanager/firing.json").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("would change"), "{stdout}");
+    assert!(emu.requests().iter().all(|r| r.method == "GET"), "simulate only reads");
+}
