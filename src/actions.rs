@@ -1,28 +1,74 @@
-//! The executor: read the object, decide its new state with a pure function, write it back
-//! conditionally, under a deadline. Reports `Applied`, `NoOp`, `Refused` or `Failed`.
+//! Actions turn a decision into a change of a target: the executor reads the object, decides its
+//! new state with a pure function ([`ActionPlan::decide`]), and writes it back conditionally,
+//! under a deadline. It reports `Applied`, `NoOp`, `Refused` or `Failed`.
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use crate::istio::{self, Annotations, RouteState, VsError};
+use crate::istio;
+use crate::service::{self, SelectorSwitch};
 use crate::target::{ObjectRef, Target, TargetError};
 
 /// How often a write that lost a race (the object changed since it was read) is re-read,
 /// re-decided and tried again.
 const CONFLICT_RETRIES: usize = 3;
 
+/// What an action does to its object, decided by the rules engine and recorded in the
+/// `decided` record (so an action a crash interrupted can be finished).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionPlan {
+    /// VirtualService weights: rollback, switch, set-weights.
+    Traffic(istio::Plan),
+    /// Service selector: blue-green switch.
+    Selector(SelectorSwitch),
+}
+
+impl ActionPlan {
+    pub fn decide(&self, obj: &Value) -> Result<Decided, String> {
+        match self {
+            ActionPlan::Traffic(plan) => istio::apply(obj, plan).map(Decided::from).map_err(|e| e.to_string()),
+            ActionPlan::Selector(sw) => service::switch_selector(obj, sw).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A pure decision on one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decided {
+    /// Already in the desired state: the caller records a no-op and writes nothing.
+    Unchanged { state: Value },
+    /// The new object, and the state before and after (what `undo` restores).
+    Changed { object: Value, before: Value, after: Value },
+}
+
+impl From<istio::Outcome> for Decided {
+    fn from(o: istio::Outcome) -> Decided {
+        match o {
+            istio::Outcome::Unchanged { state } => Decided::Unchanged { state: json!(state) },
+            istio::Outcome::Changed { object, before, after } => {
+                Decided::Changed { object, before: json!(before), after: json!(after) }
+            }
+        }
+    }
+}
+
+/// Decides the new state of an object (a plan, or an undo).
+pub type Decide<'a> = dyn Fn(&Value) -> Result<Decided, String> + Sync + 'a;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Applied {
-        before: Vec<RouteState>,
-        after: Vec<RouteState>,
+        before: Value,
+        after: Value,
     },
     /// Already in the desired state: nothing written.
     NoOp {
-        state: Vec<RouteState>,
+        state: Value,
     },
-    /// The change makes no sense for this object (missing subset, bad weights...).
+    /// The change makes no sense for this object (missing subset, object not found...).
     Refused {
         reason: String,
     },
@@ -51,11 +97,30 @@ pub struct Meta<'a> {
     pub at: &'a str,
 }
 
+/// backstop's annotations on a changed object, so `kubectl get -o yaml` (or the GitOps diff) says
+/// what happened and how to undo it: `backstop.io/action-id`, `backstop.io/rule`, `backstop.io/at`
+/// and `backstop.io/previous` (compact JSON of the state before).
+pub fn annotate(obj: &mut Value, meta: &Meta<'_>, previous: &Value) {
+    let Value::Object(o) = obj else { return };
+    let metadata = o.entry("metadata").or_insert_with(|| json!({}));
+    if !metadata.is_object() {
+        *metadata = json!({});
+    }
+    let annotations = &mut metadata["annotations"];
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    annotations["backstop.io/action-id"] = json!(meta.action_id);
+    annotations["backstop.io/rule"] = json!(meta.rule);
+    annotations["backstop.io/at"] = json!(meta.at);
+    annotations["backstop.io/previous"] = json!(previous.to_string());
+}
+
 /// Apply `decide` to the object under `timeout`; `write: false` previews without writing.
 pub async fn execute(
     target: &dyn Target,
     obj: &ObjectRef,
-    decide: &(dyn Fn(&Value) -> Result<istio::Outcome, VsError> + Sync),
+    decide: &Decide<'_>,
     meta: &Meta<'_>,
     timeout: Duration,
     write: bool,
@@ -72,13 +137,7 @@ pub async fn execute(
     }
 }
 
-async fn attempt(
-    target: &dyn Target,
-    obj: &ObjectRef,
-    decide: &(dyn Fn(&Value) -> Result<istio::Outcome, VsError> + Sync),
-    meta: &Meta<'_>,
-    write: bool,
-) -> Outcome {
+async fn attempt(target: &dyn Target, obj: &ObjectRef, decide: &Decide<'_>, meta: &Meta<'_>, write: bool) -> Outcome {
     let mut last_conflict = String::new();
     for _ in 0..=CONFLICT_RETRIES {
         let fetched = match target.get(obj).await {
@@ -89,17 +148,14 @@ async fn attempt(
             Err(e) => return Outcome::Failed { reason: e.to_string() },
         };
         let (mut object, before, after) = match decide(&fetched.object) {
-            Ok(istio::Outcome::Unchanged { state }) => return Outcome::NoOp { state },
-            Ok(istio::Outcome::Changed { object, before, after }) => (object, before, after),
-            Err(e) => return Outcome::Refused { reason: e.to_string() },
+            Ok(Decided::Unchanged { state }) => return Outcome::NoOp { state },
+            Ok(Decided::Changed { object, before, after }) => (object, before, after),
+            Err(reason) => return Outcome::Refused { reason },
         };
         if !write {
             return Outcome::Applied { before, after };
         }
-        istio::annotate(
-            &mut object,
-            &Annotations { action_id: meta.action_id, rule: meta.rule, at: meta.at, previous: &before },
-        );
+        annotate(&mut object, meta, &before);
         match target.replace(obj, &fetched, &object).await {
             Ok(()) => return Outcome::Applied { before, after },
             Err(TargetError::Conflict { detail, .. }) => last_conflict = detail,
@@ -108,5 +164,31 @@ async fn attempt(
     }
     Outcome::Failed {
         reason: format!("{obj} kept changing while being written ({} attempts): {last_conflict}", CONFLICT_RETRIES + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotate_creates_and_extends_annotations() {
+        let meta = Meta { action_id: "A1", rule: "r", at: "2026-11-24T20:00:00Z" };
+        let mut obj = json!({"metadata": {"name": "x"}});
+        annotate(&mut obj, &meta, &json!([{"route": "primary"}]));
+        assert_eq!(obj["metadata"]["annotations"]["backstop.io/action-id"], "A1");
+        assert_eq!(obj["metadata"]["annotations"]["backstop.io/previous"], r#"[{"route":"primary"}]"#);
+        let mut obj = json!({"metadata": {"annotations": {"team": "ml", "backstop.io/rule": "old"}}});
+        annotate(&mut obj, &meta, &json!({}));
+        assert_eq!(obj["metadata"]["annotations"]["team"], "ml", "other annotations are kept");
+        assert_eq!(obj["metadata"]["annotations"]["backstop.io/rule"], "r", "ours are replaced");
+    }
+
+    #[test]
+    fn plans_round_trip_through_the_audit_record() {
+        let plan =
+            ActionPlan::Selector(SelectorSwitch { label: "version".into(), from: "green".into(), to: "blue".into() });
+        let back: ActionPlan = serde_json::from_value(json!(plan)).unwrap();
+        assert_eq!(back, plan);
     }
 }

@@ -16,5 +16,6 @@ pub mod istio;
 pub mod pipeline;
 pub mod rules;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod target;

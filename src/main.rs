@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use backstop::actions::Decided;
 use backstop::audit::{self, Record};
 use backstop::config::{Config, TargetConfig};
 use backstop::http::AuditParams;
@@ -327,14 +328,10 @@ async fn simulate(cfg: &ConfigSource, payload: &Path) -> Result<ExitCode> {
                     println!("  rule {rule}: {summary} on {obj}{dry}");
                     let what = match target.get(&obj).await {
                         Err(e) => format!("cannot read the target: {e}"),
-                        Ok(f) => match backstop::istio::apply(&f.object, &plan) {
+                        Ok(f) => match plan.decide(&f.object) {
                             Err(e) => format!("would refuse: {e}"),
-                            Ok(backstop::istio::Outcome::Unchanged { .. }) => {
-                                "no-op: already in the desired state".into()
-                            }
-                            Ok(backstop::istio::Outcome::Changed { before, after, .. }) => {
-                                format!("would change {} -> {}", json!(before), json!(after))
-                            }
+                            Ok(Decided::Unchanged { .. }) => "no-op: already in the desired state".into(),
+                            Ok(Decided::Changed { before, after, .. }) => format!("would change {before} -> {after}"),
                         },
                     };
                     println!("    {what}");

@@ -11,13 +11,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
 
-use crate::actions::{self, Meta, Outcome};
+use crate::actions::{self, ActionPlan, Decide, Decided, Meta, Outcome};
 use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
 use crate::event::Alert;
 use crate::guards::{self, GuardSettings, GuardState, Verdict};
 use crate::istio::{self, RouteState};
 use crate::rules::{Decision, Rule, RuleSet};
-use crate::target::{Notice, ObjectRef, Target};
+use crate::service;
+use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -353,7 +354,7 @@ impl Pipeline {
             }
             Verdict::Proceed => {
                 let action_id = uuid::Uuid::now_v7().to_string();
-                let decide = |vs: &Value| istio::apply(vs, &plan);
+                let decide = |obj: &Value| plan.decide(obj);
                 let dry = dry_run || self.settings.dry_run;
                 let decided = base(Kind::Decided).action_id(&action_id).detail(
                     json!({ "action": rule.action_summary(), "dry_run": dry, "target": self.target.describe(), "plan": plan }),
@@ -361,13 +362,14 @@ impl Pipeline {
                 if dry {
                     let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
                     let reason = format!("dry run: would be {}", outcome_word(&outcome));
-                    let entry = outcome_entry(base(Kind::DryRun).action_id(&action_id), &outcome).reason(&reason);
+                    let entry =
+                        outcome_entry(base(Kind::DryRun).action_id(&action_id), &outcome, target.kind).reason(&reason);
                     self.record(&mut state, vec![matched, entry]).await?;
                     return Ok(report(Kind::DryRun, Some(&target), Some(&action_id), Some(reason)));
                 }
                 self.record(&mut state, vec![matched, decided]).await?;
                 let outcome = self.run(&target, &decide, &action_id, &rule.name, true).await;
-                let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome);
+                let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome, target.kind);
                 let reason = entry.reason.clone();
                 self.record(&mut state, vec![entry]).await?;
                 log_outcome(&outcome, &target_name, &action_id);
@@ -376,14 +378,7 @@ impl Pipeline {
         }
     }
 
-    async fn run(
-        &self,
-        target: &ObjectRef,
-        decide: &(dyn Fn(&Value) -> Result<istio::Outcome, istio::VsError> + Sync),
-        action_id: &str,
-        rule: &str,
-        write: bool,
-    ) -> Outcome {
+    async fn run(&self, target: &ObjectRef, decide: &Decide<'_>, action_id: &str, rule: &str, write: bool) -> Outcome {
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let meta = Meta { action_id, rule, at: &at };
         let outcome =
@@ -421,17 +416,21 @@ impl Pipeline {
                 e.event_id = p.event_id.clone();
                 e
             };
-            let plan: Result<istio::Plan, _> = serde_json::from_value(p.plan.clone());
-            let target: Result<ObjectRef, _> = p.target.parse();
+            let plan: Result<ActionPlan, _> = serde_json::from_value(p.plan.clone());
+            let kind = match &plan {
+                Ok(ActionPlan::Selector(_)) => ObjectKind::Service,
+                _ => ObjectKind::VirtualService,
+            };
+            let target: Result<ObjectRef, _> = p.target.parse::<ObjectRef>().map(|t| ObjectRef { kind, ..t });
             let outcome = match (plan, target) {
                 (Ok(plan), Ok(target)) => {
-                    let decide = |vs: &Value| istio::apply(vs, &plan);
+                    let decide = |obj: &Value| plan.decide(obj);
                     self.run(&target, &decide, &p.action_id, &p.rule, true).await
                 }
                 (Err(e), _) => Outcome::Failed { reason: format!("cannot resume: recorded plan unreadable: {e}") },
                 (_, Err(e)) => Outcome::Failed { reason: format!("cannot resume: {e}") },
             };
-            let mut entry = outcome_entry(base(outcome.kind()), &outcome);
+            let mut entry = outcome_entry(base(outcome.kind()), &outcome, kind);
             let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
             entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
             let reason = entry.reason.clone();
@@ -465,8 +464,9 @@ impl Pipeline {
                 "rule {rule_name} takes its route names from an alert's labels ({e}); it cannot be fired by hand"
             ))
         })?;
-        let decide = |vs: &Value| istio::apply(vs, &plan);
-        self.manual("act", &rule.name, target, actor, reason, &decide, None).await
+        let decide = |obj: &Value| plan.decide(obj);
+        let target = ObjectRef { kind: rule.kind, ..target.clone() };
+        self.manual("act", &rule.name, &target, actor, reason, &decide, None).await
     }
 
     /// Put back the state recorded before `action_id`, if the object is still as that action left it.
@@ -478,23 +478,34 @@ impl Pipeline {
             .next()
             .ok_or_else(|| PipelineError::UnknownAction(action_id.into()))?;
         let e = &applied.entry;
-        let target: Option<ObjectRef> = e.target.as_deref().and_then(|t| t.parse().ok());
-        let before: Option<Vec<RouteState>> = e.before.clone().and_then(|v| serde_json::from_value(v).ok());
-        let after: Option<Vec<RouteState>> = e.after.clone().and_then(|v| serde_json::from_value(v).ok());
-        let (Some(target), Some(before), Some(after)) = (target, before, after) else {
+        let kind = match e.detail.as_ref().and_then(|d| d["kind"].as_str()) {
+            Some("Service") => ObjectKind::Service,
+            _ => ObjectKind::VirtualService,
+        };
+        let target: Option<ObjectRef> =
+            e.target.as_deref().and_then(|t| t.parse::<ObjectRef>().ok()).map(|t| ObjectRef { kind, ..t });
+        let (Some(target), Some(before), Some(after)) = (target, e.before.clone(), e.after.clone()) else {
             return Err(PipelineError::UnknownAction(action_id.into()));
         };
-        let decide = |vs: &Value| {
-            let now = istio::routes(vs)?;
-            let moved_on = after.iter().any(|a| !now.contains(a));
-            if moved_on {
-                return Err(istio::VsError::MovedOn {
-                    object: target.to_string(),
-                    action: action_id.to_string(),
-                    now: serde_json::to_string(&now).unwrap_or_default(),
-                });
+        let decide = |obj: &Value| -> Result<Decided, String> {
+            match kind {
+                ObjectKind::VirtualService => {
+                    let parse =
+                        |v: &Value| serde_json::from_value::<Vec<RouteState>>(v.clone()).map_err(|e| e.to_string());
+                    let (before, after) = (parse(&before)?, parse(&after)?);
+                    let now = istio::routes(obj).map_err(|e| e.to_string())?;
+                    if after.iter().any(|a| !now.contains(a)) {
+                        let moved = istio::VsError::MovedOn {
+                            object: target.to_string(),
+                            action: action_id.to_string(),
+                            now: serde_json::to_string(&now).unwrap_or_default(),
+                        };
+                        return Err(moved.to_string());
+                    }
+                    istio::restore(obj, &before).map(Decided::from).map_err(|e| e.to_string())
+                }
+                ObjectKind::Service => service::restore_selector(obj, &before, &after).map_err(|e| e.to_string()),
             }
-            istio::restore(vs, &before)
         };
         let rule = e.rule.clone().unwrap_or_default();
         self.manual("undo", &rule, &target, actor, reason, &decide, Some(action_id)).await
@@ -508,7 +519,7 @@ impl Pipeline {
         target: &ObjectRef,
         actor: &str,
         reason: &str,
-        decide: &(dyn Fn(&Value) -> Result<istio::Outcome, istio::VsError> + Sync),
+        decide: &Decide<'_>,
         undoes: Option<&str>,
     ) -> Result<Report, PipelineError> {
         let mut state = self.state.lock().await;
@@ -527,7 +538,7 @@ impl Pipeline {
         let detail = json!({ "control": control, "undoes": undoes, "target": self.target.describe() });
         self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)]).await?;
         let outcome = self.run(target, decide, &action_id, rule, true).await;
-        let entry = outcome_entry(base(outcome.kind()), &outcome);
+        let entry = outcome_entry(base(outcome.kind()), &outcome, target.kind);
         let why = entry.reason.clone();
         self.record(&mut state, vec![entry]).await?;
         log_outcome(&outcome, &target_name, &action_id);
@@ -573,7 +584,9 @@ fn outcome_word(o: &Outcome) -> &'static str {
     }
 }
 
-fn outcome_entry(entry: Entry, outcome: &Outcome) -> Entry {
+/// The record of an outcome; `detail.kind` says which kind of object (for `undo`).
+fn outcome_entry(entry: Entry, outcome: &Outcome, kind: ObjectKind) -> Entry {
+    let entry = entry.detail(json!({ "kind": kind.as_str() }));
     match outcome {
         Outcome::Applied { before, after } => entry.before(json!(before)).after(json!(after)),
         Outcome::NoOp { state } => entry.before(json!(state)).reason("already in the desired state; nothing written"),

@@ -480,3 +480,34 @@ async fn an_action_interrupted_by_a_crash_is_finished_at_the_next_start() {
     let h = h.restart().await;
     assert!(h.state.pipeline.resume_pending().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_selector_switch_edits_only_the_selector_and_undoes() {
+    let h = harness();
+    let path = h.manifests.join("checkout.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let alert = UNRELATED
+        .replace(
+            "\"alertname\":\"DiskFull\"",
+            "\"alertname\":\"BlueGreenServiceUnhealthy\",\"service\":\"checkout-active\"",
+        )
+        .replace("\"namespace\":\"infra\"", "\"namespace\":\"shop\"");
+    let (_, body) = h.webhook(&alert).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(after.contains("    version: blue # the new colour went live"), "{after}");
+    assert!(after.contains("subset: green"), "the VirtualService is untouched: {after}");
+    let applied = &h.records(Kind::Applied)[0].entry;
+    assert_eq!(applied.before.as_ref().unwrap()["version"], "green");
+    assert_eq!(applied.detail.as_ref().unwrap()["kind"], "Service");
+    let action = body["results"][0]["action_id"].as_str().unwrap();
+    let (_, body) =
+        h.post_json(&format!("/v1/actions/{action}/undo"), json!({"reason": "fixed", "actor": "eve"})).await;
+    assert_eq!(body["outcome"], "applied", "{body}");
+    let restored = std::fs::read_to_string(&path).unwrap();
+    assert!(restored.contains("    version: green # the new colour went live"), "{restored}");
+    let strip = |s: &str| {
+        s.lines().filter(|l| !l.contains("backstop.io/") && l.trim() != "annotations:").collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(strip(&restored), strip(&original));
+}

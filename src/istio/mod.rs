@@ -3,6 +3,4 @@
 pub mod testing;
 pub mod virtualservice;
 
-pub use virtualservice::{
-    Annotations, Change, Dest, DestState, Outcome, Plan, RouteState, VsError, Weight, annotate, apply, restore, routes,
-};
+pub use virtualservice::{Change, Dest, DestState, Outcome, Plan, RouteState, VsError, Weight, apply, restore, routes};

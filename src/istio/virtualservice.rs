@@ -268,41 +268,6 @@ pub fn routes(vs: &Value) -> Result<Vec<RouteState>, VsError> {
     http.iter().enumerate().map(|(i, route)| parse_route(&object, i, route)).collect()
 }
 
-/// Backstop's annotations, written on `metadata.annotations`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Annotations<'a> {
-    pub action_id: &'a str,
-    pub rule: &'a str,
-    /// RFC 3339 time of the action.
-    pub at: &'a str,
-    pub previous: &'a [RouteState],
-}
-
-/// Writes backstop's annotations on `obj`, creating `metadata.annotations` if needed.
-pub fn annotate(obj: &mut Value, ann: &Annotations) {
-    if !obj.is_object() {
-        return;
-    }
-    let metadata = &mut obj["metadata"];
-    if !metadata.is_object() {
-        *metadata = Value::Object(Default::default());
-    }
-    let annotations = &mut metadata["annotations"];
-    if !annotations.is_object() {
-        *annotations = Value::Object(Default::default());
-    }
-    // Serializing plain strings and integers cannot fail.
-    let previous = serde_json::to_string(ann.previous).unwrap_or_default();
-    for (key, value) in [
-        ("backstop.io/action-id", ann.action_id),
-        ("backstop.io/rule", ann.rule),
-        ("backstop.io/at", ann.at),
-        ("backstop.io/previous", &previous),
-    ] {
-        annotations[key] = value.into();
-    }
-}
-
 /// `namespace/name` for messages.
 fn object_id(vs: &Value) -> String {
     let field = |key| vs.pointer(key).and_then(Value::as_str).unwrap_or("?");
@@ -833,38 +798,6 @@ mod tests {
             "cannot undo on sms-app/model-service: route a no longer exists; the object changed since, \
              undo is not safe"
         );
-    }
-
-    #[test]
-    fn annotate_creates_the_annotations() {
-        let mut vs = testing::test().weights(100, 0).build();
-        let previous = routes(&testing::test().weights(90, 10).build()).unwrap();
-        let ann =
-            Annotations { action_id: "act-1", rule: "sms-latency", at: "2025-01-02T03:04:05Z", previous: &previous };
-        annotate(&mut vs, &ann);
-        let annotations = &vs["metadata"]["annotations"];
-        assert_eq!(annotations["backstop.io/action-id"], "act-1");
-        assert_eq!(annotations["backstop.io/rule"], "sms-latency");
-        assert_eq!(annotations["backstop.io/at"], "2025-01-02T03:04:05Z");
-        assert_eq!(
-            annotations["backstop.io/previous"],
-            r#"[{"route":"http[0]","destinations":[{"host":"model-service","subset":"v1","weight":90},{"host":"model-service","subset":"v2","weight":10}]}]"#
-        );
-        let read_back: Vec<RouteState> =
-            serde_json::from_str(annotations["backstop.io/previous"].as_str().unwrap()).unwrap();
-        assert_eq!(read_back, previous);
-    }
-
-    #[test]
-    fn annotate_extends_existing_annotations() {
-        let mut vs = testing::test().weights(100, 0).build();
-        vs["metadata"]["annotations"] = json!({ "team": "sms", "backstop.io/rule": "old" });
-        annotate(&mut vs, &Annotations { action_id: "act-2", rule: "new", at: "2025-01-02T03:04:05Z", previous: &[] });
-        let annotations = &vs["metadata"]["annotations"];
-        assert_eq!(annotations["team"], "sms");
-        assert_eq!(annotations["backstop.io/rule"], "new");
-        assert_eq!(annotations["backstop.io/previous"], "[]");
-        assert_eq!(annotations.as_object().unwrap().len(), 5);
     }
 
     #[test]

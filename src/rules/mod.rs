@@ -13,9 +13,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::actions::ActionPlan;
 use crate::event::{Alert, AlertStatus};
 use crate::istio::{Change, Dest, Plan, Weight};
-use crate::target::ObjectRef;
+use crate::service::SelectorSwitch;
+use crate::target::{ObjectKind, ObjectRef};
 use matcher::Matcher;
 use template::Template;
 
@@ -51,9 +53,11 @@ pub struct Rule {
     /// The alert must have been firing at least this long (from `startsAt`).
     pub min_firing: Duration,
     pub namespace: Template,
-    pub virtualservice: Template,
+    /// The kind of object acted on, and its name.
+    pub kind: ObjectKind,
+    pub object: Template,
     pub routes: Option<Vec<Template>>,
-    pub change: Change,
+    pub action: RuleAction,
     pub cooldown: Option<Duration>,
     pub dry_run: bool,
 }
@@ -65,24 +69,32 @@ impl Rule {
 
     /// The object this rule acts on for `alert`.
     pub fn target_for(&self, alert: &Alert) -> Result<ObjectRef, template::MissingLabel> {
-        Ok(ObjectRef::virtual_service(
-            self.namespace.render(&alert.labels)?,
-            self.virtualservice.render(&alert.labels)?,
-        ))
+        Ok(ObjectRef {
+            kind: self.kind,
+            namespace: self.namespace.render(&alert.labels)?,
+            name: self.object.render(&alert.labels)?,
+        })
     }
 
     /// The change to make; route names may be templated from the alert's labels.
-    pub fn plan(&self, labels: &BTreeMap<String, String>) -> Result<Plan, template::MissingLabel> {
+    pub fn plan(&self, labels: &BTreeMap<String, String>) -> Result<ActionPlan, template::MissingLabel> {
         let routes = match &self.routes {
             None => None,
             Some(ts) => Some(ts.iter().map(|t| t.render(labels)).collect::<Result<_, _>>()?),
         };
-        Ok(Plan { change: self.change.clone(), routes })
+        Ok(match &self.action {
+            RuleAction::Traffic(change) => ActionPlan::Traffic(Plan { change: change.clone(), routes }),
+            RuleAction::Selector(sw) => ActionPlan::Selector(sw.clone()),
+        })
     }
 
     /// A short human description of the action, for tables and logs.
     pub fn action_summary(&self) -> String {
-        match &self.change {
+        let change = match &self.action {
+            RuleAction::Selector(sw) => return format!("switch-selector {}: {} -> {}", sw.label, sw.from, sw.to),
+            RuleAction::Traffic(change) => change,
+        };
+        match change {
             Change::Rollback { stable, canary } => {
                 format!("rollback {} -> {}", canary.iter().map(Dest::to_string).collect::<Vec<_>>().join(", "), stable)
             }
@@ -95,6 +107,15 @@ impl Rule {
     }
 }
 
+/// What a rule does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleAction {
+    /// VirtualService weights.
+    Traffic(Change),
+    /// A Service's selector (blue-green).
+    Selector(SelectorSwitch),
+}
+
 /// What the engine concludes for one rule that matched one alert. Guards vet `Act` afterwards.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -102,7 +123,7 @@ pub enum Decision {
         rule: String,
         key: String,
         target: ObjectRef,
-        plan: Plan,
+        plan: ActionPlan,
         dry_run: bool,
     },
     /// Not yet: the alert has not been firing long enough. No key is consumed.
@@ -268,7 +289,10 @@ struct RawRule {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     namespace: String,
-    virtualservice: String,
+    #[serde(default)]
+    virtualservice: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
     #[serde(default)]
     routes: Option<Vec<String>>,
 }
@@ -279,6 +303,7 @@ struct RawAction {
     rollback: Option<RawRollback>,
     switch: Option<RawSwitch>,
     set_weights: Option<Vec<RawWeight>>,
+    switch_selector: Option<SelectorSwitch>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,7 +528,12 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         }
     };
     let namespace = template("target.namespace", &raw.target.namespace);
-    let virtualservice = template("target.virtualservice", &raw.target.virtualservice);
+    let object_src = match (&raw.target.virtualservice, &raw.target.service) {
+        (Some(vs), None) => Some((ObjectKind::VirtualService, "target.virtualservice", vs)),
+        (None, Some(svc)) => Some((ObjectKind::Service, "target.service", svc)),
+        _ => None,
+    };
+    let object = object_src.and_then(|(kind, field, src)| template(field, src).map(|t| (kind, t)));
     let routes = match raw.target.routes {
         Some(routes) if routes.is_empty() => {
             problems.push(("target.routes".into(), "list route names, or leave the field out for all routes".into()));
@@ -516,11 +546,46 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         }
         None => None,
     };
-    let change = change(raw.action, &mut problems);
+    if object_src.is_none() {
+        problems.push(("target".into(), "name exactly one of `virtualservice` or `service`".into()));
+    }
+    let action = match raw.action.switch_selector.clone() {
+        Some(sw) => {
+            let empty = [&sw.label, &sw.from, &sw.to].iter().any(|v| v.is_empty());
+            if empty || sw.from == sw.to {
+                problems.push((
+                    "action.switch-selector".into(),
+                    "label, from and to must be set, from and to different".into(),
+                ));
+            }
+            let others = [raw.action.rollback.is_some(), raw.action.switch.is_some(), raw.action.set_weights.is_some()];
+            if others.iter().any(|b| *b) {
+                problems.push((
+                    "action".into(),
+                    "exactly one of `rollback`, `switch`, `set-weights`, `switch-selector`".into(),
+                ));
+            }
+            Some(RuleAction::Selector(sw))
+        }
+        None => change(raw.action, &mut problems).map(RuleAction::Traffic),
+    };
+    match (&object, &action) {
+        (Some((ObjectKind::Service, _)), Some(RuleAction::Traffic(_))) => problems.push((
+            "action".into(),
+            "a Service target takes `switch-selector`; rollback, switch and set-weights act on a virtualservice".into(),
+        )),
+        (Some((ObjectKind::VirtualService, _)), Some(RuleAction::Selector(_))) => {
+            problems.push(("action.switch-selector".into(), "switch-selector acts on a `service` target".into()))
+        }
+        _ => {}
+    }
+    if matches!(object, Some((ObjectKind::Service, _))) && routes.is_some() {
+        problems.push(("target.routes".into(), "routes belong to a virtualservice target".into()));
+    }
     let min_firing = parse_duration("for", raw.min_firing, &mut problems).unwrap_or_default();
     let cooldown = parse_duration("cooldown", raw.cooldown, &mut problems);
-    match (namespace, virtualservice, change) {
-        (Some(namespace), Some(virtualservice), Some(change)) if problems.is_empty() => Ok(Rule {
+    match (namespace, object, action) {
+        (Some(namespace), Some((kind, object)), Some(action)) if problems.is_empty() => Ok(Rule {
             name: raw.name,
             description: raw.description,
             file: file.to_path_buf(),
@@ -528,9 +593,10 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             status: raw.status,
             min_firing,
             namespace,
-            virtualservice,
+            kind,
+            object,
             routes,
-            change,
+            action,
             cooldown,
             dry_run: raw.dry_run,
         }),

@@ -62,10 +62,14 @@ fn valid_file_loads_into_typed_rules() {
     assert_eq!(r.min_firing, Duration::from_secs(60));
     assert_eq!(r.cooldown, Some(Duration::from_secs(600)));
     assert_eq!(
-        r.change,
-        Change::Rollback { stable: Dest::Subset("v1".into()), canary: vec![Dest::Subset("v2".into())] }
+        r.action,
+        RuleAction::Traffic(Change::Rollback {
+            stable: Dest::Subset("v1".into()),
+            canary: vec![Dest::Subset("v2".into())]
+        })
     );
     let plan = rules[1].plan(&BTreeMap::new()).unwrap();
+    let ActionPlan::Traffic(plan) = plan else { panic!("{plan:?}") };
     assert_eq!(plan.routes, Some(vec!["primary".to_string()]));
     assert!(rules[1].dry_run);
     assert_eq!(rules[2].status, StatusFilter::Any);
@@ -245,9 +249,61 @@ rules:
     let set = RuleSet::new(rules);
     let a = alert("RouteBroken", &[("route", "checkout-api")], AlertStatus::Firing, 0);
     match &set.decide(&a, Utc::now())[0] {
-        Decision::Act { plan, .. } => assert_eq!(plan.routes, Some(vec!["checkout-api".to_string()])),
+        Decision::Act { plan: ActionPlan::Traffic(plan), .. } => {
+            assert_eq!(plan.routes, Some(vec!["checkout-api".to_string()]))
+        }
         other => panic!("{other:?}"),
     }
     let a = alert("RouteBroken", &[], AlertStatus::Firing, 0);
     assert!(matches!(&set.decide(&a, Utc::now())[0], Decision::Refuse { reason, .. } if reason.contains("`route`")));
+}
+
+#[test]
+fn service_targets_take_a_selector_switch_and_nothing_else() {
+    let text = r#"
+rules:
+  - name: bg
+    match: ['alertname=GreenBroken']
+    target: { namespace: shop, service: "{{ $labels.service }}" }
+    action: { switch-selector: { label: version, from: green, to: blue } }
+  - name: mixed
+    match: ['alertname=X']
+    target: { namespace: shop, service: checkout }
+    action: { rollback: { stable: v1, canary: v2 } }
+  - name: both
+    match: ['alertname=X']
+    target: { namespace: shop, service: checkout, virtualservice: checkout }
+    action: { switch-selector: { label: version, from: green, to: blue } }
+  - name: vs-selector
+    match: ['alertname=X']
+    target: { namespace: shop, virtualservice: checkout }
+    action: { switch-selector: { label: version, from: green, to: green } }
+"#;
+    let (rules, errors) = parse(text);
+    assert_eq!(rules.len(), 1, "{errors:?}");
+    assert_eq!(rules[0].kind, ObjectKind::Service);
+    assert_eq!(rules[0].action_summary(), "switch-selector version: green -> blue");
+    let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("rule `mixed`") && m.contains("a Service target takes `switch-selector`")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("rule `both`") && m.contains("exactly one of `virtualservice` or `service`")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("rule `vs-selector`") && m.contains("acts on a `service` target")),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("rule `vs-selector`") && m.contains("from and to different")), "{msgs:?}");
+    let set = RuleSet::new(rules);
+    let a = alert("GreenBroken", &[("service", "checkout")], AlertStatus::Firing, 0);
+    match &set.decide(&a, Utc::now())[0] {
+        Decision::Act { target, plan: ActionPlan::Selector(sw), .. } => {
+            assert_eq!((target.kind, target.to_string()), (ObjectKind::Service, "shop/checkout".to_string()));
+            assert_eq!(sw.to, "blue");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -221,3 +221,36 @@ async fn older_istio_uses_v1beta1_and_the_cli_selects_the_target() {
     assert!(stdout.contains("would change"), "{stdout}");
     assert!(emu.requests().iter().all(|r| r.method == "GET"), "simulate only reads");
 }
+
+#[tokio::test]
+async fn a_service_selector_switch_goes_through_the_api_and_can_be_undone() {
+    let emu = cluster().await;
+    let text = std::fs::read_to_string(repo("deploy/local/checkout.yaml")).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == "Service" {
+            emu.seed(v);
+        }
+    }
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    let payload = include_str!("../../fixtures/alertmanager/unrelated.json")
+        .replace(
+            "\"alertname\":\"DiskFull\"",
+            "\"alertname\":\"BlueGreenServiceUnhealthy\",\"service\":\"checkout-active\"",
+        )
+        .replace("\"namespace\":\"infra\"", "\"namespace\":\"shop\"");
+    let body = alert(&server, &payload).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let svc = emu.get("v1", "Service", "shop", "checkout-active").unwrap();
+    assert_eq!(svc["spec"]["selector"], serde_json::json!({"app": "checkout", "version": "blue"}));
+    assert!(svc["metadata"]["annotations"]["backstop.io/previous"].as_str().unwrap().contains("green"));
+    let write = emu.requests().into_iter().find(|r| r.method == "PATCH").unwrap();
+    assert_eq!(write.path, "/api/v1/namespaces/shop/services/checkout-active");
+    assert_eq!(emu.events()[0]["involvedObject"]["kind"], "Service");
+    let action = body["results"][0]["action_id"].as_str().unwrap();
+    let out = wd.cli(&["undo", action, "--reason", "blue is broken too", "--server", &server.url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svc = emu.get("v1", "Service", "shop", "checkout-active").unwrap();
+    assert_eq!(svc["spec"]["selector"]["version"], "green");
+}
