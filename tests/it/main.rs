@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod crash;
+mod deploy;
 mod end_to_end;
 mod kube_emulator;
 mod kubernetes;
