@@ -45,6 +45,38 @@ struct RawConfig {
     guards: RawGuards,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    prometheus: Option<RawPrometheus>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheus {
+    url: String,
+    #[serde(default)]
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    bearer_token_env: Option<String>,
+    #[serde(default)]
+    basic: Option<RawBasic>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// Where confirmation queries go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusConfig {
+    pub url: String,
+    pub bearer_token: Option<Secret>,
+    pub basic: Option<(String, Secret)>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// Per HTTP request; each rule's `confirm.timeout` bounds its retries.
+    pub timeout: Duration,
 }
 
 fn default_listen() -> String {
@@ -207,6 +239,7 @@ pub struct Config {
     pub audit: AuditOptions,
     /// How often the guards' state is written beside the audit log.
     pub snapshot_interval: Duration,
+    pub prometheus: Option<PrometheusConfig>,
 }
 
 impl Config {
@@ -314,6 +347,44 @@ impl Config {
                 AuthConfig { bearer, basic }
             }
         };
+        let prometheus = match raw.prometheus {
+            None => None,
+            Some(p) => {
+                if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                    return Err(invalid("prometheus.url", format!("`{}` is not an http(s) URL", p.url)));
+                }
+                let bearer = match (p.bearer_token_file, p.bearer_token_env) {
+                    (Some(f), None) => Some(Secret::File(resolve(&f))),
+                    (None, Some(e)) => Some(Secret::Env(e)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "prometheus.bearer_token",
+                            "a file or an environment variable, not both".into(),
+                        ));
+                    }
+                };
+                let basic = match p.basic {
+                    None => None,
+                    Some(b) => match (b.password_file, b.password_env) {
+                        (Some(f), None) => Some((b.username, Secret::File(resolve(&f)))),
+                        (None, Some(e)) => Some((b.username, Secret::Env(e))),
+                        _ => return Err(invalid("prometheus.basic", "password_file or password_env".into())),
+                    },
+                };
+                if bearer.is_some() && basic.is_some() {
+                    return Err(invalid("prometheus", "bearer token or basic auth, not both".into()));
+                }
+                Some(PrometheusConfig {
+                    url: p.url,
+                    bearer_token: bearer,
+                    basic,
+                    ca_file: p.ca_file.map(|f| resolve(&f)),
+                    insecure_skip_verify: p.insecure_skip_verify,
+                    timeout: duration("prometheus.timeout", &p.timeout, Duration::from_secs(5))?,
+                })
+            }
+        };
         Ok(Config {
             file: file.to_path_buf(),
             listen,
@@ -351,6 +422,7 @@ impl Config {
             auth,
             guards,
             audit,
+            prometheus,
             snapshot_interval: duration(
                 "audit.snapshot_interval",
                 &raw.audit.snapshot_interval,

@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod audit;
 pub mod config;
+pub mod confirm;
 pub mod event;
 pub mod failpoint;
 pub mod fsutil;

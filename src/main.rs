@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use backstop::actions::Decided;
 use backstop::audit::{self, Record};
-use backstop::config::{Config, TargetConfig};
+use backstop::config::{Config, PrometheusConfig, TargetConfig};
+use backstop::confirm::{FixedValue, Prometheus, PrometheusClient};
 use backstop::http::AuditParams;
 use backstop::rules::{self, Decision};
 use backstop::sources::alertmanager;
@@ -54,7 +55,15 @@ enum Command {
         paths: Vec<PathBuf>,
     },
     /// Show which rules match each alert of a webhook payload and what would be done; touches nothing.
-    Simulate { payload: PathBuf },
+    Simulate {
+        payload: PathBuf,
+        /// Run confirmations against this Prometheus (default: the config's `prometheus.url`).
+        #[arg(long, conflicts_with = "value")]
+        prometheus: Option<String>,
+        /// Run confirmations with this value instead of asking Prometheus.
+        #[arg(long)]
+        value: Option<f64>,
+    },
     /// Fire a rule's action by hand (the kill switch), through the running server.
     Act {
         rule: String,
@@ -229,7 +238,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { paths } => validate(&cli.config, paths),
-        Command::Simulate { payload } => runtime.block_on(simulate(&cfg, &payload)),
+        Command::Simulate { payload, prometheus, value } => {
+            runtime.block_on(simulate(&cfg, &payload, prometheus, value))
+        }
         Command::Act { rule, target, who } => {
             let body = json!({ "rule": rule, "target": target, "reason": who.reason, "actor": who.actor });
             runtime.block_on(call(&cfg, &who, "/v1/actions", body))
@@ -305,8 +316,24 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-async fn simulate(cfg: &ConfigSource, payload: &Path) -> Result<ExitCode> {
+async fn simulate(cfg: &ConfigSource, payload: &Path, url: Option<String>, value: Option<f64>) -> Result<ExitCode> {
     let config = cfg.load()?;
+    let prometheus: Option<Box<dyn Prometheus>> = match (value, url, &config.prometheus) {
+        (Some(v), _, _) => Some(Box::new(FixedValue(Some(v)))),
+        (None, Some(url), configured) => {
+            let base = configured.clone().unwrap_or_else(|| PrometheusConfig {
+                url: url.clone(),
+                bearer_token: None,
+                basic: None,
+                ca_file: None,
+                insecure_skip_verify: false,
+                timeout: std::time::Duration::from_secs(5),
+            });
+            Some(Box::new(PrometheusClient::new(&PrometheusConfig { url, ..base }).map_err(|e| anyhow::anyhow!(e))?))
+        }
+        (None, None, Some(c)) => Some(Box::new(PrometheusClient::new(c).map_err(|e| anyhow::anyhow!(e))?)),
+        (None, None, None) => None,
+    };
     let rules = rules::load(&config.rules).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?;
     let bytes = std::fs::read(payload).with_context(|| format!("reading {}", payload.display()))?;
     let webhook = alertmanager::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", payload.display()))?;
@@ -326,6 +353,20 @@ async fn simulate(cfg: &ConfigSource, payload: &Path) -> Result<ExitCode> {
                     let summary = rules.get(&rule).map(|r| r.action_summary()).unwrap_or_default();
                     let dry = if dry_run || config.dry_run { " (dry run)" } else { "" };
                     println!("  rule {rule}: {summary} on {obj}{dry}");
+                    if let Some(confirm) = rules.get(&rule).and_then(|r| r.confirm.as_ref()) {
+                        let line = match (confirm.query.render(&alert.labels), &prometheus) {
+                            (Err(e), _) => format!("would fail: confirmation query: {e}"),
+                            (Ok(q), None) => format!("confirmation not run (no --prometheus or --value): {q}"),
+                            (Ok(q), Some(p)) => match confirm.check(p.as_ref(), &q).await {
+                                (backstop::confirm::Verdict::Go, e) => {
+                                    format!("confirmed by {}: {q} = {:?} {}", p.describe(), e.value, e.condition)
+                                }
+                                (backstop::confirm::Verdict::Hold(r), _) => format!("would hold: {r}"),
+                                (backstop::confirm::Verdict::Fail(r), _) => format!("would fail: {r}"),
+                            },
+                        };
+                        println!("    {line}");
+                    }
                     let what = match target.get(&obj).await {
                         Err(e) => format!("cannot read the target: {e}"),
                         Ok(f) => match plan.decide(&f.object) {

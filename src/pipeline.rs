@@ -13,6 +13,7 @@ use tracing::{info, instrument, warn};
 
 use crate::actions::{self, ActionPlan, Decide, Decided, Meta, Outcome};
 use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
+use crate::confirm::{self, SharedPrometheus};
 use crate::event::Alert;
 use crate::guards::{self, GuardSettings, GuardState, Verdict};
 use crate::istio::{self, RouteState};
@@ -80,6 +81,7 @@ pub struct Pipeline {
     settings: Settings,
     rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
     restored: Restored,
+    prometheus: Option<SharedPrometheus>,
 }
 
 /// The guards' state snapshot, beside the audit log's segments.
@@ -179,7 +181,14 @@ impl Pipeline {
             settings,
             rejections: Default::default(),
             restored,
+            prometheus: None,
         })
+    }
+
+    /// Where rules with `confirm:` ask. Without it, such rules hold (and say why).
+    pub fn with_prometheus(mut self, prometheus: SharedPrometheus) -> Pipeline {
+        self.prometheus = Some(prometheus);
+        self
     }
 
     /// How the guards' state was restored at start.
@@ -353,12 +362,33 @@ impl Pipeline {
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))
             }
             Verdict::Proceed => {
+                let confirmation = match &rule.confirm {
+                    None => None,
+                    Some(confirm) => match self.confirm(confirm, alert).await {
+                        (confirm::Verdict::Go, evidence) => Some(evidence),
+                        (confirm::Verdict::Hold(reason), evidence) => {
+                            let held = base(Kind::Held).reason(&reason).detail(json!({ "confirmation": evidence }));
+                            self.record(&mut state, vec![matched, held]).await?;
+                            info!(target = %target_name, %reason, "held by its confirmation");
+                            return Ok(report(Kind::Held, Some(&target), None, Some(reason)));
+                        }
+                        (confirm::Verdict::Fail(reason), evidence) => {
+                            let failed = base(Kind::Failed).reason(&reason).detail(json!({ "confirmation": evidence }));
+                            self.record(&mut state, vec![matched, failed]).await?;
+                            return Ok(report(Kind::Failed, Some(&target), None, Some(reason)));
+                        }
+                    },
+                };
                 let action_id = uuid::Uuid::now_v7().to_string();
                 let decide = |obj: &Value| plan.decide(obj);
                 let dry = dry_run || self.settings.dry_run;
-                let decided = base(Kind::Decided).action_id(&action_id).detail(
-                    json!({ "action": rule.action_summary(), "dry_run": dry, "target": self.target.describe(), "plan": plan }),
-                );
+                let decided = base(Kind::Decided).action_id(&action_id).detail(json!({
+                    "action": rule.action_summary(),
+                    "dry_run": dry,
+                    "target": self.target.describe(),
+                    "plan": plan,
+                    "confirmation": confirmation,
+                }));
                 if dry {
                     let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
                     let reason = format!("dry run: would be {}", outcome_word(&outcome));
@@ -376,6 +406,24 @@ impl Pipeline {
                 Ok(report(outcome.kind(), Some(&target), Some(&action_id), reason))
             }
         }
+    }
+
+    /// Ask Prometheus whether the alert's claim still holds (the rule's `confirm:`).
+    async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Verdict, Value) {
+        let promql = match confirm.query.render(&alert.labels) {
+            Ok(q) => q,
+            Err(missing) => {
+                let why = format!("confirmation query: {missing}");
+                return (confirm::Verdict::Fail(why.clone()), json!({ "error": why }));
+            }
+        };
+        let Some(prometheus) = &self.prometheus else {
+            let why = "the rule asks Prometheus to confirm, but no `prometheus:` is configured".to_string();
+            return (confirm::Verdict::Hold(why.clone()), json!({ "query": promql, "error": why }));
+        };
+        let (verdict, evidence) = confirm.check(prometheus.as_ref(), &promql).await;
+        info!(query = %promql, value = ?evidence.value, result = evidence.result, "confirmation");
+        (verdict, evidence.to_json())
     }
 
     async fn run(&self, target: &ObjectRef, decide: &Decide<'_>, action_id: &str, rule: &str, write: bool) -> Outcome {

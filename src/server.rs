@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::config::TargetConfig;
+use crate::confirm::{PrometheusClient, SharedPrometheus};
 use crate::http::{AppState, auth::Auth, router};
 use crate::pipeline::{Pipeline, Settings};
 use crate::rules::{self, RuleErrors};
@@ -30,6 +31,8 @@ pub enum ServeError {
     Auth(String),
     #[error("manifests directory {0} does not exist")]
     NoManifests(String),
+    #[error("prometheus: {0}")]
+    Prometheus(String),
     #[error("target: {0}")]
     Target(crate::target::TargetError),
     #[error("cannot listen on {addr}: {source}")]
@@ -61,10 +64,26 @@ pub async fn target(config: &TargetConfig) -> Result<Arc<dyn Target>, ServeError
 pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
     let rules = rules::load(&config.rules)?;
     let target = target(&config.target).await?;
+    let prometheus = match &config.prometheus {
+        Some(p) => Some(Arc::new(PrometheusClient::new(p).map_err(ServeError::Prometheus)?) as SharedPrometheus),
+        None => None,
+    };
+    if prometheus.is_none()
+        && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some())
+    {
+        return Err(ServeError::Prometheus(format!(
+            "rule {} confirms with Prometheus, but no `prometheus:` is configured",
+            rule.name
+        )));
+    }
     let audit = AuditLog::open(&config.audit_dir(), config.audit.clone())?;
     let settings =
         Settings { dry_run: config.dry_run, action_timeout: config.action_timeout, guards: config.guards.clone() };
-    Ok(Pipeline::new(rules, audit, target, settings)?)
+    let pipeline = Pipeline::new(rules, audit, target, settings)?;
+    Ok(match prometheus {
+        Some(p) => pipeline.with_prometheus(p),
+        None => pipeline,
+    })
 }
 
 /// Run until `shutdown` completes: then every source stops taking input and finishes what is in

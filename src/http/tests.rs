@@ -24,6 +24,7 @@ struct Harness {
     state: AppState,
     manifests: PathBuf,
     audit: PathBuf,
+    rules: Vec<PathBuf>,
 }
 
 fn repo(p: &str) -> PathBuf {
@@ -46,6 +47,7 @@ fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
         state: AppState { pipeline: Arc::new(pipeline), auth, max_body_bytes },
         manifests,
         audit: audit_dir,
+        rules: vec![repo("rules")],
     }
 }
 
@@ -53,26 +55,52 @@ fn settings() -> Settings {
     Settings { dry_run: false, action_timeout: std::time::Duration::from_secs(5), guards: GuardSettings::default() }
 }
 
+/// A harness whose rules are `rules` (YAML) and whose Prometheus always answers `value`.
+fn harness_confirming(rules: &str, value: Option<f64>) -> Harness {
+    let h = harness();
+    let file = h._dir.path().join("confirm.yaml");
+    std::fs::write(&file, rules).unwrap();
+    let audit = AuditLog::open(&h._dir.path().join("audit2"), AuditOptions::default()).unwrap();
+    let pipeline = Pipeline::new(
+        crate::rules::load(std::slice::from_ref(&file)).unwrap(),
+        audit,
+        Arc::new(Manifests::new(&h.manifests)),
+        settings(),
+    )
+    .unwrap()
+    .with_prometheus(Arc::new(crate::confirm::FixedValue(value)));
+    let audit = h._dir.path().join("audit2");
+    Harness { state: AppState { pipeline: Arc::new(pipeline), ..h.state }, audit, rules: vec![file], ..h }
+}
+
 fn harness() -> Harness {
     harness_with(Auth::none(), 1 << 20)
 }
 
 impl Harness {
-    /// Stop this pipeline and start a new one on the same audit log and manifests.
+    /// Stop this pipeline and start a new one on the same audit log, rules and manifests.
     async fn restart(self) -> Harness {
-        let Harness { _dir, state, manifests, audit } = self;
+        self.restart_with(None).await
+    }
+
+    /// The same, with a Prometheus that answers `value` for confirmations.
+    async fn restart_with(self, value: Option<Option<f64>>) -> Harness {
+        let Harness { _dir, state, manifests, audit, rules } = self;
         let log = state.pipeline.audit().clone();
         drop(state);
         log.close().await.unwrap();
-        let pipeline = Pipeline::new(
-            crate::rules::load(&[repo("rules")]).unwrap(),
+        let mut pipeline = Pipeline::new(
+            crate::rules::load(&rules).unwrap(),
             AuditLog::open(&audit, AuditOptions::default()).unwrap(),
             Arc::new(Manifests::new(&manifests)),
             settings(),
         )
         .unwrap();
+        if let Some(v) = value {
+            pipeline = pipeline.with_prometheus(Arc::new(crate::confirm::FixedValue(v)));
+        }
         let state = AppState { pipeline: Arc::new(pipeline), auth: Auth::none(), max_body_bytes: 1 << 20 };
-        Harness { _dir, state, manifests, audit }
+        Harness { _dir, state, manifests, audit, rules }
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
@@ -510,4 +538,48 @@ async fn a_service_selector_switch_edits_only_the_selector_and_undoes() {
         s.lines().filter(|l| !l.contains("backstop.io/") && l.trim() != "annotations:").collect::<Vec<_>>().join("\n")
     };
     assert_eq!(strip(&restored), strip(&original));
+}
+
+const CONFIRMED_RULE: &str = include_str!("../../deploy/prometheus/backstop-rules.yaml");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmed_alert_acts_and_records_the_query_and_its_answer() {
+    let h = harness_confirming(CONFIRMED_RULE, Some(0.31));
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let decided = &h.records(Kind::Decided)[0].entry;
+    let c = &decided.detail.as_ref().unwrap()["confirmation"];
+    assert_eq!(c["result"], "confirmed");
+    assert_eq!(c["value"], 0.31);
+    assert_eq!(c["condition"], "> 0.05");
+    let q = c["query"].as_str().unwrap();
+    assert!(q.contains(r#"namespace="sms-app",service="model-service",version="v2",status="error""#), "templated: {q}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_prometheus_no_longer_confirms_is_held_with_why_and_acts_later() {
+    let h = harness_confirming(CONFIRMED_RULE, Some(0.01));
+    let before = h.vs();
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "held", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("says 0.01 now"), "{body}");
+    assert_eq!(h.vs(), before);
+    let held = &h.records(Kind::Held)[0].entry;
+    assert_eq!(held.detail.as_ref().unwrap()["confirmation"]["result"], "refuted");
+    // The next delivery is asked again (no key was used): Prometheus now agrees.
+    let h = h.restart_with(Some(Some(0.2))).await;
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_data_holds_by_default_and_acts_when_the_rule_says_so() {
+    let h = harness_confirming(CONFIRMED_RULE, None);
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "held", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("no data"), "{body}");
+    let h = harness_confirming(&CONFIRMED_RULE.replace("on_no_data: hold", "on_no_data: act"), None);
+    let (_, body) = h.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    assert_eq!(h.records(Kind::Decided)[0].entry.detail.as_ref().unwrap()["confirmation"]["result"], "no_data");
 }

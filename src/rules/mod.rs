@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::actions::ActionPlan;
+use crate::confirm::{Comparison, Confirm, Fallback};
 use crate::event::{Alert, AlertStatus};
 use crate::istio::{Change, Dest, Plan, Weight};
 use crate::service::SelectorSwitch;
@@ -60,6 +61,8 @@ pub struct Rule {
     pub action: RuleAction,
     pub cooldown: Option<Duration>,
     pub dry_run: bool,
+    /// Ask Prometheus before acting.
+    pub confirm: Option<Confirm>,
 }
 
 impl Rule {
@@ -283,6 +286,24 @@ struct RawRule {
     cooldown: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    confirm: Option<RawConfirm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfirm {
+    query: String,
+    #[serde(default)]
+    above: Option<f64>,
+    #[serde(default)]
+    below: Option<f64>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    on_no_data: Fallback,
+    #[serde(default)]
+    on_error: Fallback,
 }
 
 #[derive(Debug, Deserialize)]
@@ -584,6 +605,37 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     }
     let min_firing = parse_duration("for", raw.min_firing, &mut problems).unwrap_or_default();
     let cooldown = parse_duration("cooldown", raw.cooldown, &mut problems);
+    let confirm = match raw.confirm {
+        None => None,
+        Some(c) => {
+            let comparison = match (c.above, c.below) {
+                (Some(t), None) if t.is_finite() => Some(Comparison::Above(t)),
+                (None, Some(t)) if t.is_finite() => Some(Comparison::Below(t)),
+                _ => {
+                    problems.push(("confirm".into(), "give exactly one of `above` or `below` (a number)".into()));
+                    None
+                }
+            };
+            let query = match Template::parse(&c.query) {
+                Ok(q) if !c.query.trim().is_empty() => Some(q),
+                Ok(_) => {
+                    problems.push(("confirm.query".into(), "must not be empty".into()));
+                    None
+                }
+                Err(e) => {
+                    problems.push(("confirm.query".into(), e.to_string()));
+                    None
+                }
+            };
+            let timeout = parse_duration("confirm.timeout", c.timeout, &mut problems).unwrap_or(Duration::from_secs(5));
+            match (query, comparison) {
+                (Some(query), Some(comparison)) => {
+                    Some(Confirm { query, comparison, timeout, on_no_data: c.on_no_data, on_error: c.on_error })
+                }
+                _ => None,
+            }
+        }
+    };
     match (namespace, object, action) {
         (Some(namespace), Some((kind, object)), Some(action)) if problems.is_empty() => Ok(Rule {
             name: raw.name,
@@ -599,6 +651,7 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             action,
             cooldown,
             dry_run: raw.dry_run,
+            confirm,
         }),
         _ => Err(problems),
     }

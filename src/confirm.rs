@@ -1,0 +1,285 @@
+//! Confirmation by a live Prometheus query: an alert is a claim made some time ago; before it
+//! moves traffic, a rule may ask whether the claim still holds now.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::PrometheusConfig;
+use crate::rules::template::Template;
+
+/// What to do when Prometheus cannot say (unreachable, error, or no data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Act as if confirmed.
+    Act,
+    /// Do not act now (a later delivery asks again). The default.
+    #[default]
+    Hold,
+    /// Record a failure.
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Comparison {
+    Above(f64),
+    Below(f64),
+}
+
+impl Comparison {
+    fn holds(self, v: f64) -> bool {
+        match self {
+            Comparison::Above(t) => v > t,
+            Comparison::Below(t) => v < t,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Comparison::Above(t) => format!("> {t}"),
+            Comparison::Below(t) => format!("< {t}"),
+        }
+    }
+}
+
+/// A rule's confirmation, validated at load.
+#[derive(Debug, Clone)]
+pub struct Confirm {
+    pub query: Template,
+    pub comparison: Comparison,
+    pub timeout: Duration,
+    pub on_no_data: Fallback,
+    pub on_error: Fallback,
+}
+
+/// The answer to "does the alert's claim still hold?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Act.
+    Go,
+    /// Do not act now.
+    Hold(String),
+    /// Record a failure.
+    Fail(String),
+}
+
+/// What was asked and answered, for the audit record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub query: String,
+    pub condition: String,
+    pub value: Option<f64>,
+    /// confirmed, refuted, no_data, error
+    pub result: &'static str,
+    pub error: Option<String>,
+    pub took_ms: u64,
+}
+
+impl Evidence {
+    pub fn to_json(&self) -> Value {
+        json!(self)
+    }
+}
+
+/// Something that answers an instant PromQL query with one number (or none).
+pub trait Prometheus: Send + Sync {
+    fn describe(&self) -> String;
+    fn value<'a>(&'a self, promql: &'a str, timeout: Duration) -> BoxFuture<'a, Result<Option<f64>, String>>;
+}
+
+impl Confirm {
+    /// Ask, and decide. `promql` is the query rendered for the alert.
+    pub async fn check(&self, prometheus: &dyn Prometheus, promql: &str) -> (Verdict, Evidence) {
+        let started = Instant::now();
+        let answer = prometheus.value(promql, self.timeout).await;
+        let condition = self.comparison.describe();
+        let mut evidence = Evidence {
+            query: promql.to_string(),
+            condition: condition.clone(),
+            value: None,
+            result: "error",
+            error: None,
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        let fallback = |f: Fallback, why: String| match f {
+            Fallback::Act => Verdict::Go,
+            Fallback::Hold => Verdict::Hold(why),
+            Fallback::Fail => Verdict::Fail(why),
+        };
+        let verdict = match answer {
+            Ok(Some(v)) if self.comparison.holds(v) => {
+                evidence.value = Some(v);
+                evidence.result = "confirmed";
+                Verdict::Go
+            }
+            Ok(Some(v)) => {
+                evidence.value = Some(v);
+                evidence.result = "refuted";
+                Verdict::Hold(format!(
+                    "not confirmed: Prometheus says {v} now, the rule needs {condition}; the alert's claim no longer holds"
+                ))
+            }
+            Ok(None) => {
+                evidence.result = "no_data";
+                fallback(
+                    self.on_no_data,
+                    format!("confirmation query returned no data (on_no_data: {:?})", self.on_no_data),
+                )
+            }
+            Err(e) => {
+                evidence.error = Some(e.clone());
+                fallback(self.on_error, format!("Prometheus could not confirm: {e} (on_error: {:?})", self.on_error))
+            }
+        };
+        (verdict, evidence)
+    }
+}
+
+/// The Prometheus HTTP API, with the connection settings of the config.
+pub struct PrometheusClient {
+    client: prometheus_http_query::Client,
+    url: String,
+}
+
+impl PrometheusClient {
+    pub fn new(c: &PrometheusConfig) -> Result<PrometheusClient, String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &c.bearer_token {
+            let value = format!("Bearer {}", token.read()?);
+            let mut v = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|_| "bearer token is not a valid header value")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        if let Some((user, pass)) = &c.basic {
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", pass.read()?));
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|e| e.to_string())?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let mut builder = reqwest::Client::builder().default_headers(headers).timeout(c.timeout);
+        if let Some(ca) = &c.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if c.insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let client =
+            prometheus_http_query::Client::from(http, &c.url).map_err(|e| format!("Prometheus URL {}: {e}", c.url))?;
+        Ok(PrometheusClient { client, url: c.url.clone() })
+    }
+
+    async fn once(&self, promql: &str, timeout: Duration) -> Result<Option<f64>, String> {
+        use prometheus_http_query::response::Data;
+        let result =
+            self.client.query(promql).timeout(timeout.as_millis() as i64).get().await.map_err(|e| e.to_string())?;
+        let values: Vec<f64> = match result.data() {
+            Data::Vector(v) => v.iter().map(|s| s.sample().value()).collect(),
+            Data::Scalar(s) => vec![s.value()],
+            Data::Matrix(_) => {
+                return Err("the query returns a range vector; an instant query must give a number".into());
+            }
+        };
+        // 0/0 (no traffic) is NaN: that is no data, not a number to compare.
+        let values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+        // Several series: the largest (the rule compares the worst case).
+        Ok(values.into_iter().reduce(f64::max))
+    }
+}
+
+impl Prometheus for PrometheusClient {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn value<'a>(&'a self, promql: &'a str, timeout: Duration) -> BoxFuture<'a, Result<Option<f64>, String>> {
+        Box::pin(async move {
+            // Retries with backoff, all inside the rule's timeout.
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(1))
+                .with_max_times(10)
+                .with_jitter();
+            let attempt = (|| self.once(promql, timeout)).retry(backoff);
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer from {} within {}", self.url, humantime::format_duration(timeout))),
+            }
+        })
+    }
+}
+
+/// A fixed answer, for `backstop simulate --value`.
+pub struct FixedValue(pub Option<f64>);
+
+impl Prometheus for FixedValue {
+    fn describe(&self) -> String {
+        "a given value".into()
+    }
+
+    fn value<'a>(&'a self, _promql: &'a str, _timeout: Duration) -> BoxFuture<'a, Result<Option<f64>, String>> {
+        let v = self.0;
+        Box::pin(async move { Ok(v) })
+    }
+}
+
+pub type SharedPrometheus = Arc<dyn Prometheus>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fails;
+    impl Prometheus for Fails {
+        fn describe(&self) -> String {
+            "down".into()
+        }
+        fn value<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Option<f64>, String>> {
+            Box::pin(async { Err("connection refused".to_string()) })
+        }
+    }
+
+    fn confirm(on_no_data: Fallback, on_error: Fallback) -> Confirm {
+        Confirm {
+            query: Template::parse("x").unwrap(),
+            comparison: Comparison::Above(0.05),
+            timeout: Duration::from_secs(1),
+            on_no_data,
+            on_error,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_past_the_threshold_confirms_and_one_short_of_it_holds() {
+        let c = confirm(Fallback::Hold, Fallback::Hold);
+        let (v, e) = c.check(&FixedValue(Some(0.12)), "q").await;
+        assert_eq!(v, Verdict::Go);
+        assert_eq!((e.value, e.result, e.condition.as_str()), (Some(0.12), "confirmed", "> 0.05"));
+        let (v, e) = c.check(&FixedValue(Some(0.01)), "q").await;
+        assert!(matches!(v, Verdict::Hold(ref r) if r.contains("says 0.01 now")), "{v:?}");
+        assert_eq!(e.result, "refuted");
+    }
+
+    #[tokio::test]
+    async fn no_data_and_errors_follow_the_rules_fallbacks() {
+        assert!(matches!(
+            confirm(Fallback::Hold, Fallback::Hold).check(&FixedValue(None), "q").await.0,
+            Verdict::Hold(_)
+        ));
+        assert_eq!(confirm(Fallback::Act, Fallback::Hold).check(&FixedValue(None), "q").await.0, Verdict::Go);
+        let (v, e) = confirm(Fallback::Hold, Fallback::Fail).check(&Fails, "q").await;
+        assert!(matches!(v, Verdict::Fail(ref r) if r.contains("connection refused")), "{v:?}");
+        assert_eq!(e.error.as_deref(), Some("connection refused"));
+        assert_eq!(confirm(Fallback::Hold, Fallback::Act).check(&Fails, "q").await.0, Verdict::Go);
+    }
+}
