@@ -2,10 +2,12 @@
 
 mod support;
 
+mod chain;
 mod cli;
 mod crash;
 mod deploy;
 mod end_to_end;
 mod kube_emulator;
 mod kubernetes;
+mod promtool;
 mod serve;

@@ -60,10 +60,15 @@ impl Workdir {
 
     /// `serve` with extra environment variables (e.g. `BACKSTOP_CRASH_AT`).
     pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Server {
+        self.serve_on("127.0.0.1:0", env)
+    }
+
+    /// `serve` on a given address.
+    pub fn serve_on(&self, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(self.config())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

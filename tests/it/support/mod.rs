@@ -1,3 +1,5 @@
 pub mod alertmanager;
 pub mod backstop;
+pub mod canary;
 pub mod kube;
+pub mod prometheus;
