@@ -210,10 +210,17 @@ impl Prometheus for PrometheusClient {
                 .with_max_delay(Duration::from_secs(1))
                 .with_max_times(10)
                 .with_jitter();
-            let attempt = (|| self.once(promql, timeout)).retry(backoff);
+            let last = std::sync::Mutex::new(String::new());
+            let attempt = (|| self.once(promql, timeout))
+                .retry(backoff)
+                .notify(|e, _| *last.lock().unwrap_or_else(|p| p.into_inner()) = e.clone());
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer from {} within {}", self.url, humantime::format_duration(timeout))),
+                Err(_) => {
+                    let last = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let last = if last.is_empty() { String::new() } else { format!(" (last error: {last})") };
+                    Err(format!("no answer from {} within {}{last}", self.url, humantime::format_duration(timeout)))
+                }
             }
         })
     }
@@ -281,5 +288,79 @@ mod tests {
         assert!(matches!(v, Verdict::Fail(ref r) if r.contains("connection refused")), "{v:?}");
         assert_eq!(e.error.as_deref(), Some("connection refused"));
         assert_eq!(confirm(Fallback::Hold, Fallback::Act).check(&Fails, "q").await.0, Verdict::Go);
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use crate::config::{PrometheusConfig, Secret};
+    use axum::http::HeaderMap;
+
+    /// A stand-in for Prometheus's query API that wants a bearer token.
+    async fn fake_prometheus(answer: Value) -> String {
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(move |headers: HeaderMap| {
+                let answer = answer.clone();
+                async move {
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer t0k") {
+                        return (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            axum::Json(json!({"status": "error", "errorType": "unauthorized", "error": "no"})),
+                        );
+                    }
+                    (axum::http::StatusCode::OK, axum::Json(json!({"status": "success", "data": answer})))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// A client for `url` whose bearer token file holds `token` (read once, at construction).
+    fn client(url: String, token: &str) -> PrometheusClient {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+        PrometheusClient::new(&PrometheusConfig {
+            url,
+            bearer_token: Some(Secret::File(dir.path().join("token"))),
+            basic: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_client_sends_the_token_and_reads_vectors_scalars_and_empty_results() {
+        let vector = json!({"resultType": "vector", "result": [
+            {"metric": {"service": "a"}, "value": [1700000000.0, "0.12"]},
+            {"metric": {"service": "b"}, "value": [1700000000.0, "0.30"]}]});
+        let url = fake_prometheus(vector).await;
+        let c = client(url, "t0k");
+        assert_eq!(c.value("q", Duration::from_secs(2)).await, Ok(Some(0.30)), "the largest series");
+        let url = fake_prometheus(json!({"resultType": "vector", "result": []})).await;
+        let c = client(url, "t0k");
+        assert_eq!(c.value("q", Duration::from_secs(2)).await, Ok(None));
+        let url = fake_prometheus(json!({"resultType": "scalar", "result": [1700000000.0, "NaN"]})).await;
+        let c = client(url, "t0k");
+        assert_eq!(c.value("q", Duration::from_secs(2)).await, Ok(None), "NaN (0/0) is no data");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_or_a_dead_server_is_an_error_within_the_timeout() {
+        let url = fake_prometheus(json!({"resultType": "vector", "result": []})).await;
+        let c = client(url, "nope");
+        let started = std::time::Instant::now();
+        assert!(c.value("q", Duration::from_millis(800)).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(3), "retries stay inside the timeout");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = client(format!("http://127.0.0.1:{port}"), "t0k");
+        let err = c.value("q", Duration::from_millis(500)).await.unwrap_err();
+        assert!(!err.is_empty());
     }
 }

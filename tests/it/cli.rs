@@ -44,3 +44,26 @@ fn simulate_shows_what_would_happen_and_touches_nothing() {
     assert_eq!(wd.read("deploy/local/model-service.yaml"), before);
     assert!(!wd.path("data").exists(), "simulate opens no audit log");
 }
+
+#[test]
+fn simulate_runs_confirmations_with_a_given_value() {
+    let wd = Workdir::new();
+    std::fs::copy(
+        crate::support::backstop::repo("deploy/prometheus/backstop-rules.yaml"),
+        wd.path("rules/confirmed.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        wd.config(),
+        std::fs::read_to_string(wd.config()).unwrap() + "\nprometheus:\n  url: http://127.0.0.1:9\n",
+    )
+    .unwrap();
+    let firing = crate::support::backstop::repo("fixtures/alertmanager/firing.json");
+    let out = wd.cli(&["simulate", "--value", "0.2", firing.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("confirmed by a given value"), "{stdout}");
+    let out = wd.cli(&["simulate", "--value", "0.01", firing.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("would hold: not confirmed: Prometheus says 0.01 now"), "{stdout}");
+}

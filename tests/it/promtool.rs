@@ -193,3 +193,64 @@ fn alertmanagerconfig_resource_carries_the_same_route_and_receiver_as_alertmanag
         file.as_str().unwrap()
     );
 }
+
+/// The files of README's "The chain by hand" are what their tools accept: the canary app's
+/// metrics, Prometheus's config (with the extracted rules beside it) and Alertmanager's.
+#[test]
+fn the_chain_by_hand_files_pass_their_tools() {
+    let dir = rules_dir();
+    std::fs::rename(dir.path().join("canary-rules.rules.yml"), dir.path().join("canary.rules.yml")).unwrap();
+    std::fs::copy(repo("deploy/local/prometheus.yml"), dir.path().join("prometheus.yml")).unwrap();
+    assert_success(
+        &run("promtool", "prometheus", &["check", "config", "prometheus.yml"], dir.path()),
+        "promtool check config",
+    );
+    assert_success(
+        &run(
+            "amtool",
+            "prometheus-alertmanager",
+            &["check-config", repo("deploy/local/alertmanager.yml").to_str().unwrap()],
+            dir.path(),
+        ),
+        "amtool check-config",
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let script = repo("deploy/local/canary_app.py");
+    let mut app = Command::new("python3")
+        .args([script.to_str().unwrap(), "--port", &port, "--v2-error-ratio", "0.4"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = || -> Option<Vec<u8>> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).ok()?;
+        let body = resp.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        resp.starts_with(b"HTTP/1.0 200").then(|| resp[body..].to_vec())
+    };
+    let metrics = (0..50).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        get()
+    });
+    let _ = app.kill();
+    let _ = app.wait();
+    let metrics = metrics.expect("the canary app answers /metrics");
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(
+        text.contains(
+            r#"app_predictions_total{namespace="sms-app",service="model-service",version="v2",status="error"}"#
+        )
+    );
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), &metrics).unwrap();
+    assert_success(&check.wait_with_output().unwrap(), "promtool check metrics");
+}
