@@ -67,3 +67,19 @@ fn simulate_runs_confirmations_with_a_given_value() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("would hold: not confirmed: Prometheus says 0.01 now"), "{stdout}");
 }
+
+#[test]
+fn the_chain_by_hand_config_is_valid() {
+    let out = std::process::Command::new(crate::support::backstop::BIN)
+        .args([
+            "--config",
+            crate::support::backstop::repo("deploy/local/backstop-prometheus.yaml").to_str().unwrap(),
+            "validate",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok: rule canary-high-error-rate-confirmed"), "{stdout}");
+    assert!(stdout.contains("1 rules valid"), "only the confirming rule: {stdout}");
+}
