@@ -411,7 +411,7 @@ impl Pipeline {
     /// Ask Prometheus whether the alert's claim still holds (the rule's `confirm:`).
     async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Verdict, Value) {
         let promql = match confirm.query.render(&alert.labels) {
-            Ok(q) => q,
+            Ok(q) => q.trim().to_string(),
             Err(missing) => {
                 let why = format!("confirmation query: {missing}");
                 return (confirm::Verdict::Fail(why.clone()), json!({ "error": why }));
