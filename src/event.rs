@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Alertmanager,
+    Kafka,
     Manual,
 }
 
@@ -17,6 +18,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Alertmanager => "alertmanager",
+            SourceKind::Kafka => "kafka",
             SourceKind::Manual => "manual",
         }
     }

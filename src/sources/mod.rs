@@ -4,6 +4,7 @@
 //! server starts and stops together.
 
 pub mod alertmanager;
+pub mod message;
 
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
