@@ -321,26 +321,24 @@ impl Config {
         if audit.segment_max_bytes < 4096 {
             return Err(invalid("audit.segment_max_bytes", "must be at least 4096".into()));
         }
+        // A secret from a file or an environment variable, never both.
+        let secret = |field: &str, file: Option<PathBuf>, env: Option<String>| match (file, env) {
+            (Some(f), None) => Ok(Some(Secret::File(resolve(&f)))),
+            (None, Some(e)) => Ok(Some(Secret::Env(e))),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(invalid(field, "give a file or an environment variable, not both".into())),
+        };
+        let basic = |field: &str, b: Option<RawBasic>| match b {
+            None => Ok(None),
+            Some(b) => secret(field, b.password_file, b.password_env)?
+                .map(|s| Some((b.username, s)))
+                .ok_or_else(|| invalid(field, "needs password_file or password_env".into())),
+        };
         let auth = match raw.http.auth {
             None => AuthConfig::default(),
             Some(a) => {
-                let secret = |field: &str, file: Option<PathBuf>, env: Option<String>| match (file, env) {
-                    (Some(f), None) => Ok(Some(Secret::File(resolve(&f)))),
-                    (None, Some(e)) => Ok(Some(Secret::Env(e))),
-                    (None, None) => Ok(None),
-                    (Some(_), Some(_)) => {
-                        Err(invalid(field, "give a file or an environment variable, not both".into()))
-                    }
-                };
                 let bearer = secret("http.auth.bearer_token", a.bearer_token_file, a.bearer_token_env)?;
-                let basic = match a.basic {
-                    None => None,
-                    Some(b) => {
-                        let s = secret("http.auth.basic", b.password_file, b.password_env)?
-                            .ok_or_else(|| invalid("http.auth.basic", "needs password_file or password_env".into()))?;
-                        Some((b.username, s))
-                    }
-                };
+                let basic = basic("http.auth.basic", a.basic)?;
                 if bearer.is_none() && basic.is_none() {
                     return Err(invalid("http.auth", "configure bearer_token_file/_env or basic".into()));
                 }
@@ -353,25 +351,8 @@ impl Config {
                 if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
                     return Err(invalid("prometheus.url", format!("`{}` is not an http(s) URL", p.url)));
                 }
-                let bearer = match (p.bearer_token_file, p.bearer_token_env) {
-                    (Some(f), None) => Some(Secret::File(resolve(&f))),
-                    (None, Some(e)) => Some(Secret::Env(e)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(invalid(
-                            "prometheus.bearer_token",
-                            "a file or an environment variable, not both".into(),
-                        ));
-                    }
-                };
-                let basic = match p.basic {
-                    None => None,
-                    Some(b) => match (b.password_file, b.password_env) {
-                        (Some(f), None) => Some((b.username, Secret::File(resolve(&f)))),
-                        (None, Some(e)) => Some((b.username, Secret::Env(e))),
-                        _ => return Err(invalid("prometheus.basic", "password_file or password_env".into())),
-                    },
-                };
+                let bearer = secret("prometheus.bearer_token", p.bearer_token_file, p.bearer_token_env)?;
+                let basic = basic("prometheus.basic", p.basic)?;
                 if bearer.is_some() && basic.is_some() {
                     return Err(invalid("prometheus", "bearer token or basic auth, not both".into()));
                 }
