@@ -10,6 +10,7 @@ pub mod config;
 pub mod confirm;
 pub mod event;
 pub mod failpoint;
+pub mod feedback;
 pub mod fsutil;
 pub mod guards;
 pub mod http;

@@ -1,0 +1,1174 @@
+//! Sliding time windows of feedback per arm (one service version), and the comparisons of a
+//! canary arm with its baseline that decide whether the canary is worse.
+//!
+//! # Windows
+//!
+//! An [`ArmWindow`] splits time into buckets of a fixed width aligned on the Unix epoch (bucket
+//! `k` holds `[k·w, (k+1)·w)`) and keeps a ring of `N + 1` of them, `N = ceil(window / w)`, so its
+//! memory depends on the number of buckets and never on the number of events. Each bucket holds
+//! counters, a running mean and, once it has seen a latency, one fixed log-spaced histogram
+//! (123 counters, 984 bytes): 5 minutes in 5 s buckets is 61 slots, about 65 KB per arm at most.
+//!
+//! Relative to `now`:
+//! - [`ArmWindow::summary`] merges the buckets `idx(now) - N + 1 ..= idx(now) + 1`: every event
+//!   younger than `(N - 1)·w` is in it and none of age `N·w` or more, so the window's edge has the
+//!   resolution of one bucket. (`idx(now) + 1` holds the slightly-future events described next.)
+//! - An event older than that range is dropped ([`Intake::Dropped`]); so is one whose ring slot
+//!   already holds a newer bucket, which only happens when `now` goes backwards.
+//! - An event more than one bucket width in the future is clamped to `now`
+//!   ([`Intake::Clamped`]): a producer's clock that runs ahead must not park events in buckets
+//!   that nobody reads yet, nor evict the oldest ones early. Up to one bucket ahead is clock skew
+//!   and kept as stamped.
+//!
+//! The convenience methods ([`ArmWindow::satisfaction`], [`ArmWindow::score`],
+//! [`ArmWindow::outcome`]) take `now` from the system clock; [`ArmWindow::record`] takes it
+//! explicitly (tests, replays).
+//!
+//! # Latency percentiles
+//!
+//! Latencies go into a histogram whose bins grow by a factor of [`LATENCY_GROWTH`] (1.1) from
+//! [`LATENCY_MIN_SECONDS`] (1 ms) to ~102 s (121 bins), plus one bin below 1 ms and one above. A
+//! percentile is the nearest-rank one (the `ceil(q·n)`-th smallest latency), reported as its bin's
+//! geometric midpoint, so for latencies between 1 ms and ~102 s the reported value is within
+//! [`LATENCY_RELATIVE_ERROR`] (`sqrt(1.1) - 1` ≈ 4.88%) of the exact nearest-rank percentile.
+//! Below 1 ms it reads 1 ms (an upper bound), above ~102 s it reads ~102 s (a lower bound).
+//! Negative or non-finite latencies are not recorded (the outcome still counts).
+//!
+//! # Comparisons
+//!
+//! [`negative_feedback`], [`mean_score_below`], [`error_ratio`] and [`latency_p95`] each return a
+//! [`Verdict`] carrying [`Evidence`] for the audit record: the test's name, both arms' summaries
+//! and the figures it computed. A `Hold` says which conditions failed, with numbers, all of them
+//! separated by "; " (an invalid threshold is reported alone: the data are not judged against
+//! it). A `min_samples` of 0 is taken as 1: nothing is concluded from no data.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::stats::{two_proportion_z_test, wilson_interval};
+
+/// The most buckets an [`ArmWindow`] keeps; a finer `bucket` is widened to `window / MAX_BUCKETS`.
+pub const MAX_BUCKETS: usize = 10_000;
+/// The lower edge of the latency histogram, in seconds; anything faster is reported as this.
+pub const LATENCY_MIN_SECONDS: f64 = 0.001;
+/// The ratio between consecutive latency bin edges.
+pub const LATENCY_GROWTH: f64 = 1.1;
+/// The largest relative error of a reported latency percentile between [`LATENCY_MIN_SECONDS`]
+/// and [`latency_max_seconds`]: `sqrt(LATENCY_GROWTH) - 1`.
+pub const LATENCY_RELATIVE_ERROR: f64 = 0.04880884817015163;
+/// The normal quantile of the Wilson intervals in the evidence (95%).
+pub const Z95: f64 = 1.96;
+
+/// Log-spaced bins between 1 ms and 1 ms · 1.1^121 ≈ 101.98 s.
+const LATENCY_LOG_BINS: usize = 121;
+/// Plus one bin below 1 ms (index 0) and one at or above the top edge (the last).
+const LATENCY_BINS: usize = LATENCY_LOG_BINS + 2;
+/// Durations are clamped to this many milliseconds (~73 million years), so that no arithmetic on
+/// them overflows.
+const MAX_MS: i64 = i64::MAX / 4;
+/// Slack for comparing differences of rates with a threshold given in decimal.
+const EPSILON: f64 = 1e-12;
+
+/// The upper edge of the latency histogram (≈ 101.98 s); anything slower is reported as this.
+pub fn latency_max_seconds() -> f64 {
+    LATENCY_MIN_SECONDS * LATENCY_GROWTH.powi(LATENCY_LOG_BINS as i32)
+}
+
+fn latency_bin(seconds: f64) -> usize {
+    if seconds < LATENCY_MIN_SECONDS {
+        return 0;
+    }
+    let i = ((seconds / LATENCY_MIN_SECONDS).ln() / LATENCY_GROWTH.ln()).floor();
+    if i >= LATENCY_LOG_BINS as f64 { LATENCY_BINS - 1 } else { i as usize + 1 }
+}
+
+/// The value reported for a bin: its geometric midpoint, or the histogram's edge for the two
+/// open-ended bins.
+fn latency_bin_value(bin: usize) -> f64 {
+    if bin == 0 {
+        LATENCY_MIN_SECONDS
+    } else if bin >= LATENCY_BINS - 1 {
+        latency_max_seconds()
+    } else {
+        LATENCY_MIN_SECONDS * LATENCY_GROWTH.powf((bin - 1) as f64 + 0.5)
+    }
+}
+
+/// The nearest-rank `q`-quantile (0 < q <= 1) of a histogram of `n` latencies.
+fn latency_quantile(hist: &[u64; LATENCY_BINS], n: u64, q: f64) -> Option<f64> {
+    if n == 0 || !(q > 0.0 && q <= 1.0) {
+        return None;
+    }
+    let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+    let mut seen = 0u64;
+    for (bin, &count) in hist.iter().enumerate() {
+        seen = seen.saturating_add(count);
+        if seen >= rank {
+            return Some(latency_bin_value(bin));
+        }
+    }
+    None
+}
+
+/// One kind of feedback about an arm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Observation {
+    /// A user's yes/no satisfaction; `false` counts as negative.
+    Satisfaction { satisfied: bool },
+    /// A score such as a model's confidence; non-finite values are ignored.
+    Score { value: f64 },
+    /// A request's outcome; `success: false` counts as an error.
+    Outcome { success: bool, latency_seconds: Option<f64> },
+}
+
+/// What [`ArmWindow::record`] did with an observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// Counted in the bucket of its time.
+    Counted,
+    /// More than a bucket in the future: counted at `now`.
+    Clamped,
+    /// Too old for the window (or for a ring slot that already holds a newer bucket): not counted.
+    Dropped,
+    /// A non-finite score: not counted.
+    Ignored,
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    index: i64,
+    satisfaction_n: u64,
+    negative: u64,
+    scores_n: u64,
+    /// Kept as a running convex combination, which cannot overflow for finite scores.
+    score_mean: f64,
+    outcomes_n: u64,
+    errors: u64,
+    latency_n: u64,
+    latency: Option<Box<[u64; LATENCY_BINS]>>,
+}
+
+impl Bucket {
+    fn new(index: i64) -> Bucket {
+        Bucket {
+            index,
+            satisfaction_n: 0,
+            negative: 0,
+            scores_n: 0,
+            score_mean: 0.0,
+            outcomes_n: 0,
+            errors: 0,
+            latency_n: 0,
+            latency: None,
+        }
+    }
+
+    fn add(&mut self, observation: Observation) {
+        match observation {
+            Observation::Satisfaction { satisfied } => {
+                self.satisfaction_n = self.satisfaction_n.saturating_add(1);
+                if !satisfied {
+                    self.negative = self.negative.saturating_add(1);
+                }
+            }
+            Observation::Score { value } => {
+                self.scores_n = self.scores_n.saturating_add(1);
+                let n = self.scores_n as f64;
+                self.score_mean =
+                    if self.scores_n == 1 { value } else { self.score_mean * ((n - 1.0) / n) + value / n };
+            }
+            Observation::Outcome { success, latency_seconds } => {
+                self.outcomes_n = self.outcomes_n.saturating_add(1);
+                if !success {
+                    self.errors = self.errors.saturating_add(1);
+                }
+                if let Some(seconds) = latency_seconds.filter(|s| s.is_finite() && *s >= 0.0) {
+                    let hist = self.latency.get_or_insert_with(|| Box::new([0; LATENCY_BINS]));
+                    let bin = &mut hist[latency_bin(seconds)];
+                    *bin = bin.saturating_add(1);
+                    self.latency_n = self.latency_n.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(MAX_MS).min(MAX_MS)
+}
+
+/// `ceil(a / b)` for `a >= 0`, `b >= 1`, both at most [`MAX_MS`].
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// The sliding window of one arm (one service version): see the module documentation.
+#[derive(Debug, Clone)]
+pub struct ArmWindow {
+    bucket_ms: i64,
+    /// N: buckets that make up the window.
+    span: i64,
+    /// N + 1 slots; bucket `k` lives in slot `k mod (N + 1)`.
+    slots: Vec<Option<Bucket>>,
+}
+
+impl ArmWindow {
+    /// A window of `window` in buckets of `bucket` (e.g. 5 min in 5 s buckets: 60 buckets, 61
+    /// slots). The bucket is at least 1 ms and is widened if the window would need more than
+    /// [`MAX_BUCKETS`]; a window shorter than a bucket is one bucket. Pick a bucket that divides
+    /// the window: the effective window is `ceil(window / bucket)` buckets.
+    pub fn new(window: Duration, bucket: Duration) -> ArmWindow {
+        let window_ms = duration_ms(window);
+        let mut bucket_ms = duration_ms(bucket).max(1);
+        let mut span = ceil_div(window_ms, bucket_ms).max(1);
+        if span > MAX_BUCKETS as i64 {
+            bucket_ms = ceil_div(window_ms, MAX_BUCKETS as i64);
+            span = ceil_div(window_ms, bucket_ms).max(1);
+        }
+        let slots = vec![None; span as usize + 1];
+        ArmWindow { bucket_ms, span, slots }
+    }
+
+    /// The width of a bucket as used (after the adjustments of [`ArmWindow::new`]).
+    pub fn bucket_width(&self) -> Duration {
+        Duration::from_millis(self.bucket_ms as u64)
+    }
+
+    /// The window as used: its number of buckets times their width.
+    pub fn effective_window(&self) -> Duration {
+        Duration::from_millis((self.bucket_ms * self.span) as u64)
+    }
+
+    /// How many buckets this window can ever hold (N + 1): its memory bound.
+    pub fn bucket_capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Records a user's yes/no satisfaction at `at`, with the system clock as now.
+    pub fn satisfaction(&mut self, at: DateTime<Utc>, satisfied: bool) {
+        self.record(Utc::now(), at, Observation::Satisfaction { satisfied });
+    }
+
+    /// Records a score (e.g. a model's confidence) at `at`, with the system clock as now;
+    /// non-finite values are ignored.
+    pub fn score(&mut self, at: DateTime<Utc>, value: f64) {
+        self.record(Utc::now(), at, Observation::Score { value });
+    }
+
+    /// Records a request's outcome at `at`, with the system clock as now; a negative or
+    /// non-finite latency is not recorded, the outcome still is.
+    pub fn outcome(&mut self, at: DateTime<Utc>, success: bool, latency_seconds: Option<f64>) {
+        self.record(Utc::now(), at, Observation::Outcome { success, latency_seconds });
+    }
+
+    /// Records an observation stamped `at`, as seen at `now`.
+    pub fn record(&mut self, now: DateTime<Utc>, at: DateTime<Utc>, observation: Observation) -> Intake {
+        if let Observation::Score { value } = observation
+            && !value.is_finite()
+        {
+            return Intake::Ignored;
+        }
+        let now_ms = now.timestamp_millis();
+        let mut at_ms = at.timestamp_millis();
+        let mut intake = Intake::Counted;
+        if at_ms.saturating_sub(now_ms) > self.bucket_ms {
+            at_ms = now_ms;
+            intake = Intake::Clamped;
+        }
+        let index = at_ms.div_euclid(self.bucket_ms);
+        if index < now_ms.div_euclid(self.bucket_ms) - self.span + 1 {
+            return Intake::Dropped;
+        }
+        let len = self.slots.len() as i64;
+        let slot = &mut self.slots[index.rem_euclid(len) as usize];
+        match slot {
+            Some(bucket) if bucket.index == index => bucket.add(observation),
+            Some(bucket) if bucket.index > index => return Intake::Dropped,
+            _ => {
+                let mut bucket = Bucket::new(index);
+                bucket.add(observation);
+                *slot = Some(bucket);
+            }
+        }
+        intake
+    }
+
+    /// The events of the window ending at `now` (see the module documentation for its edges).
+    pub fn summary(&self, now: DateTime<Utc>) -> ArmSummary {
+        let now_index = now.timestamp_millis().div_euclid(self.bucket_ms);
+        let (first, last) = (now_index - self.span + 1, now_index + 1);
+        let mut s = ArmSummary::default();
+        let mut mean = 0.0;
+        let mut hist = [0u64; LATENCY_BINS];
+        for b in self.slots.iter().flatten().filter(|b| b.index >= first && b.index <= last) {
+            s.satisfaction_n = s.satisfaction_n.saturating_add(b.satisfaction_n);
+            s.negative = s.negative.saturating_add(b.negative);
+            if b.scores_n > 0 {
+                let before = s.scores_n as f64;
+                s.scores_n = s.scores_n.saturating_add(b.scores_n);
+                let total = s.scores_n as f64;
+                mean = mean * (before / total) + b.score_mean * (b.scores_n as f64 / total);
+            }
+            s.outcomes_n = s.outcomes_n.saturating_add(b.outcomes_n);
+            s.errors = s.errors.saturating_add(b.errors);
+            if let Some(h) = &b.latency {
+                for (total, count) in hist.iter_mut().zip(h.iter()) {
+                    *total = total.saturating_add(*count);
+                }
+                s.latency_n = s.latency_n.saturating_add(b.latency_n);
+            }
+        }
+        if s.scores_n > 0 {
+            s.score_mean = Some(mean);
+        }
+        s.latency_p95 = latency_quantile(&hist, s.latency_n, 0.95);
+        s
+    }
+}
+
+/// What one arm's window holds at a moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ArmSummary {
+    /// Satisfaction events, and how many of them were negative.
+    pub satisfaction_n: u64,
+    pub negative: u64,
+    /// Finite scores, and their mean (None without any).
+    pub scores_n: u64,
+    pub score_mean: Option<f64>,
+    /// Request outcomes, and how many were errors.
+    pub outcomes_n: u64,
+    pub errors: u64,
+    /// The nearest-rank 95th percentile of the recorded latencies, in seconds, within
+    /// [`LATENCY_RELATIVE_ERROR`]; None without any.
+    pub latency_p95: Option<f64>,
+    /// Outcomes that came with a (finite, non-negative) latency.
+    pub latency_n: u64,
+}
+
+/// Why a comparison decided as it did, for the audit record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// The comparison: `negative_feedback`, `mean_score_below`, `error_ratio` or `latency_p95`.
+    pub test: &'static str,
+    pub canary: ArmSummary,
+    /// None for comparisons with a fixed threshold rather than a baseline.
+    pub baseline: Option<ArmSummary>,
+    /// The figures computed and the thresholds applied (see each comparison).
+    pub detail: Value,
+}
+
+/// The outcome of a comparison: the canary is worse (act), or not shown to be (hold, with the
+/// failed conditions).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Act(Evidence),
+    Hold { reason: String, evidence: Evidence },
+}
+
+impl Verdict {
+    pub fn is_act(&self) -> bool {
+        matches!(self, Verdict::Act(_))
+    }
+
+    pub fn evidence(&self) -> &Evidence {
+        match self {
+            Verdict::Act(evidence) | Verdict::Hold { evidence, .. } => evidence,
+        }
+    }
+
+    /// Why it holds; None when it acts.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Act(_) => None,
+            Verdict::Hold { reason, .. } => Some(reason),
+        }
+    }
+
+    fn from_failures(failed: Vec<String>, evidence: Evidence) -> Verdict {
+        if failed.is_empty() { Verdict::Act(evidence) } else { Verdict::Hold { reason: failed.join("; "), evidence } }
+    }
+}
+
+/// A number for a reason: about three significant digits, no trailing zeros.
+fn num(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let a = x.abs();
+    if !(1e-3..1e6).contains(&a) {
+        return format!("{x:.2e}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+}
+
+/// `value > limit`; false when either is NaN.
+fn exceeds(value: f64, limit: f64) -> bool {
+    value > limit
+}
+
+fn rate(x: u64, n: u64) -> Option<f64> {
+    if n == 0 || x > n { None } else { Some(x as f64 / n as f64) }
+}
+
+fn interval_json(x: u64, n: u64) -> Value {
+    match wilson_interval(x, n, Z95) {
+        Some((lo, hi)) => json!([lo, hi]),
+        None => Value::Null,
+    }
+}
+
+/// Acts when the canary's users are more often dissatisfied than the baseline's: both arms have
+/// at least `min_samples` satisfaction events, the canary's negative ratio exceeds the baseline's
+/// by at least `min_effect` (absolute, e.g. 0.05 for five points), and the one-sided pooled
+/// two-proportion z-test of "canary negative ratio > baseline's" has a p-value below
+/// `p_threshold` (which must be in (0, 1]; `min_effect` must be finite and >= 0).
+///
+/// Detail: `canary` and `baseline` (`n`, `negative`, `rate`, `wilson95`), `effect`, `z`,
+/// `p_value` (null when the test is undefined: no samples, or no variance because both arms are
+/// all negative or all positive, which holds), and the thresholds.
+pub fn negative_feedback(
+    canary: &ArmSummary,
+    baseline: &ArmSummary,
+    min_samples: u64,
+    p_threshold: f64,
+    min_effect: f64,
+) -> Verdict {
+    let (xc, nc, xb, nb) = (canary.negative, canary.satisfaction_n, baseline.negative, baseline.satisfaction_n);
+    let (rc, rb) = (rate(xc, nc), rate(xb, nb));
+    let effect = rc.zip(rb).map(|(c, b)| c - b);
+    let test = two_proportion_z_test(xc, nc, xb, nb);
+    let need = min_samples.max(1);
+    let detail = json!({
+        "canary": { "n": nc, "negative": xc, "rate": rc, "wilson95": interval_json(xc, nc) },
+        "baseline": { "n": nb, "negative": xb, "rate": rb, "wilson95": interval_json(xb, nb) },
+        "effect": effect,
+        "z": test.map(|t| t.z),
+        "p_value": test.map(|t| t.p_value),
+        "min_samples": need,
+        "p_threshold": p_threshold,
+        "min_effect": min_effect,
+    });
+    let evidence =
+        Evidence { test: "negative_feedback", canary: canary.clone(), baseline: Some(baseline.clone()), detail };
+
+    let mut failed = Vec::new();
+    if !(p_threshold > 0.0 && p_threshold <= 1.0) {
+        failed.push(format!("invalid p_threshold {}: must be in (0, 1]", num(p_threshold)));
+    }
+    if !(min_effect.is_finite() && min_effect >= 0.0) {
+        failed.push(format!("invalid min_effect {}: must be finite and >= 0", num(min_effect)));
+    }
+    if !failed.is_empty() {
+        return Verdict::from_failures(failed, evidence);
+    }
+    for (arm, x, n) in [("canary", xc, nc), ("baseline", xb, nb)] {
+        if x > n {
+            failed.push(format!("inconsistent {arm} counts: {x} negative of {n} samples"));
+        } else if n < need {
+            failed.push(format!("only {n} {arm} samples, need {need}"));
+        }
+    }
+    if let (Some(e), Some(c), Some(b)) = (effect, rc, rb) {
+        if e + EPSILON < min_effect {
+            failed.push(format!(
+                "effect {} < min_effect {} (negative ratio: canary {}, baseline {})",
+                num(e),
+                num(min_effect),
+                num(c),
+                num(b)
+            ));
+        }
+        match test {
+            Some(t) if t.p_value >= p_threshold => {
+                failed.push(format!("p = {} >= {} (z = {})", num(t.p_value), num(p_threshold), num(t.z)))
+            }
+            Some(_) => {}
+            None => failed.push(format!(
+                "no variance: {} of both arms' satisfaction events are negative",
+                if xc == 0 && xb == 0 { "none" } else { "all" }
+            )),
+        }
+    }
+    Verdict::from_failures(failed, evidence)
+}
+
+/// Acts when the canary's mean score (e.g. a model's confidence) is below `threshold` over at
+/// least `min_samples` scores (1 is allowed: one confident-less answer can be enough). No
+/// baseline. Detail: `n`, `mean`, `threshold`, `min_samples`.
+pub fn mean_score_below(canary: &ArmSummary, threshold: f64, min_samples: u64) -> Verdict {
+    let need = min_samples.max(1);
+    let detail = json!({
+        "n": canary.scores_n,
+        "mean": canary.score_mean,
+        "threshold": threshold,
+        "min_samples": need,
+    });
+    let evidence = Evidence { test: "mean_score_below", canary: canary.clone(), baseline: None, detail };
+    let mut failed = Vec::new();
+    if !threshold.is_finite() {
+        failed.push(format!("invalid threshold {}: must be finite", num(threshold)));
+        return Verdict::from_failures(failed, evidence);
+    }
+    if canary.scores_n < need {
+        failed.push(format!("only {} canary scores, need {need}", canary.scores_n));
+    } else {
+        match canary.score_mean {
+            None => failed.push("no canary mean score".to_string()),
+            Some(mean) if mean < threshold => {}
+            Some(mean) => failed.push(format!("mean score {} >= threshold {}", num(mean), num(threshold))),
+        }
+    }
+    Verdict::from_failures(failed, evidence)
+}
+
+/// Acts when the canary's error ratio is more than `max_ratio` times the baseline's, both arms
+/// having at least `min_samples` outcomes.
+///
+/// The baseline's ratio is floored for the comparison: with 0 errors in n outcomes it counts as
+/// 1/(n + 1), the ratio it would have if the next outcome failed. Without a floor a baseline that
+/// happens to have no errors makes a single canary error an infinite ratio. This floor, unlike
+/// the Wilson upper bound (3.8/(n + 3.8) at 95% for 0 errors, higher than the 1/n of one
+/// error), keeps the reference monotone in the baseline's errors: 0 errors compare as slightly
+/// better than 1 error, never as worse. Detail: `canary_rate`, `baseline_rate`,
+/// `baseline_reference` (the floored rate), `baseline_floored`, `ratio` (canary rate /
+/// reference), `wilson95` of both arms, and the thresholds.
+pub fn error_ratio(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, min_samples: u64) -> Verdict {
+    let (xc, nc, xb, nb) = (canary.errors, canary.outcomes_n, baseline.errors, baseline.outcomes_n);
+    let (rc, rb) = (rate(xc, nc), rate(xb, nb));
+    let floored = xb == 0 && nb > 0;
+    let reference = if floored { Some(1.0 / (nb as f64 + 1.0)) } else { rb };
+    let ratio = rc.zip(reference).map(|(c, r)| c / r);
+    let need = min_samples.max(1);
+    let detail = json!({
+        "canary_rate": rc,
+        "baseline_rate": rb,
+        "baseline_reference": reference,
+        "baseline_floored": floored,
+        "ratio": ratio,
+        "canary_wilson95": interval_json(xc, nc),
+        "baseline_wilson95": interval_json(xb, nb),
+        "max_ratio": max_ratio,
+        "min_samples": need,
+    });
+    let evidence = Evidence { test: "error_ratio", canary: canary.clone(), baseline: Some(baseline.clone()), detail };
+
+    let mut failed = Vec::new();
+    if !(max_ratio.is_finite() && max_ratio >= 0.0) {
+        failed.push(format!("invalid max_ratio {}: must be finite and >= 0", num(max_ratio)));
+        return Verdict::from_failures(failed, evidence);
+    }
+    for (arm, x, n) in [("canary", xc, nc), ("baseline", xb, nb)] {
+        if x > n {
+            failed.push(format!("inconsistent {arm} counts: {x} errors of {n} outcomes"));
+        } else if n < need {
+            failed.push(format!("only {n} {arm} outcomes, need {need}"));
+        }
+    }
+    if let (Some(c), Some(r), Some(ratio)) = (rc, reference, ratio)
+        && !exceeds(c, max_ratio * r)
+    {
+        let base = if floored {
+            format!("the baseline's floor {} (0 errors in {nb}: 1/(n+1))", num(r))
+        } else {
+            format!("the baseline's {}", num(r))
+        };
+        failed.push(format!("canary error ratio {} is {}x {base}, need > {}x", num(c), num(ratio), num(max_ratio)));
+    }
+    Verdict::from_failures(failed, evidence)
+}
+
+/// Acts when the canary's 95th-percentile latency is more than `max_ratio` times the
+/// baseline's, both arms having at least `min_samples` latencies. Each p95 is within
+/// [`LATENCY_RELATIVE_ERROR`] of the exact one, so their ratio is within about ±10%: choose
+/// `max_ratio` well above 1 (e.g. 1.5). The baseline's p95 is floored at
+/// [`LATENCY_MIN_SECONDS`]. Detail: `canary_p95`, `baseline_p95`, `ratio`, `relative_error` and
+/// the thresholds.
+pub fn latency_p95(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, min_samples: u64) -> Verdict {
+    let (c, b) = (canary.latency_p95, baseline.latency_p95);
+    let reference = b.map(|b| b.max(LATENCY_MIN_SECONDS));
+    let ratio = c.zip(reference).map(|(c, r)| c / r);
+    let need = min_samples.max(1);
+    let detail = json!({
+        "canary_p95": c,
+        "baseline_p95": b,
+        "ratio": ratio,
+        "relative_error": LATENCY_RELATIVE_ERROR,
+        "max_ratio": max_ratio,
+        "min_samples": need,
+    });
+    let evidence = Evidence { test: "latency_p95", canary: canary.clone(), baseline: Some(baseline.clone()), detail };
+
+    let mut failed = Vec::new();
+    if !(max_ratio.is_finite() && max_ratio >= 0.0) {
+        failed.push(format!("invalid max_ratio {}: must be finite and >= 0", num(max_ratio)));
+        return Verdict::from_failures(failed, evidence);
+    }
+    for (arm, n, p95) in [("canary", canary.latency_n, c), ("baseline", baseline.latency_n, b)] {
+        if n < need {
+            failed.push(format!("only {n} {arm} latencies, need {need}"));
+        } else if !p95.is_some_and(f64::is_finite) {
+            failed.push(format!("no {arm} p95"));
+        }
+    }
+    if let (Some(c), Some(r), Some(ratio)) = (c, reference, ratio)
+        && !exceeds(c, max_ratio * r)
+    {
+        failed.push(format!(
+            "canary p95 {}s is {}x the baseline's {}s, need > {}x",
+            num(c),
+            num(ratio),
+            num(r),
+            num(max_ratio)
+        ));
+    }
+    Verdict::from_failures(failed, evidence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 20, 0, 0).unwrap()
+    }
+
+    fn ms(n: i64) -> TimeDelta {
+        TimeDelta::milliseconds(n)
+    }
+
+    fn five_minutes() -> ArmWindow {
+        ArmWindow::new(Duration::from_secs(300), Duration::from_secs(5))
+    }
+
+    fn sat(satisfied: bool) -> Observation {
+        Observation::Satisfaction { satisfied }
+    }
+
+    fn arm(satisfaction_n: u64, negative: u64) -> ArmSummary {
+        ArmSummary { satisfaction_n, negative, ..ArmSummary::default() }
+    }
+
+    fn outcomes(outcomes_n: u64, errors: u64) -> ArmSummary {
+        ArmSummary { outcomes_n, errors, ..ArmSummary::default() }
+    }
+
+    /// splitmix64: deterministic uniform numbers in [0, 1) for the tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    fn exact_nearest_rank(sorted: &[f64], q: f64) -> f64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    // ---- windows ----
+
+    #[test]
+    fn a_five_minute_window_in_five_second_buckets_has_61_slots() {
+        let w = five_minutes();
+        assert_eq!(w.bucket_capacity(), 61);
+        assert_eq!(w.bucket_width(), Duration::from_secs(5));
+        assert_eq!(w.effective_window(), Duration::from_secs(300));
+        assert_eq!(w.summary(t0()), ArmSummary::default());
+    }
+
+    #[test]
+    fn windows_forget_old_events() {
+        let mut w = five_minutes();
+        for i in 0..10 {
+            assert_eq!(w.record(t0(), t0(), sat(i % 2 == 0)), Intake::Counted);
+        }
+        assert_eq!(w.summary(t0()), arm(10, 5));
+        // Still there at 299.999 s (its bucket is the window's oldest), gone at 300 s.
+        assert_eq!(w.summary(t0() + ms(294_000)), arm(10, 5));
+        assert_eq!(w.summary(t0() + ms(299_999)), arm(10, 5));
+        assert_eq!(w.summary(t0() + ms(300_000)), ArmSummary::default());
+        assert_eq!(w.summary(t0() + TimeDelta::hours(5)), ArmSummary::default());
+        // An event that old is not even taken in; a younger one reuses the ring.
+        let later = t0() + ms(300_000);
+        assert_eq!(w.record(later, t0(), sat(false)), Intake::Dropped);
+        assert_eq!(w.record(later, t0() + ms(5_000), sat(false)), Intake::Counted);
+        assert_eq!(w.record(later, later, sat(true)), Intake::Counted);
+        assert_eq!(w.summary(later), arm(2, 1));
+        // A summary asked for the past still sees only its own window (and the next bucket).
+        assert_eq!(w.summary(t0() - ms(5_000)), arm(10, 5));
+        assert_eq!(w.summary(t0()), arm(11, 6));
+    }
+
+    #[test]
+    fn events_more_than_a_bucket_ahead_are_clamped_to_now() {
+        let mut w = five_minutes();
+        let now = t0() + ms(2_000);
+        // 4 s ahead, in the next bucket: clock skew, kept as stamped and already counted.
+        assert_eq!(w.record(now, t0() + ms(6_000), sat(false)), Intake::Counted);
+        // 10 minutes ahead: counted now, not in ten minutes.
+        assert_eq!(w.record(now, now + TimeDelta::minutes(10), sat(false)), Intake::Clamped);
+        assert_eq!(w.summary(now), arm(2, 2));
+        assert_eq!(w.summary(now + TimeDelta::minutes(10)), ArmSummary::default());
+    }
+
+    #[test]
+    fn a_clock_that_goes_backwards_does_not_overwrite_newer_buckets() {
+        let mut w = five_minutes();
+        // 305 s = 61 buckets later: the same ring slot.
+        let later = t0() + ms(305_000);
+        assert_eq!(w.record(later, later, sat(false)), Intake::Counted);
+        assert_eq!(w.record(t0(), t0(), sat(true)), Intake::Dropped);
+        assert_eq!(w.summary(later), arm(1, 1));
+    }
+
+    #[test]
+    fn memory_stays_bounded_after_a_million_events() {
+        let mut w = five_minutes();
+        let total: i64 = 1_000_000;
+        // One event every 7.2 ms: two hours, 24 windows' worth.
+        let at = |i: i64| t0() + ms(i * 72 / 10);
+        for i in 0..total {
+            let observation = match i % 3 {
+                0 => sat(i % 10 != 0),
+                1 => Observation::Score { value: (i % 100) as f64 / 100.0 },
+                _ => {
+                    Observation::Outcome { success: i % 50 != 2, latency_seconds: Some(0.010 + (i % 7) as f64 * 0.01) }
+                }
+            };
+            assert_eq!(w.record(at(i), at(i), observation), Intake::Counted);
+        }
+        assert_eq!(w.slots.len(), 61);
+        assert_eq!(w.bucket_capacity(), 61);
+        assert!(w.slots.iter().flatten().count() <= 61);
+        assert!(w.slots.iter().flatten().all(|b| b.latency.is_some()));
+
+        let end = at(total - 1);
+        let s = w.summary(end);
+        let seen = s.satisfaction_n + s.scores_n + s.outcomes_n;
+        let younger_than = |age_ms: i64| (0..total).filter(|&i| (end - at(i)) < ms(age_ms)).count() as u64;
+        assert!(younger_than(295_000) <= seen && seen <= younger_than(300_000), "{seen} events in the window");
+        assert!(seen < 45_000);
+        assert_eq!(s.latency_n, s.outcomes_n);
+        assert!(s.score_mean.is_some_and(|m| (m - 0.495).abs() < 0.01));
+    }
+
+    #[test]
+    fn odd_durations_and_extreme_times_do_not_panic() {
+        let mut w = ArmWindow::new(Duration::ZERO, Duration::ZERO);
+        assert_eq!(w.bucket_capacity(), 2);
+        assert_eq!(w.bucket_width(), Duration::from_millis(1));
+        assert_eq!(w.record(t0(), t0(), sat(false)), Intake::Counted);
+        assert_eq!(w.summary(t0()), arm(1, 1));
+
+        let w = ArmWindow::new(Duration::from_secs(3600), Duration::from_millis(1));
+        assert_eq!(w.bucket_capacity(), MAX_BUCKETS + 1);
+        assert_eq!(w.bucket_width(), Duration::from_millis(360));
+
+        let w = ArmWindow::new(Duration::from_secs(7), Duration::from_secs(5));
+        assert_eq!(w.effective_window(), Duration::from_secs(10));
+        let w = ArmWindow::new(Duration::from_secs(1), Duration::from_secs(5));
+        assert_eq!(w.bucket_capacity(), 2);
+
+        let mut w = ArmWindow::new(Duration::MAX, Duration::MAX);
+        assert_eq!(w.bucket_capacity(), 2);
+        let mut w2 = ArmWindow::new(Duration::MAX, Duration::ZERO);
+        assert_eq!(w2.bucket_capacity(), MAX_BUCKETS + 1);
+        let (min, max) = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+        for w in [&mut w, &mut w2] {
+            w.record(max, min, sat(false));
+            w.record(min, max, sat(false));
+            w.record(min, min, sat(false));
+            w.record(max, max, sat(false));
+            let _ = (w.summary(min), w.summary(max));
+        }
+        let mut w = five_minutes();
+        assert_eq!(w.record(max, min, sat(false)), Intake::Dropped);
+        assert_eq!(w.record(min, max, sat(false)), Intake::Clamped);
+        assert_eq!(w.summary(min), arm(1, 1));
+    }
+
+    #[test]
+    fn scores_ignore_non_finite_values_and_never_overflow() {
+        let mut w = five_minutes();
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(w.record(t0(), t0(), Observation::Score { value: v }), Intake::Ignored);
+        }
+        assert_eq!(w.summary(t0()).score_mean, None);
+        w.record(t0(), t0(), Observation::Score { value: 0.2 });
+        w.record(t0(), t0() + ms(10_000), Observation::Score { value: 0.4 });
+        w.record(t0(), t0() + ms(20_000), Observation::Score { value: 0.6 });
+        let s = w.summary(t0() + ms(20_000));
+        assert_eq!(s.scores_n, 3);
+        assert!((s.score_mean.unwrap() - 0.4).abs() < 1e-15);
+
+        let mut w = five_minutes();
+        for v in [f64::MAX, f64::MAX, -f64::MAX, f64::MAX] {
+            w.record(t0(), t0(), Observation::Score { value: v });
+        }
+        w.record(t0(), t0() + ms(5_000), Observation::Score { value: f64::MAX });
+        let mean = w.summary(t0() + ms(5_000)).score_mean.unwrap();
+        assert!(mean.is_finite() && (mean / f64::MAX - 0.6).abs() < 1e-12, "{mean}");
+    }
+
+    #[test]
+    fn outcomes_count_errors_and_skip_unusable_latencies() {
+        let mut w = five_minutes();
+        let outcome = |success, latency_seconds| Observation::Outcome { success, latency_seconds };
+        w.record(t0(), t0(), outcome(true, Some(0.1)));
+        w.record(t0(), t0(), outcome(false, None));
+        w.record(t0(), t0(), outcome(false, Some(-1.0)));
+        w.record(t0(), t0(), outcome(true, Some(f64::NAN)));
+        w.record(t0(), t0(), outcome(true, Some(f64::INFINITY)));
+        let s = w.summary(t0());
+        assert_eq!((s.outcomes_n, s.errors, s.latency_n), (5, 2, 1));
+        assert!((s.latency_p95.unwrap() / 0.1 - 1.0).abs() <= LATENCY_RELATIVE_ERROR);
+    }
+
+    // ---- latency percentiles ----
+
+    #[test]
+    fn the_documented_error_bound_is_that_of_the_bins() {
+        assert!((LATENCY_RELATIVE_ERROR - (LATENCY_GROWTH.sqrt() - 1.0)).abs() < 1e-15);
+        assert!((latency_max_seconds() - 101.979_975_699_614).abs() < 1e-9);
+        assert_eq!(latency_bin(0.0), 0);
+        assert_eq!(latency_bin(0.000_999), 0);
+        assert_eq!(latency_bin(0.001), 1);
+        assert_eq!(latency_bin(101.0), LATENCY_BINS - 2);
+        assert_eq!(latency_bin(102.0), LATENCY_BINS - 1);
+        assert_eq!(latency_bin(f64::MAX), LATENCY_BINS - 1);
+    }
+
+    #[test]
+    fn a_single_latency_anywhere_in_range_reads_back_within_the_bound() {
+        // Every bin edge, just below it, and points in between, from 1 ms to 101.9 s.
+        let mut worst: f64 = 0.0;
+        let mut v = LATENCY_MIN_SECONDS;
+        while v < latency_max_seconds() * 0.9999 {
+            for x in [v, v * (1.0 - 1e-12), v * 1.03, v * 1.07] {
+                if !(LATENCY_MIN_SECONDS..latency_max_seconds()).contains(&x) {
+                    continue;
+                }
+                let mut w = five_minutes();
+                w.record(t0(), t0(), Observation::Outcome { success: true, latency_seconds: Some(x) });
+                let p95 = w.summary(t0()).latency_p95.unwrap();
+                worst = worst.max((p95 / x - 1.0).abs());
+            }
+            v *= LATENCY_GROWTH;
+        }
+        assert!(worst <= LATENCY_RELATIVE_ERROR + 1e-12, "worst relative error {worst}");
+        assert!(worst > 0.045, "the bound is tight: {worst}");
+    }
+
+    #[test]
+    fn latencies_outside_the_histogram_read_as_its_edges() {
+        let mut w = five_minutes();
+        w.record(t0(), t0(), Observation::Outcome { success: true, latency_seconds: Some(0.0001) });
+        assert_eq!(w.summary(t0()).latency_p95, Some(LATENCY_MIN_SECONDS));
+        let mut w = five_minutes();
+        w.record(t0(), t0(), Observation::Outcome { success: true, latency_seconds: Some(500.0) });
+        assert_eq!(w.summary(t0()).latency_p95, Some(latency_max_seconds()));
+    }
+
+    #[test]
+    fn percentile_accuracy_is_within_the_documented_bound() {
+        let mut rng = Rng(42);
+        type Draw = Box<dyn Fn(&mut Rng) -> f64>;
+        let distributions: [(&str, Draw); 3] = [
+            ("log-uniform 1 ms .. 100 s", Box::new(|r: &mut Rng| 1e-3 * 10f64.powf(5.0 * r.next()))),
+            (
+                "log-normal around 50 ms",
+                Box::new(|r: &mut Rng| 0.05 * (2.0 * (r.next() + r.next() + r.next() - 1.5)).exp()),
+            ),
+            (
+                "bimodal: 90% ~20 ms, 10% ~2 s",
+                Box::new(|r: &mut Rng| if r.next() < 0.9 { 0.015 + 0.01 * r.next() } else { 1.5 + r.next() }),
+            ),
+        ];
+        let mut worst: f64 = 0.0;
+        for (name, draw) in &distributions {
+            let mut w = five_minutes();
+            let mut samples = Vec::new();
+            // 20,000 latencies spread over the 60 buckets of the window.
+            for i in 0..20_000i64 {
+                let x = draw(&mut rng);
+                samples.push(x);
+                let at = t0() + ms((i % 60) * 5_000);
+                w.record(t0() + ms(299_000), at, Observation::Outcome { success: true, latency_seconds: Some(x) });
+            }
+            samples.sort_by(f64::total_cmp);
+            let s = w.summary(t0() + ms(299_000));
+            assert_eq!(s.latency_n, 20_000);
+            let exact = exact_nearest_rank(&samples, 0.95);
+            let err = (s.latency_p95.unwrap() / exact - 1.0).abs();
+            assert!(err <= LATENCY_RELATIVE_ERROR, "{name}: p95 {} vs exact {exact}", s.latency_p95.unwrap());
+            worst = worst.max(err);
+            // The same bound for other quantiles of the merged histogram.
+            let mut hist = [0u64; LATENCY_BINS];
+            for x in &samples {
+                hist[latency_bin(*x)] += 1;
+            }
+            for q in [0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                let est = latency_quantile(&hist, samples.len() as u64, q).unwrap();
+                let exact = exact_nearest_rank(&samples, q);
+                assert!((est / exact - 1.0).abs() <= LATENCY_RELATIVE_ERROR, "{name} q={q}: {est} vs {exact}");
+            }
+        }
+        assert!(worst > 0.0);
+        assert_eq!(latency_quantile(&[0; LATENCY_BINS], 0, 0.95), None);
+        assert_eq!(latency_quantile(&[1; LATENCY_BINS], LATENCY_BINS as u64, f64::NAN), None);
+    }
+
+    // ---- negative feedback ----
+
+    #[test]
+    fn negative_feedback_acts_on_a_clearly_worse_canary() {
+        // 30% of the canary's users unhappy against 10% of the baseline's.
+        let v = negative_feedback(&arm(200, 60), &arm(200, 20), 50, 0.05, 0.05);
+        assert!(v.is_act(), "{v:?}");
+        let d = &v.evidence().detail;
+        assert_eq!(v.evidence().test, "negative_feedback");
+        assert!((d["z"].as_f64().unwrap() - 5.0).abs() < 1e-9);
+        assert!((d["p_value"].as_f64().unwrap() - 2.8665157e-7).abs() < 1e-13);
+        assert!((d["effect"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!(d["canary"]["rate"], json!(0.3));
+        assert_eq!(d["baseline"]["negative"], json!(20));
+        let (lo, hi) = wilson_interval(60, 200, 1.96).unwrap();
+        assert_eq!(d["canary"]["wilson95"], json!([lo, hi]));
+        assert!(d["baseline"]["wilson95"][1].as_f64().unwrap() < lo, "the intervals do not overlap");
+    }
+
+    #[test]
+    fn negative_feedback_holds_with_too_few_samples() {
+        // Significant and large, but only 12 canary samples.
+        let v = negative_feedback(&arm(12, 8), &arm(200, 20), 50, 0.05, 0.05);
+        assert_eq!(v.reason(), Some("only 12 canary samples, need 50"));
+        // Every failed condition is listed.
+        let v = negative_feedback(&arm(200, 60), &arm(3, 0), 50, 0.05, 0.05);
+        assert_eq!(v.reason(), Some("only 3 baseline samples, need 50; p = 0.129 >= 0.05 (z = 1.13)"));
+        let v = negative_feedback(&arm(0, 0), &arm(0, 0), 0, 0.05, 0.05);
+        assert_eq!(v.reason(), Some("only 0 canary samples, need 1; only 0 baseline samples, need 1"));
+        assert_eq!(v.evidence().detail["p_value"], Value::Null);
+    }
+
+    #[test]
+    fn negative_feedback_holds_when_not_significant() {
+        // 12% against 8%: z = 0.667, one-sided p = 0.2525.
+        let v = negative_feedback(&arm(50, 6), &arm(50, 4), 50, 0.05, 0.0);
+        assert_eq!(v.reason(), Some("p = 0.252 >= 0.05 (z = 0.667)"));
+        assert!((v.evidence().detail["p_value"].as_f64().unwrap() - 0.25249254).abs() < 1e-8);
+        // A canary better than its baseline is never significant (one-sided).
+        let v = negative_feedback(&arm(200, 20), &arm(200, 60), 50, 0.05, 0.0);
+        assert!(
+            v.reason()
+                .unwrap()
+                .starts_with("effect -0.2 < min_effect 0 (negative ratio: canary 0.1, baseline 0.3); p = 1")
+        );
+    }
+
+    #[test]
+    fn a_small_effect_that_is_significant_still_holds_under_min_effect() {
+        // 11% against 10% over 100,000 each: p = 1.5e-13, but one point is not five.
+        let (canary, baseline) = (arm(100_000, 11_000), arm(100_000, 10_000));
+        let v = negative_feedback(&canary, &baseline, 50, 0.05, 0.05);
+        assert_eq!(v.reason(), Some("effect 0.01 < min_effect 0.05 (negative ratio: canary 0.11, baseline 0.1)"));
+        assert!(v.evidence().detail["p_value"].as_f64().unwrap() < 1e-12);
+        assert!(negative_feedback(&canary, &baseline, 50, 0.05, 0.01).is_act(), "an effect equal to min_effect acts");
+        assert!(negative_feedback(&canary, &baseline, 50, 0.05, 0.005).is_act());
+    }
+
+    #[test]
+    fn negative_feedback_holds_without_variance_or_with_bad_parameters() {
+        let v = negative_feedback(&arm(100, 0), &arm(100, 0), 50, 0.05, 0.0);
+        assert_eq!(v.reason(), Some("no variance: none of both arms' satisfaction events are negative"));
+        let v = negative_feedback(&arm(100, 100), &arm(100, 100), 50, 0.05, 0.0);
+        assert_eq!(v.reason(), Some("no variance: all of both arms' satisfaction events are negative"));
+        let v = negative_feedback(&arm(200, 60), &arm(200, 20), 50, f64::NAN, 0.05);
+        assert!(v.reason().unwrap().starts_with("invalid p_threshold NaN"), "{v:?}");
+        let v = negative_feedback(&arm(200, 60), &arm(200, 20), 50, 0.05, -0.1);
+        assert_eq!(v.reason(), Some("invalid min_effect -0.1: must be finite and >= 0"));
+        let v = negative_feedback(&arm(10, 11), &arm(200, 20), 5, 0.05, 0.0);
+        assert_eq!(v.reason(), Some("inconsistent canary counts: 11 negative of 10 samples"));
+        let huge = arm(u64::MAX, u64::MAX / 2);
+        let _ = negative_feedback(&huge, &huge, u64::MAX, 0.05, 0.0);
+    }
+
+    #[test]
+    fn negative_feedback_from_windows_end_to_end() {
+        let (mut canary, mut baseline) = (five_minutes(), five_minutes());
+        let mut rng = Rng(7);
+        let now = t0() + ms(299_000);
+        for i in 0..2_000i64 {
+            let at = t0() + ms(i * 149);
+            canary.record(now, at, sat(rng.next() >= 0.25));
+            baseline.record(now, at, sat(rng.next() >= 0.10));
+        }
+        let v = negative_feedback(&canary.summary(now), &baseline.summary(now), 50, 0.01, 0.05);
+        assert!(v.is_act(), "{v:?}");
+        // Five minutes later the evidence is gone.
+        let later = now + TimeDelta::minutes(5);
+        let v = negative_feedback(&canary.summary(later), &baseline.summary(later), 50, 0.01, 0.05);
+        assert_eq!(v.reason(), Some("only 0 canary samples, need 50; only 0 baseline samples, need 50"));
+    }
+
+    // ---- mean score ----
+
+    #[test]
+    fn a_low_mean_score_acts_at_once() {
+        let mut w = five_minutes();
+        w.record(t0(), t0(), Observation::Score { value: 0.2 });
+        let v = mean_score_below(&w.summary(t0()), 0.3, 1);
+        assert!(v.is_act(), "{v:?}");
+        assert_eq!(v.evidence().baseline, None);
+        assert_eq!(v.evidence().detail["mean"], json!(0.2));
+    }
+
+    #[test]
+    fn mean_score_holds_above_the_threshold_or_without_scores() {
+        let s = ArmSummary { scores_n: 40, score_mean: Some(0.45), ..ArmSummary::default() };
+        assert_eq!(mean_score_below(&s, 0.3, 1).reason(), Some("mean score 0.45 >= threshold 0.3"));
+        assert_eq!(mean_score_below(&s, 0.45, 1).reason(), Some("mean score 0.45 >= threshold 0.45"));
+        assert_eq!(mean_score_below(&s, 0.3, 100).reason(), Some("only 40 canary scores, need 100"));
+        assert_eq!(mean_score_below(&ArmSummary::default(), 0.3, 0).reason(), Some("only 0 canary scores, need 1"));
+        assert_eq!(mean_score_below(&s, f64::NAN, 1).reason(), Some("invalid threshold NaN: must be finite"));
+        let s = ArmSummary { scores_n: 3, score_mean: None, ..ArmSummary::default() };
+        assert_eq!(mean_score_below(&s, 0.3, 1).reason(), Some("no canary mean score"));
+    }
+
+    // ---- error ratio ----
+
+    #[test]
+    fn error_ratio_acts_on_a_clearly_worse_canary() {
+        let v = error_ratio(&outcomes(500, 50), &outcomes(1000, 10), 2.0, 100);
+        assert!(v.is_act(), "{v:?}");
+        let d = &v.evidence().detail;
+        assert!((d["ratio"].as_f64().unwrap() - 10.0).abs() < 1e-12);
+        assert_eq!(d["baseline_floored"], json!(false));
+        assert!(d["canary_wilson95"].is_array());
+    }
+
+    #[test]
+    fn error_ratio_holds_within_the_ratio_or_with_too_few_outcomes() {
+        let v = error_ratio(&outcomes(1000, 15), &outcomes(1000, 10), 2.0, 100);
+        assert_eq!(v.reason(), Some("canary error ratio 0.015 is 1.5x the baseline's 0.01, need > 2x"));
+        let v = error_ratio(&outcomes(20, 10), &outcomes(1000, 10), 2.0, 100);
+        assert_eq!(v.reason(), Some("only 20 canary outcomes, need 100"));
+        let v = error_ratio(&outcomes(0, 0), &outcomes(0, 0), 2.0, 0);
+        assert_eq!(v.reason(), Some("only 0 canary outcomes, need 1; only 0 baseline outcomes, need 1"));
+        let v = error_ratio(&outcomes(1000, 0), &outcomes(1000, 0), 2.0, 100);
+        assert!(v.reason().unwrap().starts_with("canary error ratio 0 is 0x the baseline's floor"));
+        let v = error_ratio(&outcomes(1000, 50), &outcomes(1000, 10), f64::INFINITY, 100);
+        assert_eq!(v.reason(), Some("invalid max_ratio inf: must be finite and >= 0"));
+        let v = error_ratio(&outcomes(10, 50), &outcomes(1000, 10), 2.0, 1);
+        assert_eq!(v.reason(), Some("inconsistent canary counts: 50 errors of 10 outcomes"));
+    }
+
+    #[test]
+    fn a_baseline_without_errors_is_floored_at_one_over_n_plus_one() {
+        // 0 errors in 999: the reference is 1/1000, as if the next request failed.
+        let baseline = outcomes(999, 0);
+        let v = error_ratio(&outcomes(1000, 3), &baseline, 2.0, 100);
+        assert!(v.is_act(), "{v:?}");
+        let d = &v.evidence().detail;
+        assert_eq!(d["baseline_floored"], json!(true));
+        assert_eq!(d["baseline_rate"], json!(0.0));
+        assert!((d["baseline_reference"].as_f64().unwrap() - 0.001).abs() < 1e-15);
+        assert!((d["ratio"].as_f64().unwrap() - 3.0).abs() < 1e-12);
+        let v = error_ratio(&outcomes(1000, 2), &baseline, 2.0, 100);
+        assert_eq!(
+            v.reason(),
+            Some("canary error ratio 0.002 is 2x the baseline's floor 0.001 (0 errors in 999: 1/(n+1)), need > 2x")
+        );
+        // A single canary error no longer is an infinite ratio.
+        assert!(!error_ratio(&outcomes(1000, 1), &baseline, 2.0, 100).is_act());
+        // Monotone: 0 errors never compare as worse than 1.
+        for n in [1u64, 10, 100, 10_000] {
+            let zero = error_ratio(&outcomes(n, 1), &outcomes(n, 0), 1.0, 1);
+            let one = error_ratio(&outcomes(n, 1), &outcomes(n, 1), 1.0, 1);
+            let r0 = zero.evidence().detail["baseline_reference"].as_f64().unwrap();
+            let r1 = one.evidence().detail["baseline_reference"].as_f64().unwrap();
+            assert!(r0 < r1, "n = {n}: {r0} >= {r1}");
+        }
+    }
+
+    // ---- latency ----
+
+    fn latencies(seconds: &[f64]) -> ArmSummary {
+        let mut w = five_minutes();
+        for (i, s) in seconds.iter().enumerate() {
+            let at = t0() + ms(i as i64 % 60 * 5_000);
+            w.record(t0() + ms(299_000), at, Observation::Outcome { success: true, latency_seconds: Some(*s) });
+        }
+        w.summary(t0() + ms(299_000))
+    }
+
+    #[test]
+    fn latency_p95_acts_on_a_clearly_slower_canary() {
+        let fast: Vec<f64> = (0..200).map(|i| 0.050 + 0.0005 * i as f64).collect(); // p95 = 0.1445
+        let slow: Vec<f64> = fast.iter().map(|x| x * 4.0).collect();
+        let v = latency_p95(&latencies(&slow), &latencies(&fast), 1.5, 100);
+        assert!(v.is_act(), "{v:?}");
+        let ratio = v.evidence().detail["ratio"].as_f64().unwrap();
+        assert!((ratio / 4.0 - 1.0).abs() < 0.11, "{ratio}");
+        let c = v.evidence().canary.latency_p95.unwrap();
+        assert!((c / (0.1445 * 4.0) - 1.0).abs() <= LATENCY_RELATIVE_ERROR, "{c}");
+    }
+
+    #[test]
+    fn latency_p95_holds_within_the_ratio_or_with_too_few_latencies() {
+        let base: Vec<f64> = (0..200).map(|i| 0.050 + 0.0005 * i as f64).collect();
+        let a_bit_slower: Vec<f64> = base.iter().map(|x| x * 1.15).collect();
+        let v = latency_p95(&latencies(&a_bit_slower), &latencies(&base), 1.5, 100);
+        assert!(v.reason().unwrap().starts_with("canary p95 0.16"), "{v:?}");
+        assert!(v.reason().unwrap().ends_with("need > 1.5x"), "{v:?}");
+        let v = latency_p95(&latencies(&[1.0, 2.0, 3.0]), &latencies(&base), 1.5, 20);
+        assert_eq!(v.reason(), Some("only 3 canary latencies, need 20"));
+        let v = latency_p95(&ArmSummary::default(), &ArmSummary::default(), 1.5, 0);
+        assert_eq!(v.reason(), Some("only 0 canary latencies, need 1; only 0 baseline latencies, need 1"));
+        // A hand-made summary with a zero baseline p95 is floored at 1 ms, not divided by.
+        let zero = ArmSummary { latency_n: 100, latency_p95: Some(0.0), ..ArmSummary::default() };
+        let canary = ArmSummary { latency_n: 100, latency_p95: Some(0.0012), ..ArmSummary::default() };
+        let v = latency_p95(&canary, &zero, 1.5, 10);
+        assert!(v.reason().unwrap().contains("is 1.2x the baseline's 0.001s"), "{v:?}");
+    }
+
+    // ---- evidence ----
+
+    #[test]
+    fn evidence_serializes_for_the_audit_record() {
+        let v = negative_feedback(&arm(200, 60), &arm(200, 20), 50, 0.05, 0.05);
+        let json = serde_json::to_value(v.evidence()).unwrap();
+        assert_eq!(json["test"], "negative_feedback");
+        assert_eq!(json["canary"]["satisfaction_n"], 200);
+        assert_eq!(json["canary"]["latency_p95"], Value::Null);
+        assert_eq!(json["baseline"]["negative"], 20);
+        assert!(json["detail"]["p_value"].is_f64());
+        let v = mean_score_below(&ArmSummary::default(), 0.3, 1);
+        let json = serde_json::to_value(v.evidence()).unwrap();
+        assert_eq!(json["baseline"], Value::Null);
+    }
+
+    #[test]
+    fn numbers_in_reasons_have_three_significant_digits() {
+        assert_eq!(num(0.252_492_54), "0.252");
+        assert_eq!(num(0.05), "0.05");
+        assert_eq!(num(12.0), "12");
+        assert_eq!(num(2.540_002_54), "2.54");
+        assert_eq!(num(1234.6), "1235");
+        assert_eq!(num(1.5e-13), "1.50e-13");
+        assert_eq!(num(0.999_95), "1");
+        assert_eq!(num(-0.2), "-0.2");
+        assert_eq!(num(0.0), "0");
+        assert_eq!(num(f64::NAN), "NaN");
+    }
+}
