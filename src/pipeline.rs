@@ -252,21 +252,17 @@ impl Pipeline {
     /// in between are counted and reported with the next record of that body.
     pub async fn reject(&self, r: Rejection<'_>) -> Result<(), AuditError> {
         let now = Utc::now();
+        let period = chrono::Duration::from_std(REJECTION_DEDUP).unwrap_or_default();
         let repeats = {
             let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
             match seen.get_mut(&r.body_sha256) {
-                Some((first, count))
-                    if now - *first < chrono::Duration::from_std(REJECTION_DEDUP).unwrap_or_default() =>
-                {
+                Some((first, count)) if now - *first < period => {
                     *count += 1;
                     return Ok(());
                 }
-                _ => {}
+                Some((_, count)) => *count,
+                None => 0,
             }
-            if seen.len() >= REJECTION_MEMORY {
-                seen.retain(|_, (t, _)| now - *t < chrono::Duration::seconds(600));
-            }
-            seen.insert(r.body_sha256.clone(), (now, 0)).map(|(_, n)| n).unwrap_or(0)
         };
         let prefix = &r.body[..r.body.len().min(REJECTED_PREFIX)];
         let entry = Entry::new(Kind::Rejected).source(r.source).reason(r.reason).detail(json!({
@@ -276,7 +272,19 @@ impl Pipeline {
             "prefix": String::from_utf8_lossy(prefix),
             "repeats_before": repeats,
         }));
-        self.audit.append(vec![entry]).await.map(|_| ())
+        self.audit.append(vec![entry]).await?;
+        // Only a recorded body is remembered: a rejection the log could not take is recorded
+        // when it comes again. The memory is bounded: past its size, expired entries go, and if
+        // that is not enough, all (de-duplication is a saving, not a guarantee).
+        let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= REJECTION_MEMORY {
+            seen.retain(|_, (t, _)| now - *t < period);
+            if seen.len() >= REJECTION_MEMORY {
+                seen.clear();
+            }
+        }
+        seen.insert(r.body_sha256, (now, 0));
+        Ok(())
     }
 
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.

@@ -583,3 +583,14 @@ async fn no_data_holds_by_default_and_acts_when_the_rule_says_so() {
     assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
     assert_eq!(h.records(Kind::Decided)[0].entry.detail.as_ref().unwrap()["confirmation"]["result"], "no_data");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_the_log_could_not_take_is_recorded_when_it_comes_again() {
+    let h = harness();
+    h.state.pipeline.audit().fail_next_writes(1);
+    let (status, _) = h.webhook("not json").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "nothing recorded, nothing acknowledged");
+    let (status, _) = h.webhook("not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.records(Kind::Rejected).len(), 1, "recorded on the retry, not lost to de-duplication");
+}
