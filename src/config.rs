@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::audit::{AuditOptions, Retention};
 use crate::guards::GuardSettings;
+use crate::sources::kafka::KafkaConfig;
 use crate::target::kubernetes::KubernetesOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,24 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     prometheus: Option<RawPrometheus>,
+    #[serde(default)]
+    kafka: Option<RawKafka>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: String,
+    #[serde(default)]
+    group_id: Option<String>,
+    #[serde(default)]
+    alerts_topic: Option<String>,
+    #[serde(default)]
+    feedback_topic: Option<String>,
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +259,8 @@ pub struct Config {
     /// How often the guards' state is written beside the audit log.
     pub snapshot_interval: Duration,
     pub prometheus: Option<PrometheusConfig>,
+    /// The Kafka source, if any.
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl Config {
@@ -366,6 +387,17 @@ impl Config {
                 })
             }
         };
+        let kafka = raw.kafka.map(|k| {
+            let d = KafkaConfig::with_brokers(k.brokers);
+            KafkaConfig {
+                group_id: k.group_id.unwrap_or(d.group_id),
+                alerts_topic: k.alerts_topic.unwrap_or(d.alerts_topic),
+                feedback_topic: k.feedback_topic.unwrap_or(d.feedback_topic),
+                dead_letter_topic: k.dead_letter_topic,
+                properties: k.properties,
+                brokers: d.brokers,
+            }
+        });
         Ok(Config {
             file: file.to_path_buf(),
             listen,
@@ -404,6 +436,7 @@ impl Config {
             guards,
             audit,
             prometheus,
+            kafka,
             snapshot_interval: duration(
                 "audit.snapshot_interval",
                 &raw.audit.snapshot_interval,

@@ -48,6 +48,10 @@ enum Command {
         /// Decide and record, but write nothing to the target.
         #[arg(long)]
         dry_run: bool,
+        /// Consume alerts and feedback from Kafka (topics backstop.alerts and backstop.feedback
+        /// unless the config's `kafka:` names others).
+        #[arg(long)]
+        kafka_brokers: Option<String>,
     },
     /// Check the config and rule files; exits non-zero listing every problem.
     Validate {
@@ -228,12 +232,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         context: cli.context.clone(),
     };
     match cli.command {
-        Command::Serve { listen, dry_run } => {
+        Command::Serve { listen, dry_run, kafka_brokers } => {
             let mut config = cfg.load()?;
             if let Some(l) = listen {
                 config.listen = l;
             }
             config.dry_run |= dry_run;
+            if let Some(b) = kafka_brokers {
+                config.kafka = Some(match config.kafka.take() {
+                    Some(k) => backstop::sources::kafka::KafkaConfig { brokers: b, ..k },
+                    None => backstop::sources::kafka::KafkaConfig::with_brokers(b),
+                });
+            }
             runtime.block_on(backstop::server::serve(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -60,7 +60,8 @@ pub struct Report {
 #[derive(Debug, Clone)]
 pub struct Rejection<'a> {
     pub source: &'a str,
-    pub status: u16,
+    /// Where it came from: the HTTP status answered, or the topic, partition and offset.
+    pub origin: Value,
     pub reason: String,
     pub size: usize,
     pub body: &'a [u8],
@@ -265,13 +266,16 @@ impl Pipeline {
             }
         };
         let prefix = &r.body[..r.body.len().min(REJECTED_PREFIX)];
-        let entry = Entry::new(Kind::Rejected).source(r.source).reason(r.reason).detail(json!({
-            "status": r.status,
+        let mut detail = json!({
             "size": r.size,
             "sha256": r.body_sha256,
             "prefix": String::from_utf8_lossy(prefix),
             "repeats_before": repeats,
-        }));
+        });
+        if let (Value::Object(d), Value::Object(origin)) = (&mut detail, r.origin) {
+            d.extend(origin);
+        }
+        let entry = Entry::new(Kind::Rejected).source(r.source).reason(r.reason).detail(detail);
         self.audit.append(vec![entry]).await?;
         // Only a recorded body is remembered: a rejection the log could not take is recorded
         // when it comes again. The memory is bounded: past its size, expired entries go, and if
@@ -285,6 +289,24 @@ impl Pipeline {
         }
         seen.insert(r.body_sha256, (now, 0));
         Ok(())
+    }
+
+    /// Record a feedback event durably. (Rules on feedback come next: see docs/feedback.md.)
+    pub async fn feedback(&self, f: &crate::sources::message::Feedback, position: Value) -> Result<(), AuditError> {
+        let id = f.id.clone().unwrap_or_else(|| {
+            format!(
+                "kafka:{}/{}/{}",
+                position["topic"].as_str().unwrap_or("?"),
+                position["partition"],
+                position["offset"]
+            )
+        });
+        let entry = Entry::new(Kind::Received)
+            .event_id(id)
+            .source("kafka")
+            .target(format!("{}/{}", f.namespace, f.service))
+            .detail(json!({ "feedback": f, "kafka": position }));
+        self.audit.append(vec![entry]).await.map(|_| ())
     }
 
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.

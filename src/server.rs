@@ -16,6 +16,7 @@ use crate::confirm::{PrometheusClient, SharedPrometheus};
 use crate::http::{AppState, auth::Auth, router};
 use crate::pipeline::{Pipeline, Settings};
 use crate::rules::{self, RuleErrors};
+use crate::sources::kafka::KafkaSource;
 use crate::sources::{Source, SourceError};
 use crate::target::Target;
 use crate::target::kubernetes::Kubernetes;
@@ -101,7 +102,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let addr = listener.local_addr()?;
     let app =
         router(AppState { pipeline: pipeline.clone(), auth: auth.clone(), max_body_bytes: config.max_body_bytes });
-    let sources: Vec<Box<dyn Source>> = vec![Box::new(HttpSource { listener, app })];
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(HttpSource { listener, app })];
+    if let Some(k) = &config.kafka {
+        sources.push(Box::new(
+            KafkaSource::new(k.clone(), pipeline.clone()).map_err(|e| ServeError::Source(e.to_string()))?,
+        ));
+    }
     info!(
         %addr,
         rules = pipeline.rules().rules().len(),

@@ -169,7 +169,7 @@ async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap,
                 .pipeline
                 .reject(Rejection {
                     source: "alertmanager",
-                    status: err.status.as_u16(),
+                    origin: json!({ "status": err.status.as_u16() }),
                     reason: err.message.clone(),
                     size,
                     body: &bytes,

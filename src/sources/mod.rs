@@ -4,6 +4,7 @@
 //! server starts and stops together.
 
 pub mod alertmanager;
+pub mod kafka;
 pub mod message;
 
 use futures::future::BoxFuture;

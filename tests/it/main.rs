@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod deploy;
 mod end_to_end;
+mod kafka;
 mod kube_emulator;
 mod kubernetes;
 mod promtool;

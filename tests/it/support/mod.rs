@@ -3,3 +3,4 @@ pub mod backstop;
 pub mod canary;
 pub mod kube;
 pub mod prometheus;
+pub mod tansu;

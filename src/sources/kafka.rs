@@ -1,0 +1,189 @@
+//! The Kafka source: alerts and feedback events from topics, at least once. An offset is stored
+//! for commit only after the message is durably in the audit log (or recorded as rejected);
+//! committed on rebalance and at shutdown. While the audit log cannot take records, consumption
+//! waits instead of buffering.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::message::{self, Expect, Message};
+use super::{Source, SourceError};
+use crate::pipeline::{Pipeline, Rejection, sha256_hex};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub alerts_topic: String,
+    pub feedback_topic: String,
+    /// Where messages that cannot be parsed are copied (besides being recorded), if anywhere.
+    pub dead_letter_topic: Option<String>,
+    /// Passed to librdkafka as they are: `security.protocol`, `sasl.*`, `ssl.*`, ...
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// `--kafka-brokers HOST:PORT`: the default group and topics.
+    pub fn with_brokers(brokers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            group_id: "backstop".into(),
+            alerts_topic: "backstop.alerts".into(),
+            feedback_topic: "backstop.feedback".into(),
+            dead_letter_topic: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Commits what was stored before partitions are taken away, so the next owner starts after it.
+struct CommitOnRevoke;
+
+impl rdkafka::ClientContext for CommitOnRevoke {}
+
+impl ConsumerContext for CommitOnRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance
+            && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        {
+            // Nothing stored yet is a normal case.
+            warn!(error = %e, "commit on revoke");
+        }
+    }
+}
+
+pub struct KafkaSource {
+    consumer: StreamConsumer<CommitOnRevoke>,
+    dead_letters: Option<(FutureProducer, String)>,
+    config: KafkaConfig,
+    pipeline: Arc<Pipeline>,
+}
+
+fn source_error(e: impl std::fmt::Display) -> SourceError {
+    SourceError { source_name: "kafka", message: e.to_string() }
+}
+
+impl KafkaSource {
+    pub fn new(config: KafkaConfig, pipeline: Arc<Pipeline>) -> Result<KafkaSource, SourceError> {
+        let mut client = ClientConfig::new();
+        // Defaults a user may change through `properties`...
+        client.set("session.timeout.ms", "10000").set("auto.offset.reset", "earliest");
+        for (k, v) in &config.properties {
+            client.set(k, v);
+        }
+        client.set("bootstrap.servers", &config.brokers);
+        // ...and what at-least-once needs, which they may not.
+        let consumer: StreamConsumer<CommitOnRevoke> = client
+            .clone()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .create_with_context(CommitOnRevoke)
+            .map_err(source_error)?;
+        consumer.subscribe(&[&config.alerts_topic, &config.feedback_topic]).map_err(source_error)?;
+        let dead_letters = match &config.dead_letter_topic {
+            Some(t) => Some((client.create::<FutureProducer>().map_err(source_error)?, t.clone())),
+            None => None,
+        };
+        Ok(KafkaSource { consumer, dead_letters, config, pipeline })
+    }
+
+    /// Record one message: its events, or its rejection. Err: the audit log could not take it.
+    async fn handle(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), String> {
+        let position = json!({ "topic": m.topic(), "partition": m.partition(), "offset": m.offset() });
+        let expect = if m.topic() == self.config.feedback_topic { Expect::Feedback } else { Expect::Alerts };
+        let headers: Vec<(&str, &[u8])> =
+            m.headers().map(|h| h.iter().filter_map(|h| h.value.map(|v| (h.key, v))).collect()).unwrap_or_default();
+        let payload = m.payload().unwrap_or_default();
+        match message::parse(expect, &headers, payload) {
+            Ok(Message::Alerts(alerts)) => {
+                self.pipeline.alerts(&alerts, json!({ "kafka": position })).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Ok(Message::Feedback(feedback)) => {
+                self.pipeline.feedback(&feedback, position).await.map_err(|e| e.to_string())
+            }
+            Err(e) => {
+                let rejection = Rejection {
+                    source: "kafka",
+                    origin: position.clone(),
+                    reason: e.to_string(),
+                    size: payload.len(),
+                    body: payload,
+                    body_sha256: sha256_hex(payload),
+                };
+                self.pipeline.reject(rejection).await.map_err(|e| e.to_string())?;
+                if let Some((producer, topic)) = &self.dead_letters {
+                    let reason = e.to_string();
+                    let record = FutureRecord::to(topic).payload(payload).key(m.key().unwrap_or_default()).headers(
+                        rdkafka::message::OwnedHeaders::new()
+                            .insert(rdkafka::message::Header { key: "backstop_reason", value: Some(reason.as_bytes()) })
+                            .insert(rdkafka::message::Header {
+                                key: "backstop_origin",
+                                value: Some(position.to_string().as_bytes()),
+                            }),
+                    );
+                    if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                        warn!(error = %e, "could not copy a rejected message to the dead-letter topic");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
+        Box::pin(async move {
+            info!(brokers = %self.config.brokers, alerts = %self.config.alerts_topic, feedback = %self.config.feedback_topic, "kafka source started");
+            loop {
+                let m = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    m = self.consumer.recv() => m,
+                };
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "kafka");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                // Backpressure: the message is not let go (its offset not stored) until recorded.
+                while let Err(e) = self.handle(&m).await {
+                    warn!(error = %e, topic = m.topic(), partition = m.partition(), offset = m.offset(), "cannot record; waiting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+                            return Ok(());
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                if let Err(e) = self.consumer.store_offset_from_message(&m) {
+                    warn!(error = %e, "store offset");
+                }
+            }
+            match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => info!("kafka offsets committed"),
+                Err(e) => warn!(error = %e, "kafka commit at shutdown"),
+            }
+            Ok(())
+        })
+    }
+}
