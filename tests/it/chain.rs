@@ -65,7 +65,7 @@ async fn a_failing_canary_is_confirmed_and_rolled_back_then_the_resolution_chang
 #[tokio::test]
 async fn when_prometheus_no_longer_sees_the_problem_backstop_holds_and_says_why() {
     let app = CanaryApp::start(Behaviour::healthy(), bad()).await;
-    run_chain(app, "30s", "3s", "10s", Expect::Held).await;
+    run_chain(app, "60s", "3s", "10s", Expect::Held).await;
 }
 
 #[derive(PartialEq)]
@@ -140,12 +140,15 @@ async fn run_chain(app: CanaryApp, alert_window: &str, confirm_window: &str, gro
             assert!(records(&wd, "held").is_empty() && records(&wd, "failed").is_empty());
         }
         Expect::Held => {
-            let held = eventually(Duration::from_secs(40), || {
+            let held = eventually(Duration::from_secs(60), || {
                 let held = records(&wd, "held");
                 (!held.is_empty()).then_some(held)
             })
             .await
-            .unwrap_or_else(|| panic!("nothing held; backstop:\n{}\nalertmanager:\n{}", server.log(), am.log()));
+            .unwrap_or_else(|| {
+                let received = records(&wd, "received");
+                panic!("nothing held; received: {received:?}\nbackstop:\n{}\nalertmanager:\n{}", server.log(), am.log())
+            });
             let reason = held[0]["reason"].as_str().unwrap();
             assert!(reason.contains("not confirmed"), "{reason}");
             assert_eq!(held[0]["detail"]["confirmation"]["result"], "refuted");
