@@ -34,7 +34,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -72,19 +72,7 @@ impl Default for Options {
 
 /// The Alertmanager binary to run, if one is installed.
 pub fn binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(BIN_ENV).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return is_executable(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    BINARY_NAMES
-        .iter()
-        .find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p)))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    super::find_binary(BIN_ENV, BINARY_NAMES)
 }
 
 fn missing_message() -> String {

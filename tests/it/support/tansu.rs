@@ -17,13 +17,12 @@ pub struct Tansu {
     port: u16,
 }
 
+/// `$BACKSTOP_TANSU_BIN`, tansu on PATH, or where `cargo install` puts it.
 fn binary() -> Option<std::path::PathBuf> {
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
-    let cargo_bin = home.join(".cargo/bin/tansu");
-    if cargo_bin.exists() {
-        return Some(cargo_bin);
-    }
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|p| p.exists()))
+    super::find_binary("BACKSTOP_TANSU_BIN", &["tansu"]).or_else(|| {
+        let installed = std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/tansu");
+        installed.exists().then_some(installed)
+    })
 }
 
 impl Tansu {
