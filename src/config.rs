@@ -65,6 +65,8 @@ struct RawKafka {
     #[serde(default)]
     dead_letter_topic: Option<String>,
     #[serde(default)]
+    audit_topic: Option<String>,
+    #[serde(default)]
     properties: std::collections::BTreeMap<String, String>,
 }
 
@@ -394,6 +396,7 @@ impl Config {
                 alerts_topic: k.alerts_topic.unwrap_or(d.alerts_topic),
                 feedback_topic: k.feedback_topic.unwrap_or(d.feedback_topic),
                 dead_letter_topic: k.dead_letter_topic,
+                audit_topic: k.audit_topic,
                 properties: k.properties,
                 brokers: d.brokers,
             }
@@ -506,5 +509,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.auth.bearer, Some(Secret::File("/etc/backstop/token".into())));
         assert_eq!(c.auth.basic, Some(("am".into(), Secret::Env("AM_PASS".into()))));
+    }
+
+    #[test]
+    fn kafka_audit_topic_is_optional() {
+        let base = "target: {manifests: {dir: x}}\nkafka:\n  brokers: k:9092\n";
+        let c = Config::parse(Path::new("b.yaml"), base).unwrap();
+        assert_eq!(c.kafka.unwrap().audit_topic, None);
+        let c = Config::parse(Path::new("b.yaml"), &format!("{base}  audit_topic: backstop.audit\n")).unwrap();
+        assert_eq!(c.kafka.unwrap().audit_topic.as_deref(), Some("backstop.audit"));
     }
 }

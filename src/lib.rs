@@ -19,5 +19,6 @@ pub mod pipeline;
 pub mod rules;
 pub mod server;
 pub mod service;
+pub mod sinks;
 pub mod sources;
 pub mod target;

@@ -52,6 +52,10 @@ enum Command {
         /// unless the config's `kafka:` names others).
         #[arg(long)]
         kafka_brokers: Option<String>,
+        /// Also publish every audit record to this Kafka topic (needs --kafka-brokers or the
+        /// config's `kafka:`).
+        #[arg(long, value_name = "NAME")]
+        kafka_audit_topic: Option<String>,
     },
     /// Check the config and rule files; exits non-zero listing every problem.
     Validate {
@@ -232,7 +236,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         context: cli.context.clone(),
     };
     match cli.command {
-        Command::Serve { listen, dry_run, kafka_brokers } => {
+        Command::Serve { listen, dry_run, kafka_brokers, kafka_audit_topic } => {
             let mut config = cfg.load()?;
             if let Some(l) = listen {
                 config.listen = l;
@@ -243,6 +247,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Some(k) => backstop::sources::kafka::KafkaConfig { brokers: b, ..k },
                     None => backstop::sources::kafka::KafkaConfig::with_brokers(b),
                 });
+            }
+            if let Some(topic) = kafka_audit_topic {
+                match config.kafka.as_mut() {
+                    Some(k) => k.audit_topic = Some(topic),
+                    None => bail!("--kafka-audit-topic needs --kafka-brokers or `kafka:` in the config"),
+                }
             }
             runtime.block_on(backstop::server::serve(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)

@@ -16,6 +16,7 @@ use crate::confirm::{PrometheusClient, SharedPrometheus};
 use crate::http::{AppState, auth::Auth, router};
 use crate::pipeline::{Pipeline, Settings};
 use crate::rules::{self, RuleErrors};
+use crate::sinks::audit_topic::AuditPublisher;
 use crate::sources::kafka::KafkaSource;
 use crate::sources::{Source, SourceError};
 use crate::target::Target;
@@ -107,6 +108,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         sources.push(Box::new(
             KafkaSource::new(k.clone(), pipeline.clone()).map_err(|e| ServeError::Source(e.to_string()))?,
         ));
+        if let Some(topic) = &k.audit_topic {
+            sources.push(Box::new(
+                AuditPublisher::new(k, topic.clone(), pipeline.audit().clone())
+                    .map_err(|e| ServeError::Source(e.to_string()))?,
+            ));
+        }
     }
     info!(
         %addr,

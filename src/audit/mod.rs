@@ -19,7 +19,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use read::{export, hash_at, query, records, records_after, records_after_position, segments, tail};
+pub use read::{
+    RawRecord, export, hash_at, query, raw_records_after, records, records_after, records_after_position, segments,
+    tail,
+};
 pub use verify::{VerifyError, VerifyReport, verify, verify_reader};
 pub use writer::AuditLog;
 

@@ -138,6 +138,67 @@ pub fn records_after_position(
     Ok(Some(stream(queue, pos.seq)))
 }
 
+/// A record as its line in the log: the exact bytes (without the newline), the record parsed
+/// from them, and where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    pub position: Position,
+    pub line: Vec<u8>,
+    pub record: Record,
+}
+
+/// At most `max` whole records after the one at `after` (from the first record still in the log
+/// when `after` is `None`), with their line bytes and positions, stopping after `upto` (the
+/// writer's durable end). `Ok(None)` if `after` does not match the log (its segment is gone, or
+/// the record there is not `after.seq` or does not hash to `after.hash`).
+pub fn raw_records_after(
+    dir: &Path,
+    after: Option<&Position>,
+    upto: u64,
+    max: usize,
+) -> Result<Option<Vec<RawRecord>>, AuditError> {
+    let segs = segments(dir)?;
+    let (first, mut offset) = match after {
+        None => (0, 0),
+        Some(pos) => {
+            let Some(i) =
+                segs.iter().position(|(_, p)| p.file_name().is_some_and(|n| n.to_string_lossy() == pos.segment))
+            else {
+                return Ok(None);
+            };
+            let mut lines = Lines::open_at(&segs[i].1, pos.offset)?;
+            match lines.next_line()? {
+                Some((_, bytes))
+                    if hash_hex(bytes) == pos.hash && parse(&segs[i].1, 0, bytes).is_ok_and(|r| r.seq == pos.seq) =>
+                {
+                    (i, pos.offset + bytes.len() as u64 + 1)
+                }
+                _ => return Ok(None),
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for (_, path) in segs.iter().skip(first) {
+        let segment = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let mut lines = Lines::open_at(path, offset)?;
+        while out.len() < max {
+            let Some((n, bytes)) = lines.next_line()? else { break };
+            let record = parse(path, n, bytes)?;
+            if record.seq > upto {
+                return Ok(Some(out));
+            }
+            let position = Position { seq: record.seq, hash: hash_hex(bytes), segment: segment.clone(), offset };
+            offset += bytes.len() as u64 + 1;
+            out.push(RawRecord { position, line: bytes.to_vec(), record });
+        }
+        if out.len() >= max {
+            break;
+        }
+        offset = 0;
+    }
+    Ok(Some(out))
+}
+
 fn hash_hex(bytes: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }

@@ -28,6 +28,9 @@ pub struct KafkaConfig {
     pub feedback_topic: String,
     /// Where messages that cannot be parsed are copied (besides being recorded), if anywhere.
     pub dead_letter_topic: Option<String>,
+    /// Where every audit record is published (keyed by target), if anywhere: see
+    /// [`crate::sinks::audit_topic`].
+    pub audit_topic: Option<String>,
     /// Passed to librdkafka as they are: `security.protocol`, `sasl.*`, `ssl.*`, ...
     pub properties: BTreeMap<String, String>,
 }
@@ -41,6 +44,7 @@ impl KafkaConfig {
             alerts_topic: "backstop.alerts".into(),
             feedback_topic: "backstop.feedback".into(),
             dead_letter_topic: None,
+            audit_topic: None,
             properties: BTreeMap::new(),
         }
     }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audit_topic;
 mod chain;
 mod cli;
 mod crash;

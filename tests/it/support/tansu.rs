@@ -25,17 +25,34 @@ fn binary() -> Option<std::path::PathBuf> {
     })
 }
 
+/// The binary; None (with a message) only when it is missing and BACKSTOP_SKIP_EXTERNAL=1.
+fn binary_or_skip() -> Option<std::path::PathBuf> {
+    let bin = binary();
+    if bin.is_none() {
+        if std::env::var("BACKSTOP_SKIP_EXTERNAL").as_deref() == Ok("1") {
+            eprintln!("skipping: tansu not installed");
+            return None;
+        }
+        panic!("tansu not found: cargo install tansu --version 0.6.0 --features dynostore");
+    }
+    bin
+}
+
 impl Tansu {
+    /// Whether a test can start tansu later (see `try_start`).
+    pub fn available() -> bool {
+        binary_or_skip().is_some()
+    }
+
     /// None (with a message) only when the binary is missing and BACKSTOP_SKIP_EXTERNAL=1.
     pub async fn try_start() -> Option<Tansu> {
-        let Some(bin) = binary() else {
-            if std::env::var("BACKSTOP_SKIP_EXTERNAL").as_deref() == Ok("1") {
-                eprintln!("skipping: tansu not installed");
-                return None;
-            }
-            panic!("tansu not found: cargo install tansu --version 0.6.0 --features dynostore");
-        };
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Tansu::try_start_on(port).await
+    }
+
+    /// On a given port (e.g. one that backstop was already pointed at, for outage tests).
+    pub async fn try_start_on(port: u16) -> Option<Tansu> {
+        let bin = binary_or_skip()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(bin)
             .args([
