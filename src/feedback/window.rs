@@ -45,7 +45,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::stats::{two_proportion_z_test, wilson_interval};
@@ -65,19 +65,19 @@ pub const Z95: f64 = 1.96;
 /// Log-spaced bins between 1 ms and 1 ms · 1.1^121 ≈ 101.98 s.
 const LATENCY_LOG_BINS: usize = 121;
 /// Plus one bin below 1 ms (index 0) and one at or above the top edge (the last).
-const LATENCY_BINS: usize = LATENCY_LOG_BINS + 2;
+pub(crate) const LATENCY_BINS: usize = LATENCY_LOG_BINS + 2;
 /// Durations are clamped to this many milliseconds (~73 million years), so that no arithmetic on
 /// them overflows.
 const MAX_MS: i64 = i64::MAX / 4;
 /// Slack for comparing differences of rates with a threshold given in decimal.
-const EPSILON: f64 = 1e-12;
+pub(crate) const EPSILON: f64 = 1e-12;
 
 /// The upper edge of the latency histogram (≈ 101.98 s); anything slower is reported as this.
 pub fn latency_max_seconds() -> f64 {
     LATENCY_MIN_SECONDS * LATENCY_GROWTH.powi(LATENCY_LOG_BINS as i32)
 }
 
-fn latency_bin(seconds: f64) -> usize {
+pub(crate) fn latency_bin(seconds: f64) -> usize {
     if seconds < LATENCY_MIN_SECONDS {
         return 0;
     }
@@ -98,7 +98,7 @@ fn latency_bin_value(bin: usize) -> f64 {
 }
 
 /// The nearest-rank `q`-quantile (0 < q <= 1) of a histogram of `n` latencies.
-fn latency_quantile(hist: &[u64; LATENCY_BINS], n: u64, q: f64) -> Option<f64> {
+pub(crate) fn latency_quantile(hist: &[u64], n: u64, q: f64) -> Option<f64> {
     if n == 0 || !(q > 0.0 && q <= 1.0) {
         return None;
     }
@@ -137,7 +137,7 @@ pub enum Intake {
     Ignored,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Bucket {
     index: i64,
     satisfaction_n: u64,
@@ -148,7 +148,8 @@ struct Bucket {
     outcomes_n: u64,
     errors: u64,
     latency_n: u64,
-    latency: Option<Box<[u64; LATENCY_BINS]>>,
+    /// [`LATENCY_BINS`] counters, once a latency was seen.
+    latency: Option<Vec<u64>>,
 }
 
 impl Bucket {
@@ -186,7 +187,7 @@ impl Bucket {
                     self.errors = self.errors.saturating_add(1);
                 }
                 if let Some(seconds) = latency_seconds.filter(|s| s.is_finite() && *s >= 0.0) {
-                    let hist = self.latency.get_or_insert_with(|| Box::new([0; LATENCY_BINS]));
+                    let hist = self.latency.get_or_insert_with(|| vec![0; LATENCY_BINS]);
                     let bin = &mut hist[latency_bin(seconds)];
                     *bin = bin.saturating_add(1);
                     self.latency_n = self.latency_n.saturating_add(1);
@@ -206,7 +207,7 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 }
 
 /// The sliding window of one arm (one service version): see the module documentation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmWindow {
     bucket_ms: i64,
     /// N: buckets that make up the window.
@@ -387,13 +388,13 @@ impl Verdict {
         }
     }
 
-    fn from_failures(failed: Vec<String>, evidence: Evidence) -> Verdict {
+    pub(crate) fn from_failures(failed: Vec<String>, evidence: Evidence) -> Verdict {
         if failed.is_empty() { Verdict::Act(evidence) } else { Verdict::Hold { reason: failed.join("; "), evidence } }
     }
 }
 
 /// A number for a reason: about three significant digits, no trailing zeros.
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
         return format!("{x}");
     }
@@ -411,11 +412,11 @@ fn exceeds(value: f64, limit: f64) -> bool {
     value > limit
 }
 
-fn rate(x: u64, n: u64) -> Option<f64> {
+pub(crate) fn rate(x: u64, n: u64) -> Option<f64> {
     if n == 0 || x > n { None } else { Some(x as f64 / n as f64) }
 }
 
-fn interval_json(x: u64, n: u64) -> Value {
+pub(crate) fn interval_json(x: u64, n: u64) -> Value {
     match wilson_interval(x, n, Z95) {
         Some((lo, hi)) => json!([lo, hi]),
         None => Value::Null,
@@ -632,6 +633,7 @@ pub fn latency_p95(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::testing::Rng;
     use chrono::{TimeDelta, TimeZone};
 
     fn t0() -> DateTime<Utc> {
@@ -656,19 +658,6 @@ mod tests {
 
     fn outcomes(outcomes_n: u64, errors: u64) -> ArmSummary {
         ArmSummary { outcomes_n, errors, ..ArmSummary::default() }
-    }
-
-    /// splitmix64: deterministic uniform numbers in [0, 1) for the tests.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64
-        }
     }
 
     fn exact_nearest_rank(sorted: &[f64], q: f64) -> f64 {
@@ -885,14 +874,14 @@ mod tests {
         let mut rng = Rng(42);
         type Draw = Box<dyn Fn(&mut Rng) -> f64>;
         let distributions: [(&str, Draw); 3] = [
-            ("log-uniform 1 ms .. 100 s", Box::new(|r: &mut Rng| 1e-3 * 10f64.powf(5.0 * r.next()))),
+            ("log-uniform 1 ms .. 100 s", Box::new(|r: &mut Rng| 1e-3 * 10f64.powf(5.0 * r.uniform()))),
             (
                 "log-normal around 50 ms",
-                Box::new(|r: &mut Rng| 0.05 * (2.0 * (r.next() + r.next() + r.next() - 1.5)).exp()),
+                Box::new(|r: &mut Rng| 0.05 * (2.0 * (r.uniform() + r.uniform() + r.uniform() - 1.5)).exp()),
             ),
             (
                 "bimodal: 90% ~20 ms, 10% ~2 s",
-                Box::new(|r: &mut Rng| if r.next() < 0.9 { 0.015 + 0.01 * r.next() } else { 1.5 + r.next() }),
+                Box::new(|r: &mut Rng| if r.uniform() < 0.9 { 0.015 + 0.01 * r.uniform() } else { 1.5 + r.uniform() }),
             ),
         ];
         let mut worst: f64 = 0.0;
@@ -1010,8 +999,8 @@ mod tests {
         let now = t0() + ms(299_000);
         for i in 0..2_000i64 {
             let at = t0() + ms(i * 149);
-            canary.record(now, at, sat(rng.next() >= 0.25));
-            baseline.record(now, at, sat(rng.next() >= 0.10));
+            canary.record(now, at, sat(rng.uniform() >= 0.25));
+            baseline.record(now, at, sat(rng.uniform() >= 0.10));
         }
         let v = negative_feedback(&canary.summary(now), &baseline.summary(now), 50, 0.01, 0.05);
         assert!(v.is_act(), "{v:?}");
