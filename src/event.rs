@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum SourceKind {
     Alertmanager,
     Kafka,
+    /// Feedback posted to backstop's own HTTP endpoint.
+    Http,
     Manual,
 }
 
@@ -19,6 +21,7 @@ impl SourceKind {
         match self {
             SourceKind::Alertmanager => "alertmanager",
             SourceKind::Kafka => "kafka",
+            SourceKind::Http => "http",
             SourceKind::Manual => "manual",
         }
     }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{Kind, Record};
+use crate::feedback::arms::{ArmKey, Arms, ArmsSnapshot, Origin};
+use crate::sources::message::Feedback;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardSettings {
@@ -53,6 +55,9 @@ pub enum Verdict {
     },
 }
 
+/// In the outcome of an action taken on feedback: the arms whose comparison it ends.
+pub const FEEDBACK_ARMS: &str = "feedback_arms";
+
 /// Kinds of on-call control recorded as `control` records (`detail.control`).
 pub const PAUSE: &str = "pause";
 pub const RESUME: &str = "resume";
@@ -78,6 +83,8 @@ pub struct GuardState {
     applied: VecDeque<DateTime<Utc>>,
     global_pause: Option<Pause>,
     paused: HashMap<String, Pause>,
+    /// Feedback per service version, for feedback rules.
+    arms: Arms,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -95,9 +102,11 @@ pub struct Snapshot {
     global_pause: Option<Pause>,
     paused: Vec<(String, Pause)>,
     pending: Vec<Pending>,
+    arms: ArmsSnapshot,
 }
 
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: with the feedback arms.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 impl GuardState {
     pub fn snapshot(&self, position: crate::audit::Position) -> Snapshot {
@@ -117,6 +126,7 @@ impl GuardState {
             global_pause: self.global_pause.clone(),
             paused,
             pending: self.pending.values().cloned().collect(),
+            arms: self.arms.snapshot(),
         }
     }
 
@@ -133,21 +143,60 @@ impl GuardState {
             global_pause: s.global_pause,
             paused: s.paused.into_iter().collect(),
             pending: s.pending.into_iter().map(|p| (p.action_id.clone(), p)).collect(),
+            arms: Arms::from_snapshot(s.arms),
         }
     }
 
     /// How many entries the state holds (it must follow activity, not history).
     pub fn len(&self) -> usize {
-        self.keys.len() + self.last_applied.len() + self.applied.len() + self.paused.len() + self.pending.len()
+        let (arms, partitions, ids) = self.arms.len();
+        self.keys.len()
+            + self.last_applied.len()
+            + self.applied.len()
+            + self.paused.len()
+            + self.pending.len()
+            + arms
+            + partitions
+            + ids
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.global_pause.is_none()
     }
 
+    /// The feedback arms.
+    pub fn arms(&self) -> &Arms {
+        &self.arms
+    }
+
+    /// Count a feedback event recorded at `time` (also done by [`GuardState::observe`] for its
+    /// `received` record when the log is replayed).
+    pub fn observe_feedback(&mut self, time: DateTime<Utc>, feedback: &Feedback, origin: &Origin<'_>) {
+        self.arms.observe(time, feedback, origin);
+    }
+
+    /// Whether an idempotency key was used (an action decided, or a dry run recorded).
+    pub fn has_key(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
     /// Fold one audit record into the state.
     pub fn observe(&mut self, r: &Record) {
         let e = &r.entry;
+        if e.kind == Kind::Received
+            && let Some(detail) = &e.detail
+            && let Some(f) = detail.get("feedback")
+            && let Ok(feedback) = serde_json::from_value::<Feedback>(f.clone())
+        {
+            self.arms.observe(r.time, &feedback, &Origin::of(&feedback, detail));
+        }
+        // An action on feedback, applied or found done, ends the comparison that led to it.
+        if matches!(e.kind, Kind::Applied | Kind::Noop)
+            && let Some(arms) = e.detail.as_ref().and_then(|d| d.get(FEEDBACK_ARMS))
+            && let Ok(arms) = serde_json::from_value::<Vec<ArmKey>>(arms.clone())
+        {
+            self.arms.reset(&arms);
+        }
         if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
             && let Some(id) = &e.action_id
         {
@@ -219,6 +268,7 @@ impl GuardState {
         while self.applied.front().is_some_and(|t| *t < window_start) {
             self.applied.pop_front();
         }
+        self.arms.prune(now);
     }
 
     /// Vet an automatic action.

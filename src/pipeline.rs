@@ -14,11 +14,13 @@ use tracing::{info, instrument, warn};
 use crate::actions::{self, ActionPlan, Decide, Decided, Meta, Outcome};
 use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
 use crate::confirm::{self, SharedPrometheus};
-use crate::event::Alert;
+use crate::event::{Alert, AlertStatus, SourceKind};
+use crate::feedback::arms::{ArmKey, Origin};
 use crate::guards::{self, GuardSettings, GuardState, Verdict};
 use crate::istio::{self, RouteState};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::service;
+use crate::sources::message::Feedback;
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,26 @@ pub struct Report {
     pub reason: Option<String>,
 }
 
+/// What became of one feedback event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedbackReport {
+    pub event_id: String,
+    /// Counted before (a redelivery): not recorded or counted again.
+    pub duplicate: bool,
+    /// The actions feedback rules took because of it (usually none).
+    pub reports: Vec<Report>,
+}
+
+/// Why a feedback rule acts: its evidence, and the arms whose comparison the action ends.
+struct FeedbackContext {
+    evidence: Value,
+    arms: Vec<ArmKey>,
+}
+
+/// After a feedback rule's finding was held, refused or failed, the same finding is not
+/// decided again for this long (each event would otherwise record it again).
+pub const FEEDBACK_QUIET: Duration = Duration::from_secs(60);
+
 /// A request that could not be accepted, recorded so nothing sent is lost without trace.
 #[derive(Debug, Clone)]
 pub struct Rejection<'a> {
@@ -83,6 +105,8 @@ pub struct Pipeline {
     rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
     restored: Restored,
     prometheus: Option<SharedPrometheus>,
+    /// Feedback findings not to decide again before a time (see [`FEEDBACK_QUIET`]).
+    feedback_quiet: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 /// The guards' state snapshot, beside the audit log's segments.
@@ -183,6 +207,7 @@ impl Pipeline {
             rejections: Default::default(),
             restored,
             prometheus: None,
+            feedback_quiet: Default::default(),
         })
     }
 
@@ -291,22 +316,92 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Record a feedback event durably. (Rules on feedback come next: see docs/feedback.md.)
-    pub async fn feedback(&self, f: &crate::sources::message::Feedback, position: Value) -> Result<(), AuditError> {
-        let id = f.id.clone().unwrap_or_else(|| {
-            format!(
-                "kafka:{}/{}/{}",
-                position["topic"].as_str().unwrap_or("?"),
-                position["partition"],
-                position["offset"]
-            )
+    /// Record a feedback event durably, count it in its arm, and act for every feedback rule
+    /// that now finds the canary worse. `origin` says where it came from (`{"kafka": {topic,
+    /// partition, offset}}` or `{"http": ...}`). An event counted before (a redelivery: same
+    /// Kafka position or same id) is neither recorded nor counted again.
+    #[instrument(skip_all, fields(service = %f.service, version = %f.version))]
+    pub async fn feedback(
+        &self,
+        f: &Feedback,
+        source: SourceKind,
+        origin: Value,
+    ) -> Result<FeedbackReport, PipelineError> {
+        let event_id = f.id.clone().unwrap_or_else(|| match &origin["kafka"] {
+            k if k.is_object() => {
+                format!("kafka:{}/{}/{}", k["topic"].as_str().unwrap_or("?"), k["partition"], k["offset"])
+            }
+            _ => format!("feedback-{}", uuid::Uuid::now_v7()),
         });
-        let entry = Entry::new(Kind::Received)
-            .event_id(id)
-            .source("kafka")
-            .target(format!("{}/{}", f.namespace, f.service))
-            .detail(json!({ "feedback": f, "kafka": position }));
-        self.audit.append(vec![entry]).await.map(|_| ())
+        let mut detail = json!({ "feedback": f });
+        if let (Value::Object(d), Value::Object(o)) = (&mut detail, origin) {
+            d.extend(o);
+        }
+        let rules = self.rules();
+        let findings = {
+            let mut state = self.state.lock().await;
+            let seen_before = state.arms().seen(&Origin::of(f, &detail));
+            if seen_before {
+                return Ok(FeedbackReport { event_id, duplicate: true, reports: Vec::new() });
+            }
+            let entry = Entry::new(Kind::Received)
+                .event_id(&event_id)
+                .source(source.as_str())
+                .target(format!("{}/{}", f.namespace, f.service))
+                .detail(detail.clone());
+            let records = self.audit.append(vec![entry]).await?;
+            let time = records.first().map(|r| r.time).unwrap_or_else(Utc::now);
+            state.observe_feedback(time, f, &Origin::of(f, &detail));
+            let quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
+            let mut findings = Vec::new();
+            for rule in rules.feedback_rules(&f.namespace, &f.service, &f.version) {
+                let Some(spec) = &rule.feedback else { continue };
+                let Some(finding) = spec.evaluate(state.arms(), &f.namespace, time) else { continue };
+                let key = format!("{}|{}", rule.name, finding.comparison);
+                let quieted = quiet.get(&key).is_some_and(|until| *until > time);
+                if !state.has_key(&key) && !quieted {
+                    findings.push((rule.clone(), key, finding));
+                }
+            }
+            findings
+        };
+        let mut reports = Vec::new();
+        for (rule, key, finding) in findings {
+            let alert = Alert {
+                id: event_id.clone(),
+                source,
+                name: format!("feedback:{}", rule.name),
+                status: AlertStatus::Firing,
+                labels: finding.labels.clone(),
+                annotations: Default::default(),
+                starts_at: Utc::now(),
+                ends_at: None,
+                fingerprint: finding.comparison.clone(),
+                generator_url: String::new(),
+            };
+            let decision =
+                match rule.target_for_labels(&finding.labels).and_then(|t| Ok((t, rule.plan(&finding.labels)?))) {
+                    Ok((target, plan)) => {
+                        Decision::Act { rule: rule.name.clone(), key: key.clone(), target, plan, dry_run: rule.dry_run }
+                    }
+                    Err(missing) => Decision::Refuse { rule: rule.name.clone(), reason: missing.to_string() },
+                };
+            let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms };
+            let report = self.decided(&alert, &rule, decision, Some(&context)).await?;
+            if !matches!(report.outcome, Kind::Applied | Kind::Noop | Kind::DryRun | Kind::Decided) {
+                // Held, refused or failed: the next events would find the same; say it again
+                // only after a while rather than at every event.
+                let until = Utc::now() + chrono::Duration::from_std(FEEDBACK_QUIET).unwrap_or_default();
+                let mut quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
+                if quiet.len() >= REJECTION_MEMORY {
+                    let now = Utc::now();
+                    quiet.retain(|_, t| *t > now);
+                }
+                quiet.insert(key, until);
+            }
+            reports.push(report);
+        }
+        Ok(FeedbackReport { event_id, duplicate: false, reports })
     }
 
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
@@ -338,7 +433,7 @@ impl Pipeline {
             for decision in decisions {
                 let rule = rules.get(decision.rule()).cloned();
                 if let Some(rule) = rule {
-                    reports.push(self.decided(alert, &rule, decision).await?);
+                    reports.push(self.decided(alert, &rule, decision, None).await?);
                 }
             }
         }
@@ -346,12 +441,26 @@ impl Pipeline {
     }
 
     #[instrument(skip_all, fields(event_id = %alert.id, rule = %rule.name))]
-    async fn decided(&self, alert: &Alert, rule: &Rule, decision: Decision) -> Result<Report, PipelineError> {
-        let matched = Entry::new(Kind::Matched)
+    async fn decided(
+        &self,
+        alert: &Alert,
+        rule: &Rule,
+        decision: Decision,
+        feedback: Option<&FeedbackContext>,
+    ) -> Result<Report, PipelineError> {
+        let mut matched = Entry::new(Kind::Matched)
             .event_id(&alert.id)
             .source(alert.source.as_str())
             .rule(&rule.name)
             .detail(json!({ "action": rule.action_summary(), "status": alert.status }));
+        if let Some(f) = feedback {
+            matched = matched.detail(json!({ "evidence": f.evidence }));
+        }
+        // An action on feedback, once applied (or found done), ends the comparison.
+        let ends_comparison = |entry: Entry| match feedback {
+            Some(f) => entry.detail(json!({ guards::FEEDBACK_ARMS: f.arms })),
+            None => entry,
+        };
         let mut state = self.state.lock().await;
         let report =
             |outcome: Kind, target: Option<&ObjectRef>, action_id: Option<&str>, reason: Option<String>| Report {
@@ -430,6 +539,11 @@ impl Pipeline {
                 self.record(&mut state, vec![matched, decided]).await?;
                 let outcome = self.run(&target, &decide, &action_id, &rule.name, true).await;
                 let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome, target.kind);
+                let entry = if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. }) {
+                    ends_comparison(entry)
+                } else {
+                    entry
+                };
                 let reason = entry.reason.clone();
                 self.record(&mut state, vec![entry]).await?;
                 log_outcome(&outcome, &target_name, &action_id);

@@ -168,8 +168,12 @@ impl Entry {
         self.after = Some(v);
         self
     }
+    /// Set the detail; a second object is merged into the first (its keys win).
     pub fn detail(mut self, v: Value) -> Self {
-        self.detail = Some(v);
+        match (&mut self.detail, v) {
+            (Some(Value::Object(old)), Value::Object(new)) => old.extend(new),
+            (_, v) => self.detail = Some(v),
+        }
         self
     }
 }

@@ -1,7 +1,9 @@
-//! Feedback about a canary (satisfaction, model scores, request outcomes): statistics over
-//! sliding windows per arm, the sequential comparisons that say whether the canary is worse
-//! than its baseline, and the per-arm state they read.
+//! Feedback about a canary (satisfaction, model scores, request outcomes): per-version arms,
+//! sliding windows, the sequential comparisons that say whether the canary is worse than its
+//! baseline, and the rules' evaluation of them.
 
+pub mod arms;
+pub mod rule;
 pub mod sequential;
 pub mod stats;
 #[cfg(test)]

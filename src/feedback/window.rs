@@ -137,7 +137,7 @@ pub enum Intake {
     Ignored,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Bucket {
     index: i64,
     satisfaction_n: u64,
@@ -207,7 +207,7 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 }
 
 /// The sliding window of one arm (one service version): see the module documentation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmWindow {
     bucket_ms: i64,
     /// N: buckets that make up the window.
@@ -299,8 +299,19 @@ impl ArmWindow {
 
     /// The events of the window ending at `now` (see the module documentation for its edges).
     pub fn summary(&self, now: DateTime<Utc>) -> ArmSummary {
+        self.summary_of_span(now, self.span)
+    }
+
+    /// The events of the last `window` (rounded up to whole buckets) ending at `now`: a
+    /// shorter view of the same ring; a longer `window` reads the whole ring.
+    pub fn summary_within(&self, now: DateTime<Utc>, window: Duration) -> ArmSummary {
+        let span = ceil_div(duration_ms(window), self.bucket_ms).clamp(1, self.span);
+        self.summary_of_span(now, span)
+    }
+
+    fn summary_of_span(&self, now: DateTime<Utc>, span: i64) -> ArmSummary {
         let now_index = now.timestamp_millis().div_euclid(self.bucket_ms);
-        let (first, last) = (now_index - self.span + 1, now_index + 1);
+        let (first, last) = (now_index - span + 1, now_index + 1);
         let mut s = ArmSummary::default();
         let mut mean = 0.0;
         let mut hist = [0u64; LATENCY_BINS];
@@ -674,6 +685,17 @@ mod tests {
         assert_eq!(w.bucket_width(), Duration::from_secs(5));
         assert_eq!(w.effective_window(), Duration::from_secs(300));
         assert_eq!(w.summary(t0()), ArmSummary::default());
+    }
+
+    #[test]
+    fn a_shorter_view_of_the_same_ring_forgets_sooner() {
+        let mut w = five_minutes();
+        w.record(t0(), t0(), sat(false));
+        w.record(t0() + ms(60_000), t0() + ms(60_000), sat(true));
+        let now = t0() + ms(90_000);
+        assert_eq!(w.summary_within(now, Duration::from_secs(60)), arm(1, 0));
+        assert_eq!(w.summary_within(now, Duration::from_secs(120)), arm(2, 1));
+        assert_eq!(w.summary_within(now, Duration::from_secs(3600)), w.summary(now));
     }
 
     #[test]

@@ -17,8 +17,10 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::audit::{self, Kind};
+use crate::event::SourceKind;
 use crate::pipeline::{Pipeline, PipelineError, Rejection};
 use crate::sources::alertmanager::{self, ParseError};
+use crate::sources::message;
 use crate::target::ObjectRef;
 use auth::Auth;
 
@@ -35,6 +37,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/alertmanager", post(alertmanager_webhook))
+        .route("/v1/feedback", post(feedback_intake))
         .route("/v1/actions", post(act))
         .route("/v1/actions/{id}/undo", post(undo))
         .route("/v1/pause", post(pause).get(pauses))
@@ -132,24 +135,144 @@ fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
-async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
-    let rejection = if !state.auth.allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+/// What every intake checks before parsing: credentials, size, content type.
+fn precheck(
+    state: &AppState,
+    headers: &HeaderMap,
+    size: usize,
+    over: bool,
+    type_ok: bool,
+    send: &str,
+) -> Option<ApiError> {
+    if !state.auth.allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         Some(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong credentials"))
     } else if over {
         Some(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body of {size} bytes exceeds the limit of {} bytes", state.max_body_bytes),
         ))
-    } else if !is_json(&headers) {
+    } else if !type_ok {
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
         Some(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type `{ct}` is not supported; send application/json"),
+            format!("content type `{ct}` is not supported; send {send}"),
         ))
     } else {
         None
+    }
+}
+
+/// Record a request that is refused; Err (503) when the log cannot take even that.
+async fn record_rejection(
+    state: &AppState,
+    source: &str,
+    err: &ApiError,
+    size: usize,
+    bytes: &[u8],
+    sha: String,
+) -> Result<(), Response> {
+    let origin = json!({ "status": err.status.as_u16(), "location": err.location });
+    let rejection = Rejection { source, origin, reason: err.message.clone(), size, body: bytes, body_sha256: sha };
+    match state.pipeline.reject(rejection).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            warn!(error = %e, "could not record a rejected request");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("audit log unavailable: {e}")).into_response())
+        }
+    }
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"))
+}
+
+/// `POST /v1/feedback`: one feedback event (JSON, or a CloudEvent in structured mode, or in
+/// binary mode with `ce-` headers), or many as newline-delimited JSON
+/// (`application/x-ndjson`, one event per line). Each event is recorded before the answer;
+/// in a batch, a bad line is refused (and recorded) with its line number and the others are
+/// taken. The answer lists the actions feedback rules took.
+async fn feedback_intake(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
+    let ndjson = is_ndjson(&headers);
+    let send = "application/json, application/cloudevents+json or application/x-ndjson";
+    if let Some(err) = precheck(&state, &headers, size, over, ndjson || is_json(&headers), send) {
+        if let Err(unavailable) = record_rejection(&state, "http", &err, size, &bytes, sha).await {
+            return unavailable;
+        }
+        return err.into_response();
+    }
+    // The HTTP binding's `ce-` headers are the Kafka binding's `ce_` ones.
+    let ce: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .filter_map(|(k, v)| k.as_str().strip_prefix("ce-").map(|rest| (format!("ce_{rest}"), v.as_bytes().to_vec())))
+        .collect();
+    let ce: Vec<(&str, &[u8])> = ce.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    let lines: Vec<(usize, &[u8])> = if ndjson {
+        bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(i, l)| (i + 1, l))
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .collect()
+    } else {
+        vec![(1, &bytes[..])]
     };
+    let (mut results, mut refused, mut duplicates) = (Vec::new(), Vec::new(), 0usize);
+    for (line, payload) in &lines {
+        let parsed = message::parse(message::Expect::Feedback, if ndjson { &[] } else { &ce }, payload);
+        let error = match parsed {
+            Ok(message::Message::Feedback(f)) => {
+                let origin = json!({ "http": { "line": line, "sha256": sha } });
+                match state.pipeline.feedback(&f, SourceKind::Http, origin).await {
+                    Ok(report) => {
+                        duplicates += usize::from(report.duplicate);
+                        results.extend(report.reports);
+                        continue;
+                    }
+                    Err(e) => return ApiError::from(e).into_response(),
+                }
+            }
+            Ok(message::Message::Alerts(_)) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: "this is an alert: send alerts to /v1/alertmanager".into(),
+                location: json!({ "line": line }),
+            },
+            Err(e) => ApiError {
+                status: if e.path.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY },
+                message: e.to_string(),
+                location: json!({ "line": line, "path": e.path }),
+            },
+        };
+        let body_sha = crate::pipeline::sha256_hex(payload);
+        if let Err(unavailable) = record_rejection(&state, "http", &error, payload.len(), payload, body_sha).await {
+            return unavailable;
+        }
+        if !ndjson {
+            return error.into_response();
+        }
+        refused.push(json!({ "line": line, "status": error.status.as_u16(), "error": error.message }));
+    }
+    let status = if refused.is_empty() || refused.len() < lines.len() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let body = json!({
+        "received": lines.len() - refused.len(),
+        "duplicates": duplicates,
+        "refused": refused,
+        "results": results,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
+    let rejection = precheck(&state, &headers, size, over, is_json(&headers), "application/json");
     let parsed = match rejection {
         Some(e) => Err(e),
         None => alertmanager::parse(&bytes).map_err(|e| {
@@ -165,21 +288,8 @@ async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap,
     let webhook = match parsed {
         Ok(w) => w,
         Err(err) => {
-            let recorded = state
-                .pipeline
-                .reject(Rejection {
-                    source: "alertmanager",
-                    origin: json!({ "status": err.status.as_u16() }),
-                    reason: err.message.clone(),
-                    size,
-                    body: &bytes,
-                    body_sha256: sha,
-                })
-                .await;
-            if let Err(e) = recorded {
-                warn!(error = %e, "could not record a rejected request");
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("audit log unavailable: {e}"))
-                    .into_response();
+            if let Err(unavailable) = record_rejection(&state, "alertmanager", &err, size, &bytes, sha).await {
+                return unavailable;
             }
             return err.into_response();
         }

@@ -594,3 +594,151 @@ async fn a_rejection_the_log_could_not_take_is_recorded_when_it_comes_again() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(h.records(Kind::Rejected).len(), 1, "recorded on the retry, not lost to de-duplication");
 }
+
+// ---- feedback (rules/feedback.yaml) ----
+
+/// `n` seeded request outcomes for model-service in sms-app: 10% to the canary v2 failing with
+/// probability `p_canary`, the rest to v1 failing with `p_base`; one NDJSON line each.
+fn outcomes(seed: u64, n: usize, p_canary: f64, p_base: f64) -> Vec<String> {
+    let mut rng = crate::feedback::testing::Rng(seed);
+    (0..n)
+        .map(|i| {
+            let canary = rng.uniform() < 0.1;
+            let (version, p) = if canary { ("v2", p_canary) } else { ("v1", p_base) };
+            json!({
+                "id": format!("req-{seed}-{i}"),
+                "service": "model-service",
+                "namespace": "sms-app",
+                "version": version,
+                "time": chrono::Utc::now(),
+                "kind": "outcome",
+                "success": rng.uniform() >= p,
+                "latency_ms": 40.0,
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+impl Harness {
+    async fn feedback(&self, lines: &[String]) -> (StatusCode, Value) {
+        let body = lines.join("\n").into_bytes();
+        self.send(post("/v1/feedback", "application/x-ndjson", body)).await
+    }
+
+    /// Send in batches of 500; the results of all.
+    async fn feedback_batches(&self, lines: &[String]) -> Vec<Value> {
+        let mut results = Vec::new();
+        for chunk in lines.chunks(500) {
+            let (status, body) = self.feedback(chunk).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            results.extend(body["results"].as_array().cloned().unwrap_or_default());
+        }
+        results
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_failing_four_times_as_often_is_rolled_back_once_on_feedback_with_its_evidence() {
+    let h = harness();
+    let results = h.feedback_batches(&outcomes(1, 6000, 0.2, 0.05)).await;
+    // The stream goes on sending to v2 after the rollback (as a misrouted canary would): the
+    // next comparison finds it worse again, and the cooldown holds that, once.
+    let outcomes_seen: Vec<&str> = results.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes_seen[0], "applied", "{results:?}");
+    assert!(outcomes_seen[1..].iter().all(|o| *o == "held"), "{results:?}");
+    assert!(results[1]["reason"].as_str().unwrap().starts_with("cooldown"), "{results:?}");
+    assert_eq!(h.records(Kind::Applied).len(), 1);
+    assert_eq!(results[0]["rule"], "feedback-canary-errors");
+    assert_eq!(results[0]["outcome"], "applied");
+    assert_eq!(results[0]["target"], "sms-app/model-service");
+    assert!(h.vs().contains("subset: v1\n      weight: 100"), "{}", h.vs());
+    let matched = h.records(Kind::Matched);
+    let evidence = &matched[0].entry.detail.as_ref().unwrap()["evidence"];
+    assert_eq!(evidence["test"], "error_ratio");
+    assert!(evidence["detail"]["sequential"]["p_value"].as_f64().unwrap() <= 0.05, "{evidence}");
+    assert!(evidence["detail"]["ratio"].as_f64().unwrap() > 1.5, "{evidence}");
+    assert!(evidence["canary"]["summary"]["outcomes_n"].as_u64().unwrap() >= 100, "{evidence}");
+    assert!(evidence["detail"]["canary"]["wilson95"].is_array(), "{evidence}");
+    // Every event was recorded before the answer.
+    assert_eq!(h.records(Kind::Received).len(), 6000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_as_good_as_its_baseline_is_left_alone() {
+    let h = harness();
+    let before = h.vs();
+    let results = h.feedback_batches(&outcomes(2, 6000, 0.05, 0.05)).await;
+    assert!(results.is_empty(), "{results:?}");
+    assert_eq!(h.vs(), before);
+    assert!(h.records(Kind::Matched).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_model_confidence_rolls_back_at_once() {
+    let h = harness();
+    let score = json!({"service": "model-service", "namespace": "sms-app", "version": "v2",
+        "time": chrono::Utc::now(), "kind": "score", "score": 0.12, "id": "pred-1"});
+    let (status, body) = h.post_json("/v1/feedback", score).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["rule"], "feedback-canary-unconfident", "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let matched = h.records(Kind::Matched);
+    assert_eq!(matched[0].entry.detail.as_ref().unwrap()["evidence"]["detail"]["mean"], 0.12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn feedback_sent_twice_with_the_same_id_is_counted_once() {
+    let h = harness();
+    let line = outcomes(3, 1, 0.0, 0.0);
+    let (_, first) = h.feedback(&line).await;
+    let (status, again) = h.feedback(&line).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((first["duplicates"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(h.records(Kind::Received).len(), 1);
+    // Still recognised after a restart (the arms and ids are rebuilt from the log).
+    let h = h.restart().await;
+    let (_, after) = h.feedback(&line).await;
+    assert_eq!(after["duplicates"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_feedback_counted_before_a_restart_still_counts_after_it() {
+    let h = harness();
+    let lines = outcomes(1, 6000, 0.2, 0.05);
+    // The same stream that acted above, cut in two by a restart (snapshot, then the tail).
+    let (first, rest) = lines.split_at(800);
+    assert!(h.feedback_batches(first).await.is_empty(), "too few canary samples yet");
+    h.state.pipeline.save_snapshot().await.unwrap();
+    let (_, more) = h.feedback(&rest[..10]).await;
+    assert!(more["results"].as_array().unwrap().is_empty());
+    let h = h.restart().await;
+    assert_eq!(h.state.pipeline.restored().replayed, 10, "{:?}", h.state.pipeline.restored());
+    let results = h.feedback_batches(&rest[10..]).await;
+    assert_eq!(results[0]["outcome"], "applied", "{results:?}");
+    let one_run = harness();
+    let acted_at = |h: &Harness| h.records(Kind::Received).len();
+    one_run.feedback_batches(&lines).await;
+    // Both runs act at the same event: nothing was lost or counted twice across the restart.
+    let first_matched = |h: &Harness| h.records(Kind::Matched)[0].entry.event_id.clone();
+    assert_eq!(first_matched(&h), first_matched(&one_run));
+    assert_eq!(acted_at(&h), acted_at(&one_run));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_line_in_a_feedback_batch_is_refused_with_its_line_and_recorded_and_the_rest_taken() {
+    let h = harness();
+    let mut lines = outcomes(4, 3, 0.0, 0.0);
+    lines.insert(1, r#"{"service": "model-service", "version": "v2", "time": "soon", "kind": "outcome"}"#.into());
+    let (status, body) = h.feedback(&lines).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["received"], 3);
+    assert_eq!(body["refused"][0]["line"], 2, "{body}");
+    assert_eq!(body["refused"][0]["status"], 422);
+    assert!(body["refused"][0]["error"].as_str().unwrap().contains("time"), "{body}");
+    assert_eq!(h.records(Kind::Rejected).len(), 1);
+    // A single bad event is answered with its status and where.
+    let (status, body) = h.send(post("/v1/feedback", "application/json", b"{\"service\": ".to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(h.records(Kind::Rejected).len(), 2);
+}

@@ -16,6 +16,8 @@ use serde::Deserialize;
 use crate::actions::ActionPlan;
 use crate::confirm::{Comparison, Confirm, Fallback};
 use crate::event::{Alert, AlertStatus};
+use crate::feedback::rule::{Check, FeedbackSpec};
+use crate::feedback::sequential::{DEFAULT_TAU, Sequential, Test};
 use crate::istio::{Change, Dest, Plan, Weight};
 use crate::service::SelectorSwitch;
 use crate::target::{ObjectKind, ObjectRef};
@@ -63,20 +65,25 @@ pub struct Rule {
     pub dry_run: bool,
     /// Ask Prometheus before acting.
     pub confirm: Option<Confirm>,
+    /// A feedback rule (no `match`): what it compares. Its templates see the labels
+    /// `namespace`, `service`, `canary` and `baseline`.
+    pub feedback: Option<FeedbackSpec>,
 }
 
 impl Rule {
     pub fn matches(&self, alert: &Alert) -> bool {
-        self.status.accepts(alert.status) && self.matchers.iter().all(|m| m.matches(&alert.labels))
+        self.feedback.is_none()
+            && self.status.accepts(alert.status)
+            && self.matchers.iter().all(|m| m.matches(&alert.labels))
     }
 
     /// The object this rule acts on for `alert`.
     pub fn target_for(&self, alert: &Alert) -> Result<ObjectRef, template::MissingLabel> {
-        Ok(ObjectRef {
-            kind: self.kind,
-            namespace: self.namespace.render(&alert.labels)?,
-            name: self.object.render(&alert.labels)?,
-        })
+        self.target_for_labels(&alert.labels)
+    }
+
+    pub fn target_for_labels(&self, labels: &BTreeMap<String, String>) -> Result<ObjectRef, template::MissingLabel> {
+        Ok(ObjectRef { kind: self.kind, namespace: self.namespace.render(labels)?, name: self.object.render(labels)? })
     }
 
     /// The change to make; route names may be templated from the alert's labels.
@@ -155,12 +162,19 @@ pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
     by_alertname: HashMap<String, Vec<usize>>,
     any_alertname: Vec<usize>,
+    /// Feedback rules by the service they watch.
+    by_service: HashMap<String, Vec<usize>>,
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> RuleSet {
         let mut set = RuleSet::default();
         for (i, rule) in rules.into_iter().enumerate() {
+            if let Some(f) = &rule.feedback {
+                set.by_service.entry(f.service.clone()).or_default().push(i);
+                set.rules.push(Arc::new(rule));
+                continue;
+            }
             match rule.matchers.iter().find_map(Matcher::exact_alertname) {
                 Some(name) => set.by_alertname.entry(name.to_string()).or_default().push(i),
                 None => set.any_alertname.push(i),
@@ -184,6 +198,19 @@ impl RuleSet {
         let mut idx: Vec<usize> = named.iter().chain(&self.any_alertname).copied().collect();
         idx.sort_unstable();
         idx.into_iter().map(|i| &self.rules[i]).filter(|r| r.matches(alert)).collect()
+    }
+
+    /// Feedback rules concerned by an event about `version` of `service` in `namespace`.
+    pub fn feedback_rules<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Rule>> + 'a {
+        let idx = self.by_service.get(service).map(Vec::as_slice).unwrap_or(&[]);
+        idx.iter()
+            .map(|i| &self.rules[*i])
+            .filter(move |r| r.feedback.as_ref().is_some_and(|f| f.concerns(namespace, service, version)))
     }
 
     /// The engine: a decision for every rule that matches `alert` at time `now`.
@@ -274,8 +301,10 @@ struct RawRule {
     name: String,
     #[serde(default)]
     description: String,
-    #[serde(rename = "match")]
+    #[serde(default, rename = "match")]
     matchers: Vec<String>,
+    #[serde(default)]
+    feedback: Option<RawFeedback>,
     #[serde(default)]
     status: StatusFilter,
     #[serde(default, rename = "for")]
@@ -288,6 +317,140 @@ struct RawRule {
     dry_run: bool,
     #[serde(default)]
     confirm: Option<RawConfirm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeedback {
+    service: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    canary: String,
+    #[serde(default)]
+    baseline: Option<String>,
+    test: RawTest,
+    #[serde(default)]
+    alpha: Option<f64>,
+    #[serde(default)]
+    min_samples: Option<u64>,
+    #[serde(default)]
+    tau: Option<f64>,
+    #[serde(default)]
+    min_effect: Option<f64>,
+    #[serde(default)]
+    max_ratio: Option<f64>,
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    window: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawTest {
+    NegativeRatio,
+    ErrorRatio,
+    LatencyP95,
+    MeanScoreBelow,
+}
+
+/// Validate a `feedback:` block.
+fn feedback_spec(f: RawFeedback, problems: &mut Vec<(String, String)>) -> Option<FeedbackSpec> {
+    let before = problems.len();
+    let mut problem = |field: &str, message: String| problems.push((format!("feedback.{field}"), message));
+    for (field, value) in [("service", &f.service), ("canary", &f.canary)] {
+        if value.trim().is_empty() {
+            problem(field, "must not be empty".into());
+        }
+    }
+    let sequential = f.test != RawTest::MeanScoreBelow;
+    let only = |field: &str, set: bool, tests: &str, problem: &mut dyn FnMut(&str, String)| {
+        if set {
+            problem(field, format!("applies only to test {tests}"));
+        }
+    };
+    only("min_effect", f.min_effect.is_some() && f.test != RawTest::NegativeRatio, "negative-ratio", &mut problem);
+    only(
+        "max_ratio",
+        f.max_ratio.is_some() && !matches!(f.test, RawTest::ErrorRatio | RawTest::LatencyP95),
+        "error-ratio or latency-p95",
+        &mut problem,
+    );
+    let mean_only = "mean-score-below";
+    only("threshold", f.threshold.is_some() && sequential, mean_only, &mut problem);
+    only("window", f.window.is_some() && sequential, mean_only, &mut problem);
+    let seq_only = "negative-ratio, error-ratio or latency-p95";
+    only("alpha", f.alpha.is_some() && !sequential, seq_only, &mut problem);
+    only("tau", f.tau.is_some() && !sequential, seq_only, &mut problem);
+    only("baseline", f.baseline.is_some() && !sequential, seq_only, &mut problem);
+    if sequential {
+        match &f.baseline {
+            None => problem("baseline", "name the version the canary is compared with".into()),
+            Some(b) if *b == f.canary => problem("baseline", format!("the canary {b} cannot be its own baseline")),
+            Some(_) => {}
+        }
+    }
+    let alpha = f.alpha.unwrap_or(0.05);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        problem("alpha", format!("{alpha} is not in (0, 0.5): the chance of a false rollback per comparison"));
+    }
+    let tau = f.tau.unwrap_or(DEFAULT_TAU);
+    if !(tau > 0.0 && tau <= 1.0) {
+        problem("tau", format!("{tau} is not in (0, 1]: the difference of proportions the test is tuned for"));
+    }
+    let min_samples = f.min_samples.unwrap_or(if sequential { 100 } else { 1 });
+    if min_samples == 0 {
+        problem("min_samples", "must be at least 1".into());
+    }
+    let threshold = match f.test {
+        RawTest::NegativeRatio => f.min_effect.unwrap_or(0.0),
+        RawTest::ErrorRatio | RawTest::LatencyP95 => f.max_ratio.unwrap_or(1.5),
+        RawTest::MeanScoreBelow => match f.threshold {
+            Some(t) => t,
+            None => {
+                problem("threshold", "mean-score-below needs a threshold (e.g. 0.3)".into());
+                0.0
+            }
+        },
+    };
+    if !threshold.is_finite() || (sequential && threshold < 0.0) {
+        let name = match f.test {
+            RawTest::NegativeRatio => "min_effect",
+            RawTest::MeanScoreBelow => "threshold",
+            _ => "max_ratio",
+        };
+        problem(name, format!("{threshold} must be a finite number{}", if sequential { " >= 0" } else { "" }));
+    }
+    let window = match f.window.as_deref().map(humantime::parse_duration) {
+        None => Duration::from_secs(300),
+        Some(Ok(w)) if !w.is_zero() && w <= crate::feedback::arms::SCORE_WINDOW => w,
+        Some(Ok(w)) => {
+            let max = humantime::format_duration(crate::feedback::arms::SCORE_WINDOW);
+            problem("window", format!("{} is not between 1s and {max}", humantime::format_duration(w)));
+            w
+        }
+        Some(Err(e)) => {
+            problem("window", format!("not a duration ({e}); examples: 30s, 5m"));
+            Duration::ZERO
+        }
+    };
+    let test = match f.test {
+        RawTest::NegativeRatio => Some(Test::NegativeRatio),
+        RawTest::ErrorRatio => Some(Test::ErrorRatio),
+        RawTest::LatencyP95 => Some(Test::LatencyP95),
+        RawTest::MeanScoreBelow => None,
+    };
+    let check = match test {
+        Some(test) => Check::Sequential { test, settings: Sequential { alpha, min_samples, tau }, threshold },
+        None => Check::MeanScoreBelow { threshold, min_samples, window },
+    };
+    (problems.len() == before).then_some(FeedbackSpec {
+        service: f.service,
+        namespace: f.namespace,
+        canary: f.canary,
+        baseline: f.baseline,
+        check,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -526,9 +689,26 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     if raw.name.trim().is_empty() || raw.name.contains(char::is_whitespace) {
         problems.push(("name".into(), "must be non-empty, without spaces".into()));
     }
+    let feedback = match raw.feedback {
+        Some(f) => {
+            if !raw.matchers.is_empty() {
+                problems.push((
+                    "match".into(),
+                    "a rule reacts to alerts (`match`) or to feedback (`feedback`), not both".into(),
+                ));
+            }
+            if raw.min_firing.is_some() || raw.status != StatusFilter::Firing {
+                problems.push(("feedback".into(), "`for` and `status` apply to alerts, not to feedback".into()));
+            }
+            feedback_spec(f, &mut problems)
+        }
+        None => None,
+    };
     let matchers = match matcher::parse_all(&raw.matchers) {
-        Ok(m) if m.is_empty() => {
-            problems.push(("match".into(), "needs at least one matcher".into()));
+        Ok(m) if m.is_empty() && feedback.is_none() => {
+            if !problems.iter().any(|(f, _)| f.starts_with("feedback")) {
+                problems.push(("match".into(), "needs at least one matcher (or a `feedback:` block)".into()));
+            }
             m
         }
         Ok(m) => m,
@@ -652,6 +832,7 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             cooldown,
             dry_run: raw.dry_run,
             confirm,
+            feedback,
         }),
         _ => Err(problems),
     }

@@ -307,3 +307,82 @@ rules:
         other => panic!("{other:?}"),
     }
 }
+
+const FEEDBACK: &str = r#"
+rules:
+  - name: errors
+    feedback: { service: model-service, canary: v2, baseline: v1, test: error-ratio, max_ratio: 2 }
+    target: { namespace: "{{ $labels.namespace }}", virtualservice: "{{ $labels.service }}" }
+    action: { rollback: { stable: v1, canary: v2 } }
+  - name: confidence
+    feedback: { service: model-service, namespace: sms-app, canary: v2, test: mean-score-below, threshold: 0.3 }
+    target: { namespace: sms-app, virtualservice: model-service }
+    action: { rollback: { stable: v1, canary: v2 } }
+"#;
+
+#[test]
+fn feedback_rules_are_typed_once_and_never_match_alerts() {
+    let (rules, errors) = parse(FEEDBACK);
+    assert!(errors.is_empty(), "{errors:?}");
+    let spec = rules[0].feedback.as_ref().unwrap();
+    assert_eq!(
+        spec.check,
+        Check::Sequential {
+            test: Test::ErrorRatio,
+            settings: Sequential { alpha: 0.05, min_samples: 100, tau: DEFAULT_TAU },
+            threshold: 2.0
+        }
+    );
+    assert_eq!(
+        rules[1].feedback.as_ref().unwrap().check,
+        Check::MeanScoreBelow { threshold: 0.3, min_samples: 1, window: Duration::from_secs(300) }
+    );
+    let set = RuleSet::new(rules);
+    let names =
+        |ns, version| set.feedback_rules(ns, "model-service", version).map(|r| r.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names("sms-app", "v2"), ["errors", "confidence"]);
+    assert_eq!(names("other", "v1"), ["errors"]);
+    assert!(names("other", "v3").is_empty());
+    let any = alert("Anything", &[], AlertStatus::Firing, 600);
+    assert!(set.decide(&any, Utc::now()).is_empty(), "a feedback rule has no matchers and must not match alerts");
+}
+
+#[test]
+fn feedback_rule_mistakes_are_all_reported_with_their_field() {
+    let (_, errors) = parse(
+        r#"
+rules:
+  - name: muddled
+    match: ['alertname="X"']
+    for: 1m
+    feedback:
+      service: model-service
+      canary: v2
+      test: error-ratio
+      alpha: 0.7
+      threshold: 0.3
+      min_samples: 0
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: v2 } }
+  - name: wrong-test
+    feedback: { service: s, canary: v2, baseline: v1, test: t-test }
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: v2 } }
+"#,
+    );
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "match",
+            "feedback",
+            "feedback.threshold",
+            "feedback.baseline",
+            "feedback.alpha",
+            "feedback.min_samples",
+            "feedback.test"
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[6].message.contains("negative-ratio"), "{}", errors[6]);
+}

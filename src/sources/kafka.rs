@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::message::{self, Expect, Message};
 use super::{Source, SourceError};
+use crate::event::SourceKind;
 use crate::pipeline::{Pipeline, Rejection, sha256_hex};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +116,12 @@ impl KafkaSource {
                 self.pipeline.alerts(&alerts, json!({ "kafka": position })).await.map(|_| ()).map_err(|e| e.to_string())
             }
             Ok(Message::Feedback(feedback)) => {
-                self.pipeline.feedback(&feedback, position).await.map_err(|e| e.to_string())
+                let origin = json!({ "kafka": position });
+                self.pipeline
+                    .feedback(&feedback, SourceKind::Kafka, origin)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
             Err(e) => {
                 let rejection = Rejection {

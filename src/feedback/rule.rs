@@ -1,0 +1,186 @@
+//! What a feedback rule compares, validated once (see `rules` for the YAML), and the pure
+//! evaluation of it against the arms.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::arms::{ArmKey, Arms};
+use super::sequential::{Sequential, Test};
+use super::window::mean_score_below;
+
+/// Which feedback a rule watches and how it judges it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackSpec {
+    pub service: String,
+    /// None: the service in any namespace.
+    pub namespace: Option<String>,
+    pub canary: String,
+    /// The version compared against (not used by `mean-score-below`).
+    pub baseline: Option<String>,
+    pub check: Check,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// Canary against baseline, sequentially (`threshold`: `min_effect` or `max_ratio`).
+    Sequential { test: Test, settings: Sequential, threshold: f64 },
+    /// The canary's mean score over the last `window` is under `threshold`.
+    MeanScoreBelow { threshold: f64, min_samples: u64, window: Duration },
+}
+
+/// A rule's conclusion that the canary is worse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Identifies the comparison: the idempotency key's suffix (one action per comparison).
+    pub comparison: String,
+    /// The evidence for the audit record.
+    pub evidence: Value,
+    /// The arms whose comparison ends when the action is applied.
+    pub arms: Vec<ArmKey>,
+    /// Labels for the rule's templates: `namespace`, `service`, `canary`, `baseline`.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl FeedbackSpec {
+    /// Whether an event about this version of this service concerns the rule.
+    pub fn concerns(&self, namespace: &str, service: &str, version: &str) -> bool {
+        self.service == service
+            && self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && (self.canary == version || self.baseline.as_deref() == Some(version))
+    }
+
+    /// The test's name, for summaries.
+    pub fn test_name(&self) -> &'static str {
+        match &self.check {
+            Check::Sequential { test, .. } => test.name(),
+            Check::MeanScoreBelow { .. } => "mean_score_below",
+        }
+    }
+
+    /// Evaluate at `now` for the service in `namespace`: Some when the canary is shown worse.
+    /// The quick check runs first; evidence is built only for a finding.
+    pub fn evaluate(&self, arms: &Arms, namespace: &str, now: DateTime<Utc>) -> Option<Finding> {
+        let canary_key = ArmKey::new(namespace, &self.service, &self.canary);
+        let canary = arms.get(&canary_key)?;
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("namespace".to_string(), namespace.to_string());
+        labels.insert("service".to_string(), self.service.clone());
+        labels.insert("canary".to_string(), self.canary.clone());
+        match &self.check {
+            Check::Sequential { test, settings, threshold } => {
+                let baseline_version = self.baseline.as_deref()?;
+                let baseline_key = ArmKey::new(namespace, &self.service, baseline_version);
+                let baseline = arms.get(&baseline_key)?;
+                let cmp = test.compare(&canary.tally, &baseline.tally, settings, *threshold);
+                if !cmp.acts() {
+                    return None;
+                }
+                let verdict = cmp.verdict(&canary.tally, &baseline.tally);
+                let started = canary.started.max(baseline.started);
+                labels.insert("baseline".to_string(), baseline_version.to_string());
+                Some(Finding {
+                    comparison: format!("{canary_key}|{baseline_version}|{}", started.to_rfc3339()),
+                    evidence: json!({
+                        "test": verdict.evidence().test,
+                        "since": started,
+                        "canary": { "version": self.canary, "summary": verdict.evidence().canary },
+                        "baseline": { "version": baseline_version, "summary": verdict.evidence().baseline },
+                        "detail": verdict.evidence().detail,
+                    }),
+                    arms: vec![canary_key, baseline_key],
+                    labels,
+                })
+            }
+            Check::MeanScoreBelow { threshold, min_samples, window } => {
+                let summary = canary.scores.summary_within(now, *window);
+                let verdict = mean_score_below(&summary, *threshold, *min_samples);
+                if !verdict.is_act() {
+                    return None;
+                }
+                Some(Finding {
+                    comparison: format!("{canary_key}|{}", canary.started.to_rfc3339()),
+                    evidence: json!({
+                        "test": verdict.evidence().test,
+                        "window": humantime::format_duration(*window).to_string(),
+                        "canary": { "version": self.canary, "summary": verdict.evidence().canary },
+                        "detail": verdict.evidence().detail,
+                    }),
+                    arms: vec![canary_key],
+                    labels,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::arms::Origin;
+    use crate::sources::message::{Feedback, FeedbackKind};
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 20, 0, 0).unwrap()
+    }
+
+    fn add(arms: &mut Arms, version: &str, kind: FeedbackKind, n: usize) {
+        for _ in 0..n {
+            let f = Feedback {
+                id: None,
+                namespace: "sms-app".into(),
+                service: "model-service".into(),
+                version: version.into(),
+                time: t0(),
+                kind: kind.clone(),
+            };
+            arms.observe(t0(), &f, &Origin { id: None, kafka: None });
+        }
+    }
+
+    fn spec(check: Check) -> FeedbackSpec {
+        FeedbackSpec {
+            service: "model-service".into(),
+            namespace: None,
+            canary: "v2".into(),
+            baseline: Some("v1".into()),
+            check,
+        }
+    }
+
+    #[test]
+    fn a_worse_canary_is_found_with_evidence_and_labels() {
+        let mut arms = Arms::default();
+        add(&mut arms, "v2", FeedbackKind::Outcome { success: false, latency_ms: None }, 60);
+        add(&mut arms, "v2", FeedbackKind::Outcome { success: true, latency_ms: None }, 340);
+        add(&mut arms, "v1", FeedbackKind::Outcome { success: false, latency_ms: None }, 100);
+        add(&mut arms, "v1", FeedbackKind::Outcome { success: true, latency_ms: None }, 3900);
+        let rule = spec(Check::Sequential { test: Test::ErrorRatio, settings: Sequential::default(), threshold: 1.5 });
+        assert!(rule.concerns("sms-app", "model-service", "v1"));
+        assert!(!rule.concerns("sms-app", "model-service", "v3"));
+        let found = rule.evaluate(&arms, "sms-app", t0()).expect("15% against 2.5% is worse");
+        assert_eq!(found.evidence["test"], "error_ratio");
+        assert_eq!(found.evidence["canary"]["summary"]["errors"], 60);
+        assert!((found.evidence["detail"]["ratio"].as_f64().unwrap() - 6.0).abs() < 1e-9);
+        assert_eq!(found.labels["baseline"], "v1");
+        assert_eq!(found.comparison, format!("sms-app/model-service@v2|v1|{}", t0().to_rfc3339()));
+        assert_eq!(found.arms.len(), 2);
+        // No baseline arm, nothing concluded.
+        assert_eq!(rule.evaluate(&arms, "other", t0()), None);
+    }
+
+    #[test]
+    fn a_low_mean_score_acts_at_once_and_only_within_its_window() {
+        let mut arms = Arms::default();
+        add(&mut arms, "v2", FeedbackKind::Score { score: 0.2 }, 1);
+        let rule = FeedbackSpec {
+            baseline: None,
+            ..spec(Check::MeanScoreBelow { threshold: 0.3, min_samples: 1, window: Duration::from_secs(60) })
+        };
+        let found = rule.evaluate(&arms, "sms-app", t0()).expect("0.2 < 0.3");
+        assert_eq!(found.evidence["detail"]["mean"], 0.2);
+        assert_eq!(rule.evaluate(&arms, "sms-app", t0() + chrono::Duration::seconds(120)), None);
+    }
+}
