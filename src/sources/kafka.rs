@@ -88,8 +88,15 @@ impl KafkaSource {
         }
         client.set("bootstrap.servers", &config.brokers);
         // ...and what at-least-once needs, which they may not.
-        let consumer: StreamConsumer<CommitOnRevoke> = client
-            .clone()
+        let mut consumer_config = client.clone();
+        // Bound what librdkafka prefetches while backstop is busy (its default is 64 MB per
+        // partition): backpressure, not buffering. Consumer-only, so not on the producer.
+        for (k, v) in [("queued.max.messages.kbytes", "8192"), ("queued.min.messages", "1000")] {
+            if !config.properties.contains_key(k) {
+                consumer_config.set(k, v);
+            }
+        }
+        let consumer: StreamConsumer<CommitOnRevoke> = consumer_config
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
