@@ -320,88 +320,128 @@ impl Pipeline {
     /// that now finds the canary worse. `origin` says where it came from (`{"kafka": {topic,
     /// partition, offset}}` or `{"http": ...}`). An event counted before (a redelivery: same
     /// Kafka position or same id) is neither recorded nor counted again.
-    #[instrument(skip_all, fields(service = %f.service, version = %f.version))]
     pub async fn feedback(
         &self,
         f: &Feedback,
         source: SourceKind,
         origin: Value,
     ) -> Result<FeedbackReport, PipelineError> {
-        let event_id = f.id.clone().unwrap_or_else(|| match &origin["kafka"] {
-            k if k.is_object() => {
-                format!("kafka:{}/{}/{}", k["topic"].as_str().unwrap_or("?"), k["partition"], k["offset"])
-            }
-            _ => format!("feedback-{}", uuid::Uuid::now_v7()),
-        });
-        let mut detail = json!({ "feedback": f });
-        if let (Value::Object(d), Value::Object(o)) = (&mut detail, origin) {
-            d.extend(o);
-        }
+        let mut reports = self.feedback_batch(&[(f, origin)], source).await?;
+        Ok(reports.remove(0))
+    }
+
+    /// [`Pipeline::feedback`] for many events: their records are appended together (one
+    /// durable write), then each is counted and judged in order. One report per event.
+    #[instrument(skip_all, fields(events = events.len()))]
+    pub async fn feedback_batch(
+        &self,
+        events: &[(&Feedback, Value)],
+        source: SourceKind,
+    ) -> Result<Vec<FeedbackReport>, PipelineError> {
         let rules = self.rules();
-        let findings = {
+        let mut out: Vec<FeedbackReport> = Vec::with_capacity(events.len());
+        let mut findings = Vec::new();
+        {
             let mut state = self.state.lock().await;
-            let seen_before = state.arms().seen(&Origin::of(f, &detail));
-            if seen_before {
-                return Ok(FeedbackReport { event_id, duplicate: true, reports: Vec::new() });
-            }
-            let entry = Entry::new(Kind::Received)
-                .event_id(&event_id)
-                .source(source.as_str())
-                .target(format!("{}/{}", f.namespace, f.service))
-                .detail(detail.clone());
-            let records = self.audit.append(vec![entry]).await?;
-            let time = records.first().map(|r| r.time).unwrap_or_else(Utc::now);
-            state.observe_feedback(time, f, &Origin::of(f, &detail));
-            let quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
-            let mut findings = Vec::new();
-            for rule in rules.feedback_rules(&f.namespace, &f.service, &f.version) {
-                let Some(spec) = &rule.feedback else { continue };
-                let Some(finding) = spec.evaluate(state.arms(), &f.namespace, time) else { continue };
-                let key = format!("{}|{}", rule.name, finding.comparison);
-                let quieted = quiet.get(&key).is_some_and(|until| *until > time);
-                if !state.has_key(&key) && !quieted {
-                    findings.push((rule.clone(), key, finding));
-                }
-            }
-            findings
-        };
-        let mut reports = Vec::new();
-        for (rule, key, finding) in findings {
-            let alert = Alert {
-                id: event_id.clone(),
-                source,
-                name: format!("feedback:{}", rule.name),
-                status: AlertStatus::Firing,
-                labels: finding.labels.clone(),
-                annotations: Default::default(),
-                starts_at: Utc::now(),
-                ends_at: None,
-                fingerprint: finding.comparison.clone(),
-                generator_url: String::new(),
-            };
-            let decision =
-                match rule.target_for_labels(&finding.labels).and_then(|t| Ok((t, rule.plan(&finding.labels)?))) {
-                    Ok((target, plan)) => {
-                        Decision::Act { rule: rule.name.clone(), key: key.clone(), target, plan, dry_run: rule.dry_run }
+            let mut fresh: Vec<(usize, Value)> = Vec::new();
+            let mut entries = Vec::new();
+            for (i, (f, origin)) in events.iter().enumerate() {
+                let event_id = f.id.clone().unwrap_or_else(|| match &origin["kafka"] {
+                    k if k.is_object() => {
+                        format!("kafka:{}/{}/{}", k["topic"].as_str().unwrap_or("?"), k["partition"], k["offset"])
                     }
-                    Err(missing) => Decision::Refuse { rule: rule.name.clone(), reason: missing.to_string() },
-                };
-            let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms };
-            let report = self.decided(&alert, &rule, decision, Some(&context)).await?;
-            if !matches!(report.outcome, Kind::Applied | Kind::Noop | Kind::DryRun | Kind::Decided) {
-                // Held, refused or failed: the next events would find the same; say it again
-                // only after a while rather than at every event.
-                let until = Utc::now() + chrono::Duration::from_std(FEEDBACK_QUIET).unwrap_or_default();
-                let mut quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
-                if quiet.len() >= REJECTION_MEMORY {
-                    let now = Utc::now();
-                    quiet.retain(|_, t| *t > now);
+                    _ => format!("feedback-{}", uuid::Uuid::now_v7()),
+                });
+                let mut detail = json!({ "feedback": f });
+                if let (Value::Object(d), Value::Object(o)) = (&mut detail, origin.clone()) {
+                    d.extend(o);
                 }
-                quiet.insert(key, until);
+                let origin = Origin::of(f, &detail);
+                // Also a repeat within this batch.
+                let repeated = state.arms().seen(&origin)
+                    || fresh.iter().any(|(j, d)| Origin::of(events[*j].0, d).same_event(&origin));
+                out.push(FeedbackReport { event_id: event_id.clone(), duplicate: repeated, reports: Vec::new() });
+                if repeated {
+                    continue;
+                }
+                entries.push(
+                    Entry::new(Kind::Received)
+                        .event_id(&event_id)
+                        .source(source.as_str())
+                        .target(format!("{}/{}", f.namespace, f.service))
+                        .detail(detail.clone()),
+                );
+                fresh.push((i, detail));
             }
-            reports.push(report);
+            if entries.is_empty() {
+                return Ok(out);
+            }
+            let records = self.audit.append(entries).await?;
+            let quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
+            for ((i, detail), record) in fresh.iter().zip(&records) {
+                let f = events[*i].0;
+                state.observe_feedback(record.time, f, &Origin::of(f, detail));
+                for rule in rules.feedback_rules(&f.namespace, &f.service, &f.version) {
+                    let Some(spec) = &rule.feedback else { continue };
+                    let Some(finding) = spec.evaluate(state.arms(), &f.namespace, record.time) else { continue };
+                    let key = format!("{}|{}", rule.name, finding.comparison);
+                    let quieted = quiet.get(&key).is_some_and(|until| *until > record.time);
+                    let pending = findings.iter().any(|(_, _, k, _): &(usize, _, String, _)| *k == key);
+                    if !state.has_key(&key) && !quieted && !pending {
+                        findings.push((*i, rule.clone(), key, finding));
+                    }
+                }
+            }
         }
-        Ok(FeedbackReport { event_id, duplicate: false, reports })
+        for (i, rule, key, finding) in findings {
+            let report = self.act_on_finding(&out[i].event_id, source, &rule, key, finding).await?;
+            out[i].reports.push(report);
+        }
+        Ok(out)
+    }
+
+    /// Decide (guards, confirmation, dry run) and act on a feedback rule's finding.
+    async fn act_on_finding(
+        &self,
+        event_id: &str,
+        source: SourceKind,
+        rule: &Rule,
+        key: String,
+        finding: crate::feedback::rule::Finding,
+    ) -> Result<Report, PipelineError> {
+        let alert = Alert {
+            id: event_id.to_string(),
+            source,
+            name: format!("feedback:{}", rule.name),
+            status: AlertStatus::Firing,
+            labels: finding.labels.clone(),
+            annotations: Default::default(),
+            starts_at: Utc::now(),
+            ends_at: None,
+            fingerprint: finding.comparison.clone(),
+            generator_url: String::new(),
+        };
+        let decision = match rule.target_for_labels(&finding.labels).and_then(|t| Ok((t, rule.plan(&finding.labels)?)))
+        {
+            Ok((target, plan)) => {
+                Decision::Act { rule: rule.name.clone(), key: key.clone(), target, plan, dry_run: rule.dry_run }
+            }
+            Err(missing) => Decision::Refuse { rule: rule.name.clone(), reason: missing.to_string() },
+        };
+        let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms };
+        let report = self.decided(&alert, rule, decision, Some(&context)).await?;
+        if !matches!(report.outcome, Kind::Applied | Kind::Noop | Kind::DryRun | Kind::Decided) {
+            // Held, refused or failed: the next events would find the same; say it again only
+            // after a while rather than at every event.
+            let until = Utc::now() + chrono::Duration::from_std(FEEDBACK_QUIET).unwrap_or_default();
+            let mut quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
+            if quiet.len() >= REJECTION_MEMORY {
+                let now = Utc::now();
+                quiet.retain(|_, t| *t > now);
+            }
+            quiet.insert(key, until);
+        }
+        Ok(report)
     }
 
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.

@@ -221,20 +221,13 @@ async fn feedback_intake(State(state): State<AppState>, headers: HeaderMap, body
     } else {
         vec![(1, &bytes[..])]
     };
-    let (mut results, mut refused, mut duplicates) = (Vec::new(), Vec::new(), 0usize);
+    let (mut events, mut refused) = (Vec::new(), Vec::new());
     for (line, payload) in &lines {
         let parsed = message::parse(message::Expect::Feedback, if ndjson { &[] } else { &ce }, payload);
         let error = match parsed {
             Ok(message::Message::Feedback(f)) => {
-                let origin = json!({ "http": { "line": line, "sha256": sha } });
-                match state.pipeline.feedback(&f, SourceKind::Http, origin).await {
-                    Ok(report) => {
-                        duplicates += usize::from(report.duplicate);
-                        results.extend(report.reports);
-                        continue;
-                    }
-                    Err(e) => return ApiError::from(e).into_response(),
-                }
+                events.push((f, json!({ "http": { "line": line, "sha256": sha } })));
+                continue;
             }
             Ok(message::Message::Alerts(_)) => ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -256,6 +249,13 @@ async fn feedback_intake(State(state): State<AppState>, headers: HeaderMap, body
         }
         refused.push(json!({ "line": line, "status": error.status.as_u16(), "error": error.message }));
     }
+    let batch: Vec<(&message::Feedback, Value)> = events.iter().map(|(f, o)| (f, o.clone())).collect();
+    let reports = match state.pipeline.feedback_batch(&batch, SourceKind::Http).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let duplicates = reports.iter().filter(|r| r.duplicate).count();
+    let results: Vec<_> = reports.into_iter().flat_map(|r| r.reports).collect();
     let status = if refused.is_empty() || refused.len() < lines.len() {
         StatusCode::OK
     } else {

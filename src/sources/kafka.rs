@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -111,54 +112,87 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, dead_letters, config, pipeline })
     }
 
-    /// Record one message: its events, or its rejection. Err: the audit log could not take it.
-    async fn handle(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), String> {
-        let position = json!({ "topic": m.topic(), "partition": m.partition(), "offset": m.offset() });
-        let expect = if m.topic() == self.config.feedback_topic { Expect::Feedback } else { Expect::Alerts };
-        let headers: Vec<(&str, &[u8])> =
-            m.headers().map(|h| h.iter().filter_map(|h| h.value.map(|v| (h.key, v))).collect()).unwrap_or_default();
-        let payload = m.payload().unwrap_or_default();
-        match message::parse(expect, &headers, payload) {
-            Ok(Message::Alerts(alerts)) => {
-                self.pipeline.alerts(&alerts, json!({ "kafka": position })).await.map(|_| ()).map_err(|e| e.to_string())
-            }
-            Ok(Message::Feedback(feedback)) => {
-                let origin = json!({ "kafka": position });
-                self.pipeline
-                    .feedback(&feedback, SourceKind::Kafka, origin)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => {
-                let rejection = Rejection {
-                    source: "kafka",
-                    origin: position.clone(),
-                    reason: e.to_string(),
-                    size: payload.len(),
-                    body: payload,
-                    body_sha256: sha256_hex(payload),
-                };
-                self.pipeline.reject(rejection).await.map_err(|e| e.to_string())?;
-                if let Some((producer, topic)) = &self.dead_letters {
-                    let reason = e.to_string();
-                    let record = FutureRecord::to(topic).payload(payload).key(m.key().unwrap_or_default()).headers(
-                        rdkafka::message::OwnedHeaders::new()
-                            .insert(rdkafka::message::Header { key: "backstop_reason", value: Some(reason.as_bytes()) })
-                            .insert(rdkafka::message::Header {
-                                key: "backstop_origin",
-                                value: Some(position.to_string().as_bytes()),
-                            }),
-                    );
-                    if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
-                        warn!(error = %e, "could not copy a rejected message to the dead-letter topic");
+    /// Record a batch of messages in order: their events (consecutive feedback events in one
+    /// durable write), or their rejections. Err: the audit log could not take them; a retry
+    /// records what was missing (what was recorded is recognised, or recorded as a redelivery).
+    async fn handle_batch(&self, batch: &[rdkafka::message::BorrowedMessage<'_>]) -> Result<(), String> {
+        let mut feedback: Vec<(message::Feedback, serde_json::Value)> = Vec::new();
+        for m in batch {
+            let position = json!({ "topic": m.topic(), "partition": m.partition(), "offset": m.offset() });
+            let expect = if m.topic() == self.config.feedback_topic { Expect::Feedback } else { Expect::Alerts };
+            let headers: Vec<(&str, &[u8])> =
+                m.headers().map(|h| h.iter().filter_map(|h| h.value.map(|v| (h.key, v))).collect()).unwrap_or_default();
+            let payload = m.payload().unwrap_or_default();
+            match message::parse(expect, &headers, payload) {
+                Ok(Message::Feedback(f)) => {
+                    feedback.push((f, json!({ "kafka": position })));
+                    continue;
+                }
+                parsed => {
+                    self.flush_feedback(&mut feedback).await?;
+                    match parsed {
+                        Ok(Message::Alerts(alerts)) => {
+                            self.pipeline
+                                .alerts(&alerts, json!({ "kafka": position }))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
+                        Err(e) => self.reject(m, position, payload, e.to_string()).await?,
+                        Ok(Message::Feedback(_)) => {}
                     }
                 }
-                Ok(())
             }
         }
+        self.flush_feedback(&mut feedback).await
+    }
+
+    async fn flush_feedback(&self, feedback: &mut Vec<(message::Feedback, serde_json::Value)>) -> Result<(), String> {
+        if feedback.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<(&message::Feedback, serde_json::Value)> =
+            feedback.iter().map(|(f, o)| (f, o.clone())).collect();
+        self.pipeline.feedback_batch(&events, SourceKind::Kafka).await.map_err(|e| e.to_string())?;
+        feedback.clear();
+        Ok(())
+    }
+
+    /// Record a message that cannot be parsed, and copy it to the dead-letter topic if set.
+    async fn reject(
+        &self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        position: serde_json::Value,
+        payload: &[u8],
+        reason: String,
+    ) -> Result<(), String> {
+        let rejection = Rejection {
+            source: "kafka",
+            origin: position.clone(),
+            reason: reason.clone(),
+            size: payload.len(),
+            body: payload,
+            body_sha256: sha256_hex(payload),
+        };
+        self.pipeline.reject(rejection).await.map_err(|e| e.to_string())?;
+        if let Some((producer, topic)) = &self.dead_letters {
+            let record = FutureRecord::to(topic).payload(payload).key(m.key().unwrap_or_default()).headers(
+                rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header { key: "backstop_reason", value: Some(reason.as_bytes()) })
+                    .insert(rdkafka::message::Header {
+                        key: "backstop_origin",
+                        value: Some(position.to_string().as_bytes()),
+                    }),
+            );
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                warn!(error = %e, "could not copy a rejected message to the dead-letter topic");
+            }
+        }
+        Ok(())
     }
 }
+
+/// Messages taken from librdkafka's queue and recorded together at most.
+pub const MAX_BATCH: usize = 500;
 
 impl Source for KafkaSource {
     fn name(&self) -> &'static str {
@@ -181,9 +215,22 @@ impl Source for KafkaSource {
                         continue;
                     }
                 };
-                // Backpressure: the message is not let go (its offset not stored) until recorded.
-                while let Err(e) = self.handle(&m).await {
-                    warn!(error = %e, topic = m.topic(), partition = m.partition(), offset = m.offset(), "cannot record; waiting");
+                // What else is already waiting joins the batch (one durable write for all).
+                let mut batch = vec![m];
+                while batch.len() < MAX_BATCH {
+                    match self.consumer.recv().now_or_never() {
+                        Some(Ok(m)) => batch.push(m),
+                        Some(Err(e)) => {
+                            warn!(error = %e, "kafka");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                // Backpressure: no offset is stored (and nothing more taken) until recorded.
+                while let Err(e) = self.handle_batch(&batch).await {
+                    let first = &batch[0];
+                    warn!(error = %e, topic = first.topic(), partition = first.partition(), offset = first.offset(), messages = batch.len(), "cannot record; waiting");
                     tokio::select! {
                         _ = shutdown.cancelled() => {
                             let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
@@ -192,8 +239,10 @@ impl Source for KafkaSource {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
-                if let Err(e) = self.consumer.store_offset_from_message(&m) {
-                    warn!(error = %e, "store offset");
+                for m in &batch {
+                    if let Err(e) = self.consumer.store_offset_from_message(m) {
+                        warn!(error = %e, "store offset");
+                    }
                 }
             }
             match self.consumer.commit_consumer_state(CommitMode::Sync) {
