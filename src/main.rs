@@ -321,7 +321,17 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
     match rules::load(&rule_paths) {
         Ok(set) => {
             for r in set.rules() {
-                println!("ok: rule {} ({}): {}", r.name, r.file.display(), r.action_summary());
+                let on = match &r.feedback {
+                    Some(f) => format!(
+                        "on feedback {} of {} {}{}: ",
+                        f.test_name(),
+                        f.service,
+                        f.canary,
+                        f.baseline.as_deref().map(|b| format!(" against {b}")).unwrap_or_default()
+                    ),
+                    None => String::new(),
+                };
+                println!("ok: rule {} ({}): {on}{}", r.name, r.file.display(), r.action_summary());
             }
             println!("{} rules valid", set.rules().len());
         }
