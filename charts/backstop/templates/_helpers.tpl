@@ -53,6 +53,10 @@ the paths of mounted secrets).
 */}}
 {{- define "backstop.config" -}}
 {{- $c := deepCopy .Values.config }}
+{{- $t := $c.target | default (dict) }}
+{{- if eq (len (compact (list $t.kubernetes $t.manifests))) 1 | not }}
+{{- fail "config.target: set exactly one of kubernetes or manifests (set the other to null)" }}
+{{- end }}
 {{- $secrets := include "backstop.secretsDir" . }}
 {{- $_ := set $c "listen" (printf "0.0.0.0:%d" (int .Values.service.port)) }}
 {{- $_ := set $c "data_dir" (include "backstop.dataDir" .) }}
