@@ -41,6 +41,8 @@ struct RawConfig {
     #[serde(default)]
     shutdown_grace: Option<String>,
     #[serde(default)]
+    reload_interval: Option<String>,
+    #[serde(default)]
     http: RawHttp,
     #[serde(default)]
     guards: RawGuards,
@@ -260,6 +262,8 @@ pub struct Config {
     pub audit: AuditOptions,
     /// How often the guards' state is written beside the audit log.
     pub snapshot_interval: Duration,
+    /// How often the rule files and this file are checked for changes (0: only on SIGHUP).
+    pub reload_interval: Duration,
     pub prometheus: Option<PrometheusConfig>,
     /// The Kafka source, if any.
     pub kafka: Option<KafkaConfig>,
@@ -434,6 +438,7 @@ impl Config {
             dry_run: raw.dry_run,
             action_timeout: duration("action_timeout", &raw.action_timeout, Duration::from_secs(10))?,
             shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(20))?,
+            reload_interval: duration("reload_interval", &raw.reload_interval, Duration::from_secs(2))?,
             max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
             auth,
             guards,

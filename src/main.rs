@@ -9,6 +9,7 @@ use backstop::confirm::{FixedValue, Prometheus, PrometheusClient};
 use backstop::http::AuditParams;
 use backstop::rules::{self, Decision};
 use backstop::sources::alertmanager;
+use backstop::telemetry::trace::{TraceGuard, Traces};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -172,25 +173,46 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
-    match run(cli) {
+    let traces = init_logging(&cli.log_format);
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Export the spans still queued (after SIGTERM too) before the process ends.
+    traces.shutdown();
+    code
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr (text, or JSON with `--log-format json`; levels via RUST_LOG), and spans
+/// over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (backstop's own spans at info and above,
+/// whatever RUST_LOG says). The guard flushes the spans.
+fn init_logging(format: &str) -> TraceGuard {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only for a person at a terminal, not in files and collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    let traces = Traces::from_env();
+    let otel = traces.as_ref().ok().and_then(Option::as_ref).map(|t| {
+        t.layer().with_filter(tracing_subscriber::filter::Targets::new().with_target("backstop", tracing::Level::INFO))
+    });
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    match traces {
+        Ok(Some(t)) => {
+            tracing::info!(endpoint = %t.endpoint, protocol = t.protocol, "exporting traces over OTLP");
+            t.guard()
+        }
+        Ok(None) => TraceGuard::default(),
+        Err(e) => {
+            tracing::warn!("traces are not exported: {e}");
+            TraceGuard::default()
+        }
     }
 }
 

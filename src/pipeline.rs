@@ -22,6 +22,7 @@ use crate::rules::{Decision, Rule, RuleSet};
 use crate::service;
 use crate::sources::message::Feedback;
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
+use crate::telemetry::metrics::Event as MetricEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -101,7 +102,7 @@ pub struct Pipeline {
     audit: AuditLog,
     target: Arc<dyn Target>,
     state: tokio::sync::Mutex<GuardState>,
-    settings: Settings,
+    settings: RwLock<Settings>,
     rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
     restored: Restored,
     prometheus: Option<SharedPrometheus>,
@@ -203,7 +204,7 @@ impl Pipeline {
             audit,
             target,
             state: tokio::sync::Mutex::new(state),
-            settings,
+            settings: RwLock::new(settings),
             rejections: Default::default(),
             restored,
             prometheus: None,
@@ -227,7 +228,7 @@ impl Pipeline {
     pub async fn save_snapshot(&self) -> Result<u64, AuditError> {
         let snapshot = {
             let mut state = self.state.lock().await;
-            state.prune(Utc::now(), &self.settings.guards, longest_cooldown(&self.rules()));
+            state.prune(Utc::now(), &self.settings().guards, longest_cooldown(&self.rules()));
             state.snapshot(self.audit.position())
         };
         let seq = snapshot.position.seq;
@@ -247,6 +248,26 @@ impl Pipeline {
         .await
         .map_err(|_| AuditError::Stopped)??;
         Ok(seq)
+    }
+
+    pub fn settings(&self) -> Settings {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Put new rules and settings in force (a reload). The guards' state (idempotency keys,
+    /// cooldowns, pauses, feedback arms) is not touched: it belongs to the log, not the rules.
+    pub fn reload(&self, rules: RuleSet, settings: Settings) {
+        match self.rules.write() {
+            Ok(mut r) => *r = Arc::new(rules),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(rules),
+        }
+        match self.settings.write() {
+            Ok(mut s) => *s = settings,
+            Err(poisoned) => *poisoned.into_inner() = settings,
+        }
     }
 
     pub fn rules(&self) -> Arc<RuleSet> {
@@ -270,13 +291,17 @@ impl Pipeline {
 
     async fn record(&self, state: &mut GuardState, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
         let records = self.audit.append(entries).await?;
-        records.iter().for_each(|r| state.observe(r));
+        for r in &records {
+            state.observe(r);
+            count_decision(r);
+        }
         Ok(records)
     }
 
     /// Record a rejected request. The same body (by hash) is written once per period; repeats
     /// in between are counted and reported with the next record of that body.
     pub async fn reject(&self, r: Rejection<'_>) -> Result<(), AuditError> {
+        MetricEvent::Received { source: r.source, outcome: "rejected", count: 1 }.emit();
         let now = Utc::now();
         let period = chrono::Duration::from_std(REJECTION_DEDUP).unwrap_or_default();
         let repeats = {
@@ -373,10 +398,14 @@ impl Pipeline {
                 );
                 fresh.push((i, detail));
             }
+            let duplicates = (events.len() - entries.len()) as u64;
+            MetricEvent::Received { source: source.as_str(), outcome: "duplicate", count: duplicates }.emit();
             if entries.is_empty() {
                 return Ok(out);
             }
+            let accepted = entries.len() as u64;
             let records = self.audit.append(entries).await?;
+            MetricEvent::Received { source: source.as_str(), outcome: "accepted", count: accepted }.emit();
             let quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
             for ((i, detail), record) in fresh.iter().zip(&records) {
                 let f = events[*i].0;
@@ -445,6 +474,7 @@ impl Pipeline {
     }
 
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
+    #[instrument(skip_all, fields(alerts = alerts.len()))]
     pub async fn alerts(&self, alerts: &[Alert], context: Value) -> Result<Vec<Report>, PipelineError> {
         let received: Vec<Entry> = alerts
             .iter()
@@ -456,6 +486,9 @@ impl Pipeline {
             })
             .collect();
         self.audit.append(received).await?;
+        for a in alerts {
+            MetricEvent::Received { source: a.source.as_str(), outcome: "accepted", count: 1 }.emit();
+        }
         let rules = self.rules();
         let mut reports = Vec::new();
         for alert in alerts {
@@ -525,11 +558,12 @@ impl Pipeline {
             Decision::Act { key, target, plan, dry_run, .. } => (key, target, plan, dry_run),
         };
         let now = Utc::now();
-        let cooldown = rule.cooldown.unwrap_or(self.settings.guards.default_cooldown);
-        state.prune(now, &self.settings.guards, cooldown);
+        let settings = self.settings();
+        let cooldown = rule.cooldown.unwrap_or(settings.guards.default_cooldown);
+        state.prune(now, &settings.guards, cooldown);
         let target_name = target.to_string();
         let base = |kind: Kind| Entry::new(kind).event_id(&alert.id).rule(&rule.name).target(&target_name).key(&key);
-        match state.vet(&rule.name, &key, &target_name, cooldown, &self.settings.guards, now) {
+        match state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now) {
             Verdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
                 self.record(&mut state, vec![matched, base(Kind::Noop).action_id(&action_id).reason(&reason)]).await?;
@@ -560,7 +594,7 @@ impl Pipeline {
                 };
                 let action_id = uuid::Uuid::now_v7().to_string();
                 let decide = |obj: &Value| plan.decide(obj);
-                let dry = dry_run || self.settings.dry_run;
+                let dry = dry_run || settings.dry_run;
                 let decided = base(Kind::Decided).action_id(&action_id).detail(json!({
                     "action": rule.action_summary(),
                     "dry_run": dry,
@@ -593,6 +627,7 @@ impl Pipeline {
     }
 
     /// Ask Prometheus whether the alert's claim still holds (the rule's `confirm:`).
+    #[instrument(skip_all, fields(event_id = %alert.id))]
     async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Verdict, Value) {
         let promql = match confirm.query.render(&alert.labels) {
             Ok(q) => q.trim().to_string(),
@@ -610,11 +645,16 @@ impl Pipeline {
         (verdict, evidence.to_json())
     }
 
+    #[instrument(name = "action", skip_all, fields(rule = %rule, action_id = %action_id, target = %target, write = write))]
     async fn run(&self, target: &ObjectRef, decide: &Decide<'_>, action_id: &str, rule: &str, write: bool) -> Outcome {
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let meta = Meta { action_id, rule, at: &at };
+        let started = std::time::Instant::now();
         let outcome =
-            actions::execute(self.target.as_ref(), target, decide, &meta, self.settings.action_timeout, write).await;
+            actions::execute(self.target.as_ref(), target, decide, &meta, self.settings().action_timeout, write).await;
+        let described = self.target.describe();
+        let kind = described.split(':').next().unwrap_or_default();
+        MetricEvent::ActionFinished { target: kind, took: started.elapsed() }.emit();
         if write {
             let notice = |warning, reason, what: String| Notice {
                 warning,
@@ -784,6 +824,12 @@ impl Pipeline {
         })
     }
 
+    /// Record a note from the service itself (a reload, for instance).
+    pub async fn note(&self, entry: Entry) -> Result<(), AuditError> {
+        let mut state = self.state.lock().await;
+        self.record(&mut state, vec![entry]).await.map(|_| ())
+    }
+
     /// Pause or resume automatic actions, for one target or all.
     pub async fn pause(
         &self,
@@ -804,6 +850,18 @@ impl Pipeline {
         }
         let mut records = self.record(&mut state, vec![entry]).await?;
         Ok(records.remove(0))
+    }
+}
+
+/// Count a rule's match or decision as recorded.
+fn count_decision(r: &Record) {
+    let rule = r.entry.rule.as_deref().unwrap_or("");
+    match r.entry.kind {
+        Kind::Matched => MetricEvent::RuleMatched { rule }.emit(),
+        kind @ (Kind::Applied | Kind::Noop | Kind::Held | Kind::Refused | Kind::Failed | Kind::DryRun) => {
+            MetricEvent::Decided { rule, outcome: kind.as_str() }.emit()
+        }
+        _ => {}
     }
 }
 

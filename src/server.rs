@@ -22,6 +22,7 @@ use crate::sources::{Source, SourceError};
 use crate::target::Target;
 use crate::target::kubernetes::Kubernetes;
 use crate::target::manifests::Manifests;
+use crate::telemetry::metrics::Event as MetricEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -101,13 +102,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr()?;
-    let app =
-        router(AppState { pipeline: pipeline.clone(), auth: auth.clone(), max_body_bytes: config.max_body_bytes });
-    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(HttpSource { listener, app })];
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut kafka_assigned = None;
     if let Some(k) = &config.kafka {
-        sources.push(Box::new(
-            KafkaSource::new(k.clone(), pipeline.clone()).map_err(|e| ServeError::Source(e.to_string()))?,
-        ));
+        let kafka = KafkaSource::new(k.clone(), pipeline.clone()).map_err(|e| ServeError::Source(e.to_string()))?;
+        kafka_assigned = Some(kafka.assigned());
+        sources.push(Box::new(kafka));
         if let Some(topic) = &k.audit_topic {
             sources.push(Box::new(
                 AuditPublisher::new(k, topic.clone(), pipeline.audit().clone())
@@ -115,6 +115,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             ));
         }
     }
+    let app = router(AppState {
+        pipeline: pipeline.clone(),
+        auth: auth.clone(),
+        max_body_bytes: config.max_body_bytes,
+        kafka_assigned,
+    });
+    sources.insert(0, Box::new(HttpSource { listener, app }));
+    MetricEvent::RulesLoaded { rules: pipeline.rules().rules().len() }.emit();
     info!(
         %addr,
         rules = pipeline.rules().rules().len(),
@@ -154,6 +162,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             }
         })
     };
+    let reloads = tokio::spawn(crate::reload::Reloader::new(config.clone(), pipeline.clone()).run(token.clone()));
     let mut failure = None;
     tokio::select! {
         _ = shutdown => info!("shutting down: no new input; finishing what is in flight"),
@@ -182,6 +191,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         tasks.abort_all();
     }
     let _ = snapshots.await;
+    let _ = reloads.await;
     match pipeline.save_snapshot().await {
         Ok(seq) => info!(seq, "state snapshot written"),
         Err(e) => warn!(error = %e, "could not write the state snapshot"),

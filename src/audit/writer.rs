@@ -369,6 +369,8 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<Serialized
     Ok((records, buf, prev, last_line))
 }
 
+use crate::telemetry::metrics::Event as MetricEvent;
+
 fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8]) -> Result<(), AuditError> {
     let result = (|| -> std::io::Result<()> {
         #[cfg(test)]
@@ -390,11 +392,15 @@ fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8
             file.sync_data()?;
             std::process::abort();
         }
+        let started = std::time::Instant::now();
         file.write_all(buf)?;
         if opts.fsync {
+            let fsync = std::time::Instant::now();
             file.sync_data()?;
+            MetricEvent::AuditFsynced { took: fsync.elapsed() }.emit();
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
+        MetricEvent::AuditAppended { took: started.elapsed() }.emit();
         Ok(())
     })();
     match result {

@@ -32,6 +32,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub auth: Auth,
     pub max_body_bytes: usize,
+    /// Partitions assigned to the Kafka consumer, when there is one (for `/readyz`).
+    pub kafka_assigned: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(audit_query))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_endpoint))
         .with_state(state)
 }
 
@@ -195,7 +198,13 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// (`application/x-ndjson`, one event per line). Each event is recorded before the answer;
 /// in a batch, a bad line is refused (and recorded) with its line number and the others are
 /// taken. The answer lists the actions feedback rules took.
-async fn feedback_intake(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn feedback_intake(state: State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!("intake", source = "http", http.route = "/v1/feedback", otel.kind = "server");
+    crate::telemetry::trace::set_parent_from(&span, headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    tracing::Instrument::instrument(receive_feedback(state, headers, body), span).await
+}
+
+async fn receive_feedback(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
     let ndjson = is_ndjson(&headers);
     let send = "application/json, application/cloudevents+json or application/x-ndjson";
@@ -270,7 +279,15 @@ async fn feedback_intake(State(state): State<AppState>, headers: HeaderMap, body
     (status, Json(body)).into_response()
 }
 
-async fn alertmanager_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+/// `POST /v1/alertmanager`, in an `intake` span whose parent is the request's W3C trace context.
+async fn alertmanager_webhook(state: State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let span =
+        tracing::info_span!("intake", source = "alertmanager", http.route = "/v1/alertmanager", otel.kind = "server");
+    crate::telemetry::trace::set_parent_from(&span, headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    tracing::Instrument::instrument(receive_alerts(state, headers, body), span).await
+}
+
+async fn receive_alerts(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
     let rejection = precheck(&state, &headers, size, over, is_json(&headers), "application/json");
     let parsed = match rejection {
@@ -469,6 +486,11 @@ async fn audit_query(
     Ok(Json(json!({ "records": records })).into_response())
 }
 
+/// How long `/readyz` waits for the target to answer.
+const READY_TARGET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/readyz`: rules loaded, audit log writable, target reachable, Kafka partitions assigned
+/// (where Kafka is configured); 503 says everything that is wrong.
 async fn ready(State(state): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if !state.pipeline.audit().healthy() {
@@ -477,11 +499,31 @@ async fn ready(State(state): State<AppState>) -> Response {
     if state.pipeline.rules().rules().is_empty() {
         problems.push("no rules loaded".to_string());
     }
+    match tokio::time::timeout(READY_TARGET_TIMEOUT, state.pipeline.target().check()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("target: {e}")),
+        Err(_) => problems.push(format!("target: no answer within {}s", READY_TARGET_TIMEOUT.as_secs())),
+    }
+    if let Some(assigned) = &state.kafka_assigned
+        && assigned.load(std::sync::atomic::Ordering::Relaxed) == 0
+    {
+        problems.push("kafka: no partition assigned yet".to_string());
+    }
+    crate::telemetry::metrics::Event::Ready { ready: problems.is_empty() }.emit();
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
     }
+}
+
+/// `/metrics`: backstop's own metrics, Prometheus text format (OpenMetrics).
+async fn metrics_endpoint() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        crate::telemetry::metrics::render(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

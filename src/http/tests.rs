@@ -44,7 +44,7 @@ fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
     let pipeline = Pipeline::new(rules, audit, Arc::new(Manifests::new(&manifests)), settings()).unwrap();
     Harness {
         _dir: dir,
-        state: AppState { pipeline: Arc::new(pipeline), auth, max_body_bytes },
+        state: AppState { pipeline: Arc::new(pipeline), auth, max_body_bytes, kafka_assigned: None },
         manifests,
         audit: audit_dir,
         rules: vec![repo("rules")],
@@ -99,7 +99,12 @@ impl Harness {
         if let Some(v) = value {
             pipeline = pipeline.with_prometheus(Arc::new(crate::confirm::FixedValue(v)));
         }
-        let state = AppState { pipeline: Arc::new(pipeline), auth: Auth::none(), max_body_bytes: 1 << 20 };
+        let state = AppState {
+            pipeline: Arc::new(pipeline),
+            auth: Auth::none(),
+            max_body_bytes: 1 << 20,
+            kafka_assigned: None,
+        };
         Harness { _dir, state, manifests, audit, rules }
     }
 

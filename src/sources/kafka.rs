@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -21,6 +22,7 @@ use super::message::{self, Expect, Message};
 use super::{Source, SourceError};
 use crate::event::SourceKind;
 use crate::pipeline::{Pipeline, Rejection, sha256_hex};
+use crate::telemetry::metrics::Event as MetricEvent;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaConfig {
@@ -52,24 +54,48 @@ impl KafkaConfig {
     }
 }
 
-/// Commits what was stored before partitions are taken away, so the next owner starts after it.
-struct CommitOnRevoke;
+/// The consumer's context: commits what was stored before partitions are taken away (so the
+/// next owner starts after it), counts the partitions assigned (for `/readyz`), and turns
+/// librdkafka's statistics into the consumer-lag metric.
+struct ConsumerState {
+    assigned: Arc<AtomicUsize>,
+}
 
-impl rdkafka::ClientContext for CommitOnRevoke {}
+impl rdkafka::ClientContext for ConsumerState {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 is unknown.
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    MetricEvent::KafkaLag { topic, partition: *id, lag: p.consumer_lag }.emit();
+                }
+            }
+        }
+    }
+}
 
-impl ConsumerContext for CommitOnRevoke {
+impl ConsumerContext for ConsumerState {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance
-            && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
-        {
-            // Nothing stored yet is a normal case.
-            warn!(error = %e, "commit on revoke");
+        if let Rebalance::Revoke(_) = rebalance {
+            self.assigned.store(0, Ordering::Relaxed);
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored yet is a normal case.
+                warn!(error = %e, "commit on revoke");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            self.assigned.store(partitions.count(), Ordering::Relaxed);
+            info!(partitions = partitions.count(), "kafka partitions assigned");
         }
     }
 }
 
 pub struct KafkaSource {
-    consumer: StreamConsumer<CommitOnRevoke>,
+    assigned: Arc<AtomicUsize>,
+    consumer: StreamConsumer<ConsumerState>,
     dead_letters: Option<(FutureProducer, String)>,
     config: KafkaConfig,
     pipeline: Arc<Pipeline>,
@@ -89,27 +115,38 @@ impl KafkaSource {
         }
         client.set("bootstrap.servers", &config.brokers);
         // ...and what at-least-once needs, which they may not.
+        let assigned = Arc::new(AtomicUsize::new(0));
         let mut consumer_config = client.clone();
         // Bound what librdkafka prefetches while backstop is busy (its default is 64 MB per
         // partition): backpressure, not buffering. Consumer-only, so not on the producer.
-        for (k, v) in [("queued.max.messages.kbytes", "8192"), ("queued.min.messages", "1000")] {
+        let defaults = [
+            ("queued.max.messages.kbytes", "8192"),
+            ("queued.min.messages", "1000"),
+            ("statistics.interval.ms", "15000"),
+        ];
+        for (k, v) in defaults {
             if !config.properties.contains_key(k) {
                 consumer_config.set(k, v);
             }
         }
-        let consumer: StreamConsumer<CommitOnRevoke> = consumer_config
+        let consumer: StreamConsumer<ConsumerState> = consumer_config
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .create_with_context(CommitOnRevoke)
+            .create_with_context(ConsumerState { assigned: assigned.clone() })
             .map_err(source_error)?;
         consumer.subscribe(&[&config.alerts_topic, &config.feedback_topic]).map_err(source_error)?;
         let dead_letters = match &config.dead_letter_topic {
             Some(t) => Some((client.create::<FutureProducer>().map_err(source_error)?, t.clone())),
             None => None,
         };
-        Ok(KafkaSource { consumer, dead_letters, config, pipeline })
+        Ok(KafkaSource { consumer, dead_letters, config, pipeline, assigned })
+    }
+
+    /// Partitions assigned now (0 before the group is joined and during a rebalance).
+    pub fn assigned(&self) -> Arc<AtomicUsize> {
+        self.assigned.clone()
     }
 
     /// Record a batch of messages in order: their events (consecutive feedback events in one
@@ -123,7 +160,16 @@ impl KafkaSource {
             let headers: Vec<(&str, &[u8])> =
                 m.headers().map(|h| h.iter().filter_map(|h| h.value.map(|v| (h.key, v))).collect()).unwrap_or_default();
             let payload = m.payload().unwrap_or_default();
-            match message::parse(expect, &headers, payload) {
+            let span = tracing::info_span!(
+                "intake",
+                source = "kafka",
+                topic = m.topic(),
+                partition = m.partition(),
+                offset = m.offset(),
+                otel.kind = "consumer"
+            );
+            crate::telemetry::trace::set_parent_from(&span, headers.iter().copied());
+            match span.in_scope(|| message::parse(expect, &headers, payload)) {
                 Ok(Message::Feedback(f)) => {
                     feedback.push((f, json!({ "kafka": position })));
                     continue;
@@ -132,10 +178,8 @@ impl KafkaSource {
                     self.flush_feedback(&mut feedback).await?;
                     match parsed {
                         Ok(Message::Alerts(alerts)) => {
-                            self.pipeline
-                                .alerts(&alerts, json!({ "kafka": position }))
-                                .await
-                                .map_err(|e| e.to_string())?;
+                            let recorded = self.pipeline.alerts(&alerts, json!({ "kafka": position }));
+                            tracing::Instrument::instrument(recorded, span).await.map_err(|e| e.to_string())?;
                         }
                         Err(e) => self.reject(m, position, payload, e.to_string()).await?,
                         Ok(Message::Feedback(_)) => {}

@@ -239,6 +239,16 @@ impl Target for Kubernetes {
         format!("kubernetes:{}", self.server)
     }
 
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.client
+                .apiserver_version()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("API server {} unreachable: {e}", self.server))
+        })
+    }
+
     fn get<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Fetched, TargetError>> {
         Box::pin(async move {
             (|| self.get_once(obj))

@@ -137,6 +137,17 @@ impl Target for Manifests {
         format!("manifests:{}", self.dir.display())
     }
 
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match std::fs::metadata(&self.dir) {
+                Ok(m) if !m.is_dir() => Err(format!("{} is not a directory", self.dir.display())),
+                Ok(m) if m.permissions().readonly() => Err(format!("{} is read-only", self.dir.display())),
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("{}: {e}", self.dir.display())),
+            }
+        })
+    }
+
     fn get<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Fetched, TargetError>> {
         Box::pin(async move {
             tokio::task::block_in_place(|| {

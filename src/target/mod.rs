@@ -124,4 +124,9 @@ pub trait Target: Send + Sync + 'static {
     fn notify<'a>(&'a self, _obj: &'a ObjectRef, _notice: &'a Notice) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+
+    /// Whether the target can be reached now (for `/readyz`); Err says what is wrong.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
