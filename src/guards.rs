@@ -55,6 +55,47 @@ pub enum Verdict {
     },
 }
 
+/// An applied action whose traffic has not yet been verified (its rule has `verify:`): the
+/// `applied` record carries it in `detail.verify`; a `verified` or `unverified` record ends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingVerification {
+    pub action_id: String,
+    pub rule: String,
+    pub target: String,
+    pub event_id: Option<String>,
+    /// The PromQL query as rendered for the event (None: it could not be rendered; why).
+    pub query: Result<String, String>,
+    pub max_share: f64,
+    pub deadline_ms: u64,
+    pub interval_ms: u64,
+    /// When the action was applied.
+    pub started: DateTime<Utc>,
+}
+
+impl PendingVerification {
+    /// From an `applied` record, if it carries a verification.
+    pub fn from_record(r: &Record) -> Option<PendingVerification> {
+        let e = &r.entry;
+        let v = e.detail.as_ref()?.get("verify")?;
+        let query = match (v["query"].as_str(), v["error"].as_str()) {
+            (Some(q), _) => Ok(q.to_string()),
+            (None, Some(err)) => Err(err.to_string()),
+            (None, None) => Err("no query recorded".to_string()),
+        };
+        Some(PendingVerification {
+            action_id: e.action_id.clone()?,
+            rule: e.rule.clone().unwrap_or_default(),
+            target: e.target.clone().unwrap_or_default(),
+            event_id: e.event_id.clone(),
+            query,
+            max_share: v["max_share"].as_f64().unwrap_or(crate::verification::DEFAULT_MAX_SHARE),
+            deadline_ms: v["deadline_ms"].as_u64().unwrap_or(120_000),
+            interval_ms: v["interval_ms"].as_u64().unwrap_or(10_000),
+            started: r.time,
+        })
+    }
+}
+
 /// In the outcome of an action taken on feedback: the arms whose comparison it ends.
 pub const FEEDBACK_ARMS: &str = "feedback_arms";
 
@@ -85,6 +126,7 @@ pub struct GuardState {
     paused: HashMap<String, Pause>,
     /// Feedback per service version, for feedback rules.
     arms: Arms,
+    verifications: std::collections::BTreeMap<String, PendingVerification>,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -103,6 +145,8 @@ pub struct Snapshot {
     paused: Vec<(String, Pause)>,
     pending: Vec<Pending>,
     arms: ArmsSnapshot,
+    #[serde(default)]
+    verifications: Vec<PendingVerification>,
 }
 
 /// 2: with the feedback arms.
@@ -127,6 +171,7 @@ impl GuardState {
             paused,
             pending: self.pending.values().cloned().collect(),
             arms: self.arms.snapshot(),
+            verifications: self.verifications.values().cloned().collect(),
         }
     }
 
@@ -144,6 +189,7 @@ impl GuardState {
             paused: s.paused.into_iter().collect(),
             pending: s.pending.into_iter().map(|p| (p.action_id.clone(), p)).collect(),
             arms: Arms::from_snapshot(s.arms),
+            verifications: s.verifications.into_iter().map(|v| (v.action_id.clone(), v)).collect(),
         }
     }
 
@@ -158,10 +204,18 @@ impl GuardState {
             + arms
             + partitions
             + ids
+            + self.verifications.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.global_pause.is_none()
+    }
+
+    /// Applied actions whose traffic is still to be verified, oldest first.
+    pub fn verifications(&self) -> Vec<PendingVerification> {
+        let mut v: Vec<_> = self.verifications.values().cloned().collect();
+        v.sort_by_key(|p| p.started);
+        v
     }
 
     /// The feedback arms.
@@ -189,6 +243,16 @@ impl GuardState {
             && let Ok(feedback) = serde_json::from_value::<Feedback>(f.clone())
         {
             self.arms.observe(r.time, &feedback, &Origin::of(&feedback, detail));
+        }
+        if e.kind == Kind::Applied
+            && let Some(v) = PendingVerification::from_record(r)
+        {
+            self.verifications.insert(v.action_id.clone(), v);
+        }
+        if matches!(e.kind, Kind::Verified | Kind::Unverified)
+            && let Some(id) = &e.action_id
+        {
+            self.verifications.remove(id);
         }
         // An action on feedback, applied or found done, ends the comparison that led to it.
         if matches!(e.kind, Kind::Applied | Kind::Noop)

@@ -108,6 +108,9 @@ pub struct Pipeline {
     prometheus: Option<SharedPrometheus>,
     /// Feedback findings not to decide again before a time (see [`FEEDBACK_QUIET`]).
     feedback_quiet: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Verifications to start (taken by the task [`Pipeline::spawn_verifier`] starts).
+    verify_tx: tokio::sync::mpsc::UnboundedSender<guards::PendingVerification>,
+    verify_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<guards::PendingVerification>>>,
 }
 
 /// The guards' state snapshot, beside the audit log's segments.
@@ -192,6 +195,7 @@ impl Pipeline {
         settings: Settings,
     ) -> Result<Pipeline, AuditError> {
         let (mut state, restored) = restore_state(audit.dir())?;
+        let (verify_tx, verify_rx) = tokio::sync::mpsc::unbounded_channel();
         state.prune(Utc::now(), &settings.guards, longest_cooldown(&rules));
         info!(
             snapshot = ?restored.snapshot_seq,
@@ -209,6 +213,8 @@ impl Pipeline {
             restored,
             prometheus: None,
             feedback_quiet: Default::default(),
+            verify_tx,
+            verify_rx: std::sync::Mutex::new(Some(verify_rx)),
         })
     }
 
@@ -618,9 +624,18 @@ impl Pipeline {
                 } else {
                     entry
                 };
+                let entry = match (&outcome, &rule.verify) {
+                    (Outcome::Applied { .. }, Some(v)) => {
+                        entry.detail(json!({ "verify": verify_detail(v, &alert.labels) }))
+                    }
+                    _ => entry,
+                };
                 let reason = entry.reason.clone();
-                self.record(&mut state, vec![entry]).await?;
+                let records = self.record(&mut state, vec![entry]).await?;
                 log_outcome(&outcome, &target_name, &action_id);
+                if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+                    self.queue_verification(pending);
+                }
                 Ok(report(outcome.kind(), Some(&target), Some(&action_id), reason))
             }
         }
@@ -824,6 +839,106 @@ impl Pipeline {
         })
     }
 
+    fn queue_verification(&self, pending: guards::PendingVerification) {
+        // Only fails when the verifier is gone (shutting down): the next start resumes it.
+        let _ = self.verify_tx.send(pending);
+    }
+
+    /// Start verifying: the verifications a previous run left pending first, then each one
+    /// queued by an applied action, concurrently, until `token` is cancelled (what is still
+    /// pending then is resumed at the next start: its `applied` record says so).
+    pub async fn spawn_verifier(
+        self: &Arc<Self>,
+        token: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let rx = self.verify_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for pending in self.state.lock().await.verifications() {
+            self.queue_verification(pending);
+        }
+        let pipeline = self.clone();
+        tokio::spawn(async move {
+            let Some(mut rx) = rx else { return };
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    Some(pending) = rx.recv() => {
+                        let (pipeline, token) = (pipeline.clone(), token.clone());
+                        running.spawn(async move { pipeline.verify(pending, token).await });
+                    }
+                    Some(_) = running.join_next(), if !running.is_empty() => {}
+                }
+            }
+            running.abort_all();
+        })
+    }
+
+    /// Poll one verification to its end and record it (see `crate::verification`).
+    #[instrument(skip_all, fields(action_id = %p.action_id, rule = %p.rule, target = %p.target))]
+    async fn verify(&self, p: guards::PendingVerification, token: tokio_util::sync::CancellationToken) {
+        use crate::verification::{Answer, Limits, Step, judge};
+        let settings = Limits {
+            max_share: p.max_share,
+            deadline: Duration::from_millis(p.deadline_ms),
+            interval: Duration::from_millis(p.interval_ms),
+        };
+        let mut last = None;
+        let step = loop {
+            let answer = match (&p.query, &self.prometheus) {
+                (Err(why), _) => Answer::Error(why.clone()),
+                (_, None) => Answer::Error("no `prometheus:` is configured".into()),
+                (Ok(q), Some(prom)) => match prom.value(q, settings.interval.min(Duration::from_secs(10))).await {
+                    Ok(Some(v)) => Answer::Share(v),
+                    Ok(None) => Answer::NoData,
+                    Err(e) => Answer::Error(e),
+                },
+            };
+            let step = judge(&settings, &answer, last, p.started, Utc::now());
+            match step {
+                Step::Wait { last: l, .. } => {
+                    last = l;
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(settings.interval) => {}
+                    }
+                }
+                done => break done,
+            }
+        };
+        let (kind, reason) = match &step {
+            Step::Verified { share, after_seconds } => {
+                (Kind::Verified, format!("canary share {share} after {after_seconds:.0}s"))
+            }
+            Step::Unverified { why, .. } => (Kind::Unverified, why.clone()),
+            Step::Wait { .. } => return,
+        };
+        let mut entry = Entry::new(kind)
+            .rule(&p.rule)
+            .target(&p.target)
+            .action_id(&p.action_id)
+            .reason(&reason)
+            .detail(json!({ "verification": step, "query": p.query.as_ref().ok() }));
+        entry.event_id = p.event_id.clone();
+        MetricEvent::Verification { rule: &p.rule, result: kind.as_str() }.emit();
+        if kind == Kind::Unverified {
+            tracing::error!(target_object = %p.target, action_id = %p.action_id, %reason, "rollback not verified: traffic did not move");
+            if let Ok(obj) = p.target.parse::<ObjectRef>() {
+                let notice = Notice {
+                    warning: true,
+                    reason: "BackstopUnverified",
+                    message: format!("backstop action {} (rule {}): {reason}", p.action_id, p.rule),
+                };
+                self.target.notify(&obj, &notice).await;
+            }
+        } else {
+            info!(target_object = %p.target, action_id = %p.action_id, %reason, "rollback verified");
+        }
+        let mut state = self.state.lock().await;
+        if let Err(e) = self.record(&mut state, vec![entry]).await {
+            warn!(error = %e, "could not record the verification; it is resumed at the next start");
+        }
+    }
+
     /// Record a note from the service itself (a reload, for instance).
     pub async fn note(&self, entry: Entry) -> Result<(), AuditError> {
         let mut state = self.state.lock().await;
@@ -851,6 +966,20 @@ impl Pipeline {
         let mut records = self.record(&mut state, vec![entry]).await?;
         Ok(records.remove(0))
     }
+}
+
+/// What an `applied` record says about its verification (see `guards::PendingVerification`).
+fn verify_detail(v: &crate::verification::Verification, labels: &std::collections::BTreeMap<String, String>) -> Value {
+    let mut d = json!({
+        "max_share": v.limits.max_share,
+        "deadline_ms": v.limits.deadline.as_millis() as u64,
+        "interval_ms": v.limits.interval.as_millis() as u64,
+    });
+    match v.query.render(labels) {
+        Ok(q) => d["query"] = json!(q.trim()),
+        Err(missing) => d["error"] = json!(format!("verification query: {missing}")),
+    }
+    d
 }
 
 /// Count a rule's match or decision as recorded.

@@ -125,10 +125,10 @@ impl Reloader {
         config.data_dir = self.started.data_dir.clone();
         let rules = rules::load(&config.rules).map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         if self.started.prometheus.is_none()
-            && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some())
+            && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some() || r.verify.is_some())
         {
             return Err(vec![format!(
-                "rule {} confirms with Prometheus, but the service started without `prometheus:` (restart to add it)",
+                "rule {} asks Prometheus, but the service started without `prometheus:` (restart to add it)",
                 rule.name
             )]);
         }

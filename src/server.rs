@@ -72,10 +72,11 @@ pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
         None => None,
     };
     if prometheus.is_none()
-        && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some())
+        && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some() || r.verify.is_some())
     {
+        let what = if rule.confirm.is_some() { "confirms" } else { "verifies traffic" };
         return Err(ServeError::Prometheus(format!(
-            "rule {} confirms with Prometheus, but no `prometheus:` is configured",
+            "rule {} {what} with Prometheus, but no `prometheus:` is configured",
             rule.name
         )));
     }
@@ -162,6 +163,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             }
         })
     };
+    let verifier = pipeline.spawn_verifier(token.clone()).await;
     let reloads = tokio::spawn(crate::reload::Reloader::new(config.clone(), pipeline.clone()).run(token.clone()));
     let mut failure = None;
     tokio::select! {
@@ -192,6 +194,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     }
     let _ = snapshots.await;
     let _ = reloads.await;
+    let _ = verifier.await;
     match pipeline.save_snapshot().await {
         Ok(seq) => info!(seq, "state snapshot written"),
         Err(e) => warn!(error = %e, "could not write the state snapshot"),

@@ -20,6 +20,12 @@ use crate::rules::template::Template;
 pub struct Verification {
     /// PromQL for the canary's share of traffic (0..1), templated like the rule's target.
     pub query: Template,
+    pub limits: Limits,
+}
+
+/// When a verification ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
     /// Verified when the share is at most this (default 0.01: 1% of the route).
     pub max_share: f64,
     /// Unverified when still above it after this long (default 2 minutes).
@@ -59,7 +65,7 @@ pub enum Step {
 /// (the query may be wrong, or the canary's metrics gone with its pods while users still reach
 /// it some other way). A rule whose canary stops reporting at 0% should write its query so that
 /// 0 is returned, e.g. `... or vector(0)`.
-pub fn judge(v: &Verification, answer: &Answer, last: Option<f64>, started: DateTime<Utc>, now: DateTime<Utc>) -> Step {
+pub fn judge(v: &Limits, answer: &Answer, last: Option<f64>, started: DateTime<Utc>, now: DateTime<Utc>) -> Step {
     let waited = (now - started).to_std().unwrap_or_default();
     let after_seconds = waited.as_secs_f64();
     let (last, why) = match answer {
@@ -86,13 +92,8 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn v() -> Verification {
-        Verification {
-            query: Template::parse("share").unwrap(),
-            max_share: DEFAULT_MAX_SHARE,
-            deadline: DEFAULT_DEADLINE,
-            interval: DEFAULT_INTERVAL,
-        }
+    fn v() -> Limits {
+        Limits { max_share: DEFAULT_MAX_SHARE, deadline: DEFAULT_DEADLINE, interval: DEFAULT_INTERVAL }
     }
 
     fn t(secs: i64) -> DateTime<Utc> {

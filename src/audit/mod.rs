@@ -46,10 +46,14 @@ pub enum Kind {
     Recovered,
     Seal,
     Checkpoint,
+    /// After an applied action: traffic was seen to move (the rule's `verify:`).
+    Verified,
+    /// After an applied action: traffic was not seen to move within the deadline.
+    Unverified,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Received,
         Kind::Rejected,
         Kind::Matched,
@@ -64,6 +68,8 @@ impl Kind {
         Kind::Recovered,
         Kind::Seal,
         Kind::Checkpoint,
+        Kind::Verified,
+        Kind::Unverified,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +88,8 @@ impl Kind {
             Kind::Recovered => "recovered",
             Kind::Seal => "seal",
             Kind::Checkpoint => "checkpoint",
+            Kind::Verified => "verified",
+            Kind::Unverified => "unverified",
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::feedback::sequential::{DEFAULT_TAU, Sequential, Test};
 use crate::istio::{Change, Dest, Plan, Weight};
 use crate::service::SelectorSwitch;
 use crate::target::{ObjectKind, ObjectRef};
+use crate::verification::{self, Verification};
 use matcher::Matcher;
 use template::Template;
 
@@ -65,6 +66,8 @@ pub struct Rule {
     pub dry_run: bool,
     /// Ask Prometheus before acting.
     pub confirm: Option<Confirm>,
+    /// After an applied action, prove traffic moved (a PromQL share polled to a deadline).
+    pub verify: Option<Verification>,
     /// A feedback rule (no `match`): what it compares. Its templates see the labels
     /// `namespace`, `service`, `canary` and `baseline`.
     pub feedback: Option<FeedbackSpec>,
@@ -317,6 +320,20 @@ struct RawRule {
     dry_run: bool,
     #[serde(default)]
     confirm: Option<RawConfirm>,
+    #[serde(default)]
+    verify: Option<RawVerify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    query: String,
+    #[serde(default)]
+    max_share: Option<f64>,
+    #[serde(default)]
+    deadline: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -816,6 +833,34 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             }
         }
     };
+    let verify = match raw.verify {
+        None => None,
+        Some(v) => {
+            let query = match Template::parse(&v.query) {
+                Ok(q) if !v.query.trim().is_empty() => Some(q),
+                Ok(_) => {
+                    problems.push(("verify.query".into(), "must not be empty".into()));
+                    None
+                }
+                Err(e) => {
+                    problems.push(("verify.query".into(), e.to_string()));
+                    None
+                }
+            };
+            let max_share = v.max_share.unwrap_or(verification::DEFAULT_MAX_SHARE);
+            if !(0.0..=1.0).contains(&max_share) {
+                problems.push(("verify.max_share".into(), format!("{max_share} is not a share between 0 and 1")));
+            }
+            let deadline =
+                parse_duration("verify.deadline", v.deadline, &mut problems).unwrap_or(verification::DEFAULT_DEADLINE);
+            let interval =
+                parse_duration("verify.interval", v.interval, &mut problems).unwrap_or(verification::DEFAULT_INTERVAL);
+            if interval.is_zero() || interval > deadline {
+                problems.push(("verify.interval".into(), "must be more than 0 and at most the deadline".into()));
+            }
+            query.map(|query| Verification { query, limits: verification::Limits { max_share, deadline, interval } })
+        }
+    };
     match (namespace, object, action) {
         (Some(namespace), Some((kind, object)), Some(action)) if problems.is_empty() => Ok(Rule {
             name: raw.name,
@@ -832,6 +877,7 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             cooldown,
             dry_run: raw.dry_run,
             confirm,
+            verify,
             feedback,
         }),
         _ => Err(problems),

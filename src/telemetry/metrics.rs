@@ -13,6 +13,7 @@
 //! | `backstop_audit_append_duration_seconds` | histogram | |
 //! | `backstop_audit_fsync_duration_seconds` | histogram | |
 //! | `backstop_kafka_consumer_lag` | gauge | `topic`, `partition` |
+//! | `backstop_verifications_total` | counter | `rule`, `outcome` (verified, unverified) |
 //! | `backstop_rules_loaded` | gauge | |
 //! | `backstop_rules_last_reload_success` | gauge | 1 or 0 |
 //! | `backstop_rules_last_reload_timestamp_seconds` | gauge | |
@@ -78,6 +79,7 @@ pub struct Metrics {
     pub audit_append: Histogram,
     pub audit_fsync: Histogram,
     pub kafka_lag: Family<Partition, Gauge>,
+    pub verifications: Family<RuleOutcome, Counter>,
     pub rules_loaded: Gauge,
     pub reload_success: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
@@ -96,6 +98,7 @@ impl Metrics {
             audit_append: latency_histogram(),
             audit_fsync: latency_histogram(),
             kafka_lag: Family::default(),
+            verifications: Family::default(),
             rules_loaded: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
@@ -119,6 +122,11 @@ impl Metrics {
             "kafka_consumer_lag",
             "Messages behind the partition's end, per topic and partition (librdkafka statistics)",
             m.kafka_lag.clone(),
+        );
+        registry.register(
+            "verifications",
+            "Rollbacks checked against the traffic, by rule and outcome (verified, unverified)",
+            m.verifications.clone(),
         );
         registry.register("rules_loaded", "Rules in force", m.rules_loaded.clone());
         registry.register(
@@ -186,6 +194,11 @@ pub enum Event<'a> {
         partition: i32,
         lag: i64,
     },
+    /// A rollback's traffic check ended (`result`: verified, unverified).
+    Verification {
+        rule: &'a str,
+        result: &'a str,
+    },
     /// Rules loaded (at start or on reload).
     RulesLoaded {
         rules: usize,
@@ -216,6 +229,9 @@ impl Event<'_> {
             }
             Event::ActionFinished { target, took } => {
                 m.action_duration.get_or_create(&TargetLabel { target: target.into() }).observe(took.as_secs_f64());
+            }
+            Event::Verification { rule, result } => {
+                m.verifications.get_or_create(&RuleOutcome { rule: rule.into(), outcome: result.into() }).inc();
             }
             Event::AuditAppended { took } => m.audit_append.observe(took.as_secs_f64()),
             Event::AuditFsynced { took } => m.audit_fsync.observe(took.as_secs_f64()),
