@@ -16,3 +16,4 @@ mod lifecycle;
 mod otlp;
 mod promtool;
 mod serve;
+mod verification;
