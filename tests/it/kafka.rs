@@ -240,6 +240,8 @@ async fn a_feedback_flood_is_consumed_in_bounded_memory() {
     let Some(broker) = Tansu::try_start().await else { return };
     broker.create_topics(&["fb-flood", "fb-flood-alerts"]).await;
     let wd = feedback_workdir(&broker, "fb-flood");
+    let config = std::fs::read_to_string(wd.config()).unwrap() + "    statistics.interval.ms: \"1000\"\n";
+    std::fs::write(wd.config(), config).unwrap();
     let n = 20_000;
     // Each event padded to ~1 KB, so the backlog (20 MB) exceeds the prefetch bound (8 MB).
     let pad = "x".repeat(800);
@@ -263,5 +265,20 @@ async fn a_feedback_flood_is_consumed_in_bounded_memory() {
     );
     assert!(peak < 100 * 1024, "peak RSS {peak} kB");
     assert_eq!(count(&wd, "matched"), 0, "an A/A stream does not act");
+    // Ready once partitions are assigned; the lag (librdkafka's statistics, every second
+    // here) falls to 0 and the events are counted by source.
+    let ready = reqwest::get(format!("{}/readyz", server.url)).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "{}", ready.text().await.unwrap());
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == r#"backstop_kafka_consumer_lag{topic="fb-flood",partition="0"} 0"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(text.lines().any(|l| l == r#"backstop_kafka_consumer_lag{topic="fb-flood",partition="0"} 0"#), "{text}");
+    let accepted = format!(r#"backstop_events_received_total{{source="kafka",outcome="accepted"}} {n}"#);
+    assert!(text.lines().any(|l| l == accepted), "{text}");
     assert!(server.terminate().success());
 }
