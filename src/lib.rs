@@ -5,6 +5,7 @@
 //! change a **target**; the **audit** log records each step.
 
 pub mod actions;
+pub mod argo;
 pub mod audit;
 pub mod config;
 pub mod confirm;

@@ -792,6 +792,7 @@ impl Pipeline {
                     istio::restore(obj, &before).map(Decided::from).map_err(|e| e.to_string())
                 }
                 ObjectKind::Service => service::restore_selector(obj, &before, &after).map_err(|e| e.to_string()),
+                ObjectKind::Rollout => crate::argo::restore_abort(obj, &before, &after).map_err(|e| e.to_string()),
             }
         };
         let rule = e.rule.clone().unwrap_or_default();

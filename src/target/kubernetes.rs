@@ -1,10 +1,12 @@
-//! The Kubernetes target: Istio VirtualServices (and Services) read and written through the API
-//! server with kube-rs, as dynamic objects.
+//! The Kubernetes target: Istio VirtualServices (and Services, and Argo Rollouts) read and written
+//! through the API server with kube-rs, as dynamic objects.
 //!
 //! Every write is a JSON merge patch that carries the `metadata.resourceVersion` it was computed
 //! from: the API server refuses it with 409 if anyone changed the object since, and the executor
-//! then re-reads and re-decides. 429, 5xx and connection errors are retried with exponential
-//! backoff and jitter (backon) within the action's deadline; 403 and 404 fail at once.
+//! then re-reads and re-decides. A Rollout's change (its `status.abort`) goes to the status
+//! subresource, as `kubectl argo rollouts abort` sends it, and backstop's annotations follow in a
+//! second write (see `replace_rollout`). 429, 5xx and connection errors are retried with
+//! exponential backoff and jitter (backon) within the action's deadline; 403 and 404 fail at once.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,16 +53,19 @@ pub struct Kubernetes {
     server: String,
     virtualservices: ApiResource,
     services: ApiResource,
+    rollouts: ApiResource,
     events: bool,
     backoff: ExponentialBuilder,
 }
 
-/// The RBAC rule a verb on a resource needs, as a user would write it in a Role.
-fn rbac_rule(ar: &ApiResource, verb: &str, namespace: &str) -> String {
-    format!(
-        "apiGroups: [\"{}\"], resources: [\"{}\"], verbs: [\"{verb}\"] in namespace {namespace}",
-        ar.group, ar.plural
-    )
+/// The RBAC rule a verb on a resource (or its subresource) needs, as a user would write it in a
+/// Role.
+fn rbac_rule(ar: &ApiResource, sub: Option<&str>, verb: &str, namespace: &str) -> String {
+    let resource = match sub {
+        Some(sub) => format!("{}/{sub}", ar.plural),
+        None => ar.plural.clone(),
+    };
+    format!("apiGroups: [\"{}\"], resources: [\"{resource}\"], verbs: [\"{verb}\"] in namespace {namespace}", ar.group)
 }
 
 fn is_transient(e: &TargetError) -> bool {
@@ -97,6 +102,10 @@ impl Kubernetes {
             server,
             virtualservices: ApiResource::from_gvk_with_plural(&gvk, "virtualservices"),
             services: ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Service"), "services"),
+            rollouts: ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
+                "rollouts",
+            ),
             events: opts.events,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -110,6 +119,7 @@ impl Kubernetes {
         match kind {
             ObjectKind::VirtualService => &self.virtualservices,
             ObjectKind::Service => &self.services,
+            ObjectKind::Rollout => &self.rollouts,
         }
     }
 
@@ -119,8 +129,14 @@ impl Kubernetes {
 
     /// Map a client error to what the executor needs to know, with the request it was.
     fn error(&self, obj: &ObjectRef, verb: &str, e: kube::Error) -> TargetError {
+        self.error_on(obj, None, verb, e)
+    }
+
+    /// [`Self::error`] for a request on the object or on its subresource `sub` (`status`).
+    fn error_on(&self, obj: &ObjectRef, sub: Option<&str>, verb: &str, e: kube::Error) -> TargetError {
         let ar = self.resource(obj.kind);
-        let what = format!("{verb} {} {obj}", resource_name(ar));
+        let sub_path = sub.map(|s| format!("/{s}")).unwrap_or_default();
+        let what = format!("{verb} {}{sub_path} {obj}", resource_name(ar));
         match e {
             kube::Error::Api(status) => match status.code {
                 404 => TargetError::NotFound {
@@ -130,7 +146,7 @@ impl Kubernetes {
                 },
                 403 => TargetError::Forbidden {
                     message: format!("{what}: forbidden: {}", status.message),
-                    rule: rbac_rule(ar, verb, &obj.namespace),
+                    rule: rbac_rule(ar, sub, verb, &obj.namespace),
                 },
                 409 => TargetError::Conflict { object: obj.to_string(), detail: status.message.clone() },
                 400 | 422 => {
@@ -153,6 +169,64 @@ impl Kubernetes {
     async fn patch_once(&self, obj: &ObjectRef, patch: &Value) -> Result<(), TargetError> {
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         self.api(obj).patch(&obj.name, &params, &Patch::Merge(patch)).await.map_err(|e| self.error(obj, "patch", e))?;
+        Ok(())
+    }
+
+    async fn patch_status_once(&self, obj: &ObjectRef, patch: &Value) -> Result<(), TargetError> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        self.api(obj)
+            .patch_status(&obj.name, &params, &Patch::Merge(patch))
+            .await
+            .map_err(|e| self.error_on(obj, Some("status"), "patch", e))?;
+        Ok(())
+    }
+
+    /// `patch_once` (or `patch_status_once`) retried while the API server is unavailable.
+    async fn patch(&self, obj: &ObjectRef, status: bool, patch: &Value) -> Result<(), TargetError> {
+        let once = || async {
+            if status { self.patch_status_once(obj, patch).await } else { self.patch_once(obj, patch).await }
+        };
+        once.retry(self.backoff)
+            .when(is_transient)
+            .notify(|e, after| warn!(object = %obj, error = %e, retry_in = ?after, "kubernetes write failed; retrying"))
+            .await
+    }
+
+    /// A Rollout's change as `kubectl argo rollouts abort` makes it: a merge patch of `status`
+    /// on the status subresource, conditional on the resourceVersion read (409 if the Rollout
+    /// changed since). The API server ignores metadata in a status write of a custom resource,
+    /// so backstop's annotations follow in a second merge patch on the Rollout itself, after the
+    /// abort landed, holding only the `backstop.io/*` keys and no resourceVersion: the Argo
+    /// controller reacts to the abort at once (phase, message, abortedAt), and the annotations
+    /// record what backstop did, whatever the controller wrote meanwhile. The abort is the
+    /// action; if the annotations cannot be written (say RBAC grants `rollouts/status` but not
+    /// `rollouts`), that is logged and the action stays applied.
+    async fn replace_rollout(&self, obj: &ObjectRef, read: &Fetched, new: &Value) -> Result<(), TargetError> {
+        let mut rest = match merge_diff(&read.object, new) {
+            Some(Value::Object(diff)) => diff,
+            _ => serde_json::Map::new(),
+        };
+        let status = rest.remove("status");
+        if let Some(other) = rest.keys().find(|k| *k != "metadata") {
+            return Err(TargetError::Invalid {
+                object: obj.to_string(),
+                message: format!(
+                    "backstop changes only the status and annotations of a Rollout, not `{other}` (a change to its \
+                     spec belongs in Git)"
+                ),
+            });
+        }
+        let Some(status) = status else {
+            // Nothing for the status subresource: an ordinary conditional write.
+            return self.patch(obj, false, &conditional_patch(&read.object, new, &read.version)).await;
+        };
+        let abort = json!({"metadata": {"resourceVersion": read.version}, "status": status});
+        self.patch(obj, true, &abort).await?;
+        if !rest.is_empty()
+            && let Err(e) = self.patch(obj, false, &Value::Object(rest)).await
+        {
+            warn!(object = %obj, error = %e, "the Rollout was changed, but backstop's annotations could not be written");
+        }
         Ok(())
     }
 
@@ -268,14 +342,12 @@ impl Target for Kubernetes {
         new: &'a Value,
     ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
-            let patch = conditional_patch(&read.object, new, &read.version);
-            (|| self.patch_once(obj, &patch))
-                .retry(self.backoff)
-                .when(is_transient)
-                .notify(
-                    |e, after| warn!(object = %obj, error = %e, retry_in = ?after, "kubernetes write failed; retrying"),
-                )
-                .await
+            match obj.kind {
+                ObjectKind::Rollout => self.replace_rollout(obj, read, new).await,
+                ObjectKind::VirtualService | ObjectKind::Service => {
+                    self.patch(obj, false, &conditional_patch(&read.object, new, &read.version)).await
+                }
+            }
         })
     }
 

@@ -99,12 +99,26 @@ fn is_object(v: &Value, obj: &ObjectRef) -> bool {
     let api = match obj.kind {
         ObjectKind::VirtualService => v["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io/")),
         ObjectKind::Service => v["apiVersion"] == "v1",
+        ObjectKind::Rollout => v["apiVersion"].as_str().is_some_and(|a| a.starts_with("argoproj.io/")),
     };
     v["kind"] == obj.kind.as_str()
         && api
         && meta["name"] == obj.name.as_str()
         // As in Kubernetes, a manifest without a namespace lands in `default`.
         && meta["namespace"].as_str().unwrap_or("default") == obj.namespace
+}
+
+/// A Rollout is aborted through its status, which the API server keeps and manifests do not hold.
+fn unsupported(obj: &ObjectRef) -> Result<(), TargetError> {
+    match obj.kind {
+        ObjectKind::Rollout => Err(TargetError::Invalid {
+            object: obj.to_string(),
+            message: "aborting an Argo Rollout needs the kubernetes target: the abort is written to the \
+                      Rollout's status, which its manifests do not hold"
+                .into(),
+        }),
+        ObjectKind::VirtualService | ObjectKind::Service => Ok(()),
+    }
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> TargetError {
@@ -150,6 +164,7 @@ impl Target for Manifests {
 
     fn get<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Fetched, TargetError>> {
         Box::pin(async move {
+            unsupported(obj)?;
             tokio::task::block_in_place(|| {
                 let (loc, object) = self.find(obj)?;
                 Ok(Fetched { object, version: version_of(&loc) })
@@ -164,6 +179,7 @@ impl Target for Manifests {
         new: &'a Value,
     ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
+            unsupported(obj)?;
             let _guard = self.write_lock.lock().await;
             tokio::task::block_in_place(|| self.replace_blocking(obj, &read.version, new))
         })
@@ -223,5 +239,20 @@ mod tests {
         std::fs::write(dir.path().join("copy.yml"), VS).unwrap();
         let err = m.get(&ObjectRef::virtual_service("sms-app", "model-service")).await.unwrap_err();
         assert!(matches!(err, TargetError::Ambiguous { .. }), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rollout_abort_needs_the_kubernetes_target() {
+        let (dir, m, _) = setup();
+        let ro = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata:\n  name: model-service\n  namespace: sms-app\nspec:\n  replicas: 3\n";
+        std::fs::write(dir.path().join("rollout.yaml"), ro).unwrap();
+        let obj = ObjectRef::rollout("sms-app", "model-service");
+        let err = m.get(&obj).await.unwrap_err();
+        assert!(matches!(err, TargetError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("aborting an Argo Rollout needs the kubernetes target"), "{err}");
+        let read = Fetched { object: serde_json::json!({}), version: String::new() };
+        let err = m.replace(&obj, &read, &serde_json::json!({"status": {"abort": true}})).await.unwrap_err();
+        assert!(err.to_string().contains("needs the kubernetes target"), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("rollout.yaml")).unwrap(), ro, "nothing written");
     }
 }

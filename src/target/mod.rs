@@ -13,13 +13,16 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The kinds of object backstop changes. (Kubernetes Services for selector switches come with the
-/// Kubernetes target.)
+/// The kinds of object backstop changes. (Kubernetes Services for selector switches and Argo
+/// Rollouts come with the Kubernetes target.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ObjectKind {
     VirtualService,
     /// A Kubernetes Service whose selector a blue-green switch moves.
     Service,
+    /// An Argo Rollout (`argoproj.io/v1alpha1`, plural `rollouts`) that backstop aborts the way
+    /// `kubectl argo rollouts abort` does (see [`crate::argo`]).
+    Rollout,
 }
 
 impl ObjectKind {
@@ -27,7 +30,25 @@ impl ObjectKind {
         match self {
             ObjectKind::VirtualService => "VirtualService",
             ObjectKind::Service => "Service",
+            ObjectKind::Rollout => "Rollout",
         }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The inverse of [`ObjectKind::as_str`] (as recorded in the audit trail's `detail.kind`).
+impl FromStr for ObjectKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [ObjectKind::VirtualService, ObjectKind::Service, ObjectKind::Rollout]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a kind backstop changes (VirtualService, Service, Rollout)"))
     }
 }
 
@@ -42,6 +63,10 @@ pub struct ObjectRef {
 impl ObjectRef {
     pub fn virtual_service(namespace: impl Into<String>, name: impl Into<String>) -> ObjectRef {
         ObjectRef { kind: ObjectKind::VirtualService, namespace: namespace.into(), name: name.into() }
+    }
+
+    pub fn rollout(namespace: impl Into<String>, name: impl Into<String>) -> ObjectRef {
+        ObjectRef { kind: ObjectKind::Rollout, namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -128,5 +153,21 @@ pub trait Target: Send + Sync + 'static {
     /// Whether the target can be reached now (for `/readyz`); Err says what is wrong.
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_display_and_parse_as_their_kubernetes_kind() {
+        for kind in [ObjectKind::VirtualService, ObjectKind::Service, ObjectKind::Rollout] {
+            assert_eq!(kind.to_string().parse::<ObjectKind>(), Ok(kind));
+        }
+        assert_eq!(ObjectKind::Rollout.as_str(), "Rollout");
+        assert!("Deployment".parse::<ObjectKind>().unwrap_err().contains("Rollout"));
+        let r = ObjectRef::rollout("sms-app", "model-service");
+        assert_eq!((r.kind, r.to_string()), (ObjectKind::Rollout, "sms-app/model-service".to_string()));
     }
 }

@@ -224,6 +224,7 @@ class Schema(unittest.TestCase):
         self.rejected({"replicaCount": 2}, "/replicaCount")  # one writer per audit log
         self.rejected({"replicaConut": 1}, "replicaConut")
         self.rejected({"service": {"port": 70000}}, "/service/port")
+        self.rejected({"rbac": {"argoRollouts": "yes"}}, "/rbac/argoRollouts")
         self.rejected({"config": {"listen": "0.0.0.0:9"}}, "listen")  # the chart owns it
         self.rejected({"config": {"guards": {"window": "soon"}}}, "/config/guards/window")
         self.rejected({"config": {"guards": {"windoww": "1h"}}}, "windoww")
@@ -377,6 +378,20 @@ class DefaultValues(Workload, unittest.TestCase):
             [(("networking.istio.io",), ("virtualservices",), ("get", "list", "watch", "patch")),
              (("",), ("events",), ("create", "patch"))],
         )
+
+    def test_argo_rollouts_rules_are_opt_in_and_those_of_deploy_kubernetes(self):
+        plain = one(load_yaml_docs(REPO / "deploy/kubernetes/rbac.yaml"), "ClusterRole")
+        argo = one(load_yaml_docs(REPO / "deploy/kubernetes/rbac-argo-rollouts.yaml"), "ClusterRole")
+        self.assertEqual(
+            rbac_rules(argo["rules"]),
+            [(("argoproj.io",), ("rollouts",), ("get", "list", "watch", "patch")),
+             (("argoproj.io",), ("rollouts/status",), ("patch",))],
+        )
+        role = one(objects(render({"rbac": {"argoRollouts": True}})), "ClusterRole", RELEASE)
+        self.assertEqual(rbac_rules(role["rules"]), rbac_rules(plain["rules"]) + rbac_rules(argo["rules"]))
+        objs = objects(render({"rbac": {"argoRollouts": True, "clusterWide": False, "namespaces": ["sms-app"]}}))
+        role = one(objs, "Role", RELEASE, "sms-app")
+        self.assertEqual(rbac_rules(role["rules"]), rbac_rules(plain["rules"]) + rbac_rules(argo["rules"]))
 
     def test_notes_show_the_receiver_with_the_token_file(self):
         text = notes(self.rendered)

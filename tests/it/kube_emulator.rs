@@ -128,7 +128,7 @@ async fn discovery_lists_the_istio_group_with_v1_preferred() {
     assert!(names.contains(&"services") && names.contains(&"events"), "{names:?}");
     assert_eq!(get(&kube, "/api").await.body["versions"], json!(["v1"]));
     assert_eq!(get(&kube, "/version").await.body["major"], "1");
-    let missing = get(&kube, "/apis/argoproj.io/v1alpha1").await;
+    let missing = get(&kube, "/apis/apps/v1").await;
     assert_eq!((missing.status, missing.body["reason"].as_str()), (404, Some("NotFound")));
 }
 
@@ -688,4 +688,164 @@ async fn dropping_the_emulator_stops_it() {
         assert!(started.elapsed() < Duration::from_secs(10), "still answering");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argo Rollouts
+
+const RO: &str = "/apis/argoproj.io/v1alpha1/namespaces/sms-app/rollouts/model-service";
+const ARGO: &str = "argoproj.io/v1alpha1";
+
+/// A canary Rollout paused at its second step, as the Argo controller leaves it.
+fn rollout(kube: &KubeEmulator) -> Value {
+    kube.seed(json!({
+        "apiVersion": ARGO,
+        "kind": "Rollout",
+        "metadata": {"name": "model-service", "namespace": "sms-app"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "model-service"}},
+            "strategy": {"canary": {
+                "trafficRouting": {"istio": {"virtualService": {"name": "model-service", "routes": ["primary"]}}},
+                "steps": [{"setWeight": 10}, {"pause": {}}],
+            }},
+            "template": {"metadata": {"labels": {"app": "model-service"}}, "spec": {"containers": [{"name": "app", "image": "model-service:2"}]}},
+        },
+        // Not stored: status is only written through /status.
+        "status": {"abort": true},
+    }));
+    kube.mutate(ARGO, "Rollout", "sms-app", "model-service", |ro| {
+        ro["status"] = json!({"phase": "Paused", "message": "CanaryPauseStep", "currentStepIndex": 1});
+    });
+    stored_rollout(kube)
+}
+
+fn stored_rollout(kube: &KubeEmulator) -> Value {
+    kube.get(ARGO, "Rollout", "sms-app", "model-service").expect("stored")
+}
+
+#[tokio::test]
+async fn rollouts_are_discovered_with_their_status_subresource() {
+    let kube = KubeEmulator::start().await;
+    let group = get(&kube, "/apis/argoproj.io").await;
+    assert_eq!(group.body["preferredVersion"], json!({"groupVersion": ARGO, "version": "v1alpha1"}));
+    let list = get(&kube, "/apis/argoproj.io/v1alpha1").await;
+    let resources = list.body["resources"].as_array().unwrap();
+    let ro = resources.iter().find(|r| r["name"] == "rollouts").unwrap();
+    assert_eq!((ro["kind"].as_str(), ro["namespaced"].as_bool()), (Some("Rollout"), Some(true)));
+    assert_eq!(ro["shortNames"], json!(["ro"]));
+    let status = resources.iter().find(|r| r["name"] == "rollouts/status").unwrap();
+    assert_eq!(status["verbs"], json!(["get", "patch", "update"]));
+
+    let aggregated: Value = reqwest::Client::new()
+        .get(format!("{}/apis", kube.url()))
+        .bearer_auth(kube.token())
+        .header("accept", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let argo = aggregated["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "argoproj.io").unwrap();
+    assert_eq!(argo["versions"][0]["resources"][0]["resource"], "rollouts");
+    assert_eq!(argo["versions"][0]["resources"][0]["subresources"][0]["subresource"], "status");
+}
+
+#[tokio::test]
+async fn a_rollout_is_aborted_through_its_status_subresource_only() {
+    let kube = KubeEmulator::start().await;
+    let read = rollout(&kube);
+    assert_eq!(read["status"]["phase"], "Paused");
+    assert!(read["status"].get("abort").is_none(), "seeding does not write status");
+    assert_eq!(get(&kube, RO).await.body, read);
+    let list = get(&kube, "/apis/argoproj.io/v1alpha1/namespaces/sms-app/rollouts").await;
+    assert_eq!((list.body["kind"].as_str(), &list.body["items"][0]), (Some("RolloutList"), &read));
+
+    // `kubectl argo rollouts abort`'s patch, conditional on the version read; metadata and spec
+    // in a status write are ignored, as the API server does for custom resources.
+    let patch = json!({
+        "metadata": {"resourceVersion": read["metadata"]["resourceVersion"], "annotations": {"ignored": "yes"}},
+        "spec": {"replicas": 9},
+        "status": {"abort": true},
+    });
+    let answer = send(&kube, "PATCH", &format!("{RO}/status?fieldManager=backstop"), Some(MERGE), Some(&patch)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let ro = stored_rollout(&kube);
+    assert_eq!(answer.body, ro);
+    assert_eq!(
+        ro["status"],
+        json!({"phase": "Paused", "message": "CanaryPauseStep", "currentStepIndex": 1, "abort": true})
+    );
+    assert_eq!((&ro["spec"], ro["metadata"]["generation"].as_i64()), (&read["spec"], Some(1)));
+    assert!(ro["metadata"]["annotations"].get("ignored").is_none());
+    assert!(rv(&ro) > rv(&read));
+    let backstop = ro["metadata"]["managedFields"].as_array().unwrap().iter().find(|m| m["manager"] == "backstop");
+    assert_eq!(backstop.unwrap()["subresource"], "status");
+    assert_eq!(backstop.unwrap()["fieldsV1"], json!({"f:status": {"f:abort": {}}}));
+
+    // The same version again: stale now.
+    let answer = send(&kube, "PATCH", &format!("{RO}/status"), Some(MERGE), Some(&patch)).await;
+    assert_eq!(answer.status, 409);
+    assert_eq!(
+        answer.body["message"],
+        "Operation cannot be fulfilled on rollouts.argoproj.io \"model-service\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    assert_eq!(answer.body["details"], json!({"name": "model-service", "group": "argoproj.io", "kind": "rollouts"}));
+
+    // A write to the Rollout itself ignores status, and changes annotations.
+    let undo = json!({"status": {"abort": false}});
+    let answer = send(&kube, "PATCH", RO, Some(MERGE), Some(&undo)).await;
+    assert_eq!((answer.status, rv(&answer.body)), (200, rv(&ro)), "object writes ignore status");
+    let note = json!({"metadata": {"annotations": {"backstop.io/rule": "canary-abort"}}});
+    let answer = send(&kube, "PATCH", RO, Some(MERGE), Some(&note)).await;
+    assert_eq!(answer.body["metadata"]["annotations"]["backstop.io/rule"], "canary-abort");
+    assert_eq!(answer.body["status"]["abort"], true);
+
+    // The CRD's schema: status.abort is a boolean; unknown status fields are pruned.
+    let wrong = json!({"status": {"abort": "yes", "bogus": 1}});
+    let answer = send(&kube, "PATCH", &format!("{RO}/status"), Some(MERGE), Some(&wrong)).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rollout.argoproj.io \"model-service\" is invalid: status.abort: Invalid value: \"string\""),
+        "{}",
+        answer.body
+    );
+    let pruned = json!({"status": {"bogus": 1}});
+    let answer = send(&kube, "PATCH", &format!("{RO}/status"), Some(MERGE), Some(&pruned)).await;
+    assert_eq!((answer.status, answer.body["status"].get("bogus")), (200, None));
+    assert!(answer.headers["warning"].to_str().unwrap().contains("unknown field \\\"status.bogus\\\""));
+}
+
+#[tokio::test]
+async fn rollout_status_writes_conflict_404_and_403_like_any_other() {
+    let kube = KubeEmulator::start().await;
+    let read = rollout(&kube);
+    let abort =
+        json!({"metadata": {"resourceVersion": read["metadata"]["resourceVersion"]}, "status": {"abort": true}});
+
+    // Another writer first (the Argo controller, say): 409, nothing of ours stored.
+    kube.conflict_next(1);
+    let answer = send(&kube, "PATCH", &format!("{RO}/status"), Some(MERGE), Some(&abort)).await;
+    assert_eq!((answer.status, answer.body["reason"].as_str()), (409, Some("Conflict")));
+    assert!(stored_rollout(&kube)["status"].get("abort").is_none());
+
+    let missing = "/apis/argoproj.io/v1alpha1/namespaces/sms-app/rollouts/nope/status";
+    let answer = send(&kube, "PATCH", missing, Some(MERGE), Some(&json!({"status": {"abort": true}}))).await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.body["message"], "rollouts.argoproj.io \"nope\" not found");
+
+    kube.deny("patch", "rollouts/status", Some("sms-app"));
+    let answer =
+        send(&kube, "PATCH", &format!("{RO}/status"), Some(MERGE), Some(&json!({"status": {"abort": true}}))).await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        answer.body["message"],
+        "rollouts.argoproj.io \"model-service\" is forbidden: User \"system:serviceaccount:backstop:backstop\" cannot patch resource \"rollouts/status\" in API group \"argoproj.io\" in the namespace \"sms-app\""
+    );
+    let note = json!({"metadata": {"annotations": {"backstop.io/rule": "r"}}});
+    assert_eq!(send(&kube, "PATCH", RO, Some(MERGE), Some(&note)).await.status, 200, "the object itself is not denied");
 }

@@ -254,3 +254,232 @@ async fn a_service_selector_switch_goes_through_the_api_and_can_be_undone() {
     let svc = emu.get("v1", "Service", "shop", "checkout-active").unwrap();
     assert_eq!(svc["spec"]["selector"]["version"], "green");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Argo Rollouts: the library's Kubernetes target and executor against the emulator (no rule
+// fires an abort yet; the target and `backstop::argo` are what is tested here).
+
+mod argo {
+    use std::time::Duration;
+
+    use backstop::actions::{self, Decided, Meta, Outcome};
+    use backstop::argo::{abort, restore_abort};
+    use backstop::target::kubernetes::{Kubernetes, KubernetesOptions};
+    use backstop::target::{Notice, ObjectRef, Target, TargetError};
+    use serde_json::{Value, json};
+
+    use crate::support::kube::{KubeEmulator, RequestRecord};
+
+    const ARGO: &str = "argoproj.io/v1alpha1";
+    const PATH: &str = "/apis/argoproj.io/v1alpha1/namespaces/sms-app/rollouts/model-service";
+    const META: Meta<'static> = Meta { action_id: "A1", rule: "canary-abort", at: "2026-11-24T20:13:27Z" };
+
+    /// The emulator with a canary Rollout paused at its second step.
+    async fn cluster() -> KubeEmulator {
+        let emu = KubeEmulator::start().await;
+        emu.seed(json!({
+            "apiVersion": ARGO,
+            "kind": "Rollout",
+            "metadata": {"name": "model-service", "namespace": "sms-app"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "model-service"}},
+                "strategy": {"canary": {
+                    "trafficRouting": {"istio": {"virtualService": {"name": "model-service", "routes": ["primary"]}}},
+                    "steps": [{"setWeight": 10}, {"pause": {}}],
+                }},
+                "template": {"metadata": {"labels": {"app": "model-service"}},
+                             "spec": {"containers": [{"name": "app", "image": "model-service:2"}]}},
+            },
+        }));
+        emu.mutate(ARGO, "Rollout", "sms-app", "model-service", |ro| {
+            ro["status"] = json!({"phase": "Paused", "message": "CanaryPauseStep", "currentStepIndex": 1});
+        });
+        emu
+    }
+
+    async fn target(emu: &KubeEmulator) -> (tempfile::TempDir, Kubernetes) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = KubernetesOptions {
+            kubeconfig: Some(emu.write_kubeconfig(dir.path())),
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let k8s = Kubernetes::connect(&opts).await.unwrap();
+        (dir, k8s)
+    }
+
+    fn obj() -> ObjectRef {
+        ObjectRef::rollout("sms-app", "model-service")
+    }
+
+    fn stored(emu: &KubeEmulator) -> Value {
+        emu.get(ARGO, "Rollout", "sms-app", "model-service").unwrap()
+    }
+
+    fn patches(emu: &KubeEmulator) -> Vec<RequestRecord> {
+        emu.requests().into_iter().filter(|r| r.method == "PATCH").collect()
+    }
+
+    async fn abort_it(k8s: &Kubernetes) -> Outcome {
+        let decide = |ro: &Value| abort(ro).map_err(|e| e.to_string());
+        actions::execute(k8s, &obj(), &decide, &META, Duration::from_secs(10), true).await
+    }
+
+    #[tokio::test]
+    async fn a_rollout_is_aborted_on_its_status_subresource_annotated_and_evented() {
+        let emu = cluster().await;
+        let (_dir, k8s) = target(&emu).await;
+        let read = stored(&emu);
+        let outcome = abort_it(&k8s).await;
+        assert_eq!(
+            outcome,
+            Outcome::Applied { before: json!({"abort": false, "phase": "Paused"}), after: json!({"abort": true}) }
+        );
+        let ro = stored(&emu);
+        assert_eq!(ro["status"]["abort"], true);
+        assert_eq!((&ro["spec"], &ro["metadata"]["generation"]), (&read["spec"], &read["metadata"]["generation"]));
+        let rv = |o: &Value| o["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap();
+        assert!(rv(&ro) > rv(&read));
+        let ann = &ro["metadata"]["annotations"];
+        assert_eq!(
+            (ann["backstop.io/action-id"].as_str(), ann["backstop.io/rule"].as_str()),
+            (Some("A1"), Some("canary-abort"))
+        );
+        assert_eq!(ann["backstop.io/at"], "2026-11-24T20:13:27Z");
+        assert_eq!(ann["backstop.io/previous"], r#"{"abort":false,"phase":"Paused"}"#);
+
+        // First the abort, as `kubectl argo rollouts abort` sends it but conditional; then the
+        // annotations on the Rollout itself.
+        let p = patches(&emu);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!((p[0].path.as_str(), p[0].status), (format!("{PATH}/status").as_str(), 200));
+        assert_eq!(p[0].content_type.as_deref(), Some("application/merge-patch+json"));
+        assert_eq!(p[0].field_manager.as_deref(), Some("backstop"));
+        let body: Value = serde_json::from_str(&p[0].body).unwrap();
+        assert_eq!(
+            body,
+            json!({"metadata": {"resourceVersion": read["metadata"]["resourceVersion"]}, "status": {"abort": true}})
+        );
+        assert_eq!((p[1].path.as_str(), p[1].status), (PATH, 200));
+        let body: Value = serde_json::from_str(&p[1].body).unwrap();
+        assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), ["metadata"]);
+        assert!(body["metadata"]["resourceVersion"].is_null(), "{body}");
+        assert_eq!(body["metadata"]["annotations"]["backstop.io/action-id"], "A1");
+
+        let notice =
+            Notice { warning: false, reason: "BackstopApplied", message: "backstop action A1: aborted".into() };
+        k8s.notify(&obj(), &notice).await;
+        let events = emu.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            events[0]["involvedObject"],
+            json!({"apiVersion": ARGO, "kind": "Rollout", "name": "model-service", "namespace": "sms-app"})
+        );
+        assert_eq!(
+            (events[0]["reason"].as_str(), events[0]["type"].as_str()),
+            (Some("BackstopApplied"), Some("Normal"))
+        );
+
+        // Already aborted: a no-op, nothing written.
+        let outcome = abort_it(&k8s).await;
+        assert_eq!(
+            outcome,
+            Outcome::NoOp { state: json!({"abort": true, "phase": "Paused", "message": "CanaryPauseStep"}) }
+        );
+        assert_eq!(patches(&emu).len(), 2);
+
+        // Undo: abort back to false, as `kubectl argo rollouts retry` would set it.
+        let (before, after) = (json!({"abort": false, "phase": "Paused"}), json!({"abort": true}));
+        let decide = |ro: &Value| restore_abort(ro, &before, &after).map_err(|e| e.to_string());
+        let outcome = actions::execute(&k8s, &obj(), &decide, &META, Duration::from_secs(10), true).await;
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+        assert_eq!(stored(&emu)["status"]["abort"], false);
+        let outcome = actions::execute(&k8s, &obj(), &decide, &META, Duration::from_secs(10), true).await;
+        assert!(matches!(&outcome, Outcome::Refused { reason } if reason.contains("no longer aborted")), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn a_rollout_changed_between_read_and_write_is_a_conflict_and_is_decided_again() {
+        let emu = cluster().await;
+        let (_dir, k8s) = target(&emu).await;
+
+        // The target on its own: the controller moved the Rollout on after our read.
+        let read = k8s.get(&obj()).await.unwrap();
+        let Decided::Changed { object, .. } = abort(&read.object).unwrap() else { panic!() };
+        emu.mutate(ARGO, "Rollout", "sms-app", "model-service", |ro| ro["status"]["currentStepIndex"] = 2.into());
+        let err = k8s.replace(&obj(), &read, &object).await.unwrap_err();
+        assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("the object has been modified"), "{err}");
+        assert!(stored(&emu)["status"].get("abort").is_none(), "nothing written");
+        assert_eq!(patches(&emu).iter().map(|r| r.status).collect::<Vec<_>>(), [409]);
+
+        // Through the executor: re-read, re-decided, applied.
+        emu.conflict_next(1);
+        let outcome = abort_it(&k8s).await;
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+        let status: Vec<(bool, u16)> = patches(&emu).iter().map(|r| (r.path.ends_with("/status"), r.status)).collect();
+        assert_eq!(status, [(true, 409), (true, 409), (true, 200), (false, 200)]);
+        assert_eq!(stored(&emu)["status"]["abort"], true);
+    }
+
+    #[tokio::test]
+    async fn a_rollout_someone_else_aborted_first_is_a_noop() {
+        let emu = cluster().await;
+        let (_dir, k8s) = target(&emu).await;
+        // A person runs `kubectl argo rollouts abort` just before our write lands.
+        emu.before_write(|ro| ro["status"]["abort"] = true.into());
+        let outcome = abort_it(&k8s).await;
+        assert!(matches!(&outcome, Outcome::NoOp { state } if state["abort"] == true), "{outcome:?}");
+        let ro = stored(&emu);
+        assert!(ro["metadata"]["annotations"].get("backstop.io/action-id").is_none(), "our write never landed");
+        assert_eq!(patches(&emu).iter().map(|r| r.status).collect::<Vec<_>>(), [409]);
+    }
+
+    #[tokio::test]
+    async fn forbidden_status_patch_fails_at_once_naming_the_rbac_rule() {
+        let emu = cluster().await;
+        emu.deny("patch", "rollouts/status", Some("sms-app"));
+        let (_dir, k8s) = target(&emu).await;
+        let Outcome::Failed { reason } = abort_it(&k8s).await else { panic!("not failed") };
+        assert!(reason.contains("patch rollouts.argoproj.io/status sms-app/model-service: forbidden"), "{reason}");
+        assert!(
+            reason.contains(
+                r#"apiGroups: ["argoproj.io"], resources: ["rollouts/status"], verbs: ["patch"] in namespace sms-app"#
+            ),
+            "{reason}"
+        );
+        assert_eq!(patches(&emu).len(), 1, "not retried");
+        assert!(stored(&emu)["status"].get("abort").is_none());
+    }
+
+    #[tokio::test]
+    async fn without_patch_on_rollouts_the_abort_lands_without_annotations() {
+        let emu = cluster().await;
+        emu.deny("patch", "rollouts", Some("sms-app"));
+        let (_dir, k8s) = target(&emu).await;
+        let outcome = abort_it(&k8s).await;
+        assert!(matches!(outcome, Outcome::Applied { .. }), "the abort is the action: {outcome:?}");
+        let ro = stored(&emu);
+        assert_eq!(ro["status"]["abort"], true);
+        assert!(ro["metadata"]["annotations"].get("backstop.io/action-id").is_none());
+        assert_eq!(patches(&emu).iter().map(|r| r.status).collect::<Vec<_>>(), [200, 403]);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_and_a_missing_rollout_is_refused() {
+        let emu = cluster().await;
+        let (_dir, k8s) = target(&emu).await;
+        emu.fail_next("PATCH", Some("rollouts"), 503, 2);
+        let outcome = abort_it(&k8s).await;
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+        assert_eq!(patches(&emu).iter().map(|r| r.status).collect::<Vec<_>>(), [503, 503, 200, 200]);
+
+        let missing = ObjectRef::rollout("sms-app", "nope");
+        let decide = |ro: &Value| abort(ro).map_err(|e| e.to_string());
+        let outcome = actions::execute(&k8s, &missing, &decide, &META, Duration::from_secs(10), true).await;
+        let Outcome::Refused { reason } = outcome else { panic!("{outcome:?}") };
+        assert!(reason.starts_with("Rollout sms-app/nope not found in the cluster at"), "{reason}");
+        assert!(reason.contains("get rollouts.argoproj.io sms-app/nope"), "{reason}");
+    }
+}

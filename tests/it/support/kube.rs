@@ -95,8 +95,8 @@ pub struct ResourceDef {
 
 const ISTIO: &[&str] = &["istio-io", "networking-istio-io"];
 
-/// What the emulator serves. Adding a resource is one row (Argo Rollouts: group `argoproj.io`,
-/// versions `["v1alpha1"]`, plural `rollouts`, `status: true`, its CRD in `shared/crds/`).
+/// What the emulator serves. Adding a resource is one row, and for a custom resource its CRD in
+/// `shared/crds/` (or in [`EMBEDDED_CRDS`]).
 pub const RESOURCES: &[ResourceDef] = &[
     ResourceDef {
         group: "networking.istio.io",
@@ -163,7 +163,133 @@ pub const RESOURCES: &[ResourceDef] = &[
         crd: None,
         check: Some(check_events_v1),
     },
+    ResourceDef {
+        group: "argoproj.io",
+        versions: &["v1alpha1"],
+        plural: "rollouts",
+        singular: "rollout",
+        kind: "Rollout",
+        namespaced: true,
+        short_names: &["ro"],
+        categories: &[],
+        status: true,
+        crd: Some("rollouts.argoproj.io"),
+        check: None,
+    },
 ];
+
+/// CRDs that are not in `shared/crds/`: Argo Rollouts' `rollouts.argoproj.io` (v1alpha1), cut
+/// down from the project's `manifests/crds/rollout-crd.yaml` (controller-gen): the real
+/// top-level fields of `spec` and `status` with their real types, `required: [spec]`, and the
+/// status subresource; the deep schemas of `spec.strategy`, `spec.template` and the nested
+/// status objects (`canary`, `blueGreen`, `alb`) are left open (preserved) instead of spelled out.
+pub const EMBEDDED_CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: rollouts.argoproj.io
+spec:
+  group: argoproj.io
+  names: {kind: Rollout, listKind: RolloutList, plural: rollouts, shortNames: [ro], singular: rollout}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {labelSelectorPath: .status.selector, specReplicasPath: .spec.replicas, statusReplicasPath: .status.HPAReplicas}
+    schema:
+      openAPIV3Schema:
+        type: object
+        required: [spec]
+        properties:
+          apiVersion: {type: string}
+          kind: {type: string}
+          metadata: {type: object}
+          spec:
+            type: object
+            properties:
+              analysis:
+                type: object
+                properties:
+                  successfulRunHistoryLimit: {type: integer, format: int32}
+                  unsuccessfulRunHistoryLimit: {type: integer, format: int32}
+              minReadySeconds: {type: integer, format: int32}
+              paused: {type: boolean}
+              progressDeadlineAbort: {type: boolean}
+              progressDeadlineSeconds: {type: integer, format: int32}
+              replicas: {type: integer, format: int32}
+              restartAt: {type: string, format: date-time}
+              revisionHistoryLimit: {type: integer, format: int32}
+              selector:
+                type: object
+                properties:
+                  matchExpressions:
+                    type: array
+                    items:
+                      type: object
+                      required: [key, operator]
+                      properties:
+                        key: {type: string}
+                        operator: {type: string}
+                        values: {type: array, items: {type: string}}
+                  matchLabels: {type: object, additionalProperties: {type: string}}
+              strategy: {type: object, x-kubernetes-preserve-unknown-fields: true}
+              template: {type: object, x-kubernetes-preserve-unknown-fields: true}
+              workloadRef:
+                type: object
+                properties:
+                  apiVersion: {type: string}
+                  kind: {type: string}
+                  name: {type: string}
+          status:
+            type: object
+            properties:
+              HPAReplicas: {type: integer, format: int32}
+              abort: {type: boolean}
+              abortedAt: {type: string, format: date-time}
+              alb: {type: object, x-kubernetes-preserve-unknown-fields: true}
+              availableReplicas: {type: integer, format: int32}
+              blueGreen: {type: object, x-kubernetes-preserve-unknown-fields: true}
+              canary: {type: object, x-kubernetes-preserve-unknown-fields: true}
+              collisionCount: {type: integer, format: int32}
+              conditions:
+                type: array
+                items:
+                  type: object
+                  required: [lastTransitionTime, lastUpdateTime, message, reason, status, type]
+                  properties:
+                    lastTransitionTime: {type: string, format: date-time}
+                    lastUpdateTime: {type: string, format: date-time}
+                    message: {type: string}
+                    reason: {type: string}
+                    status: {type: string}
+                    type: {type: string}
+              controllerPause: {type: boolean}
+              currentPodHash: {type: string}
+              currentStepHash: {type: string}
+              currentStepIndex: {type: integer, format: int32}
+              message: {type: string}
+              observedGeneration: {type: string}
+              pauseConditions:
+                type: array
+                items:
+                  type: object
+                  required: [reason, startTime]
+                  properties:
+                    reason: {type: string}
+                    startTime: {type: string, format: date-time}
+              phase: {type: string}
+              promoteFull: {type: boolean}
+              readyReplicas: {type: integer, format: int32}
+              replicas: {type: integer, format: int32}
+              restartedAt: {type: string, format: date-time}
+              selector: {type: string}
+              stableRS: {type: string}
+              updatedReplicas: {type: integer, format: int32}
+              workloadObservedGeneration: {type: string}
+"#;
 
 /// The user the emulator's token belongs to.
 pub const USER: &str = "system:serviceaccount:backstop:backstop";
@@ -2108,6 +2234,11 @@ fn crds() -> &'static HashMap<String, Value> {
                     crds.insert(name.to_owned(), doc);
                 }
             }
+        }
+        for doc in serde_yaml_ng::Deserializer::from_str(EMBEDDED_CRDS) {
+            let doc = Value::deserialize(doc).expect("EMBEDDED_CRDS is YAML");
+            let name = doc["metadata"]["name"].as_str().expect("a CRD's name").to_owned();
+            crds.entry(name).or_insert(doc);
         }
         crds
     })
