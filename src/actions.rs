@@ -24,11 +24,23 @@ pub enum ActionPlan {
     Traffic(istio::Plan),
     /// Service selector: blue-green switch.
     Selector(SelectorSwitch),
+    /// Argo Rollout: abort (`status.abort: true`).
+    Abort,
 }
 
 impl ActionPlan {
+    /// The kind of object the plan changes.
+    pub fn kind(&self) -> crate::target::ObjectKind {
+        match self {
+            ActionPlan::Traffic(_) => crate::target::ObjectKind::VirtualService,
+            ActionPlan::Selector(_) => crate::target::ObjectKind::Service,
+            ActionPlan::Abort => crate::target::ObjectKind::Rollout,
+        }
+    }
+
     pub fn decide(&self, obj: &Value) -> Result<Decided, String> {
         match self {
+            ActionPlan::Abort => crate::argo::abort(obj).map_err(|e| e.to_string()),
             ActionPlan::Traffic(plan) => istio::apply(obj, plan).map(Decided::from).map_err(|e| e.to_string()),
             ActionPlan::Selector(sw) => service::switch_selector(obj, sw).map_err(|e| e.to_string()),
         }

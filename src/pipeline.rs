@@ -704,10 +704,7 @@ impl Pipeline {
                 e
             };
             let plan: Result<ActionPlan, _> = serde_json::from_value(p.plan.clone());
-            let kind = match &plan {
-                Ok(ActionPlan::Selector(_)) => ObjectKind::Service,
-                _ => ObjectKind::VirtualService,
-            };
+            let kind = plan.as_ref().map(ActionPlan::kind).unwrap_or(ObjectKind::VirtualService);
             let target: Result<ObjectRef, _> = p.target.parse::<ObjectRef>().map(|t| ObjectRef { kind, ..t });
             let outcome = match (plan, target) {
                 (Ok(plan), Ok(target)) => {
@@ -765,10 +762,12 @@ impl Pipeline {
             .next()
             .ok_or_else(|| PipelineError::UnknownAction(action_id.into()))?;
         let e = &applied.entry;
-        let kind = match e.detail.as_ref().and_then(|d| d["kind"].as_str()) {
-            Some("Service") => ObjectKind::Service,
-            _ => ObjectKind::VirtualService,
-        };
+        let kind = e
+            .detail
+            .as_ref()
+            .and_then(|d| d["kind"].as_str())
+            .and_then(|k| k.parse::<ObjectKind>().ok())
+            .unwrap_or(ObjectKind::VirtualService);
         let target: Option<ObjectRef> =
             e.target.as_deref().and_then(|t| t.parse::<ObjectRef>().ok()).map(|t| ObjectRef { kind, ..t });
         let (Some(target), Some(before), Some(after)) = (target, e.before.clone(), e.after.clone()) else {

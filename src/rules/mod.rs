@@ -98,6 +98,7 @@ impl Rule {
         Ok(match &self.action {
             RuleAction::Traffic(change) => ActionPlan::Traffic(Plan { change: change.clone(), routes }),
             RuleAction::Selector(sw) => ActionPlan::Selector(sw.clone()),
+            RuleAction::Abort => ActionPlan::Abort,
         })
     }
 
@@ -105,6 +106,7 @@ impl Rule {
     pub fn action_summary(&self) -> String {
         let change = match &self.action {
             RuleAction::Selector(sw) => return format!("switch-selector {}: {} -> {}", sw.label, sw.from, sw.to),
+            RuleAction::Abort => return "abort the Rollout".to_string(),
             RuleAction::Traffic(change) => change,
         };
         match change {
@@ -127,6 +129,8 @@ pub enum RuleAction {
     Traffic(Change),
     /// A Service's selector (blue-green).
     Selector(SelectorSwitch),
+    /// Abort an Argo Rollout.
+    Abort,
 }
 
 /// What the engine concludes for one rule that matched one alert. Guards vet `Act` afterwards.
@@ -495,6 +499,8 @@ struct RawTarget {
     #[serde(default)]
     service: Option<String>,
     #[serde(default)]
+    rollout: Option<String>,
+    #[serde(default)]
     routes: Option<Vec<String>>,
 }
 
@@ -505,7 +511,13 @@ struct RawAction {
     switch: Option<RawSwitch>,
     set_weights: Option<Vec<RawWeight>>,
     switch_selector: Option<SelectorSwitch>,
+    abort: Option<RawAbort>,
 }
+
+/// `abort: {}`: stop an Argo Rollout (no settings yet).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbort {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -746,9 +758,10 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         }
     };
     let namespace = template("target.namespace", &raw.target.namespace);
-    let object_src = match (&raw.target.virtualservice, &raw.target.service) {
-        (Some(vs), None) => Some((ObjectKind::VirtualService, "target.virtualservice", vs)),
-        (None, Some(svc)) => Some((ObjectKind::Service, "target.service", svc)),
+    let object_src = match (&raw.target.virtualservice, &raw.target.service, &raw.target.rollout) {
+        (Some(vs), None, None) => Some((ObjectKind::VirtualService, "target.virtualservice", vs)),
+        (None, Some(svc), None) => Some((ObjectKind::Service, "target.service", svc)),
+        (None, None, Some(ro)) => Some((ObjectKind::Rollout, "target.rollout", ro)),
         _ => None,
     };
     let object = object_src.and_then(|(kind, field, src)| template(field, src).map(|t| (kind, t)));
@@ -765,29 +778,52 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         None => None,
     };
     if object_src.is_none() {
-        problems.push(("target".into(), "name exactly one of `virtualservice` or `service`".into()));
+        problems.push(("target".into(), "name exactly one of `virtualservice`, `service` or `rollout`".into()));
     }
-    let action = match raw.action.switch_selector.clone() {
-        Some(sw) => {
-            let empty = [&sw.label, &sw.from, &sw.to].iter().any(|v| v.is_empty());
-            if empty || sw.from == sw.to {
-                problems.push((
-                    "action.switch-selector".into(),
-                    "label, from and to must be set, from and to different".into(),
-                ));
-            }
-            let others = [raw.action.rollback.is_some(), raw.action.switch.is_some(), raw.action.set_weights.is_some()];
-            if others.iter().any(|b| *b) {
-                problems.push((
-                    "action".into(),
-                    "exactly one of `rollback`, `switch`, `set-weights`, `switch-selector`".into(),
-                ));
-            }
-            Some(RuleAction::Selector(sw))
+    let others_than_abort = [
+        raw.action.rollback.is_some(),
+        raw.action.switch.is_some(),
+        raw.action.set_weights.is_some(),
+        raw.action.switch_selector.is_some(),
+    ];
+    let action = if raw.action.abort.is_some() {
+        if others_than_abort.iter().any(|b| *b) {
+            problems.push((
+                "action".into(),
+                "exactly one of `rollback`, `switch`, `set-weights`, `switch-selector`, `abort`".into(),
+            ));
         }
-        None => change(raw.action, &mut problems).map(RuleAction::Traffic),
+        Some(RuleAction::Abort)
+    } else {
+        match raw.action.switch_selector.clone() {
+            Some(sw) => {
+                let empty = [&sw.label, &sw.from, &sw.to].iter().any(|v| v.is_empty());
+                if empty || sw.from == sw.to {
+                    problems.push((
+                        "action.switch-selector".into(),
+                        "label, from and to must be set, from and to different".into(),
+                    ));
+                }
+                let others =
+                    [raw.action.rollback.is_some(), raw.action.switch.is_some(), raw.action.set_weights.is_some()];
+                if others.iter().any(|b| *b) {
+                    problems.push((
+                        "action".into(),
+                        "exactly one of `rollback`, `switch`, `set-weights`, `switch-selector`".into(),
+                    ));
+                }
+                Some(RuleAction::Selector(sw))
+            }
+            None => change(raw.action, &mut problems).map(RuleAction::Traffic),
+        }
     };
     match (&object, &action) {
+        (Some((ObjectKind::Rollout, _)), Some(a)) if *a != RuleAction::Abort => {
+            problems.push(("action".into(), "a rollout target takes `abort: {}`".into()))
+        }
+        (Some((kind, _)), Some(RuleAction::Abort)) if *kind != ObjectKind::Rollout => {
+            problems.push(("action.abort".into(), "abort acts on a `rollout` target (Argo Rollouts)".into()))
+        }
         (Some((ObjectKind::Service, _)), Some(RuleAction::Traffic(_))) => problems.push((
             "action".into(),
             "a Service target takes `switch-selector`; rollback, switch and set-weights act on a virtualservice".into(),

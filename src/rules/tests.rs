@@ -289,7 +289,7 @@ rules:
         "{msgs:?}"
     );
     assert!(
-        msgs.iter().any(|m| m.contains("rule `both`") && m.contains("exactly one of `virtualservice` or `service`")),
+        msgs.iter().any(|m| m.contains("rule `both`") && m.contains("exactly one of `virtualservice`, `service` or `rollout`")),
         "{msgs:?}"
     );
     assert!(
@@ -385,4 +385,36 @@ rules:
         "{errors:#?}"
     );
     assert!(errors[6].message.contains("negative-ratio"), "{}", errors[6]);
+}
+
+#[test]
+fn a_rollout_target_takes_abort_and_abort_takes_a_rollout_target() {
+    let (rules, errors) = parse(
+        r#"
+rules:
+  - name: abort
+    match: ['alertname="X"']
+    target: { namespace: sms-app, rollout: "{{ $labels.rollout }}" }
+    action: { abort: {} }
+"#,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(rules[0].kind, ObjectKind::Rollout);
+    assert_eq!(rules[0].plan(&BTreeMap::new()).unwrap(), ActionPlan::Abort);
+    assert_eq!(rules[0].action_summary(), "abort the Rollout");
+    let (_, errors) = parse(
+        r#"
+rules:
+  - name: abort-a-vs
+    match: ['alertname="X"']
+    target: { namespace: a, virtualservice: b }
+    action: { abort: {} }
+  - name: rollback-a-rollout
+    match: ['alertname="X"']
+    target: { namespace: a, rollout: b }
+    action: { rollback: { stable: v1, canary: v2 } }
+"#,
+    );
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["action.abort", "action"], "{errors:#?}");
 }

@@ -256,8 +256,8 @@ async fn a_service_selector_switch_goes_through_the_api_and_can_be_undone() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Argo Rollouts: the library's Kubernetes target and executor against the emulator (no rule
-// fires an abort yet; the target and `backstop::argo` are what is tested here).
+// Argo Rollouts: a rule with `abort` through the binary, and the library's Kubernetes target
+// and executor against the emulator.
 
 mod argo {
     use std::time::Duration;
@@ -324,6 +324,39 @@ mod argo {
     async fn abort_it(k8s: &Kubernetes) -> Outcome {
         let decide = |ro: &Value| abort(ro).map_err(|e| e.to_string());
         actions::execute(k8s, &obj(), &decide, &META, Duration::from_secs(10), true).await
+    }
+
+    /// The same alert, a rule whose target is a Rollout: the binary aborts it, and undo puts it
+    /// back; the rule only changed its target type.
+    #[tokio::test]
+    async fn a_rule_aborts_a_rollout_through_the_binary_and_undo_resumes_it() {
+        let emu = cluster().await;
+        let wd = super::workdir(&emu, "", "10s");
+        for f in std::fs::read_dir(wd.path("rules")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let rule = r#"
+rules:
+  - name: canary-abort
+    match: ['alertname="CanaryHighErrorRate"']
+    target: { namespace: "{{ $labels.namespace }}", rollout: "{{ $labels.virtualservice }}" }
+    action: { abort: {} }
+"#;
+        std::fs::write(wd.path("rules/abort.yaml"), rule).unwrap();
+        let server = wd.serve();
+        let body = super::alert(&server, include_str!("../../fixtures/alertmanager/firing.json")).await;
+        assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+        assert_eq!(stored(&emu)["status"]["abort"], true);
+        let write = patches(&emu).into_iter().next().unwrap();
+        assert_eq!(write.path, format!("{PATH}/status"));
+        // Delivered again: already aborted, a no-op.
+        let again = super::alert(&server, include_str!("../../fixtures/alertmanager/firing.json")).await;
+        assert_eq!(again["results"][0]["outcome"], "noop", "{again}");
+        let action = body["results"][0]["action_id"].as_str().unwrap();
+        let out = wd.cli(&["undo", action, "--reason", "false alarm", "--server", &server.url]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stored(&emu)["status"]["abort"], false);
+        assert!(server.terminate().success());
     }
 
     #[tokio::test]
