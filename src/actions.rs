@@ -26,6 +26,8 @@ pub enum ActionPlan {
     Selector(SelectorSwitch),
     /// Argo Rollout: abort (`status.abort: true`).
     Abort,
+    /// Flagger Canary: answer its rollback webhook with "roll back" for `hold_ms`.
+    FlaggerRollback { hold_ms: u64 },
 }
 
 impl ActionPlan {
@@ -35,12 +37,14 @@ impl ActionPlan {
             ActionPlan::Traffic(_) => crate::target::ObjectKind::VirtualService,
             ActionPlan::Selector(_) => crate::target::ObjectKind::Service,
             ActionPlan::Abort => crate::target::ObjectKind::Rollout,
+            ActionPlan::FlaggerRollback { .. } => crate::target::ObjectKind::FlaggerCanary,
         }
     }
 
     pub fn decide(&self, obj: &Value) -> Result<Decided, String> {
         match self {
             ActionPlan::Abort => crate::argo::abort(obj).map_err(|e| e.to_string()),
+            ActionPlan::FlaggerRollback { .. } => Err("a Flagger Canary is never written".into()),
             ActionPlan::Traffic(plan) => istio::apply(obj, plan).map(Decided::from).map_err(|e| e.to_string()),
             ActionPlan::Selector(sw) => service::switch_selector(obj, sw).map_err(|e| e.to_string()),
         }

@@ -96,6 +96,23 @@ impl PendingVerification {
     }
 }
 
+/// In the `applied` record of a Flagger decision: how long it holds (ms).
+pub const FLAGGER_HOLD_MS: &str = "flagger_hold_ms";
+/// The `control` record of the first "roll back" answered to Flagger for a decision.
+pub const FLAGGER_ROLLBACK: &str = "flagger-rollback";
+const FLAGGER_DEFAULT_HOLD_MS: u64 = 30 * 60 * 1000;
+
+/// A decision against a Flagger Canary, in force until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlaggerVerdict {
+    pub action_id: String,
+    pub rule: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Whether Flagger was already told (the first "yes" is recorded).
+    pub answered: bool,
+}
+
 /// In the outcome of an action taken on feedback: the arms whose comparison it ends.
 pub const FEEDBACK_ARMS: &str = "feedback_arms";
 
@@ -127,6 +144,8 @@ pub struct GuardState {
     /// Feedback per service version, for feedback rules.
     arms: Arms,
     verifications: std::collections::BTreeMap<String, PendingVerification>,
+    /// Decisions against Flagger canaries by `namespace/name`.
+    flagger: HashMap<String, FlaggerVerdict>,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -147,6 +166,8 @@ pub struct Snapshot {
     arms: ArmsSnapshot,
     #[serde(default)]
     verifications: Vec<PendingVerification>,
+    #[serde(default)]
+    flagger: Vec<(String, FlaggerVerdict)>,
 }
 
 /// 2: with the feedback arms.
@@ -172,6 +193,7 @@ impl GuardState {
             pending: self.pending.values().cloned().collect(),
             arms: self.arms.snapshot(),
             verifications: self.verifications.values().cloned().collect(),
+            flagger: self.flagger.iter().map(|(t, v)| (t.clone(), v.clone())).collect(),
         }
     }
 
@@ -190,6 +212,7 @@ impl GuardState {
             pending: s.pending.into_iter().map(|p| (p.action_id.clone(), p)).collect(),
             arms: Arms::from_snapshot(s.arms),
             verifications: s.verifications.into_iter().map(|v| (v.action_id.clone(), v)).collect(),
+            flagger: s.flagger.into_iter().collect(),
         }
     }
 
@@ -205,10 +228,16 @@ impl GuardState {
             + partitions
             + ids
             + self.verifications.len()
+            + self.flagger.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.global_pause.is_none()
+    }
+
+    /// The decision against a Flagger canary (`namespace/name`) in force at `now`, if any.
+    pub fn flagger_verdict(&self, target: &str, now: DateTime<Utc>) -> Option<FlaggerVerdict> {
+        self.flagger.get(target).filter(|v| now < v.until).cloned()
     }
 
     /// Applied actions whose traffic is still to be verified, oldest first.
@@ -248,6 +277,29 @@ impl GuardState {
             && let Some(v) = PendingVerification::from_record(r)
         {
             self.verifications.insert(v.action_id.clone(), v);
+        }
+        if e.kind == Kind::Applied
+            && let (Some(detail), Some(target), Some(id)) = (&e.detail, &e.target, &e.action_id)
+            && detail["kind"] == "Canary"
+        {
+            let hold = detail[FLAGGER_HOLD_MS].as_u64().unwrap_or(FLAGGER_DEFAULT_HOLD_MS);
+            let until = r.time + chrono::Duration::milliseconds(i64::try_from(hold).unwrap_or(i64::MAX / 4));
+            let verdict = FlaggerVerdict {
+                action_id: id.clone(),
+                rule: e.rule.clone().unwrap_or_default(),
+                since: r.time,
+                until,
+                answered: false,
+            };
+            self.flagger.insert(target.clone(), verdict);
+        }
+        if e.kind == Kind::Control
+            && e.detail.as_ref().is_some_and(|d| d["control"] == FLAGGER_ROLLBACK)
+            && let (Some(target), Some(id)) = (&e.target, &e.action_id)
+            && let Some(v) = self.flagger.get_mut(target)
+            && v.action_id == *id
+        {
+            v.answered = true;
         }
         if matches!(e.kind, Kind::Verified | Kind::Unverified)
             && let Some(id) = &e.action_id
@@ -333,6 +385,7 @@ impl GuardState {
             self.applied.pop_front();
         }
         self.arms.prune(now);
+        self.flagger.retain(|_, v| v.until > now);
     }
 
     /// Vet an automatic action.

@@ -624,6 +624,12 @@ impl Pipeline {
                 } else {
                     entry
                 };
+                let entry = match (&outcome, &plan) {
+                    (Outcome::Applied { .. }, ActionPlan::FlaggerRollback { hold_ms }) => {
+                        entry.detail(json!({ guards::FLAGGER_HOLD_MS: hold_ms }))
+                    }
+                    _ => entry,
+                };
                 let entry = match (&outcome, &rule.verify) {
                     (Outcome::Applied { .. }, Some(v)) => {
                         entry.detail(json!({ "verify": verify_detail(v, &alert.labels) }))
@@ -662,6 +668,10 @@ impl Pipeline {
 
     #[instrument(name = "action", skip_all, fields(rule = %rule, action_id = %action_id, target = %target, write = write))]
     async fn run(&self, target: &ObjectRef, decide: &Decide<'_>, action_id: &str, rule: &str, write: bool) -> Outcome {
+        if target.kind == ObjectKind::FlaggerCanary {
+            // Nothing is written: the decision is the action, answered to Flagger's webhook.
+            return Outcome::Applied { before: json!({ "rollback": false }), after: json!({ "rollback": true }) };
+        }
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let meta = Meta { action_id, rule, at: &at };
         let started = std::time::Instant::now();
@@ -792,6 +802,11 @@ impl Pipeline {
                 }
                 ObjectKind::Service => service::restore_selector(obj, &before, &after).map_err(|e| e.to_string()),
                 ObjectKind::Rollout => crate::argo::restore_abort(obj, &before, &after).map_err(|e| e.to_string()),
+                ObjectKind::FlaggerCanary => Err(format!(
+                    "nothing to undo on {}: backstop only answered Flagger's rollback webhook; \
+                     Flagger rolled back itself and promotes again on the next revision",
+                    target
+                )),
             }
         };
         let rule = e.rule.clone().unwrap_or_default();
@@ -937,6 +952,35 @@ impl Pipeline {
         if let Err(e) = self.record(&mut state, vec![entry]).await {
             warn!(error = %e, "could not record the verification; it is resumed at the next start");
         }
+    }
+
+    /// Flagger calls its `rollback` webhook: is there a decision against this canary still in
+    /// force? The first "yes" for a decision is recorded (a `control` record
+    /// `flagger-rollback`, with Flagger's payload); every call is counted.
+    pub async fn flagger_rollback(
+        &self,
+        namespace: &str,
+        name: &str,
+        payload: &Value,
+    ) -> Result<Option<guards::FlaggerVerdict>, PipelineError> {
+        let target = format!("{namespace}/{name}");
+        let mut state = self.state.lock().await;
+        let verdict = state.flagger_verdict(&target, Utc::now());
+        MetricEvent::FlaggerCall { result: if verdict.is_some() { "rollback" } else { "continue" } }.emit();
+        if let Some(v) = &verdict
+            && !v.answered
+        {
+            let entry = Entry::new(Kind::Control)
+                .source("flagger")
+                .rule(&v.rule)
+                .target(&target)
+                .action_id(&v.action_id)
+                .reason("answered Flagger's rollback webhook: roll back")
+                .detail(json!({ "control": guards::FLAGGER_ROLLBACK, "payload": payload }));
+            self.record(&mut state, vec![entry]).await?;
+            info!(canary = %target, action_id = %v.action_id, "told Flagger to roll back");
+        }
+        Ok(verdict)
     }
 
     /// Record a note from the service itself (a reload, for instance).

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/v1/feedback", post(feedback_intake))
+        .route("/v1/flagger/rollback", post(flagger_rollback))
         .route("/v1/actions", post(act))
         .route("/v1/actions/{id}/undo", post(undo))
         .route("/v1/pause", post(pause).get(pauses))
@@ -484,6 +485,62 @@ async fn audit_query(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(json!({ "records": records })).into_response())
+}
+
+/// `POST /v1/flagger/rollback`: Flagger's `rollback` webhook. Flagger posts `{name, namespace,
+/// phase, checksum, type, metadata}` during analysis; 200 tells it to roll back (a rule decided
+/// against that canary and the decision is still in force), 412 to go on. No credentials:
+/// Flagger's webhooks cannot send them, and the answer reveals only yes or no (restrict who can
+/// reach it with a NetworkPolicy).
+async fn flagger_rollback(State(state): State<AppState>, body: Body) -> Response {
+    let (bytes, size, sha, over) = read_body(body, state.max_body_bytes).await;
+    let parsed: Result<Value, ApiError> = if over {
+        Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {size} bytes exceeds the limit")))
+    } else {
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid JSON: {e}"),
+            location: json!({ "line": e.line(), "column": e.column() }),
+        })
+    };
+    let fields = parsed.and_then(|v| match (v["namespace"].as_str(), v["name"].as_str()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_string(), name.to_string(), v)),
+        _ => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "Flagger's payload needs `name` and `namespace`".into(),
+            location: json!({ "path": if v["namespace"].as_str().is_none() { "namespace" } else { "name" } }),
+        }),
+    });
+    let (namespace, name, payload) = match fields {
+        Ok(f) => f,
+        Err(err) => {
+            if let Err(unavailable) = record_rejection(&state, "flagger", &err, size, &bytes, sha).await {
+                return unavailable;
+            }
+            return err.into_response();
+        }
+    };
+    match state.pipeline.flagger_rollback(&namespace, &name, &payload).await {
+        Ok(Some(v)) => Json(json!({
+            "rollback": true,
+            "canary": format!("{namespace}/{name}"),
+            "rule": v.rule,
+            "action_id": v.action_id,
+            "since": v.since,
+            "until": v.until,
+        }))
+        .into_response(),
+        Ok(None) => (
+            StatusCode::PRECONDITION_FAILED,
+            Json(json!({
+                "rollback": false,
+                "canary": format!("{namespace}/{name}"),
+                "reason": "no decision against this canary is in force",
+            })),
+        )
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// How long `/readyz` waits for the target to answer.

@@ -99,6 +99,9 @@ impl Rule {
             RuleAction::Traffic(change) => ActionPlan::Traffic(Plan { change: change.clone(), routes }),
             RuleAction::Selector(sw) => ActionPlan::Selector(sw.clone()),
             RuleAction::Abort => ActionPlan::Abort,
+            RuleAction::FlaggerRollback { hold } => {
+                ActionPlan::FlaggerRollback { hold_ms: u64::try_from(hold.as_millis()).unwrap_or(u64::MAX) }
+            }
         })
     }
 
@@ -107,6 +110,12 @@ impl Rule {
         let change = match &self.action {
             RuleAction::Selector(sw) => return format!("switch-selector {}: {} -> {}", sw.label, sw.from, sw.to),
             RuleAction::Abort => return "abort the Rollout".to_string(),
+            RuleAction::FlaggerRollback { hold } => {
+                return format!(
+                    "answer the Flagger Canary's rollback webhook with yes for {}",
+                    humantime::format_duration(*hold)
+                );
+            }
             RuleAction::Traffic(change) => change,
         };
         match change {
@@ -131,6 +140,8 @@ pub enum RuleAction {
     Selector(SelectorSwitch),
     /// Abort an Argo Rollout.
     Abort,
+    /// Answer a Flagger Canary's rollback webhook with "roll back", for `hold`.
+    FlaggerRollback { hold: Duration },
 }
 
 /// What the engine concludes for one rule that matched one alert. Guards vet `Act` afterwards.
@@ -501,6 +512,8 @@ struct RawTarget {
     #[serde(default)]
     rollout: Option<String>,
     #[serde(default)]
+    flagger: Option<String>,
+    #[serde(default)]
     routes: Option<Vec<String>>,
 }
 
@@ -512,6 +525,15 @@ struct RawAction {
     set_weights: Option<Vec<RawWeight>>,
     switch_selector: Option<SelectorSwitch>,
     abort: Option<RawAbort>,
+    flagger_rollback: Option<RawFlaggerRollback>,
+}
+
+/// `flagger-rollback: {hold: 30m}`: answer a Flagger Canary's rollback webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlaggerRollback {
+    #[serde(default)]
+    hold: Option<String>,
 }
 
 /// `abort: {}`: stop an Argo Rollout (no settings yet).
@@ -758,13 +780,15 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         }
     };
     let namespace = template("target.namespace", &raw.target.namespace);
-    let object_src = match (&raw.target.virtualservice, &raw.target.service, &raw.target.rollout) {
-        (Some(vs), None, None) => Some((ObjectKind::VirtualService, "target.virtualservice", vs)),
-        (None, Some(svc), None) => Some((ObjectKind::Service, "target.service", svc)),
-        (None, None, Some(ro)) => Some((ObjectKind::Rollout, "target.rollout", ro)),
+    let t = &raw.target;
+    let object_src = match (t.virtualservice.clone(), t.service.clone(), t.rollout.clone(), t.flagger.clone()) {
+        (Some(vs), None, None, None) => Some((ObjectKind::VirtualService, "target.virtualservice", vs)),
+        (None, Some(svc), None, None) => Some((ObjectKind::Service, "target.service", svc)),
+        (None, None, Some(ro), None) => Some((ObjectKind::Rollout, "target.rollout", ro)),
+        (None, None, None, Some(c)) => Some((ObjectKind::FlaggerCanary, "target.flagger", c)),
         _ => None,
     };
-    let object = object_src.and_then(|(kind, field, src)| template(field, src).map(|t| (kind, t)));
+    let object = object_src.as_ref().and_then(|(kind, field, src)| template(field, src).map(|t| (*kind, t)));
     let routes = match raw.target.routes {
         Some(routes) if routes.is_empty() => {
             problems.push(("target.routes".into(), "list route names, or leave the field out for all routes".into()));
@@ -778,15 +802,28 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         None => None,
     };
     if object_src.is_none() {
-        problems.push(("target".into(), "name exactly one of `virtualservice`, `service` or `rollout`".into()));
+        problems
+            .push(("target".into(), "name exactly one of `virtualservice`, `service`, `rollout` or `flagger`".into()));
     }
     let others_than_abort = [
         raw.action.rollback.is_some(),
         raw.action.switch.is_some(),
         raw.action.set_weights.is_some(),
         raw.action.switch_selector.is_some(),
+        raw.action.abort.is_some() && raw.action.flagger_rollback.is_some(),
     ];
-    let action = if raw.action.abort.is_some() {
+    let action = if let Some(f) = &raw.action.flagger_rollback {
+        if others_than_abort.iter().any(|b| *b) {
+            problems.push((
+                "action".into(),
+                "exactly one of `rollback`, `switch`, `set-weights`, `switch-selector`, `abort`, `flagger-rollback`"
+                    .into(),
+            ));
+        }
+        let hold = parse_duration("action.flagger-rollback.hold", f.hold.clone(), &mut problems)
+            .unwrap_or(Duration::from_secs(1800));
+        Some(RuleAction::FlaggerRollback { hold })
+    } else if raw.action.abort.is_some() {
         if others_than_abort.iter().any(|b| *b) {
             problems.push((
                 "action".into(),
@@ -820,6 +857,12 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     match (&object, &action) {
         (Some((ObjectKind::Rollout, _)), Some(a)) if *a != RuleAction::Abort => {
             problems.push(("action".into(), "a rollout target takes `abort: {}`".into()))
+        }
+        (Some((ObjectKind::FlaggerCanary, _)), Some(a)) if !matches!(a, RuleAction::FlaggerRollback { .. }) => {
+            problems.push(("action".into(), "a flagger target takes `flagger-rollback: {hold?}`".into()))
+        }
+        (Some((kind, _)), Some(RuleAction::FlaggerRollback { .. })) if *kind != ObjectKind::FlaggerCanary => {
+            problems.push(("action.flagger-rollback".into(), "flagger-rollback acts on a `flagger` target".into()))
         }
         (Some((kind, _)), Some(RuleAction::Abort)) if *kind != ObjectKind::Rollout => {
             problems.push(("action.abort".into(), "abort acts on a `rollout` target (Argo Rollouts)".into()))

@@ -289,7 +289,8 @@ rules:
         "{msgs:?}"
     );
     assert!(
-        msgs.iter().any(|m| m.contains("rule `both`") && m.contains("exactly one of `virtualservice`, `service` or `rollout`")),
+        msgs.iter().any(|m| m.contains("rule `both`")
+            && m.contains("exactly one of `virtualservice`, `service`, `rollout` or `flagger`")),
         "{msgs:?}"
     );
     assert!(

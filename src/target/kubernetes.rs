@@ -54,6 +54,7 @@ pub struct Kubernetes {
     virtualservices: ApiResource,
     services: ApiResource,
     rollouts: ApiResource,
+    canaries: ApiResource,
     events: bool,
     backoff: ExponentialBuilder,
 }
@@ -106,6 +107,10 @@ impl Kubernetes {
                 &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
                 "rollouts",
             ),
+            canaries: ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("flagger.app", "v1beta1", "Canary"),
+                "canaries",
+            ),
             events: opts.events,
             backoff: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -120,6 +125,7 @@ impl Kubernetes {
             ObjectKind::VirtualService => &self.virtualservices,
             ObjectKind::Service => &self.services,
             ObjectKind::Rollout => &self.rollouts,
+            ObjectKind::FlaggerCanary => &self.canaries,
         }
     }
 
@@ -344,6 +350,10 @@ impl Target for Kubernetes {
         Box::pin(async move {
             match obj.kind {
                 ObjectKind::Rollout => self.replace_rollout(obj, read, new).await,
+                ObjectKind::FlaggerCanary => Err(TargetError::Invalid {
+                    object: obj.to_string(),
+                    message: "backstop never writes a Flagger Canary: it answers Flagger's rollback webhook".into(),
+                }),
                 ObjectKind::VirtualService | ObjectKind::Service => {
                     self.patch(obj, false, &conditional_patch(&read.object, new, &read.version)).await
                 }

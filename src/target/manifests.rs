@@ -100,6 +100,7 @@ fn is_object(v: &Value, obj: &ObjectRef) -> bool {
         ObjectKind::VirtualService => v["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io/")),
         ObjectKind::Service => v["apiVersion"] == "v1",
         ObjectKind::Rollout => v["apiVersion"].as_str().is_some_and(|a| a.starts_with("argoproj.io/")),
+        ObjectKind::FlaggerCanary => v["apiVersion"].as_str().is_some_and(|a| a.starts_with("flagger.app/")),
     };
     v["kind"] == obj.kind.as_str()
         && api
@@ -116,6 +117,10 @@ fn unsupported(obj: &ObjectRef) -> Result<(), TargetError> {
             message: "aborting an Argo Rollout needs the kubernetes target: the abort is written to the \
                       Rollout's status, which its manifests do not hold"
                 .into(),
+        }),
+        ObjectKind::FlaggerCanary => Err(TargetError::Invalid {
+            object: obj.to_string(),
+            message: "backstop never writes a Flagger Canary: it answers Flagger's rollback webhook".into(),
         }),
         ObjectKind::VirtualService | ObjectKind::Service => Ok(()),
     }

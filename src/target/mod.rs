@@ -23,6 +23,9 @@ pub enum ObjectKind {
     /// An Argo Rollout (`argoproj.io/v1alpha1`, plural `rollouts`) that backstop aborts the way
     /// `kubectl argo rollouts abort` does (see [`crate::argo`]).
     Rollout,
+    /// A Flagger Canary (`flagger.app/v1beta1`): never written; backstop answers its `rollback`
+    /// webhook (see `crate::flagger`).
+    FlaggerCanary,
 }
 
 impl ObjectKind {
@@ -31,6 +34,7 @@ impl ObjectKind {
             ObjectKind::VirtualService => "VirtualService",
             ObjectKind::Service => "Service",
             ObjectKind::Rollout => "Rollout",
+            ObjectKind::FlaggerCanary => "Canary",
         }
     }
 }
@@ -45,7 +49,7 @@ impl fmt::Display for ObjectKind {
 impl FromStr for ObjectKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [ObjectKind::VirtualService, ObjectKind::Service, ObjectKind::Rollout]
+        [ObjectKind::VirtualService, ObjectKind::Service, ObjectKind::Rollout, ObjectKind::FlaggerCanary]
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| format!("`{s}` is not a kind backstop changes (VirtualService, Service, Rollout)"))

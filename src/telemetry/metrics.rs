@@ -14,6 +14,7 @@
 //! | `backstop_audit_fsync_duration_seconds` | histogram | |
 //! | `backstop_kafka_consumer_lag` | gauge | `topic`, `partition` |
 //! | `backstop_verifications_total` | counter | `rule`, `outcome` (verified, unverified) |
+//! | `backstop_flagger_calls_total` | counter | `result` (rollback, continue) |
 //! | `backstop_rules_loaded` | gauge | |
 //! | `backstop_rules_last_reload_success` | gauge | 1 or 0 |
 //! | `backstop_rules_last_reload_timestamp_seconds` | gauge | |
@@ -50,6 +51,11 @@ pub struct RuleOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabel {
     pub target: String,
 }
@@ -80,6 +86,7 @@ pub struct Metrics {
     pub audit_fsync: Histogram,
     pub kafka_lag: Family<Partition, Gauge>,
     pub verifications: Family<RuleOutcome, Counter>,
+    pub flagger_calls: Family<ResultLabel, Counter>,
     pub rules_loaded: Gauge,
     pub reload_success: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
@@ -99,6 +106,7 @@ impl Metrics {
             audit_fsync: latency_histogram(),
             kafka_lag: Family::default(),
             verifications: Family::default(),
+            flagger_calls: Family::default(),
             rules_loaded: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
@@ -127,6 +135,11 @@ impl Metrics {
             "verifications",
             "Rollbacks checked against the traffic, by rule and outcome (verified, unverified)",
             m.verifications.clone(),
+        );
+        registry.register(
+            "flagger_calls",
+            "Calls of Flagger's rollback webhook, by answer (rollback, continue)",
+            m.flagger_calls.clone(),
         );
         registry.register("rules_loaded", "Rules in force", m.rules_loaded.clone());
         registry.register(
@@ -199,6 +212,10 @@ pub enum Event<'a> {
         rule: &'a str,
         result: &'a str,
     },
+    /// Flagger called the rollback webhook (`result`: rollback, continue).
+    FlaggerCall {
+        result: &'a str,
+    },
     /// Rules loaded (at start or on reload).
     RulesLoaded {
         rules: usize,
@@ -232,6 +249,9 @@ impl Event<'_> {
             }
             Event::Verification { rule, result } => {
                 m.verifications.get_or_create(&RuleOutcome { rule: rule.into(), outcome: result.into() }).inc();
+            }
+            Event::FlaggerCall { result } => {
+                m.flagger_calls.get_or_create(&ResultLabel { result: result.into() }).inc();
             }
             Event::AuditAppended { took } => m.audit_append.observe(took.as_secs_f64()),
             Event::AuditFsynced { took } => m.audit_fsync.observe(took.as_secs_f64()),
