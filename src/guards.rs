@@ -131,6 +131,9 @@ pub struct Pending {
     pub event_id: Option<String>,
     /// The `istio::Plan` decided, as recorded.
     pub plan: serde_json::Value,
+    /// For an action on feedback: the arms whose comparison it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_arms: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]
@@ -330,6 +333,7 @@ impl GuardState {
                 target: target.clone(),
                 event_id: e.event_id.clone(),
                 plan: plan.clone(),
+                feedback_arms: e.detail.as_ref().and_then(|d| d.get(FEEDBACK_ARMS)).cloned(),
             };
             self.pending.insert(id.clone(), pending);
         }

@@ -608,6 +608,8 @@ impl Pipeline {
                     "plan": plan,
                     "confirmation": confirmation,
                 }));
+                // Carried by `decided` too, so an action resumed after a crash still ends it.
+                let decided = ends_comparison(decided);
                 if dry {
                     let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
                     let reason = format!("dry run: would be {}", outcome_word(&outcome));
@@ -725,6 +727,11 @@ impl Pipeline {
                 (_, Err(e)) => Outcome::Failed { reason: format!("cannot resume: {e}") },
             };
             let mut entry = outcome_entry(base(outcome.kind()), &outcome, kind);
+            if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. })
+                && let Some(arms) = &p.feedback_arms
+            {
+                entry = entry.detail(json!({ guards::FEEDBACK_ARMS: arms }));
+            }
             let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
             entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
             let reason = entry.reason.clone();

@@ -870,3 +870,46 @@ async fn flagger_is_told_to_roll_back_while_a_decision_holds_and_the_first_yes_i
     let (status, _) = h.post_json("/v1/flagger/rollback", flagger_call("model-service")).await;
     assert_eq!(status, StatusCode::PRECONDITION_FAILED, "the hold is over");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_on_feedback_resumed_after_a_crash_still_ends_its_comparison() {
+    let h = harness();
+    // Some feedback about both arms, then a `decided` on it and a crash before the target.
+    let (status, _) = h.feedback(&outcomes(5, 300, 0.0, 0.0)).await;
+    assert_eq!(status, StatusCode::OK);
+    let arms = json!([
+        {"namespace": "sms-app", "service": "model-service", "version": "v2"},
+        {"namespace": "sms-app", "service": "model-service", "version": "v1"},
+    ]);
+    let plan = crate::rules::load(&[repo("rules")])
+        .unwrap()
+        .get("feedback-canary-errors")
+        .unwrap()
+        .plan(&Default::default())
+        .unwrap();
+    h.state
+        .pipeline
+        .audit()
+        .append(vec![
+            Entry::new(Kind::Decided)
+                .rule("feedback-canary-errors")
+                .target("sms-app/model-service")
+                .key("feedback-key")
+                .action_id("A-feedback")
+                .detail(json!({ "plan": plan, "feedback_arms": arms })),
+        ])
+        .await
+        .unwrap();
+    let h = h.restart().await;
+    let reports = h.state.pipeline.resume_pending().await.unwrap();
+    assert_eq!(reports[0].outcome, Kind::Applied);
+    let applied = &h.records(Kind::Applied)[0].entry;
+    assert_eq!(applied.detail.as_ref().unwrap()["feedback_arms"], arms);
+    // The comparison is over: its arms start again (after a restart too, from the log).
+    let h = h.restart().await;
+    let snapshot = h.state.pipeline.save_snapshot().await;
+    assert!(snapshot.is_ok());
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(h.audit.join(crate::pipeline::SNAPSHOT_FILE)).unwrap()).unwrap();
+    assert_eq!(saved["arms"]["arms"], json!([]), "{saved}");
+}
