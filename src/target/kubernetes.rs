@@ -350,10 +350,7 @@ impl Target for Kubernetes {
         Box::pin(async move {
             match obj.kind {
                 ObjectKind::Rollout => self.replace_rollout(obj, read, new).await,
-                ObjectKind::FlaggerCanary => Err(TargetError::Invalid {
-                    object: obj.to_string(),
-                    message: "backstop never writes a Flagger Canary: it answers Flagger's rollback webhook".into(),
-                }),
+                ObjectKind::FlaggerCanary => Err(TargetError::flagger_never_written(obj)),
                 ObjectKind::VirtualService | ObjectKind::Service => {
                     self.patch(obj, false, &conditional_patch(&read.object, new, &read.version)).await
                 }

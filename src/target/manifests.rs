@@ -118,10 +118,7 @@ fn unsupported(obj: &ObjectRef) -> Result<(), TargetError> {
                       Rollout's status, which its manifests do not hold"
                 .into(),
         }),
-        ObjectKind::FlaggerCanary => Err(TargetError::Invalid {
-            object: obj.to_string(),
-            message: "backstop never writes a Flagger Canary: it answers Flagger's rollback webhook".into(),
-        }),
+        ObjectKind::FlaggerCanary => Err(TargetError::flagger_never_written(obj)),
         ObjectKind::VirtualService | ObjectKind::Service => Ok(()),
     }
 }

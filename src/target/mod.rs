@@ -124,6 +124,16 @@ pub enum TargetError {
     },
 }
 
+impl TargetError {
+    /// A Flagger Canary is never read or written: backstop answers its rollback webhook.
+    pub fn flagger_never_written(obj: &ObjectRef) -> TargetError {
+        TargetError::Invalid {
+            object: obj.to_string(),
+            message: "backstop never writes a Flagger Canary: it answers Flagger's rollback webhook".into(),
+        }
+    }
+}
+
 /// What happened to an object, for targets that can say so on the object itself (Kubernetes
 /// Events).
 #[derive(Debug, Clone, PartialEq)]

@@ -698,25 +698,10 @@ const ARGO: &str = "argoproj.io/v1alpha1";
 
 /// A canary Rollout paused at its second step, as the Argo controller leaves it.
 fn rollout(kube: &KubeEmulator) -> Value {
-    kube.seed(json!({
-        "apiVersion": ARGO,
-        "kind": "Rollout",
-        "metadata": {"name": "model-service", "namespace": "sms-app"},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": {"app": "model-service"}},
-            "strategy": {"canary": {
-                "trafficRouting": {"istio": {"virtualService": {"name": "model-service", "routes": ["primary"]}}},
-                "steps": [{"setWeight": 10}, {"pause": {}}],
-            }},
-            "template": {"metadata": {"labels": {"app": "model-service"}}, "spec": {"containers": [{"name": "app", "image": "model-service:2"}]}},
-        },
-        // Not stored: status is only written through /status.
-        "status": {"abort": true},
-    }));
-    kube.mutate(ARGO, "Rollout", "sms-app", "model-service", |ro| {
-        ro["status"] = json!({"phase": "Paused", "message": "CanaryPauseStep", "currentStepIndex": 1});
-    });
+    let mut ro = crate::support::kube::canary_rollout();
+    // Not stored: status is only written through /status.
+    ro["status"] = json!({"abort": true});
+    kube.seed_paused_rollout(ro);
     stored_rollout(kube)
 }
 

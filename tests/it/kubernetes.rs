@@ -277,24 +277,7 @@ mod argo {
     /// The emulator with a canary Rollout paused at its second step.
     async fn cluster() -> KubeEmulator {
         let emu = KubeEmulator::start().await;
-        emu.seed(json!({
-            "apiVersion": ARGO,
-            "kind": "Rollout",
-            "metadata": {"name": "model-service", "namespace": "sms-app"},
-            "spec": {
-                "replicas": 3,
-                "selector": {"matchLabels": {"app": "model-service"}},
-                "strategy": {"canary": {
-                    "trafficRouting": {"istio": {"virtualService": {"name": "model-service", "routes": ["primary"]}}},
-                    "steps": [{"setWeight": 10}, {"pause": {}}],
-                }},
-                "template": {"metadata": {"labels": {"app": "model-service"}},
-                             "spec": {"containers": [{"name": "app", "image": "model-service:2"}]}},
-            },
-        }));
-        emu.mutate(ARGO, "Rollout", "sms-app", "model-service", |ro| {
-            ro["status"] = json!({"phase": "Paused", "message": "CanaryPauseStep", "currentStepIndex": 1});
-        });
+        emu.seed_paused_rollout(crate::support::kube::canary_rollout());
         emu
     }
 

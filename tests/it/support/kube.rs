@@ -455,6 +455,15 @@ impl KubeEmulator {
 
     /// Stores `obj` as `kubectl apply` would (manager `kubectl-client-side-apply`, the
     /// last-applied annotation), creating it or replacing an existing one; validated like any
+    /// Seed `rollout` (see [`canary_rollout`]) and give it the status the Argo controller
+    /// leaves on a canary paused at its second step.
+    pub fn seed_paused_rollout(&self, rollout: Value) {
+        self.seed(rollout);
+        self.mutate("argoproj.io/v1alpha1", "Rollout", "sms-app", "model-service", |ro| {
+            ro["status"] = json!({"phase": "Paused", "message": "CanaryPauseStep", "currentStepIndex": 1});
+        });
+    }
+
     /// write, panicking with the server's message if rejected. Returns the object as stored.
     /// As on a real server, `status` is not written this way: set it with [`Self::mutate`].
     pub fn seed(&self, mut obj: Value) -> Value {
@@ -2325,4 +2334,23 @@ fn uid(seed: u64) -> String {
         0x8000 | (b >> 48 & 0x3fff),
         b & 0xffff_ffff_ffff
     )
+}
+
+/// A canary Rollout of model-service in sms-app (10%, then a pause), without status.
+pub fn canary_rollout() -> Value {
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "model-service", "namespace": "sms-app"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "model-service"}},
+            "strategy": {"canary": {
+                "trafficRouting": {"istio": {"virtualService": {"name": "model-service", "routes": ["primary"]}}},
+                "steps": [{"setWeight": 10}, {"pause": {}}],
+            }},
+            "template": {"metadata": {"labels": {"app": "model-service"}},
+                         "spec": {"containers": [{"name": "app", "image": "model-service:2"}]}},
+        },
+    })
 }
