@@ -375,6 +375,7 @@ impl Pipeline {
         {
             let mut state = self.state.lock().await;
             let mut fresh: Vec<(usize, Value)> = Vec::new();
+            let mut in_batch: std::collections::HashSet<String> = std::collections::HashSet::new();
             let mut entries = Vec::new();
             for (i, (f, origin)) in events.iter().enumerate() {
                 let event_id = f.id.clone().unwrap_or_else(|| match &origin["kafka"] {
@@ -388,13 +389,17 @@ impl Pipeline {
                     d.extend(o);
                 }
                 let origin = Origin::of(f, &detail);
-                // Also a repeat within this batch.
+                // Also a repeat within this batch (by id, or by Kafka position).
+                let id = origin.id.map(|id| format!("id:{id}"));
+                let position = origin.kafka.map(|(t, p, o)| format!("kafka:{t}/{p}/{o}"));
                 let repeated = state.arms().seen(&origin)
-                    || fresh.iter().any(|(j, d)| Origin::of(events[*j].0, d).same_event(&origin));
+                    || id.as_ref().is_some_and(|k| in_batch.contains(k))
+                    || position.as_ref().is_some_and(|k| in_batch.contains(k));
                 out.push(FeedbackReport { event_id: event_id.clone(), duplicate: repeated, reports: Vec::new() });
                 if repeated {
                     continue;
                 }
+                in_batch.extend(id.into_iter().chain(position));
                 entries.push(
                     Entry::new(Kind::Received)
                         .event_id(&event_id)

@@ -74,11 +74,6 @@ pub struct Origin<'a> {
 }
 
 impl<'a> Origin<'a> {
-    /// Whether both name the same event (the same id, or the same Kafka position).
-    pub fn same_event(&self, other: &Origin<'_>) -> bool {
-        (self.id.is_some() && self.id == other.id) || (self.kafka.is_some() && self.kafka == other.kafka)
-    }
-
     /// From a feedback record's detail (`kafka: {topic, partition, offset}`) and the event.
     pub fn of(feedback: &'a Feedback, detail: &'a serde_json::Value) -> Origin<'a> {
         let k = &detail["kafka"];

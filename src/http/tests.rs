@@ -476,30 +476,26 @@ async fn dry_run_rule_records_what_it_would_do_and_writes_nothing() {
     assert_eq!(body["results"][0]["outcome"], "noop", "a redelivered dry run is a duplicate too: {body}");
 }
 
+/// Append the `decided` record of `rule` (from rules/) on sms-app/model-service, with `detail`
+/// besides its plan, as a run that died right after it would have left it.
+async fn decided_then_crashed(h: &Harness, rule: &str, action_id: &str, detail: Value) {
+    let plan = crate::rules::load(&[repo("rules")]).unwrap().get(rule).unwrap().plan(&Default::default()).unwrap();
+    let entry = Entry::new(Kind::Decided)
+        .event_id("fp-1")
+        .rule(rule)
+        .target("sms-app/model-service")
+        .key(format!("{rule}|k1"))
+        .action_id(action_id)
+        .detail(json!({ "plan": plan }))
+        .detail(detail);
+    h.state.pipeline.audit().append(vec![entry]).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_action_interrupted_by_a_crash_is_finished_at_the_next_start() {
     let h = harness();
     // As if the previous run wrote `decided` and died before touching the target.
-    let plan = crate::rules::load(&[repo("rules")])
-        .unwrap()
-        .get("canary-high-error-rate")
-        .unwrap()
-        .plan(&Default::default())
-        .unwrap();
-    h.state
-        .pipeline
-        .audit()
-        .append(vec![
-            Entry::new(Kind::Decided)
-                .event_id("fp-1")
-                .rule("canary-high-error-rate")
-                .target("sms-app/model-service")
-                .key("k1")
-                .action_id("A-interrupted")
-                .detail(json!({ "plan": plan })),
-        ])
-        .await
-        .unwrap();
+    decided_then_crashed(&h, "canary-high-error-rate", "A-interrupted", json!({})).await;
     let h = h.restart().await;
     let reports = h.state.pipeline.resume_pending().await.unwrap();
     assert_eq!(reports.len(), 1);
@@ -701,6 +697,11 @@ async fn feedback_sent_twice_with_the_same_id_is_counted_once() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!((first["duplicates"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(1)));
     assert_eq!(h.records(Kind::Received).len(), 1);
+    // Twice within one batch: the second is the duplicate.
+    let other = outcomes(6, 1, 0.0, 0.0);
+    let (_, body) = h.feedback(&[other[0].clone(), other[0].clone()]).await;
+    assert_eq!((body["received"].as_u64(), body["duplicates"].as_u64()), (Some(2), Some(1)), "{body}");
+    assert_eq!(h.records(Kind::Received).len(), 2);
     // Still recognised after a restart (the arms and ids are rebuilt from the log).
     let h = h.restart().await;
     let (_, after) = h.feedback(&line).await;
@@ -881,25 +882,7 @@ async fn an_action_on_feedback_resumed_after_a_crash_still_ends_its_comparison()
         {"namespace": "sms-app", "service": "model-service", "version": "v2"},
         {"namespace": "sms-app", "service": "model-service", "version": "v1"},
     ]);
-    let plan = crate::rules::load(&[repo("rules")])
-        .unwrap()
-        .get("feedback-canary-errors")
-        .unwrap()
-        .plan(&Default::default())
-        .unwrap();
-    h.state
-        .pipeline
-        .audit()
-        .append(vec![
-            Entry::new(Kind::Decided)
-                .rule("feedback-canary-errors")
-                .target("sms-app/model-service")
-                .key("feedback-key")
-                .action_id("A-feedback")
-                .detail(json!({ "plan": plan, "feedback_arms": arms })),
-        ])
-        .await
-        .unwrap();
+    decided_then_crashed(&h, "feedback-canary-errors", "A-feedback", json!({ "feedback_arms": arms })).await;
     let h = h.restart().await;
     let reports = h.state.pipeline.resume_pending().await.unwrap();
     assert_eq!(reports[0].outcome, Kind::Applied);
