@@ -80,6 +80,25 @@ pub enum Change {
     Switch { from: Dest, to: Dest },
     /// Explicit weights for named destinations; every route touched must sum to 100 afterwards.
     SetWeights { weights: Vec<(Dest, Weight)> },
+    /// One step of a gradual rollback. `steps` are the canary weights still to go, strictly
+    /// decreasing and ending at 0: in every route carrying the canary, its weight goes down to
+    /// the first listed step at or below it, and the stable destination absorbs the difference.
+    /// A weight is never raised, and applying the same step twice changes nothing.
+    StepDown { stable: Dest, canary: Dest, steps: Vec<Weight> },
+}
+
+/// The first of `steps` (strictly decreasing) at or below `weight`; 0 when none is.
+pub fn step_at_or_below(steps: &[Weight], weight: u32) -> u32 {
+    steps.iter().map(|s| u32::from(s.get())).find(|s| *s <= weight).unwrap_or(0)
+}
+
+/// The highest weight the canary has in `routes` (0 when no route carries it).
+pub fn canary_weight(routes: &[RouteState], canary: &Dest) -> u32 {
+    routes
+        .iter()
+        .map(|r| r.destinations.iter().filter(|d| canary.matches(d)).map(|d| d.weight).sum::<u32>())
+        .max()
+        .unwrap_or(0)
 }
 
 impl Change {
@@ -89,6 +108,7 @@ impl Change {
             Self::Rollback { stable, canary } => iter::once(stable).chain(canary).collect(),
             Self::Switch { from, to } => vec![from, to],
             Self::SetWeights { weights } => weights.iter().map(|(dest, _)| dest).collect(),
+            Self::StepDown { stable, canary, .. } => vec![stable, canary],
         }
     }
 
@@ -132,6 +152,31 @@ impl Change {
                     if let Some((_, weight)) = weights.iter().find(|(named, _)| named.matches(dest)) {
                         dest.weight = weight.get().into();
                     }
+                }
+            }
+            Self::StepDown { stable, canary, steps } => {
+                if !route.carries(canary) {
+                    return Ok(());
+                }
+                let now: u32 = route.destinations.iter().filter(|d| canary.matches(d)).map(|d| d.weight).sum();
+                let mut excess = now - step_at_or_below(steps, now);
+                if excess == 0 {
+                    return Ok(());
+                }
+                let Some(target) = route.destinations.iter().position(|d| stable.matches(d) && !canary.matches(d))
+                else {
+                    return Err(VsError::StableMissing {
+                        object: object.to_owned(),
+                        route: route.route.clone(),
+                        stable: stable.clone(),
+                        canary: canary.clone(),
+                    });
+                };
+                route.destinations[target].weight += excess;
+                for dest in route.destinations.iter_mut().filter(|d| canary.matches(d)) {
+                    let take = dest.weight.min(excess);
+                    dest.weight -= take;
+                    excess -= take;
                 }
             }
         }
@@ -217,6 +262,7 @@ pub fn apply(vs: &Value, plan: &Plan) -> Result<Outcome, VsError> {
         Change::Rollback { canary, .. } => canary.iter().find(|d| !carried(d)),
         Change::Switch { from, to } => (!carried(from) && !carried(to)).then_some(from),
         Change::SetWeights { weights } => weights.iter().map(|(d, _)| d).find(|d| !carried(d)),
+        Change::StepDown { canary, .. } => (!carried(canary)).then_some(canary),
     };
     if let Some(dest) = missing {
         let carried = carried_list(selected.iter().map(|&i| &before[i]), dest);
@@ -825,5 +871,64 @@ mod tests {
         assert!(CRD.is_valid(&vs));
         vs["spec"]["http"][0]["route"][1]["weight"] = json!("10");
         assert!(!CRD.is_valid(&vs));
+    }
+
+    fn step_down(steps: &[u64]) -> Plan {
+        let steps = steps.iter().map(|w| weight(*w)).collect();
+        everywhere(Change::StepDown { stable: subset("v1"), canary: subset("v2"), steps })
+    }
+
+    #[test]
+    fn step_down_lowers_the_canary_to_the_first_step_at_or_below_it_and_stable_absorbs() {
+        let vs = testing::test().weights(50, 50).build();
+        let (object, before, after) = changed(apply(&vs, &step_down(&[25, 10, 0])));
+        assert_eq!(weights(&object), [[75, 25]]);
+        assert_eq!((canary_weight(&before, &subset("v2")), canary_weight(&after, &subset("v2"))), (50, 25));
+        let (object, _, _) = changed(apply(&object, &step_down(&[10, 0])));
+        assert_eq!(weights(&object), [[90, 10]]);
+        let (object, _, _) = changed(apply(&object, &step_down(&[0])));
+        assert_eq!(weights(&object), [[100, 0]]);
+    }
+
+    #[test]
+    fn step_down_applied_twice_changes_nothing_the_second_time() {
+        let (object, _, _) = changed(apply(&testing::test().weights(60, 40).build(), &step_down(&[25, 10, 0])));
+        assert_eq!(weights(&object), [[75, 25]]);
+        assert_unchanged(&object, &step_down(&[25, 10, 0]));
+    }
+
+    #[test]
+    fn step_down_never_raises_the_canary_and_snaps_a_weight_between_steps_down() {
+        assert_unchanged(&testing::test().weights(90, 10).build(), &step_down(&[25, 10, 0]));
+        let (object, _, _) = changed(apply(&testing::test().weights(88, 12).build(), &step_down(&[25, 10, 0])));
+        assert_eq!(weights(&object), [[90, 10]], "12 is between the steps 25 and 10: it goes to 10, never up to 25");
+        assert_unchanged(&testing::test().weights(100, 0).build(), &step_down(&[0]));
+    }
+
+    #[test]
+    fn step_down_steps_every_route_carrying_the_canary_on_its_own_weight() {
+        let vs = testing::test()
+            .route(Some("a"), &[(MS, Some("v1"), Some(50)), (MS, Some("v2"), Some(50))])
+            .route(Some("b"), &[(MS, Some("v1"), Some(80)), (MS, Some("v2"), Some(20))])
+            .route(Some("c"), &[(MS, Some("v1"), None)])
+            .build();
+        let (object, _, after) = changed(apply(&vs, &step_down(&[25, 10, 0])));
+        assert_eq!(weights(&object), [vec![75, 25], vec![90, 10], vec![100]]);
+        assert_eq!(canary_weight(&after, &subset("v2")), 25);
+    }
+
+    #[test]
+    fn step_down_refuses_a_route_without_the_stable_destination() {
+        let vs = testing::test().route(Some("a"), &[(MS, Some("v2"), Some(50)), (MS, Some("v3"), Some(50))]).build();
+        let msg = error(apply(&vs, &step_down(&[25, 0])));
+        assert!(msg.contains("carries canary subset v2 but not stable subset v1"), "{msg}");
+        let msg = error(apply(&testing::test().route(None, &[(MS, Some("v1"), None)]).build(), &step_down(&[0])));
+        assert!(msg.contains("subset v2 is not a destination"), "{msg}");
+    }
+
+    #[test]
+    fn step_at_or_below_picks_the_first_listed_step_not_above_the_weight() {
+        let steps: Vec<Weight> = [25, 10, 0].into_iter().map(weight).collect();
+        assert_eq!([50, 25, 24, 10, 3, 0].map(|w| step_at_or_below(&steps, w)), [25, 25, 10, 10, 0, 0]);
     }
 }

@@ -71,7 +71,12 @@ pub struct Rule {
     /// A feedback rule (no `match`): what it compares. Its templates see the labels
     /// `namespace`, `service`, `canary` and `baseline`.
     pub feedback: Option<FeedbackSpec>,
+    /// A gradual rollback (`rollback: {steps, interval}`): the time between steps.
+    pub step_interval: Option<Duration>,
 }
+
+/// The time between the steps of a gradual rollback when the rule does not say.
+pub const DEFAULT_STEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Rule {
     pub fn matches(&self, alert: &Alert) -> bool {
@@ -126,6 +131,11 @@ impl Rule {
             Change::SetWeights { weights } => format!(
                 "set-weights {}",
                 weights.iter().map(|(d, w)| format!("{d}={w}")).collect::<Vec<_>>().join(", ")
+            ),
+            Change::StepDown { stable, canary, steps } => format!(
+                "rollback {canary} -> {stable} in steps of canary weight {} every {}",
+                steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                humantime::format_duration(self.step_interval.unwrap_or(DEFAULT_STEP_INTERVAL))
             ),
         }
     }
@@ -546,6 +556,12 @@ struct RawAbort {}
 struct RawRollback {
     stable: RawDest,
     canary: OneOrMany<RawDest>,
+    /// A gradual rollback: the canary's weight at each step, strictly decreasing, ending at 0.
+    #[serde(default)]
+    steps: Option<Vec<Weight>>,
+    /// The time between steps (default 1m).
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -805,6 +821,7 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
         problems
             .push(("target".into(), "name exactly one of `virtualservice`, `service`, `rollout` or `flagger`".into()));
     }
+    let raw_interval = raw.action.rollback.as_ref().and_then(|r| r.interval.clone());
     let others_than_abort = [
         raw.action.rollback.is_some(),
         raw.action.switch.is_some(),
@@ -878,6 +895,20 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     }
     if matches!(object, Some((ObjectKind::Service, _))) && routes.is_some() {
         problems.push(("target.routes".into(), "routes belong to a virtualservice target".into()));
+    }
+    let step_interval = match &action {
+        Some(RuleAction::Traffic(Change::StepDown { .. })) => Some(
+            parse_duration("action.rollback.interval", raw_interval, &mut problems).unwrap_or(DEFAULT_STEP_INTERVAL),
+        ),
+        _ => {
+            if raw_interval.is_some() {
+                problems.push(("action.rollback.interval".into(), "an interval is the time between `steps`".into()));
+            }
+            None
+        }
+    };
+    if step_interval.is_some_and(|i| i.is_zero()) {
+        problems.push(("action.rollback.interval".into(), "must be more than 0".into()));
     }
     let min_firing = parse_duration("for", raw.min_firing, &mut problems).unwrap_or_default();
     let cooldown = parse_duration("cooldown", raw.cooldown, &mut problems);
@@ -958,6 +989,7 @@ fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
             confirm,
             verify,
             feedback,
+            step_interval,
         }),
         _ => Err(problems),
     }
@@ -995,7 +1027,26 @@ fn change(action: RawAction, problems: &mut Vec<(String, String)>) -> Option<Cha
             problems.push(("action.rollback".into(), format!("{stable} is both stable and canary")));
             return None;
         }
-        return Some(Change::Rollback { stable, canary });
+        let Some(steps) = rb.steps else {
+            return Some(Change::Rollback { stable, canary });
+        };
+        let decreasing = steps.windows(2).all(|w| w[0] > w[1]);
+        if steps.last().map(|w| w.get()) != Some(0) || !decreasing || steps.first().is_some_and(|w| w.get() == 100) {
+            let listed = steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            problems.push((
+                "action.rollback.steps".into(),
+                format!(
+                    "[{listed}]: list the canary's weight at each step, strictly decreasing, below 100 \
+                     and ending at 0 (for example [25, 10, 0])"
+                ),
+            ));
+            return None;
+        }
+        let Ok([canary]) = <[Dest; 1]>::try_from(canary) else {
+            problems.push(("action.rollback.canary".into(), "a gradual rollback (`steps`) takes one canary".into()));
+            return None;
+        };
+        return Some(Change::StepDown { stable, canary, steps });
     }
     if let Some(sw) = action.switch {
         let (from, to) = (d("action.switch.from", sw.from)?, d("action.switch.to", sw.to)?);

@@ -419,3 +419,66 @@ rules:
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["action.abort", "action"], "{errors:#?}");
 }
+
+#[test]
+fn a_gradual_rollback_is_typed_with_its_steps_and_interval() {
+    let (rules, errors) = parse(
+        r#"
+rules:
+  - name: gentle
+    match: ['alertname="CanaryHighErrorRate"']
+    target: { namespace: ns, virtualservice: vs }
+    action:
+      rollback: { stable: v1, canary: v2, steps: [25, 10, 0], interval: 2m }
+  - name: gentle-default-interval
+    match: ['alertname="CanaryHighErrorRate"']
+    target: { namespace: ns, virtualservice: vs }
+    action:
+      rollback: { stable: v1, canary: v2, steps: [0] }
+"#,
+    );
+    assert_eq!(errors, vec![]);
+    let w = |v: u64| Weight::try_from(v).unwrap();
+    assert_eq!(
+        rules[0].action,
+        RuleAction::Traffic(Change::StepDown {
+            stable: Dest::Subset("v1".into()),
+            canary: Dest::Subset("v2".into()),
+            steps: vec![w(25), w(10), w(0)],
+        })
+    );
+    assert_eq!(rules[0].step_interval, Some(Duration::from_secs(120)));
+    assert_eq!(rules[1].step_interval, Some(DEFAULT_STEP_INTERVAL));
+    assert_eq!(
+        rules[0].action_summary(),
+        "rollback subset v2 -> subset v1 in steps of canary weight 25, 10, 0 every 2m"
+    );
+}
+
+#[test]
+fn gradual_rollback_mistakes_are_reported_with_their_field() {
+    let rule = |action: &str| {
+        format!(
+            "rules:\n  - name: r\n    match: ['alertname=\"A\"']\n    target: {{ namespace: ns, virtualservice: vs }}\n    action:\n      {action}\n"
+        )
+    };
+    let field_of = |action: &str| {
+        let (rules, errors) = parse(&rule(action));
+        assert!(rules.is_empty(), "{action} should be refused");
+        errors.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("\n")
+    };
+    for steps in ["[25, 10]", "[10, 25, 0]", "[25, 25, 0]", "[100, 0]", "[]"] {
+        let msg = field_of(&format!("rollback: {{ stable: v1, canary: v2, steps: {steps} }}"));
+        assert!(msg.contains("action.rollback.steps") && msg.contains("strictly decreasing"), "{steps}: {msg}");
+    }
+    let msg = field_of("rollback: { stable: v1, canary: v2, steps: [150, 0] }");
+    assert!(msg.contains("150"), "{msg}");
+    let msg = field_of("rollback: { stable: v1, canary: [v2, v3], steps: [10, 0] }");
+    assert!(msg.contains("action.rollback.canary: a gradual rollback (`steps`) takes one canary"), "{msg}");
+    let msg = field_of("rollback: { stable: v1, canary: v2, interval: 1m }");
+    assert!(msg.contains("action.rollback.interval: an interval is the time between `steps`"), "{msg}");
+    let msg = field_of("rollback: { stable: v1, canary: v2, steps: [10, 0], interval: 0s }");
+    assert!(msg.contains("action.rollback.interval: must be more than 0"), "{msg}");
+    let msg = field_of("rollback: { stable: v1, canary: v2, steps: [10, 0], interval: soon }");
+    assert!(msg.contains("action.rollback.interval") && msg.contains("not a duration"), "{msg}");
+}
