@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::audit::{Kind, Record};
 use crate::feedback::arms::{ArmKey, Arms, ArmsSnapshot, Origin};
 use crate::sources::message::Feedback;
+use crate::stepdown::StepDown;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardSettings {
@@ -134,6 +135,9 @@ pub struct Pending {
     /// For an action on feedback: the arms whose comparison it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback_arms: Option<serde_json::Value>,
+    /// For a step of a gradual rollback: its `step_down` information (see `crate::stepdown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_down: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +153,8 @@ pub struct GuardState {
     verifications: std::collections::BTreeMap<String, PendingVerification>,
     /// Decisions against Flagger canaries by `namespace/name`.
     flagger: HashMap<String, FlaggerVerdict>,
+    /// Gradual rollbacks under way, by target.
+    step_downs: std::collections::BTreeMap<String, StepDown>,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -171,6 +177,8 @@ pub struct Snapshot {
     verifications: Vec<PendingVerification>,
     #[serde(default)]
     flagger: Vec<(String, FlaggerVerdict)>,
+    #[serde(default)]
+    step_downs: Vec<StepDown>,
 }
 
 /// 2: with the feedback arms.
@@ -197,6 +205,7 @@ impl GuardState {
             arms: self.arms.snapshot(),
             verifications: self.verifications.values().cloned().collect(),
             flagger: self.flagger.iter().map(|(t, v)| (t.clone(), v.clone())).collect(),
+            step_downs: self.step_downs.values().cloned().collect(),
         }
     }
 
@@ -216,6 +225,7 @@ impl GuardState {
             arms: Arms::from_snapshot(s.arms),
             verifications: s.verifications.into_iter().map(|v| (v.action_id.clone(), v)).collect(),
             flagger: s.flagger.into_iter().collect(),
+            step_downs: s.step_downs.into_iter().map(|d| (d.target.clone(), d)).collect(),
         }
     }
 
@@ -232,6 +242,7 @@ impl GuardState {
             + ids
             + self.verifications.len()
             + self.flagger.len()
+            + self.step_downs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -248,6 +259,28 @@ impl GuardState {
         let mut v: Vec<_> = self.verifications.values().cloned().collect();
         v.sort_by_key(|p| p.started);
         v
+    }
+
+    /// The gradual rollback under way on `target`, if any.
+    pub fn step_down(&self, target: &str) -> Option<&StepDown> {
+        self.step_downs.get(target)
+    }
+
+    /// Step-downs whose next step is due at `now`.
+    pub fn due_steps(&self, now: DateTime<Utc>) -> Vec<StepDown> {
+        self.step_downs.values().filter(|d| d.due <= now).cloned().collect()
+    }
+
+    /// When the next step of any step-down is due.
+    pub fn next_step_due(&self) -> Option<DateTime<Utc>> {
+        self.step_downs.values().map(|d| d.due).min()
+    }
+
+    /// Put a step off (paused target): not recorded, so a restart looks again at once.
+    pub fn postpone_step(&mut self, target: &str, until: DateTime<Utc>) {
+        if let Some(d) = self.step_downs.get_mut(target) {
+            d.due = until;
+        }
     }
 
     /// The feedback arms.
@@ -309,6 +342,28 @@ impl GuardState {
         {
             self.verifications.remove(id);
         }
+        // A step's outcome: the next step of its step-down, or its end.
+        if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
+            && let (Some(detail), Some(target)) = (&e.detail, &e.target)
+            && let Some((origin, next)) =
+                StepDown::from_outcome(detail, e.rule.as_deref().unwrap_or(""), target, e.event_id.as_deref())
+        {
+            match next {
+                Some(next) => {
+                    self.step_downs.insert(target.clone(), next);
+                }
+                None => {
+                    self.step_downs.retain(|_, d| d.origin != origin);
+                }
+            }
+        }
+        // Traffic that did not move during a step-down: skip to 0 at once.
+        if e.kind == Kind::Unverified
+            && let Some(target) = &e.target
+            && let Some(d) = self.step_downs.get_mut(target)
+        {
+            d.to_zero(r.time);
+        }
         // An action on feedback, applied or found done, ends the comparison that led to it.
         if matches!(e.kind, Kind::Applied | Kind::Noop)
             && let Some(arms) = e.detail.as_ref().and_then(|d| d.get(FEEDBACK_ARMS))
@@ -334,6 +389,7 @@ impl GuardState {
                 event_id: e.event_id.clone(),
                 plan: plan.clone(),
                 feedback_arms: e.detail.as_ref().and_then(|d| d.get(FEEDBACK_ARMS)).cloned(),
+                step_down: e.detail.as_ref().and_then(|d| d.get(crate::stepdown::STEP_DOWN)).cloned(),
             };
             self.pending.insert(id.clone(), pending);
         }
@@ -353,7 +409,11 @@ impl GuardState {
                 if let (Some(rule), Some(target)) = (&e.rule, &e.target) {
                     self.last_applied.insert((rule.clone(), target.clone()), r.time);
                 }
-                self.applied.push_back(r.time);
+                // A gradual rollback counts once against the cap: its first step.
+                let later_step = e.detail.as_ref().and_then(|d| d[crate::stepdown::STEP_DOWN]["step"].as_u64());
+                if later_step.is_none_or(|s| s <= 1) {
+                    self.applied.push_back(r.time);
+                }
             }
             Kind::Control => {
                 let control = e.detail.as_ref().and_then(|d| d["control"].as_str());
@@ -405,11 +465,8 @@ impl GuardState {
         if let Some((action_id, _)) = self.keys.get(key) {
             return Verdict::Duplicate { action_id: action_id.clone() };
         }
-        if let Some(p) = self.global_pause.as_ref().or_else(|| self.paused.get(target)) {
-            let scope = if self.global_pause.is_some() { "all automatic actions" } else { target };
-            return Verdict::Held {
-                reason: format!("paused ({scope}) by {} since {}: {}", p.actor, p.since.to_rfc3339(), p.reason),
-            };
+        if let Some(reason) = self.paused(target) {
+            return Verdict::Held { reason };
         }
         if let Some(last) = self.last_applied.get(&(rule.to_string(), target.to_string())) {
             let ends = *last + cooldown;
@@ -436,6 +493,13 @@ impl GuardState {
             };
         }
         Verdict::Proceed
+    }
+
+    /// Why automatic actions on `target` are paused, if they are.
+    pub fn paused(&self, target: &str) -> Option<String> {
+        let p = self.global_pause.as_ref().or_else(|| self.paused.get(target))?;
+        let scope = if self.global_pause.is_some() { "all automatic actions" } else { target };
+        Some(format!("paused ({scope}) by {} since {}: {}", p.actor, p.since.to_rfc3339(), p.reason))
     }
 
     /// Current pauses, for the API and CLI.
@@ -527,6 +591,91 @@ mod tests {
         let later = t0 + chrono::Duration::days(8);
         s.prune(later, &settings(), TEN_MIN);
         assert!(s.keys.is_empty() && s.last_applied.is_empty() && s.applied.is_empty());
+    }
+
+    /// The `applied` record of step `step` of a step-down begun by `origin`, leaving the canary
+    /// at `left` with `steps` still to go after it (as the pipeline writes it).
+    fn step_applied(origin: &str, step: u32, left: u32, steps: &[u64]) -> Entry {
+        use crate::istio::{Change, Dest, Plan, Weight};
+        let plan = crate::actions::ActionPlan::Traffic(Plan {
+            change: Change::StepDown {
+                stable: Dest::Subset("v1".into()),
+                canary: Dest::Subset("v2".into()),
+                steps: steps.iter().map(|w| Weight::try_from(*w).unwrap()).collect(),
+            },
+            routes: None,
+        });
+        let info = crate::stepdown::StepInfo {
+            origin: origin.into(),
+            step,
+            interval_ms: 60_000,
+            verify: None,
+            remaining: None,
+            next_at: None,
+            next: None,
+        };
+        let routes = |v2: u32| {
+            json!([{ "route": "primary", "destinations": [
+            { "host": "ms", "subset": "v1", "weight": 100 - v2 }, { "host": "ms", "subset": "v2", "weight": v2 }]}])
+        };
+        let outcome = crate::actions::Outcome::Applied { before: routes(50), after: routes(left) };
+        let next = crate::stepdown::after_outcome(&plan, &info, &outcome, Utc::now());
+        Entry::new(Kind::Applied)
+            .rule("r")
+            .target("ns/vs")
+            .action_id(format!("{origin}-{step}"))
+            .detail(json!({ "step_down": next }))
+    }
+
+    #[test]
+    fn a_step_down_is_folded_from_its_steps_records_and_ends_with_the_last() {
+        let t0 = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
+        let d = s.step_down("ns/vs").expect("under way").clone();
+        assert_eq!((d.origin.as_str(), d.step, d.rule.as_str()), ("A", 2, "r"));
+        assert!(d.due > t0 + chrono::Duration::seconds(59), "due after the interval: {d:?}");
+        assert!(s.due_steps(t0).is_empty());
+        assert_eq!(s.next_step_due(), Some(d.due));
+        // The snapshot carries it across a restart.
+        let restored = GuardState::from_snapshot(s.snapshot(crate::audit::Position {
+            seq: 1,
+            hash: String::new(),
+            segment: String::new(),
+            offset: 0,
+        }));
+        assert_eq!(restored.step_down("ns/vs"), Some(&d));
+        s.observe(&rec(2, t0, step_applied("A", 2, 10, &[10, 0])));
+        assert_eq!(s.step_down("ns/vs").unwrap().step, 3);
+        s.observe(&rec(3, t0, step_applied("A", 3, 0, &[0])));
+        assert_eq!(s.step_down("ns/vs"), None);
+        assert_eq!(s.next_step_due(), None);
+    }
+
+    #[test]
+    fn traffic_that_did_not_move_during_a_step_down_makes_the_next_step_zero_now() {
+        let t0 = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
+        let t1 = t0 + chrono::Duration::seconds(5);
+        s.observe(&rec(2, t1, Entry::new(Kind::Unverified).target("ns/vs").action_id("A-1")));
+        let d = s.step_down("ns/vs").unwrap();
+        assert_eq!(d.due, t1);
+        let crate::actions::ActionPlan::Traffic(plan) = &d.plan else { panic!("{d:?}") };
+        assert!(
+            matches!(&plan.change, crate::istio::Change::StepDown { steps, .. } if steps.len() == 1 && steps[0].get() == 0)
+        );
+        assert_eq!(s.due_steps(t1).len(), 1);
+    }
+
+    #[test]
+    fn a_step_down_counts_once_against_the_action_cap() {
+        let t0 = Utc::now();
+        let mut s = GuardState::default();
+        s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
+        s.observe(&rec(2, t0, step_applied("A", 2, 10, &[10, 0])));
+        s.observe(&rec(3, t0, step_applied("A", 3, 0, &[0])));
+        assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0), Verdict::Proceed, "3 steps, 1 action, cap 2");
     }
 }
 

@@ -23,6 +23,7 @@ pub mod server;
 pub mod service;
 pub mod sinks;
 pub mod sources;
+pub mod stepdown;
 pub mod target;
 pub mod telemetry;
 pub mod verification;

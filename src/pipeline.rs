@@ -21,6 +21,7 @@ use crate::istio::{self, RouteState};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::service;
 use crate::sources::message::Feedback;
+use crate::stepdown::{self, StepDown, StepInfo};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
 
@@ -111,6 +112,8 @@ pub struct Pipeline {
     /// Verifications to start (taken by the task [`Pipeline::spawn_verifier`] starts).
     verify_tx: tokio::sync::mpsc::UnboundedSender<guards::PendingVerification>,
     verify_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<guards::PendingVerification>>>,
+    /// Wakes the task [`Pipeline::spawn_step_downs`] starts when a step-down's schedule changes.
+    step_wake: tokio::sync::Notify,
 }
 
 /// The guards' state snapshot, beside the audit log's segments.
@@ -215,6 +218,7 @@ impl Pipeline {
             feedback_quiet: Default::default(),
             verify_tx,
             verify_rx: std::sync::Mutex::new(Some(verify_rx)),
+            step_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -297,9 +301,15 @@ impl Pipeline {
 
     async fn record(&self, state: &mut GuardState, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
         let records = self.audit.append(entries).await?;
+        let mut reschedule = false;
         for r in &records {
             state.observe(r);
             count_decision(r);
+            reschedule |= r.entry.kind == Kind::Unverified
+                || r.entry.detail.as_ref().is_some_and(|d| d.get(stepdown::STEP_DOWN).is_some());
+        }
+        if reschedule {
+            self.step_wake.notify_one();
         }
         Ok(records)
     }
@@ -574,6 +584,19 @@ impl Pipeline {
         state.prune(now, &settings.guards, cooldown);
         let target_name = target.to_string();
         let base = |kind: Kind| Entry::new(kind).event_id(&alert.id).rule(&rule.name).target(&target_name).key(&key);
+        // A new alert for a target this rule is stepping down: straight to 0, at once (no
+        // cooldown or cap: the action is under way), unless on-call paused the target.
+        if let Some(sd) = state.step_down(&target_name).filter(|d| d.rule == rule.name).cloned()
+            && !state.has_key(&key)
+            && state.paused(&target_name).is_none()
+        {
+            let mut sd = StepDown { event_id: Some(alert.id.clone()), ..sd };
+            sd.to_zero(now);
+            let why =
+                format!("a new alert during the gradual rollback begun by action {}: straight to 0 at once", sd.origin);
+            info!(target = %target_name, origin = %sd.origin, "new alert during a gradual rollback: straight to 0");
+            return self.take_step(&mut state, &sd, vec![matched], Some(&key), &why).await;
+        }
         match state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now) {
             Verdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
@@ -606,13 +629,26 @@ impl Pipeline {
                 let action_id = uuid::Uuid::now_v7().to_string();
                 let decide = |obj: &Value| plan.decide(obj);
                 let dry = dry_run || settings.dry_run;
-                let decided = base(Kind::Decided).action_id(&action_id).detail(json!({
+                let verify = rule.verify.as_ref().map(|v| verify_detail(v, &alert.labels));
+                let step = stepdown::is_step(&plan).then(|| StepInfo {
+                    origin: action_id.clone(),
+                    step: 1,
+                    interval_ms: rule.step_interval.map_or(60_000, |i| i.as_millis() as u64),
+                    verify: verify.clone(),
+                    remaining: None,
+                    next_at: None,
+                    next: None,
+                });
+                let mut decided = base(Kind::Decided).action_id(&action_id).detail(json!({
                     "action": rule.action_summary(),
                     "dry_run": dry,
                     "target": self.target.describe(),
                     "plan": plan,
                     "confirmation": confirmation,
                 }));
+                if let Some(step) = &step {
+                    decided = decided.detail(json!({ stepdown::STEP_DOWN: step }));
+                }
                 // Carried by `decided` too, so an action resumed after a crash still ends it.
                 let decided = ends_comparison(decided);
                 if dry {
@@ -637,10 +673,9 @@ impl Pipeline {
                     }
                     _ => entry,
                 };
-                let entry = match (&outcome, &rule.verify) {
-                    (Outcome::Applied { .. }, Some(v)) => {
-                        entry.detail(json!({ "verify": verify_detail(v, &alert.labels) }))
-                    }
+                let entry = match (&outcome, verify, &step) {
+                    (_, _, Some(step)) => step_outcome(entry, &plan, step, &outcome),
+                    (Outcome::Applied { .. }, Some(v), None) => entry.detail(json!({ "verify": v })),
                     _ => entry,
                 };
                 let reason = entry.reason.clone();
@@ -723,7 +758,8 @@ impl Pipeline {
             let plan: Result<ActionPlan, _> = serde_json::from_value(p.plan.clone());
             let kind = plan.as_ref().map(ActionPlan::kind).unwrap_or(ObjectKind::VirtualService);
             let target: Result<ObjectRef, _> = p.target.parse::<ObjectRef>().map(|t| ObjectRef { kind, ..t });
-            let outcome = match (plan, target) {
+            let step: Option<StepInfo> = p.step_down.as_ref().and_then(|s| serde_json::from_value(s.clone()).ok());
+            let outcome = match (&plan, target) {
                 (Ok(plan), Ok(target)) => {
                     let decide = |obj: &Value| plan.decide(obj);
                     self.run(&target, &decide, &p.action_id, &p.rule, true).await
@@ -732,6 +768,9 @@ impl Pipeline {
                 (_, Err(e)) => Outcome::Failed { reason: format!("cannot resume: {e}") },
             };
             let mut entry = outcome_entry(base(outcome.kind()), &outcome, kind);
+            if let (Some(step), Ok(plan)) = (&step, &plan) {
+                entry = step_outcome(entry, plan, step, &outcome);
+            }
             if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. })
                 && let Some(arms) = &p.feedback_arms
             {
@@ -740,8 +779,11 @@ impl Pipeline {
             let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
             entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
             let reason = entry.reason.clone();
-            self.record(&mut state, vec![entry]).await?;
+            let records = self.record(&mut state, vec![entry]).await?;
             log_outcome(&outcome, &p.target, &p.action_id);
+            if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+                self.queue_verification(pending);
+            }
             reports.push(Report {
                 event_id: p.event_id.clone().unwrap_or_default(),
                 rule: Some(p.rule.clone()),
@@ -900,6 +942,118 @@ impl Pipeline {
         })
     }
 
+    /// Take the steps of gradual rollbacks when they are due, those a previous run left first
+    /// (a step overdue at start is taken at once), until `token` is cancelled. A step under way
+    /// when it is cancelled is finished first.
+    pub fn spawn_step_downs(
+        self: &Arc<Self>,
+        token: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let pipeline = self.clone();
+        tokio::spawn(async move {
+            let mut noted = std::collections::HashSet::new();
+            loop {
+                let next = pipeline.take_due_steps(&mut noted).await;
+                let wait = next.map_or(Duration::from_secs(3600), |t| (t - Utc::now()).to_std().unwrap_or_default());
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = pipeline.step_wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    }
+
+    /// Take every step that is due; returns when the next one is. A paused target's step waits
+    /// (recorded as `held` once per step); a step that cannot be recorded is tried again after
+    /// its interval.
+    async fn take_due_steps(&self, noted: &mut std::collections::HashSet<(String, u32)>) -> Option<DateTime<Utc>> {
+        let mut state = self.state.lock().await;
+        let now = Utc::now();
+        let due = state.due_steps(now);
+        for sd in due {
+            let later = now + chrono::Duration::milliseconds(i64::try_from(sd.interval_ms).unwrap_or(i64::MAX / 4));
+            if let Some(paused) = state.paused(&sd.target) {
+                state.postpone_step(&sd.target, later);
+                if noted.insert((sd.origin.clone(), sd.step)) {
+                    let mut held = Entry::new(Kind::Held)
+                        .rule(&sd.rule)
+                        .target(&sd.target)
+                        .reason(format!(
+                            "step {} of the gradual rollback begun by action {} waits: {paused}",
+                            sd.step, sd.origin
+                        ))
+                        .detail(json!({ "step_down_waits": sd.info() }));
+                    held.event_id = sd.event_id.clone();
+                    if let Err(e) = self.record(&mut state, vec![held]).await {
+                        warn!(error = %e, "could not record a held step");
+                    }
+                }
+                continue;
+            }
+            let why = format!("step {} of the gradual rollback begun by action {}", sd.step, sd.origin);
+            if let Err(e) = self.take_step(&mut state, &sd, Vec::new(), None, &why).await {
+                warn!(error = %e, target = %sd.target, "could not take a step of a gradual rollback; trying again later");
+                state.postpone_step(&sd.target, later);
+            }
+        }
+        state.next_step_due()
+    }
+
+    /// One step of a gradual rollback: `lead` records (the alert's `matched`, for a new alert),
+    /// `decided`, the conditional write, and the outcome with what comes next.
+    #[instrument(skip_all, fields(target = %sd.target, origin = %sd.origin, step = sd.step))]
+    async fn take_step(
+        &self,
+        state: &mut GuardState,
+        sd: &StepDown,
+        lead: Vec<Entry>,
+        key: Option<&str>,
+        why: &str,
+    ) -> Result<Report, PipelineError> {
+        let action_id = uuid::Uuid::now_v7().to_string();
+        let info = sd.info();
+        let base = |kind: Kind| {
+            let mut e = Entry::new(kind).rule(&sd.rule).target(&sd.target).action_id(&action_id);
+            e.event_id = sd.event_id.clone();
+            e.key = key.map(str::to_string);
+            e
+        };
+        let decided = base(Kind::Decided).reason(why).detail(json!({
+            "target": self.target.describe(),
+            "plan": sd.plan,
+            stepdown::STEP_DOWN: info,
+        }));
+        let mut entries = lead;
+        entries.push(decided);
+        self.record(state, entries).await?;
+        crate::failpoint::crash_point("step_down.decided");
+        let kind = sd.plan.kind();
+        let outcome = match sd.target.parse::<ObjectRef>() {
+            Ok(t) => {
+                let decide = |obj: &Value| sd.plan.decide(obj);
+                self.run(&ObjectRef { kind, ..t }, &decide, &action_id, &sd.rule, true).await
+            }
+            Err(e) => Outcome::Refused { reason: format!("cannot step down: {e}") },
+        };
+        crate::failpoint::crash_point("step_down.written");
+        let entry = step_outcome(outcome_entry(base(outcome.kind()), &outcome, kind), &sd.plan, &info, &outcome);
+        let reason = entry.reason.clone();
+        let records = self.record(state, vec![entry]).await?;
+        log_outcome(&outcome, &sd.target, &action_id);
+        if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+            self.queue_verification(pending);
+        }
+        Ok(Report {
+            event_id: sd.event_id.clone().unwrap_or_default(),
+            rule: Some(sd.rule.clone()),
+            outcome: outcome.kind(),
+            target: Some(sd.target.clone()),
+            action_id: Some(action_id),
+            reason,
+        })
+    }
+
     /// Poll one verification to its end and record it (see `crate::verification`).
     #[instrument(skip_all, fields(action_id = %p.action_id, rule = %p.rule, target = %p.target))]
     async fn verify(&self, p: guards::PendingVerification, token: tokio_util::sync::CancellationToken) {
@@ -1021,6 +1175,19 @@ impl Pipeline {
         }
         let mut records = self.record(&mut state, vec![entry]).await?;
         Ok(records.remove(0))
+    }
+}
+
+/// A step's outcome record: what comes next (`detail.step_down`), and, when it moved traffic and
+/// the rule verifies, the verification of this step's weight.
+fn step_outcome(entry: Entry, plan: &ActionPlan, step: &StepInfo, outcome: &Outcome) -> Entry {
+    let next = stepdown::after_outcome(plan, step, outcome, Utc::now());
+    let entry = entry.detail(json!({ stepdown::STEP_DOWN: next }));
+    match (outcome, &step.verify) {
+        (Outcome::Applied { .. }, Some(v)) => {
+            entry.detail(json!({ "verify": stepdown::verify_for_step(v, outcome, plan) }))
+        }
+        _ => entry,
     }
 }
 

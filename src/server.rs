@@ -164,6 +164,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         })
     };
     let verifier = pipeline.spawn_verifier(token.clone()).await;
+    let step_downs = pipeline.spawn_step_downs(token.clone());
     let reloads = tokio::spawn(crate::reload::Reloader::new(config.clone(), pipeline.clone()).run(token.clone()));
     let mut failure = None;
     tokio::select! {
@@ -195,6 +196,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let _ = snapshots.await;
     let _ = reloads.await;
     let _ = verifier.await;
+    let _ = step_downs.await;
     match pipeline.save_snapshot().await {
         Ok(seq) => info!(seq, "state snapshot written"),
         Err(e) => warn!(error = %e, "could not write the state snapshot"),

@@ -16,4 +16,5 @@ mod lifecycle;
 mod otlp;
 mod promtool;
 mod serve;
+mod stepdown;
 mod verification;
