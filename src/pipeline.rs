@@ -684,6 +684,19 @@ impl Pipeline {
                 if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
                     self.queue_verification(pending);
                 }
+                // The canary was already at or below the first step: the alert still asks for a
+                // change, so the next step is taken now rather than after the interval.
+                if matches!(outcome, Outcome::NoOp { .. })
+                    && let Some(next) = state.step_down(&target_name).filter(|d| d.origin == action_id).cloned()
+                {
+                    let why = format!(
+                        "step {} of the gradual rollback begun by action {action_id}, at once: \
+                         the canary was already at or below step {}",
+                        next.step,
+                        next.step - 1
+                    );
+                    return self.take_step(&mut state, &next, Vec::new(), None, &why).await;
+                }
                 Ok(report(outcome.kind(), Some(&target), Some(&action_id), reason))
             }
         }

@@ -168,3 +168,33 @@ async fn a_new_alert_during_a_step_down_goes_straight_to_zero_and_starts_no_seco
     assert_eq!(decided[1]["detail"]["step_down"]["origin"], decided[0]["action_id"]);
     assert_verifies(&wd);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_already_below_the_first_step_takes_its_next_step_at_once() {
+    let wd = workdir("1h");
+    // 12%: below the first step (25), between 10 and 25.
+    let vs = wd.read("deploy/local/model-service.yaml");
+    let vs =
+        vs.replace("weight: 50 # stable", "weight: 88 # stable").replace("weight: 50 # canary", "weight: 12 # canary");
+    std::fs::write(wd.path("deploy/local/model-service.yaml"), vs).unwrap();
+    let server = wd.serve();
+    let first = fire(&server, FIRING).await;
+    assert_eq!(first["outcome"], "applied", "{first}");
+    assert_eq!(canary(&wd), 10, "12 is between steps: down to 10, never up to 25");
+    assert!(wd.read("deploy/local/model-service.yaml").contains("weight: 90 # stable"));
+    assert!(server.terminate().success());
+
+    let wd = workdir("1h");
+    let vs = wd.read("deploy/local/model-service.yaml");
+    let vs =
+        vs.replace("weight: 50 # stable", "weight: 90 # stable").replace("weight: 50 # canary", "weight: 10 # canary");
+    std::fs::write(wd.path("deploy/local/model-service.yaml"), vs).unwrap();
+    let server = wd.serve();
+    let first = fire(&server, FIRING).await;
+    assert_eq!(first["outcome"], "applied", "{first}");
+    assert_eq!(canary(&wd), 0, "at 10 already: the first step (25, 10) is a no-op, the next (0) is taken at once");
+    assert!(server.terminate().success());
+    assert_eq!(records(&wd, "noop").len(), 1);
+    assert_eq!(applied_weights(&wd), [0]);
+    assert_verifies(&wd);
+}
