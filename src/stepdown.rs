@@ -346,8 +346,8 @@ mod pipeline_tests {
         .with_prometheus(Arc::new(crate::confirm::FixedValue(Some(share))));
         let pipeline = Arc::new(pipeline);
         let token = tokio_util::sync::CancellationToken::new();
-        let _ = pipeline.spawn_verifier(token.clone()).await;
-        let _ = pipeline.spawn_step_downs(token.clone());
+        drop(pipeline.spawn_verifier(token.clone()).await);
+        drop(pipeline.spawn_step_downs(token.clone()));
         Setup { dir, pipeline, token }
     }
 
