@@ -180,7 +180,35 @@ async fn failed_write_is_an_error_and_the_log_recovers_by_itself() {
     let recs = log.append(entries(2)).await.unwrap();
     assert!(log.healthy());
     assert_eq!(recs[0].seq, 2, "failed batches consumed no sequence numbers");
-    assert_eq!(verify(dir.path()).unwrap().records, 3);
+    // The outage is recorded once it is over: how many writes failed, since when, why.
+    let all = query(dir.path(), &Filter::default()).unwrap();
+    let recovered = &all.last().unwrap().entry;
+    assert_eq!(recovered.kind, Kind::Control);
+    let detail = recovered.detail.as_ref().unwrap();
+    assert_eq!((detail["control"].as_str(), detail["failed_writes"].as_u64()), (Some("audit-recovered"), Some(2)));
+    assert!(detail["first_error"].as_str().unwrap().contains("no space left on device"), "{detail}");
+    assert_eq!(verify(dir.path()).unwrap().records, 4);
+}
+
+#[tokio::test]
+async fn after_a_failed_write_the_log_comes_back_by_itself_without_new_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.fail_next_writes(1);
+    assert!(log.append(entries(1)).await.is_err());
+    assert!(!log.healthy());
+    // Nothing else is appended: the writer's own retry brings it back (readiness follows).
+    for _ in 0..50 {
+        if log.healthy() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(log.healthy(), "the log did not recover by itself");
+    let all = query(dir.path(), &Filter::default()).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].entry.detail.as_ref().unwrap()["control"], "audit-recovered");
+    verify(dir.path()).unwrap();
 }
 
 #[tokio::test]

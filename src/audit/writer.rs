@@ -268,8 +268,38 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
     Ok((tail, torn))
 }
 
+/// While the log cannot write, a recovery record is tried this often, so the log (and with it
+/// `/readyz`) comes back by itself when space returns, even if no input arrives meanwhile.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The control record written when the log can write again after failures.
+pub const AUDIT_RECOVERED: &str = "audit-recovered";
+
+/// Writes failing since `since`.
+struct Outage {
+    since: DateTime<Utc>,
+    failed: u64,
+    first_error: String,
+}
+
 fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: Arc<Shared>) {
-    while let Ok(first) = rx.recv() {
+    let mut outage: Option<Outage> = None;
+    loop {
+        let first = if outage.is_some() {
+            match rx.recv_timeout(RETRY_INTERVAL) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    recover(&mut tail, &opts, &shared, &mut outage);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        };
         let mut batch = vec![first];
         let mut size: usize = batch[0].entries.len();
         while size < MAX_BATCH_BYTES / 256 {
@@ -289,10 +319,15 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
                 for (reply, n) in replies.into_iter().zip(counts) {
                     let _ = reply.send(Ok(records.by_ref().take(n).collect()));
                 }
+                if outage.is_some() {
+                    recover(&mut tail, &opts, &shared, &mut outage);
+                }
             }
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "audit write failed; callers get an error and nothing is acknowledged");
+                let o = outage.get_or_insert_with(|| Outage { since: Utc::now(), failed: 0, first_error: msg.clone() });
+                o.failed += replies.len() as u64;
                 for reply in replies {
                     let _ = reply.send(Err(AuditError::Io {
                         action: "append to",
@@ -302,6 +337,30 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
                 }
             }
         }
+    }
+}
+
+/// Try to record that the log can write again (a `control` record `audit-recovered` saying
+/// since when and how many writes failed); the outage ends when that record is durable.
+fn recover(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, outage: &mut Option<Outage>) {
+    let Some(o) = outage.as_ref() else { return };
+    let entry = Entry::new(Kind::Control)
+        .source("audit")
+        .reason(format!(
+            "the audit log can write again after {} failed writes since {} (first error: {})",
+            o.failed,
+            o.since.to_rfc3339(),
+            o.first_error
+        ))
+        .detail(json!({
+            "control": AUDIT_RECOVERED,
+            "since": o.since,
+            "failed_writes": o.failed,
+            "first_error": o.first_error,
+        }));
+    if write_batch(tail, opts, shared, vec![entry]).is_ok() {
+        tracing::info!(failed_writes = o.failed, since = %o.since, "audit log writable again");
+        *outage = None;
     }
 }
 

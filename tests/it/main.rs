@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod deploy;
 mod end_to_end;
+mod faults;
 mod helm;
 mod kafka;
 mod kube_emulator;
