@@ -282,3 +282,46 @@ async fn a_feedback_flood_is_consumed_in_bounded_memory() {
     assert!(text.lines().any(|l| l == accepted), "{text}");
     assert!(server.terminate().success());
 }
+
+/// The broker is down when backstop starts: alerts over HTTP are still taken and acted on,
+/// `/readyz` says Kafka has no partition, and once the broker is up the consumer joins and every
+/// feedback event produced is recorded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_down_at_start_holds_readiness_not_alerts_and_feedback_flows_once_it_is_up() {
+    if !Tansu::available() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let topic = "fb-late";
+    let wd = Workdir::new();
+    let config = std::fs::read_to_string(wd.config()).unwrap()
+        + &format!(
+            "\nkafka:\n  brokers: 127.0.0.1:{port}\n  group_id: {topic}-group\n  alerts_topic: {topic}-alerts\n  feedback_topic: {topic}\n  properties:\n    group.instance.id: {topic}-instance\n"
+        );
+    std::fs::write(wd.config(), config).unwrap();
+    let server = wd.serve();
+    let (status, body) = server
+        .post("/v1/alertmanager", "application/json", include_str!("../../fixtures/alertmanager/firing.json"))
+        .await;
+    assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("applied")), "{body}");
+    let ready = reqwest::get(format!("{}/readyz", server.url)).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().await.unwrap().contains("kafka: no partition assigned"));
+
+    let Some(broker) = Tansu::try_start_on(port).await else { return };
+    broker.create_topics(&[topic, "fb-late-alerts"]).await;
+    let n = 200;
+    produce(&broker, topic, &outcomes(21, n, 0.05, 0.05)).await;
+    let all = eventually(Duration::from_secs(120), || (count(&wd, "received") == n + 1).then_some(())).await;
+    assert!(all.is_some(), "{} of {n} feedback received; log:\n{}", count(&wd, "received") - 1, server.log());
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = reqwest::get(format!("{}/readyz", server.url)).await.unwrap().status().as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200, "ready once partitions are assigned");
+    assert!(server.terminate().success());
+}
