@@ -468,6 +468,10 @@ impl GuardState {
         if let Some(reason) = self.paused(target) {
             return Verdict::Held { reason };
         }
+        // Decided, not yet finished (the target is being written): one action at a time.
+        if let Some(p) = self.pending.values().find(|p| p.rule == rule && p.target == target) {
+            return Verdict::Held { reason: format!("action {} of rule {rule} on {target} is under way", p.action_id) };
+        }
         if let Some(last) = self.last_applied.get(&(rule.to_string(), target.to_string())) {
             let ends = *last + cooldown;
             if now < ends {
@@ -666,6 +670,21 @@ mod tests {
             matches!(&plan.change, crate::istio::Change::StepDown { steps, .. } if steps.len() == 1 && steps[0].get() == 0)
         );
         assert_eq!(s.due_steps(t1).len(), 1);
+    }
+
+    #[test]
+    fn an_action_under_way_holds_its_rule_on_its_target_until_its_outcome() {
+        let now = Utc::now();
+        let mut s = GuardState::default();
+        let decided = Entry::new(Kind::Decided).key("k1").action_id("a1").rule("r").target("ns/vs");
+        s.observe(&rec(1, now, decided.detail(json!({"plan": {"traffic": {}}}))));
+        let v = s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now);
+        assert!(
+            matches!(v, Verdict::Held { ref reason } if reason.contains("action a1 of rule r on ns/vs is under way"))
+        );
+        assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed, "other rule");
+        s.observe(&rec(2, now, Entry::new(Kind::Failed).key("k1").action_id("a1").rule("r").target("ns/vs")));
+        assert_eq!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
     }
 
     #[test]

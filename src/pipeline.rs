@@ -595,9 +595,21 @@ impl Pipeline {
             let why =
                 format!("a new alert during the gradual rollback begun by action {}: straight to 0 at once", sd.origin);
             info!(target = %target_name, origin = %sd.origin, "new alert during a gradual rollback: straight to 0");
-            return self.take_step(&mut state, &sd, vec![matched], Some(&key), &why).await;
+            return Ok(self.take_step(state, &sd, vec![matched], Some(&key), &why).await?.0);
         }
-        match state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now) {
+        // Prometheus is asked without holding the state (other events go on meanwhile); what
+        // changed while it answered is vetted again after.
+        let mut verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now);
+        let mut confirmed = None;
+        if verdict == Verdict::Proceed
+            && let Some(confirm) = &rule.confirm
+        {
+            drop(state);
+            confirmed = Some(self.confirm(confirm, alert).await);
+            state = self.state.lock().await;
+            verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, Utc::now());
+        }
+        match verdict {
             Verdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
                 self.record(&mut state, vec![matched, base(Kind::Noop).action_id(&action_id).reason(&reason)]).await?;
@@ -609,9 +621,9 @@ impl Pipeline {
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))
             }
             Verdict::Proceed => {
-                let confirmation = match &rule.confirm {
+                let confirmation = match confirmed {
                     None => None,
-                    Some(confirm) => match self.confirm(confirm, alert).await {
+                    Some(answer) => match answer {
                         (confirm::Verdict::Go, evidence) => Some(evidence),
                         (confirm::Verdict::Hold(reason), evidence) => {
                             let held = base(Kind::Held).reason(&reason).detail(json!({ "confirmation": evidence }));
@@ -660,7 +672,11 @@ impl Pipeline {
                     return Ok(report(Kind::DryRun, Some(&target), Some(&action_id), Some(reason)));
                 }
                 self.record(&mut state, vec![matched, decided]).await?;
+                // The target is read and written without holding the state: the `decided` record
+                // marks the action in flight (the guards hold this rule on this target meanwhile).
+                drop(state);
                 let outcome = self.run(&target, &decide, &action_id, &rule.name, true).await;
+                let mut state = self.state.lock().await;
                 let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome, target.kind);
                 let entry = if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. }) {
                     ends_comparison(entry)
@@ -695,7 +711,7 @@ impl Pipeline {
                         next.step,
                         next.step - 1
                     );
-                    return self.take_step(&mut state, &next, Vec::new(), None, &why).await;
+                    return Ok(self.take_step(state, &next, Vec::new(), None, &why).await?.0);
                 }
                 Ok(report(outcome.kind(), Some(&target), Some(&action_id), reason))
             }
@@ -906,7 +922,9 @@ impl Pipeline {
         };
         let detail = json!({ "control": control, "undoes": undoes, "target": self.target.describe() });
         self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)]).await?;
+        drop(state);
         let outcome = self.run(target, decide, &action_id, rule, true).await;
+        let mut state = self.state.lock().await;
         let entry = outcome_entry(base(outcome.kind()), &outcome, target.kind);
         let why = entry.reason.clone();
         self.record(&mut state, vec![entry]).await?;
@@ -985,6 +1003,10 @@ impl Pipeline {
         let now = Utc::now();
         let due = state.due_steps(now);
         for sd in due {
+            // Another step of it may have been taken while the state was released for a write.
+            if state.step_down(&sd.target) != Some(&sd) {
+                continue;
+            }
             let later = now + chrono::Duration::milliseconds(i64::try_from(sd.interval_ms).unwrap_or(i64::MAX / 4));
             if let Some(paused) = state.paused(&sd.target) {
                 state.postpone_step(&sd.target, later);
@@ -1005,10 +1027,15 @@ impl Pipeline {
                 continue;
             }
             let why = format!("step {} of the gradual rollback begun by action {}", sd.step, sd.origin);
-            if let Err(e) = self.take_step(&mut state, &sd, Vec::new(), None, &why).await {
-                warn!(error = %e, target = %sd.target, "could not take a step of a gradual rollback; trying again later");
-                state.postpone_step(&sd.target, later);
-            }
+            state = match self.take_step(state, &sd, Vec::new(), None, &why).await {
+                Ok((_, state)) => state,
+                Err(e) => {
+                    warn!(error = %e, target = %sd.target, "could not take a step of a gradual rollback; trying again later");
+                    let mut state = self.state.lock().await;
+                    state.postpone_step(&sd.target, later);
+                    state
+                }
+            };
         }
         state.next_step_due()
     }
@@ -1016,14 +1043,14 @@ impl Pipeline {
     /// One step of a gradual rollback: `lead` records (the alert's `matched`, for a new alert),
     /// `decided`, the conditional write, and the outcome with what comes next.
     #[instrument(skip_all, fields(target = %sd.target, origin = %sd.origin, step = sd.step))]
-    async fn take_step(
-        &self,
-        state: &mut GuardState,
+    async fn take_step<'a>(
+        &'a self,
+        mut state: tokio::sync::MutexGuard<'a, GuardState>,
         sd: &StepDown,
         lead: Vec<Entry>,
         key: Option<&str>,
         why: &str,
-    ) -> Result<Report, PipelineError> {
+    ) -> Result<(Report, tokio::sync::MutexGuard<'a, GuardState>), PipelineError> {
         let action_id = uuid::Uuid::now_v7().to_string();
         let info = sd.info();
         let base = |kind: Kind| {
@@ -1039,8 +1066,9 @@ impl Pipeline {
         }));
         let mut entries = lead;
         entries.push(decided);
-        self.record(state, entries).await?;
+        self.record(&mut state, entries).await?;
         crate::failpoint::crash_point("step_down.decided");
+        drop(state);
         let kind = sd.plan.kind();
         let outcome = match sd.target.parse::<ObjectRef>() {
             Ok(t) => {
@@ -1050,21 +1078,23 @@ impl Pipeline {
             Err(e) => Outcome::Refused { reason: format!("cannot step down: {e}") },
         };
         crate::failpoint::crash_point("step_down.written");
+        let mut state = self.state.lock().await;
         let entry = step_outcome(outcome_entry(base(outcome.kind()), &outcome, kind), &sd.plan, &info, &outcome);
         let reason = entry.reason.clone();
-        let records = self.record(state, vec![entry]).await?;
+        let records = self.record(&mut state, vec![entry]).await?;
         log_outcome(&outcome, &sd.target, &action_id);
         if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
             self.queue_verification(pending);
         }
-        Ok(Report {
+        let report = Report {
             event_id: sd.event_id.clone().unwrap_or_default(),
             rule: Some(sd.rule.clone()),
             outcome: outcome.kind(),
             target: Some(sd.target.clone()),
             action_id: Some(action_id),
             reason,
-        })
+        };
+        Ok((report, state))
     }
 
     /// Poll one verification to its end and record it (see `crate::verification`).

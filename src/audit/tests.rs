@@ -173,16 +173,17 @@ async fn failed_write_is_an_error_and_the_log_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.append(entries(1)).await.unwrap();
-    log.fail_next_writes(2);
+    // Three failing writes: the first append, then the second's recovery record and itself.
+    log.fail_next_writes(3);
     assert!(log.append(entries(1)).await.is_err());
     assert!(!log.healthy());
     assert!(log.append(entries(1)).await.is_err());
     let recs = log.append(entries(2)).await.unwrap();
     assert!(log.healthy());
-    assert_eq!(recs[0].seq, 2, "failed batches consumed no sequence numbers");
+    assert_eq!(recs[0].seq, 3, "failed batches consumed no sequence numbers (2 is the recovery record)");
     // The outage is recorded once it is over: how many writes failed, since when, why.
     let all = query(dir.path(), &Filter::default()).unwrap();
-    let recovered = &all.last().unwrap().entry;
+    let recovered = &all[1].entry;
     assert_eq!(recovered.kind, Kind::Control);
     let detail = recovered.detail.as_ref().unwrap();
     assert_eq!((detail["control"].as_str(), detail["failed_writes"].as_u64()), (Some("audit-recovered"), Some(2)));

@@ -300,6 +300,8 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
                 Err(_) => break,
             }
         };
+        // Writes failed before: the recovery record goes first (if it fails, so will the batch).
+        recover(&mut tail, &opts, &shared, &mut outage);
         let mut batch = vec![first];
         let mut size: usize = batch[0].entries.len();
         while size < MAX_BATCH_BYTES / 256 {
@@ -318,9 +320,6 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
                 let mut records = records.into_iter();
                 for (reply, n) in replies.into_iter().zip(counts) {
                     let _ = reply.send(Ok(records.by_ref().take(n).collect()));
-                }
-                if outage.is_some() {
-                    recover(&mut tail, &opts, &shared, &mut outage);
                 }
             }
             Err(e) => {

@@ -164,7 +164,8 @@ async fn a_full_audit_disk_answers_503_and_recovers_by_itself_and_a_read_only_on
         .into_iter()
         .filter(|r| r["detail"]["control"] == "audit-recovered")
         .collect();
-    assert_eq!(recovered.len(), 1, "the outage is recorded once it is over: {recovered:?}");
+    // On a nearly full disk a small record may still fit between failures: at least one.
+    assert!(!recovered.is_empty(), "the outage is recorded once it is over");
     assert!(recovered[0]["detail"]["first_error"].as_str().unwrap().contains("No space left"), "{recovered:?}");
     let received = query(&wd, &["--outcome", "received"]);
     let firing = received.iter().filter(|r| r["detail"]["alert"]["fingerprint"] == "a9c5c3b76558e44d").count();
@@ -344,7 +345,12 @@ async fn an_alert_storm_on_one_target_leads_to_one_action() {
     assert_eq!(count("held"), n - 1, "every other alert held by the cooldown: {:?}", &outcomes[..10]);
     assert_eq!(canary_weight(&wd), 0);
     assert_eq!(query(&wd, &["--outcome", "received"]).len(), n, "every alert of the storm recorded");
+    // Held while the first action was under way, then by the rule's cooldown.
     let held = query(&wd, &["--outcome", "held"]);
-    assert!(held[0]["reason"].as_str().unwrap().starts_with("cooldown"), "{held:?}");
+    let why = |r: &Value| r["reason"].as_str().unwrap_or_default().to_string();
+    let other: Vec<String> =
+        held.iter().map(why).filter(|r| !r.starts_with("cooldown") && !r.ends_with("is under way")).take(3).collect();
+    assert!(other.is_empty(), "held for another reason: {other:?}");
+    assert!(held.iter().any(|r| why(r).starts_with("cooldown")));
     assert_verifies(&wd);
 }

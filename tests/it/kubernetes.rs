@@ -499,3 +499,29 @@ rules:
         assert!(reason.contains("get rollouts.argoproj.io sms-app/nope"), "{reason}");
     }
 }
+
+/// A slow API server holds up only the action waiting on it: the state is not held during the
+/// write, so other alerts are answered meanwhile, and a second alert for the same rule and
+/// object is held (the first action is under way), not acted on twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_api_server_holds_up_only_its_own_action() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "3s");
+    let server = std::sync::Arc::new(wd.serve());
+    emu.delay_next("GET", Some("virtualservices"), Duration::from_secs(30), 20);
+    let first = tokio::spawn({
+        let server = server.clone();
+        async move { alert(&server, FIRING).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unrelated = alert(&server, include_str!("../../fixtures/alertmanager/unrelated.json")).await;
+    assert_eq!(unrelated["results"][0]["outcome"], "received", "{unrelated}");
+    let second = alert(&server, &FIRING.replace("a9c5c3b76558e44d", "00000000000000aa")).await;
+    assert!(!first.is_finished(), "both were answered while the first action still waited on the API server");
+    assert_eq!(second["results"][0]["outcome"], "held", "{second}");
+    let reason = second["results"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("is under way"), "{reason}");
+    let first = first.await.unwrap();
+    assert_eq!(first["results"][0]["outcome"], "failed", "{first}");
+    assert_eq!(weights(&emu), [90, 10]);
+}
