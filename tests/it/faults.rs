@@ -354,3 +354,42 @@ async fn an_alert_storm_on_one_target_leads_to_one_action() {
     assert!(held.iter().any(|r| why(r).starts_with("cooldown")));
     assert_verifies(&wd);
 }
+
+/// Prometheus is down (nothing listens on its port): a rule that confirms holds by default and
+/// says why, within the confirmation's timeout; with `on_error: act` it acts. Alerts for other
+/// rules are not held up.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_down_holds_a_confirming_rule_within_its_timeout_or_acts_when_told_to() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for (on_error, expect) in [("hold", "held"), ("act", "applied")] {
+        let config = std::fs::read_to_string(repo("backstop.yaml")).unwrap()
+            + &format!("\nprometheus:\n  url: http://127.0.0.1:{port}\n  timeout: 1s\n");
+        let wd = Workdir::with_config(&config);
+        std::fs::remove_file(wd.path("rules/feedback.yaml")).unwrap();
+        let rules = wd.read("rules/canary.yaml").replacen(
+            "    cooldown: 15m\n",
+            &format!(
+                "    cooldown: 15m\n    confirm:\n      query: sum(rate(errors[1m]))\n      above: 0.05\n      timeout: 2s\n      on_error: {on_error}\n"
+            ),
+            1,
+        );
+        std::fs::write(wd.path("rules/canary.yaml"), rules).unwrap();
+        let server = wd.serve();
+        let started = std::time::Instant::now();
+        let (status, body) = server.post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let result = &body["results"][0];
+        assert_eq!(result["outcome"], expect, "on_error {on_error}: {body}");
+        assert!(started.elapsed() < Duration::from_secs(10), "bounded by the confirmation's timeout");
+        if on_error == "hold" {
+            let reason = result["reason"].as_str().unwrap();
+            assert!(reason.contains("Prometheus") || reason.contains("prometheus"), "{reason}");
+            assert_eq!(canary_weight(&wd), 10);
+            let held = query(&wd, &["--outcome", "held"]);
+            assert!(held[0]["detail"]["confirmation"]["error"].is_string(), "{held:?}");
+        } else {
+            assert_eq!(canary_weight(&wd), 0);
+        }
+        assert!(server.terminate().success());
+    }
+}
