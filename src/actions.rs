@@ -158,7 +158,9 @@ async fn attempt(target: &dyn Target, obj: &ObjectRef, decide: &Decide<'_>, meta
     for _ in 0..=CONFLICT_RETRIES {
         let fetched = match target.get(obj).await {
             Ok(f) => f,
-            Err(e @ (TargetError::NotFound { .. } | TargetError::Ambiguous { .. })) => {
+            // Retrying cannot help: the object is missing, ambiguous, or not one this target
+            // can change (e.g. a Rollout's status in a manifests directory).
+            Err(e @ (TargetError::NotFound { .. } | TargetError::Ambiguous { .. } | TargetError::Invalid { .. })) => {
                 return Outcome::Refused { reason: e.to_string() };
             }
             Err(e) => return Outcome::Failed { reason: e.to_string() },
@@ -175,6 +177,8 @@ async fn attempt(target: &dyn Target, obj: &ObjectRef, decide: &Decide<'_>, meta
         match target.replace(obj, &fetched, &object).await {
             Ok(()) => return Outcome::Applied { before, after },
             Err(TargetError::Conflict { detail, .. }) => last_conflict = detail,
+            // The API server (400/422) or the file format refused the new object.
+            Err(e @ TargetError::Invalid { .. }) => return Outcome::Refused { reason: e.to_string() },
             Err(e) => return Outcome::Failed { reason: e.to_string() },
         }
     }
@@ -198,6 +202,21 @@ mod tests {
         annotate(&mut obj, &meta, &json!({}));
         assert_eq!(obj["metadata"]["annotations"]["team"], "ml", "other annotations are kept");
         assert_eq!(obj["metadata"]["annotations"]["backstop.io/rule"], "r", "ours are replaced");
+    }
+
+    #[tokio::test]
+    async fn an_object_the_target_cannot_change_is_refused_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ro =
+            "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata:\n  name: model-service\n  namespace: sms-app\n";
+        std::fs::write(dir.path().join("rollout.yaml"), ro).unwrap();
+        let target = crate::target::manifests::Manifests::new(dir.path());
+        let obj = ObjectRef::rollout("sms-app", "model-service");
+        let decide = |o: &Value| ActionPlan::Abort.decide(o);
+        let meta = Meta { action_id: "A1", rule: "r", at: "2026-11-24T20:00:00Z" };
+        let outcome = execute(&target, &obj, &decide, &meta, Duration::from_secs(5), true).await;
+        let Outcome::Refused { reason } = outcome else { panic!("{outcome:?}") };
+        assert!(reason.contains("needs the kubernetes target"), "{reason}");
     }
 
     #[test]
