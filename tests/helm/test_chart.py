@@ -369,9 +369,17 @@ class DefaultValues(Workload, unittest.TestCase):
                     "PersistentVolumeClaim", "Deployment", "Service"]),
         )
 
+    def test_cluster_scoped_names_carry_the_namespace_so_releases_in_two_namespaces_do_not_collide(self):
+        names = lambda objs: {(o["kind"], o["metadata"]["name"]) for o in objs if o["kind"].startswith("Cluster")}
+        here = names(self.objs)
+        with helm.Chart.load(CHART) as chart:
+            other = names(objects(chart.render({}, name=RELEASE, namespace="other-ns")))
+        self.assertTrue(here)
+        self.assertFalse(here & other, f"{here} and {other} collide")
+
     def test_cluster_role_is_deploy_kubernetes_rbac(self):
         plain = one(load_yaml_docs(REPO / "deploy/kubernetes/rbac.yaml"), "ClusterRole")
-        role = one(self.objs, "ClusterRole", RELEASE)
+        role = one(self.objs, "ClusterRole", f"{RELEASE}-{NAMESPACE}")
         self.assertEqual(rbac_rules(role["rules"]), rbac_rules(plain["rules"]))
         self.assertEqual(
             rbac_rules(role["rules"]),
@@ -387,7 +395,7 @@ class DefaultValues(Workload, unittest.TestCase):
             [(("argoproj.io",), ("rollouts",), ("get", "list", "watch", "patch")),
              (("argoproj.io",), ("rollouts/status",), ("patch",))],
         )
-        role = one(objects(render({"rbac": {"argoRollouts": True}})), "ClusterRole", RELEASE)
+        role = one(objects(render({"rbac": {"argoRollouts": True}})), "ClusterRole", f"{RELEASE}-{NAMESPACE}")
         self.assertEqual(rbac_rules(role["rules"]), rbac_rules(plain["rules"]) + rbac_rules(argo["rules"]))
         objs = objects(render({"rbac": {"argoRollouts": True, "clusterWide": False, "namespaces": ["sms-app"]}}))
         role = one(objs, "Role", RELEASE, "sms-app")
