@@ -70,6 +70,10 @@ struct RawKafka {
     audit_topic: Option<String>,
     #[serde(default)]
     properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties whose values are read from files (a mounted Secret:
+    /// `sasl.password: /etc/backstop/kafka/password`), so secrets stay out of the config.
+    #[serde(default)]
+    property_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,18 +397,32 @@ impl Config {
                 })
             }
         };
-        let kafka = raw.kafka.map(|k| {
-            let d = KafkaConfig::with_brokers(k.brokers);
-            KafkaConfig {
-                group_id: k.group_id.unwrap_or(d.group_id),
-                alerts_topic: k.alerts_topic.unwrap_or(d.alerts_topic),
-                feedback_topic: k.feedback_topic.unwrap_or(d.feedback_topic),
-                dead_letter_topic: k.dead_letter_topic,
-                audit_topic: k.audit_topic,
-                properties: k.properties,
-                brokers: d.brokers,
+        let kafka = match raw.kafka {
+            None => None,
+            Some(k) => {
+                let d = KafkaConfig::with_brokers(k.brokers);
+                let mut properties = k.properties;
+                for (key, file) in k.property_files {
+                    let field = format!("kafka.property_files.{key}");
+                    if properties.contains_key(&key) {
+                        return Err(invalid(&field, format!("`{key}` is also in kafka.properties; give it once")));
+                    }
+                    let path = resolve(&file);
+                    let value = std::fs::read_to_string(&path)
+                        .map_err(|e| invalid(&field, format!("cannot read {}: {e}", path.display())))?;
+                    properties.insert(key, value.trim_end_matches(['\n', '\r']).to_string());
+                }
+                Some(KafkaConfig {
+                    group_id: k.group_id.unwrap_or(d.group_id),
+                    alerts_topic: k.alerts_topic.unwrap_or(d.alerts_topic),
+                    feedback_topic: k.feedback_topic.unwrap_or(d.feedback_topic),
+                    dead_letter_topic: k.dead_letter_topic,
+                    audit_topic: k.audit_topic,
+                    properties,
+                    brokers: d.brokers,
+                })
             }
-        });
+        };
         Ok(Config {
             file: file.to_path_buf(),
             listen,
@@ -466,6 +484,24 @@ mod tests {
         assert!(matches!(&c.target, TargetConfig::Manifests(d) if d.ends_with("deploy/local")));
         assert!(c.rules[0].ends_with("rules"));
         assert_eq!(c.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn kafka_properties_may_come_from_files_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("password"), "s3cr3t\n").unwrap();
+        let file = dir.path().join("backstop.yaml");
+        let text = "target: {manifests: {dir: x}}\nkafka:\n  brokers: k:9092\n  properties: {sasl.username: bs}\n  property_files: {sasl.password: password}\n";
+        let c = Config::parse(&file, text).unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(k.properties["sasl.password"], "s3cr3t", "read, without the trailing newline");
+        assert_eq!(k.properties["sasl.username"], "bs");
+        let missing = text.replace("password}", "nope}");
+        let err = Config::parse(&file, &missing).unwrap_err().to_string();
+        assert!(err.contains("kafka.property_files.sasl.password") && err.contains("cannot read"), "{err}");
+        let twice = text.replace("{sasl.username: bs}", "{sasl.password: inline}");
+        let err = Config::parse(&file, &twice).unwrap_err().to_string();
+        assert!(err.contains("also in kafka.properties"), "{err}");
     }
 
     #[test]
