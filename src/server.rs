@@ -122,7 +122,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_body_bytes: config.max_body_bytes,
         kafka_assigned,
     });
-    sources.insert(0, Box::new(HttpSource { listener, app }));
+    sources.insert(0, Box::new(HttpSource { listener, app, pipeline: pipeline.clone() }));
     MetricEvent::RulesLoaded { rules: pipeline.rules().rules().len() }.emit();
     info!(
         %addr,
@@ -211,10 +211,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     }
 }
 
-/// The HTTP API as a source: graceful shutdown lets in-flight requests finish.
+/// The HTTP API as a source: graceful shutdown lets in-flight requests finish. Bounded request
+/// heads (`http::ServerLimits`); request heads it refuses are recorded through the pipeline.
 struct HttpSource {
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Source for HttpSource {
@@ -224,8 +226,8 @@ impl Source for HttpSource {
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(async move {
-            axum::serve(self.listener, self.app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
+            let limits = crate::http::ServerLimits::default();
+            crate::http::serve(self.listener, self.app, Some(self.pipeline), limits, shutdown)
                 .await
                 .map_err(|e| SourceError { source_name: "http", message: e.to_string() })
         })

@@ -64,15 +64,42 @@ impl ParseError {
     }
 }
 
+/// Longest message (in bytes) an error carries: serde echoes offending values (`unknown variant
+/// `…``), and a hostile body can make those as long as the body. Error bodies and audit reasons
+/// stay small; the middle of a longer text is elided.
+pub const MAX_MESSAGE: usize = 400;
+/// Longest path an error names (map keys are part of it and can be as long as the body).
+pub const MAX_PATH: usize = 200;
+
+/// `text`, at most about `max` bytes: the middle of a longer one is replaced by `…(N bytes)…`
+/// (cut on character boundaries), so both the start and the end (serde's "expected …") stay.
+pub fn elide(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    // The marker takes at most 34 bytes (`…(` + 20 digits + ` bytes)…`); the rest is kept.
+    let room = max.saturating_sub(40);
+    let mut head = room * 2 / 3;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - (room - room * 2 / 3);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…({} bytes)…{}", &text[..head], tail - head, &text[tail..])
+}
+
 /// Parse and check a webhook body.
 pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let webhook: Webhook = serde_path_to_error::deserialize(de).map_err(|err| {
-        let path = err.path().to_string();
+        let path = elide(&err.path().to_string(), MAX_PATH);
         let inner = err.into_inner();
+        let message = elide(&strip_position(&inner), MAX_MESSAGE);
         match inner.classify() {
-            serde_json::error::Category::Data => ParseError::Invalid { path, message: strip_position(&inner) },
-            _ => ParseError::Syntax { line: inner.line(), column: inner.column(), message: strip_position(&inner) },
+            serde_json::error::Category::Data => ParseError::Invalid { path, message },
+            _ => ParseError::Syntax { line: inner.line(), column: inner.column(), message },
         }
     })?;
     if webhook.version != "4" {
@@ -96,7 +123,7 @@ pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
 }
 
 fn invalid(path: &str, message: String) -> ParseError {
-    ParseError::Invalid { path: path.to_string(), message }
+    ParseError::Invalid { path: elide(path, MAX_PATH), message: elide(&message, MAX_MESSAGE) }
 }
 
 /// serde_json appends " at line L column C" to its messages; we report those separately.
@@ -205,5 +232,200 @@ mod tests {
         assert_ne!(a.key("r"), a.key("other"));
         b.starts_at += chrono::Duration::seconds(1);
         assert_ne!(a.key("r"), b.key("r"), "a new firing is a new alert instance");
+    }
+
+    #[test]
+    fn hostile_bodies_are_bounded_errors_that_say_where() {
+        // 100,000 nested arrays where anything is accepted (an unknown field): serde_json skips
+        // them without recursing, to the end, where it says so.
+        let deep = format!(r#"{{"somethingNew":{}"#, "[".repeat(100_000));
+        match parse(deep.as_bytes()).unwrap_err() {
+            ParseError::Syntax { line, column, message } => {
+                assert_eq!((line, column), (1, 100_016), "{message}");
+                assert!(message.contains("EOF"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Closed, they are skipped and the payload is taken.
+        let closed =
+            FIRING.replacen('{', &format!(r#"{{"somethingNew":{}{},"#, "[".repeat(100_000), "]".repeat(100_000)), 1);
+        assert_eq!(parse(closed.as_bytes()).unwrap().alerts.len(), 1);
+        // Where a webhook is expected, the first wrong type stops it.
+        assert_eq!(parse("[".repeat(100_000).as_bytes()).unwrap_err().path(), Some("[0]"));
+        let deep_objects = r#"{"alerts":"#.repeat(50_000);
+        assert_eq!(parse(deep_objects.as_bytes()).unwrap_err().path(), Some("alerts"));
+        // A megabyte-long value that serde echoes in its message is elided.
+        let long = "x".repeat(1 << 20);
+        let body = FIRING.replace(r#""status":"firing","labels""#, &format!(r#""status":"{long}","labels""#));
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(err.path(), Some("alerts[0].status"));
+        let text = err.to_string();
+        assert!(text.len() < MAX_MESSAGE + 100, "{} bytes", text.len());
+        assert!(text.contains("bytes)…") && text.ends_with("expected `firing` or `resolved`"), "{text}");
+        // So is a megabyte-long label name that is part of the path.
+        let body = FIRING.replace(r#""alertname":"#, &format!(r#""{long}":1,"alertname":"#));
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert!(err.path().unwrap().starts_with("alerts[0].labels.xxx"), "{err}");
+        assert!(err.path().unwrap().len() <= MAX_PATH);
+        // Invalid UTF-8 inside a string is a syntax error with its position.
+        let mut bytes = FIRING.as_bytes().to_vec();
+        let at = FIRING.find("CanaryHighErrorRate").unwrap();
+        bytes[at] = 0xff;
+        assert!(matches!(parse(&bytes), Err(ParseError::Syntax { line: 1, .. })));
+    }
+
+    #[test]
+    fn elide_keeps_both_ends_on_character_boundaries() {
+        assert_eq!(elide("short", 10), "short");
+        let text = "é".repeat(1000);
+        let e = elide(&text, 100);
+        assert!(e.len() <= 100 && e.starts_with('é') && e.ends_with('é'), "{e}");
+        assert!(e.contains("bytes)…"));
+    }
+
+    mod properties {
+        use super::super::*;
+        use super::FIRING;
+        use proptest::prelude::*;
+
+        /// What every answer must be: a webhook, or an error saying where, of bounded size.
+        fn check(body: &[u8]) -> Result<(), TestCaseError> {
+            match parse(body) {
+                Ok(w) => {
+                    prop_assert_eq!(w.version.as_str(), "4");
+                    let events = w.events();
+                    prop_assert_eq!(events.len(), w.alerts.len());
+                    for e in &events {
+                        prop_assert!(!e.name.is_empty() && !e.fingerprint.is_empty());
+                    }
+                }
+                Err(ParseError::Syntax { line, column, message }) => {
+                    let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
+                    prop_assert!(line >= 1 && line <= lines, "line {} of {}", line, lines);
+                    prop_assert!(column <= body.len() + 1);
+                    prop_assert!(!message.is_empty() && message.len() <= MAX_MESSAGE);
+                }
+                Err(ParseError::Invalid { path, message }) => {
+                    prop_assert!(!path.is_empty() && path.len() <= MAX_PATH, "path {:?}", path);
+                    prop_assert!(!message.is_empty() && message.len() <= MAX_MESSAGE);
+                }
+            }
+            Ok(())
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+                prop_oneof![Just("firing"), Just("resolved"), Just("4"), Just("2026-11-24T10:00:00Z")]
+                    .prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let key = prop_oneof![
+                    Just("version".to_string()),
+                    Just("receiver".to_string()),
+                    Just("status".to_string()),
+                    Just("alerts".to_string()),
+                    Just("labels".to_string()),
+                    Just("alertname".to_string()),
+                    Just("startsAt".to_string()),
+                    Just("fingerprint".to_string()),
+                    Just("truncatedAlerts".to_string()),
+                    ".{0,8}",
+                ];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(key, inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Byte-level edits of a real payload: most land inside it and make it subtly wrong.
+        #[derive(Debug, Clone)]
+        enum Edit {
+            Flip(usize, u8),
+            Insert(usize, Vec<u8>),
+            Delete(usize, usize),
+            Truncate(usize),
+            Repeat(usize, usize, usize),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Flip(i, b)),
+                (any::<usize>(), prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Edit::Insert(i, b)),
+                (any::<usize>(), 1usize..40).prop_map(|(i, n)| Edit::Delete(i, n)),
+                any::<usize>().prop_map(Edit::Truncate),
+                (any::<usize>(), 1usize..60, 1usize..50).prop_map(|(i, n, k)| Edit::Repeat(i, n, k)),
+            ]
+        }
+
+        fn apply(body: &mut Vec<u8>, e: &Edit) {
+            let len = body.len().max(1);
+            match e {
+                Edit::Flip(i, b) if !body.is_empty() => body[i % len] = *b,
+                Edit::Insert(i, bytes) => {
+                    let at = i % (body.len() + 1);
+                    body.splice(at..at, bytes.iter().copied());
+                }
+                Edit::Delete(i, n) if !body.is_empty() => {
+                    let at = i % len;
+                    let end = (at + n).min(body.len());
+                    body.drain(at..end);
+                }
+                Edit::Truncate(i) => body.truncate(i % (body.len() + 1)),
+                Edit::Repeat(i, n, k) if !body.is_empty() => {
+                    let at = i % len;
+                    let piece: Vec<u8> = body[at..(at + n).min(body.len())].to_vec();
+                    let copies: Vec<u8> = piece.iter().copied().cycle().take(piece.len() * k).collect();
+                    body.splice(at..at, copies);
+                }
+                _ => {}
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                check(&body)?;
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(v in json_value()) {
+                check(v.to_string().as_bytes())?;
+            }
+
+            #[test]
+            fn mutated_payloads_never_panic(edits in prop::collection::vec(edit(), 1..6)) {
+                let mut body = FIRING.as_bytes().to_vec();
+                for e in &edits {
+                    apply(&mut body, e);
+                }
+                check(&body)?;
+            }
+
+            #[test]
+            fn any_label_set_parses_and_keeps_its_labels(
+                labels in prop::collection::btree_map(".{0,16}", ".{0,32}", 0..24),
+                fingerprint in "[0-9a-f]{1,16}",
+                starts in 0i64..4_000_000_000,
+            ) {
+                let mut labels = labels;
+                labels.insert("alertname".into(), "A".into());
+                let starts_at = chrono::DateTime::from_timestamp(starts, 0).unwrap();
+                let body = serde_json::json!({
+                    "version": "4", "receiver": "r", "status": "firing",
+                    "alerts": [{"status": "firing", "labels": labels, "startsAt": starts_at, "fingerprint": fingerprint}],
+                });
+                let w = parse(body.to_string().as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let e = &w.events()[0];
+                prop_assert_eq!(&e.labels, &labels);
+                prop_assert_eq!(e.id.clone(), format!("{fingerprint}-{starts}"));
+            }
+        }
     }
 }

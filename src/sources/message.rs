@@ -72,8 +72,13 @@ pub struct MessageError {
     pub message: String,
 }
 
+/// Every error is made here: its path and message are bounded (serde and our own messages echo
+/// what was sent, headers included, and a hostile message makes those as long as itself).
 fn err(path: impl Into<String>, message: impl Into<String>) -> MessageError {
-    MessageError { path: path.into(), message: message.into() }
+    MessageError {
+        path: alertmanager::elide(&path.into(), alertmanager::MAX_PATH),
+        message: alertmanager::elide(&message.into(), alertmanager::MAX_MESSAGE),
+    }
 }
 
 /// What a topic is expected to carry when the message does not say (plain JSON).
@@ -148,13 +153,8 @@ fn feedback(mut data: Value, id: Option<String>, time: Option<&str>, prefix: &st
             o.entry("time").or_insert(Value::String(t.to_string()));
         }
     }
-    let f: Feedback = serde_path_to_error::deserialize(data).map_err(|e| {
-        let path = e.path().to_string();
-        err(
-            if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") },
-            e.into_inner().to_string(),
-        )
-    })?;
+    let f: Feedback = serde_path_to_error::deserialize(data)
+        .map_err(|e| err(join(prefix, &e.path().to_string()), e.into_inner().to_string()))?;
     let bad = |field: &str, why: &str| err(format!("{prefix}{field}"), why.to_string());
     if f.service.is_empty() {
         return Err(bad("service", "must not be empty"));
@@ -168,6 +168,16 @@ fn feedback(mut data: Value, id: Option<String>, time: Option<&str>, prefix: &st
             Err(bad("latency_ms", "must be a finite number >= 0"))
         }
         _ => Ok(f),
+    }
+}
+
+/// A serde path (`.` for the whole value) under `prefix` (`data.` in a CloudEvent): the whole
+/// value is `.`, or the envelope's `data`. Only a JSON syntax error has no path.
+fn join(prefix: &str, path: &str) -> String {
+    match (prefix, path) {
+        ("", p) => p.to_string(),
+        (prefix, ".") => prefix.trim_end_matches('.').to_string(),
+        (prefix, p) => format!("{prefix}{p}"),
     }
 }
 
@@ -197,7 +207,7 @@ fn alerts(data: Value, prefix: &str) -> Result<Vec<Alert>, MessageError> {
         fingerprint: Option<String>,
     }
     let a: LooseAlert = serde_path_to_error::deserialize(data)
-        .map_err(|e| err(format!("{prefix}{}", e.path()), e.into_inner().to_string()))?;
+        .map_err(|e| err(join(prefix, &e.path().to_string()), e.into_inner().to_string()))?;
     if a.labels.get("alertname").is_none_or(String::is_empty) {
         return Err(err(format!("{prefix}labels.alertname"), "missing: every alert needs an alertname label"));
     }
@@ -283,6 +293,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.path, "service");
+        // JSON that is not feedback at all is about the whole value (`.`), not a syntax error.
+        assert_eq!(parse(Expect::Feedback, &[], b"5").unwrap_err().path, ".");
+        assert_eq!(parse(Expect::Feedback, &[], b"{}").unwrap_err().path, ".");
+        assert_eq!(parse(Expect::Alerts, &[], b"[]").unwrap_err().path, ".");
         let e = parse(Expect::Feedback, &[], b"{nope").unwrap_err();
         assert!(e.message.starts_with("invalid JSON at line 1, column 2"), "{e}");
     }
@@ -350,5 +364,191 @@ mod tests {
             |v: &str| BTreeMap::from([("alertname".to_string(), "A".to_string()), ("x".to_string(), v.to_string())]);
         assert_eq!(fingerprint(&l("1")), fingerprint(&l("1")));
         assert_ne!(fingerprint(&l("1")), fingerprint(&l("2")));
+    }
+
+    #[test]
+    fn hostile_messages_are_bounded_errors_that_say_where() {
+        // 100,000 nested arrays: the recursion limit, with its position.
+        let e = parse(Expect::Feedback, &[], "[".repeat(100_000).as_bytes()).unwrap_err();
+        assert!(e.message.starts_with("invalid JSON at line 1, column 128"), "{e}");
+        assert!(e.message.contains("recursion limit"), "{e}");
+        // A megabyte-long CloudEvents header value (binary mode) is not echoed whole.
+        let long = "t".repeat(1 << 20);
+        let headers: Vec<(&str, &[u8])> = vec![("ce_specversion", b"1.0"), ("ce_type", long.as_bytes())];
+        let e = parse(Expect::Feedback, &headers, b"{}").unwrap_err();
+        assert_eq!(e.path, "type");
+        assert!(e.to_string().len() <= alertmanager::MAX_MESSAGE + 20, "{}", e.to_string().len());
+        // Nor a megabyte-long value serde echoes.
+        let body = format!(r#"{{"service":"m","version":"v2","time":"2026-11-24T20:00:00Z","kind":"{long}"}}"#);
+        let e = parse(Expect::Feedback, &[], body.as_bytes()).unwrap_err();
+        assert!(e.message.len() <= alertmanager::MAX_MESSAGE && e.message.contains("unknown variant"), "{e}");
+        // Invalid UTF-8: a syntax error with its position.
+        let e = parse(Expect::Feedback, &[], b"{\"service\":\"\xff\"}").unwrap_err();
+        assert!(e.path.is_empty() && e.message.starts_with("invalid JSON at line 1, column"), "{e}");
+    }
+
+    mod properties {
+        use super::super::*;
+        use super::FEEDBACK;
+        use proptest::prelude::*;
+
+        /// Every answer is a message, or an error whose path and message are bounded; a
+        /// message's error without a path is a JSON syntax error that names line and column.
+        fn check(expect: Expect, headers: &[(&str, &[u8])], payload: &[u8]) -> Result<(), TestCaseError> {
+            match parse(expect, headers, payload) {
+                Ok(Message::Feedback(f)) => {
+                    prop_assert!(!f.service.is_empty() && !f.version.is_empty());
+                }
+                Ok(Message::Alerts(a)) => {
+                    prop_assert!(!a.is_empty() || payload.windows(8).any(|w| w == b"\"alerts\""));
+                    for alert in &a {
+                        prop_assert!(!alert.name.is_empty() && !alert.fingerprint.is_empty());
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(e.path.len() <= alertmanager::MAX_PATH, "{:?}", e.path);
+                    prop_assert!(!e.message.is_empty() && e.message.len() <= alertmanager::MAX_MESSAGE);
+                    if e.path.is_empty() {
+                        prop_assert!(e.message.starts_with("invalid JSON at line "), "no place named: {}", e);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+                ".{0,10}".prop_map(serde_json::Value::from),
+                prop_oneof![
+                    Just("1.0"),
+                    Just(FEEDBACK_TYPE),
+                    Just(ALERT_TYPE),
+                    Just("satisfaction"),
+                    Just("score"),
+                    Just("outcome"),
+                    Just("2026-11-24T20:00:00Z"),
+                    Just("v2"),
+                ]
+                .prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 8, |inner| {
+                let key = prop_oneof![
+                    Just("specversion".to_string()),
+                    Just("type".to_string()),
+                    Just("data".to_string()),
+                    Just("id".to_string()),
+                    Just("time".to_string()),
+                    Just("service".to_string()),
+                    Just("version".to_string()),
+                    Just("kind".to_string()),
+                    Just("satisfied".to_string()),
+                    Just("score".to_string()),
+                    Just("success".to_string()),
+                    Just("latency_ms".to_string()),
+                    Just("labels".to_string()),
+                    Just("alertname".to_string()),
+                    Just("startsAt".to_string()),
+                    Just("alerts".to_string()),
+                    ".{0,8}",
+                ];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(key, inner, 0..8)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn expect() -> impl Strategy<Value = Expect> {
+            prop_oneof![Just(Expect::Feedback), Just(Expect::Alerts)]
+        }
+
+        fn ce_headers() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+            let name = prop_oneof![
+                Just("ce_type".to_string()),
+                Just("ce_specversion".to_string()),
+                Just("ce_id".to_string()),
+                Just("ce_time".to_string()),
+                Just("CE_TYPE".to_string()),
+                "[a-z_]{1,10}",
+            ];
+            let value = prop_oneof![
+                Just(b"1.0".to_vec()),
+                Just(FEEDBACK_TYPE.as_bytes().to_vec()),
+                Just(ALERT_TYPE.as_bytes().to_vec()),
+                Just(b"2026-11-24T22:00:00Z".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..24),
+            ];
+            prop::collection::vec((name, value), 0..5)
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                expect in expect(),
+                headers in ce_headers(),
+                payload in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+                check(expect, &headers, &payload)?;
+            }
+
+            #[test]
+            fn arbitrary_json_and_cloudevents_never_panic(
+                expect in expect(),
+                headers in ce_headers(),
+                v in json_value(),
+            ) {
+                let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+                check(expect, &headers, v.to_string().as_bytes())?;
+            }
+
+            #[test]
+            fn mutated_feedback_never_panics(
+                cuts in prop::collection::vec((any::<usize>(), any::<u8>(), 0usize..3), 1..5),
+                wrap in any::<bool>(),
+            ) {
+                let mut body = if wrap {
+                    format!(r#"{{"specversion":"1.0","id":"x","type":"{FEEDBACK_TYPE}","data":{FEEDBACK}}}"#).into_bytes()
+                } else {
+                    FEEDBACK.as_bytes().to_vec()
+                };
+                for (at, byte, how) in cuts {
+                    let i = at % body.len().max(1);
+                    match how {
+                        0 if !body.is_empty() => body[i] = byte,
+                        1 => body.insert(i.min(body.len()), byte),
+                        _ if !body.is_empty() => { body.remove(i); }
+                        _ => {}
+                    }
+                }
+                check(Expect::Feedback, &[], &body)?;
+            }
+
+            #[test]
+            fn every_valid_feedback_event_round_trips(
+                service in "[a-z][a-z0-9-]{0,20}",
+                version in "v[0-9]{1,3}",
+                id in prop::option::of("[ -~]{1,20}"),
+                kind in prop_oneof![
+                    any::<bool>().prop_map(|satisfied| FeedbackKind::Satisfaction { satisfied }),
+                    (-1e9f64..1e9).prop_map(|score| FeedbackKind::Score { score }),
+                    (any::<bool>(), prop::option::of(0f64..1e6))
+                        .prop_map(|(success, latency_ms)| FeedbackKind::Outcome { success, latency_ms }),
+                ],
+            ) {
+                let f = Feedback {
+                    id, namespace: "ns".into(), service, version,
+                    time: "2026-11-24T20:00:00Z".parse().unwrap(), kind,
+                };
+                let parsed = parse(Expect::Feedback, &[], &serde_json::to_vec(&f).unwrap())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(parsed, Message::Feedback(f));
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ mod deploy;
 mod end_to_end;
 mod faults;
 mod helm;
+mod hostile;
 mod kafka;
 mod kube_emulator;
 mod kubernetes;
