@@ -371,8 +371,11 @@ impl GuardState {
         {
             self.arms.reset(&arms);
         }
+        // An outcome ends its action; a duplicate delivery's no-op names the action it repeats,
+        // which may still be under way.
         if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
             && let Some(id) = &e.action_id
+            && !e.detail.as_ref().is_some_and(|d| d["duplicate"] == true)
         {
             self.pending.remove(id);
         }
@@ -683,7 +686,12 @@ mod tests {
             matches!(v, Verdict::Held { ref reason } if reason.contains("action a1 of rule r on ns/vs is under way"))
         );
         assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed, "other rule");
-        s.observe(&rec(2, now, Entry::new(Kind::Failed).key("k1").action_id("a1").rule("r").target("ns/vs")));
+        // A redelivery of the same alert meanwhile is a no-op that names a1: a1 is still under way.
+        let dup = Entry::new(Kind::Noop).key("k1").action_id("a1").rule("r").target("ns/vs");
+        s.observe(&rec(2, now, dup.detail(json!({"duplicate": true}))));
+        assert!(matches!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Held { .. }));
+        assert_eq!(s.pending().len(), 1, "still pending: resumed after a crash");
+        s.observe(&rec(3, now, Entry::new(Kind::Failed).key("k1").action_id("a1").rule("r").target("ns/vs")));
         assert_eq!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
     }
 

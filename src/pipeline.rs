@@ -612,7 +612,9 @@ impl Pipeline {
         match verdict {
             Verdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
-                self.record(&mut state, vec![matched, base(Kind::Noop).action_id(&action_id).reason(&reason)]).await?;
+                // Marked, so it is not taken for the outcome of that action (still in flight, maybe).
+                let noop = base(Kind::Noop).action_id(&action_id).reason(&reason).detail(json!({ "duplicate": true }));
+                self.record(&mut state, vec![matched, noop]).await?;
                 Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
             }
             Verdict::Held { reason } => {

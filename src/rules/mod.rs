@@ -697,9 +697,10 @@ pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<R
         }
     };
     let mut rules = Vec::new();
+    let lines = rule_lines(text);
     for (i, value) in raw.rules.into_iter().enumerate() {
         let name = value.get("name").and_then(|n| n.as_str()).map(str::to_string);
-        let line = name.as_deref().and_then(|n| line_of_rule(text, n));
+        let line = name.as_deref().and_then(|n| lines.get(n).copied());
         let mut push = |field: String, message: String| {
             errors.push(RuleError {
                 file: file.to_path_buf(),
@@ -730,13 +731,17 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-fn line_of_rule(text: &str, name: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix("name:").map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == name).unwrap_or(false)
-        })
-        .map(|i| i + 1)
+/// The line of each rule's `name:` (the first, for a name given twice), in one pass over the
+/// text: looking each rule up in the whole text made a file of 10,000 rules take 20 s to load.
+fn rule_lines(text: &str) -> HashMap<&str, usize> {
+    let mut lines = HashMap::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        if let Some(v) = t.strip_prefix("name:") {
+            lines.entry(v.trim().trim_matches(|c| c == '"' || c == '\'')).or_insert(i + 1);
+        }
+    }
+    lines
 }
 
 fn parse_duration(field: &str, text: Option<String>, problems: &mut Vec<(String, String)>) -> Option<Duration> {
