@@ -314,6 +314,20 @@ impl Pipeline {
         Ok(records)
     }
 
+    /// Record what changes no guard (a hold, a refusal before acting, a duplicate's no-op)
+    /// without holding the state across the write, so concurrent deliveries share one fsync
+    /// (group commit): an alert storm on one held target is not one fsync per alert.
+    async fn record_unlocked(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        let records = self.audit.append(entries).await?;
+        let mut state = self.state.lock().await;
+        for r in &records {
+            debug_assert!(!matches!(r.entry.kind, Kind::Decided | Kind::Applied | Kind::Control | Kind::DryRun));
+            state.observe(r);
+            count_decision(r);
+        }
+        Ok(records)
+    }
+
     /// Record a rejected request. The same body (by hash) is written once per period; repeats
     /// in between are counted and reported with the next record of that body.
     pub async fn reject(&self, r: Rejection<'_>) -> Result<(), AuditError> {
@@ -555,7 +569,6 @@ impl Pipeline {
             Some(f) => entry.detail(json!({ guards::FEEDBACK_ARMS: f.arms })),
             None => entry,
         };
-        let mut state = self.state.lock().await;
         let report =
             |outcome: Kind, target: Option<&ObjectRef>, action_id: Option<&str>, reason: Option<String>| Report {
                 event_id: alert.id.clone(),
@@ -568,16 +581,17 @@ impl Pipeline {
         let (key, target, plan, dry_run) = match decision {
             Decision::Hold { reason, .. } => {
                 let held = Entry::new(Kind::Held).event_id(&alert.id).rule(&rule.name).reason(&reason);
-                self.record(&mut state, vec![matched, held]).await?;
+                self.record_unlocked(vec![matched, held]).await?;
                 return Ok(report(Kind::Held, None, None, Some(reason)));
             }
             Decision::Refuse { reason, .. } => {
                 let refused = Entry::new(Kind::Refused).event_id(&alert.id).rule(&rule.name).reason(&reason);
-                self.record(&mut state, vec![matched, refused]).await?;
+                self.record_unlocked(vec![matched, refused]).await?;
                 return Ok(report(Kind::Refused, None, None, Some(reason)));
             }
             Decision::Act { key, target, plan, dry_run, .. } => (key, target, plan, dry_run),
         };
+        let mut state = self.state.lock().await;
         let now = Utc::now();
         let settings = self.settings();
         let cooldown = rule.cooldown.unwrap_or(settings.guards.default_cooldown);
@@ -614,11 +628,13 @@ impl Pipeline {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
                 // Marked, so it is not taken for the outcome of that action (still in flight, maybe).
                 let noop = base(Kind::Noop).action_id(&action_id).reason(&reason).detail(json!({ "duplicate": true }));
-                self.record(&mut state, vec![matched, noop]).await?;
+                drop(state);
+                self.record_unlocked(vec![matched, noop]).await?;
                 Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
             }
             Verdict::Held { reason } => {
-                self.record(&mut state, vec![matched, base(Kind::Held).reason(&reason)]).await?;
+                drop(state);
+                self.record_unlocked(vec![matched, base(Kind::Held).reason(&reason)]).await?;
                 info!(target = %target_name, %reason, "held");
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))
             }
@@ -629,13 +645,15 @@ impl Pipeline {
                         (confirm::Verdict::Go, evidence) => Some(evidence),
                         (confirm::Verdict::Hold(reason), evidence) => {
                             let held = base(Kind::Held).reason(&reason).detail(json!({ "confirmation": evidence }));
-                            self.record(&mut state, vec![matched, held]).await?;
+                            drop(state);
+                            self.record_unlocked(vec![matched, held]).await?;
                             info!(target = %target_name, %reason, "held by its confirmation");
                             return Ok(report(Kind::Held, Some(&target), None, Some(reason)));
                         }
                         (confirm::Verdict::Fail(reason), evidence) => {
                             let failed = base(Kind::Failed).reason(&reason).detail(json!({ "confirmation": evidence }));
-                            self.record(&mut state, vec![matched, failed]).await?;
+                            drop(state);
+                            self.record_unlocked(vec![matched, failed]).await?;
                             return Ok(report(Kind::Failed, Some(&target), None, Some(reason)));
                         }
                     },
