@@ -465,12 +465,20 @@ async fn receive_alerts(State(state): State<AppState>, limits: Limits, headers: 
         warn!(truncated = webhook.truncated_alerts, group = %webhook.group_key, "Alertmanager truncated this group (max_alerts)");
     }
     match state.pipeline.alerts(&webhook.events(), context).await {
-        Ok(results) => Json(json!({
-            "received": webhook.alerts.len(),
-            "truncatedAlerts": webhook.truncated_alerts,
-            "results": results,
-        }))
-        .into_response(),
+        Ok(results) => {
+            // An action that failed (the target could not be read or written in time) is worth
+            // another try: 503 makes Alertmanager send the group again, with its backoff. The
+            // failure freed the alert's key, so the retry acts; the others are duplicates.
+            let failed = results.iter().any(|r| r.outcome == Kind::Failed);
+            let status = if failed { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            let body = json!({
+                "received": webhook.alerts.len(),
+                "truncatedAlerts": webhook.truncated_alerts,
+                "results": results,
+                "retry": failed,
+            });
+            (status, Json(body)).into_response()
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }

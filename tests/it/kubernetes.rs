@@ -48,9 +48,13 @@ fn patches(emu: &KubeEmulator) -> Vec<crate::support::kube::RequestRecord> {
     emu.requests().into_iter().filter(|r| r.method == "PATCH" && r.path.contains("virtualservices")).collect()
 }
 
+/// Deliver an Alertmanager payload: 200, or 503 (Alertmanager tries again) exactly when an
+/// action failed.
 async fn alert(server: &Server, body: &str) -> Value {
     let (status, body) = server.post("/v1/alertmanager", "application/json", body.to_string()).await;
-    assert_eq!(status, 200, "{body}");
+    let failed = body["results"].as_array().is_some_and(|r| r.iter().any(|r| r["outcome"] == "failed"));
+    assert_eq!(status, if failed { 503 } else { 200 }, "{body}");
+    assert_eq!(body["retry"], failed, "{body}");
     body
 }
 
@@ -524,4 +528,22 @@ async fn a_slow_api_server_holds_up_only_its_own_action() {
     let first = first.await.unwrap();
     assert_eq!(first["results"][0]["outcome"], "failed", "{first}");
     assert_eq!(weights(&emu), [90, 10]);
+}
+
+/// A failed action is answered 503 so that Alertmanager sends the group again (with its
+/// backoff); the failure freed the alert's key, so the retry acts, once.
+#[tokio::test]
+async fn a_failed_action_asks_alertmanager_to_retry_and_the_retry_acts() {
+    let emu = cluster().await;
+    let wd = workdir(&emu, "", "10s");
+    let server = wd.serve();
+    emu.conflict_next(4); // every attempt of the first delivery loses its race
+    let first = alert(&server, FIRING).await;
+    assert_eq!(first["results"][0]["outcome"], "failed", "{first}");
+    assert_eq!(weights(&emu), vec![90, 10]);
+    let retry = alert(&server, FIRING).await;
+    assert_eq!(retry["results"][0]["outcome"], "applied", "{retry}");
+    assert_eq!(weights(&emu), vec![100, 0]);
+    let again = alert(&server, FIRING).await;
+    assert_eq!(again["results"][0]["outcome"], "noop", "a later repeat is a duplicate: {again}");
 }
