@@ -472,6 +472,21 @@ impl Config {
     }
 }
 
+/// A URL as it may be shown (logs, errors, audit records): without its userinfo
+/// (`https://user:pass@host` becomes `https://host`), and the userinfo as written in the URL
+/// (`user:pass@`), so messages of libraries that print the URL can be scrubbed of it.
+pub fn url_without_userinfo(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = rest[..=at].to_string();
+            (format!("{scheme}://{}", &rest[at + 1..]), Some(userinfo))
+        }
+        None => (url.to_string(), None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +499,19 @@ mod tests {
         assert!(matches!(&c.target, TargetConfig::Manifests(d) if d.ends_with("deploy/local")));
         assert!(c.rules[0].ends_with("rules"));
         assert_eq!(c.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_userinfo() {
+        assert_eq!(
+            url_without_userinfo("https://am:s3cr3t@prom.example:9090/api?x=a@b"),
+            ("https://prom.example:9090/api?x=a@b".to_string(), Some("am:s3cr3t@".to_string()))
+        );
+        assert_eq!(
+            url_without_userinfo("http://collector:4318/v1/traces"),
+            ("http://collector:4318/v1/traces".into(), None)
+        );
+        assert_eq!(url_without_userinfo("not a url"), ("not a url".into(), None));
     }
 
     #[test]

@@ -143,7 +143,9 @@ impl Confirm {
 /// The Prometheus HTTP API, with the connection settings of the config.
 pub struct PrometheusClient {
     client: prometheus_http_query::Client,
+    /// The URL as shown: without userinfo (credentials in the URL never reach a message).
     url: String,
+    userinfo: Option<String>,
 }
 
 impl PrometheusClient {
@@ -174,15 +176,33 @@ impl PrometheusClient {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-        let client =
-            prometheus_http_query::Client::from(http, &c.url).map_err(|e| format!("Prometheus URL {}: {e}", c.url))?;
-        Ok(PrometheusClient { client, url: c.url.clone() })
+        let (url, userinfo) = crate::config::url_without_userinfo(&c.url);
+        let scrub = |m: String| match &userinfo {
+            Some(u) => m.replace(u.as_str(), ""),
+            None => m,
+        };
+        let client = prometheus_http_query::Client::from(http, &c.url)
+            .map_err(|e| scrub(format!("Prometheus URL {url}: {e}")))?;
+        Ok(PrometheusClient { client, url, userinfo })
+    }
+
+    /// An error message without the URL's userinfo (the HTTP client prints the URL it asked).
+    fn scrub(&self, message: String) -> String {
+        match &self.userinfo {
+            Some(u) => message.replace(u.as_str(), ""),
+            None => message,
+        }
     }
 
     async fn once(&self, promql: &str, timeout: Duration) -> Result<Option<f64>, String> {
         use prometheus_http_query::response::Data;
-        let result =
-            self.client.query(promql).timeout(timeout.as_millis() as i64).get().await.map_err(|e| e.to_string())?;
+        let result = self
+            .client
+            .query(promql)
+            .timeout(timeout.as_millis() as i64)
+            .get()
+            .await
+            .map_err(|e| self.scrub(e.to_string()))?;
         let values: Vec<f64> = match result.data() {
             Data::Vector(v) => v.iter().map(|s| s.sample().value()).collect(),
             Data::Scalar(s) => vec![s.value()],
@@ -362,5 +382,14 @@ mod http_tests {
         let c = client(format!("http://127.0.0.1:{port}"), "t0k");
         let err = c.value("q", Duration::from_millis(500)).await.unwrap_err();
         assert!(!err.is_empty());
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_prometheus_url_never_reach_a_message() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = client(format!("http://am:s3cr3t-in-url@127.0.0.1:{port}"), "t0k");
+        assert_eq!(c.describe(), format!("http://127.0.0.1:{port}"));
+        let err = c.value("q", Duration::from_millis(500)).await.unwrap_err();
+        assert!(!err.contains("s3cr3t-in-url"), "{err}");
     }
 }

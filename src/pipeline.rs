@@ -345,11 +345,12 @@ impl Pipeline {
                 None => 0,
             }
         };
-        let prefix = &r.body[..r.body.len().min(REJECTED_PREFIX)];
+        // Credential-like values are redacted whatever the source (HTTP bodies, Kafka messages).
+        let prefix = crate::http::redact(&r.body[..r.body.len().min(REJECTED_PREFIX)]);
         let mut detail = json!({
             "size": r.size,
             "sha256": r.body_sha256,
-            "prefix": String::from_utf8_lossy(prefix),
+            "prefix": String::from_utf8_lossy(&prefix),
             "repeats_before": repeats,
         });
         if let (Value::Object(d), Value::Object(origin)) = (&mut detail, r.origin) {

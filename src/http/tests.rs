@@ -1367,3 +1367,22 @@ fn credentials_in_a_refused_body_are_redacted_before_it_is_recorded() {
     // Invalid UTF-8 in a value is redacted too, byte by byte.
     assert_eq!(redact(b"{\"password\":\"\xff\xfe\"}"), b"{\"password\":\"[redacted]\"}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_message_refused_is_recorded_with_its_credentials_redacted() {
+    let h = harness();
+    let body = br#"{"service": "model-service", "password": "kafka-s3cr3t", "token": "tok-123""#;
+    let rejection = crate::pipeline::Rejection {
+        source: "kafka",
+        origin: json!({ "kafka": { "topic": "backstop.feedback", "partition": 0, "offset": 7 } }),
+        reason: "EOF while parsing an object".into(),
+        size: body.len(),
+        body,
+        body_sha256: crate::pipeline::sha256_hex(body),
+    };
+    h.state.pipeline.reject(rejection).await.unwrap();
+    let rejected = h.records(Kind::Rejected);
+    let prefix = rejected[0].entry.detail.as_ref().unwrap()["prefix"].as_str().unwrap().to_string();
+    assert!(!prefix.contains("kafka-s3cr3t") && !prefix.contains("tok-123"), "{prefix}");
+    assert!(prefix.contains("model-service"), "the rest is kept: {prefix}");
+}

@@ -72,6 +72,8 @@ impl Traces {
         let resource = Resource::builder().with_service_name(service).build();
         let provider = SdkTracerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build();
         EXPORTING.store(true, Ordering::Relaxed);
+        // Shown in the log: without credentials the endpoint may carry.
+        let endpoint = crate::config::url_without_userinfo(&endpoint).0;
         Ok(Some(Traces { provider, endpoint, protocol: name }))
     }
 
