@@ -482,3 +482,25 @@ fn gradual_rollback_mistakes_are_reported_with_their_field() {
     let msg = field_of("rollback: { stable: v1, canary: v2, steps: [10, 0], interval: soon }");
     assert!(msg.contains("action.rollback.interval") && msg.contains("not a duration"), "{msg}");
 }
+
+#[test]
+fn deep_nesting_is_refused_before_parsing_with_its_line() {
+    let deep = format!("rules:\n  - name: x\n    match: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let (rules, errors) = parse(&deep);
+    assert!(rules.is_empty());
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].line, Some(3));
+    assert!(errors[0].message.contains("nested more than 64 levels"), "{:?}", errors[0]);
+    // Brackets in strings and comments do not count; the shipped rules pass.
+    let quoted = format!("rules: [] # {}\nx: '{}'\n", "[".repeat(100), "{".repeat(100));
+    assert_eq!(too_deep(&quoted), None);
+}
+
+#[test]
+fn a_file_of_several_documents_is_refused_at_the_second() {
+    let (rules, errors) = parse("rules: []\n---\nrules: []\n");
+    assert!(rules.is_empty());
+    assert_eq!(errors[0].line, Some(2), "{:?}", errors);
+    let (_, errors) = parse("# comment\n---\nrules: []\n---\nrules: []\n");
+    assert_eq!(errors[0].line, Some(4), "{:?}", errors);
+}
