@@ -336,20 +336,24 @@ impl Pipeline {
         let period = chrono::Duration::from_std(REJECTION_DEDUP).unwrap_or_default();
         let repeats = {
             let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-            match seen.get_mut(&r.body_sha256) {
+            let repeats = match seen.get_mut(&r.body_sha256) {
                 Some((first, count)) if now - *first < period => {
                     *count += 1;
                     return Ok(());
                 }
                 Some((_, count)) => *count,
                 None => 0,
-            }
+            };
+            // Claimed before the write, so the same body arriving meanwhile is counted, not
+            // recorded again; released if the write fails (recorded when it comes again).
+            seen.insert(r.body_sha256.clone(), (now, 0));
+            repeats
         };
         // Credential-like values are redacted whatever the source (HTTP bodies, Kafka messages).
         let prefix = crate::http::redact(&r.body[..r.body.len().min(REJECTED_PREFIX)]);
         let mut detail = json!({
             "size": r.size,
-            "sha256": r.body_sha256,
+            "sha256": &r.body_sha256,
             "prefix": String::from_utf8_lossy(&prefix),
             "repeats_before": repeats,
         });
@@ -357,18 +361,21 @@ impl Pipeline {
             d.extend(origin);
         }
         let entry = Entry::new(Kind::Rejected).source(r.source).reason(r.reason).detail(detail);
-        self.audit.append(vec![entry]).await?;
-        // Only a recorded body is remembered: a rejection the log could not take is recorded
-        // when it comes again. The memory is bounded: past its size, expired entries go, and if
-        // that is not enough, all (de-duplication is a saving, not a guarantee).
+        if let Err(e) = self.audit.append(vec![entry]).await {
+            // Only a recorded body is remembered: this one is recorded when it comes again.
+            self.rejections.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.body_sha256);
+            return Err(e);
+        }
+        // The memory is bounded: past its size, expired entries go, and if that is not enough,
+        // all but this one (de-duplication is a saving, not a guarantee).
         let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= REJECTION_MEMORY {
+        if seen.len() > REJECTION_MEMORY {
             seen.retain(|_, (t, _)| now - *t < period);
-            if seen.len() >= REJECTION_MEMORY {
+            if seen.len() > REJECTION_MEMORY {
                 seen.clear();
+                seen.insert(r.body_sha256, (now, 0));
             }
         }
-        seen.insert(r.body_sha256, (now, 0));
         Ok(())
     }
 

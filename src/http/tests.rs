@@ -1386,3 +1386,13 @@ async fn a_kafka_message_refused_is_recorded_with_its_credentials_redacted() {
     assert!(!prefix.contains("kafka-s3cr3t") && !prefix.contains("tok-123"), "{prefix}");
     assert!(prefix.contains("model-service"), "the rest is kept: {prefix}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_bad_body_sent_concurrently_is_recorded_once() {
+    let h = harness();
+    let bad = r#"{"version": "4", "alerts": "#;
+    let sends = (0..20).map(|_| h.webhook(bad));
+    let answers = futures::future::join_all(sends).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::BAD_REQUEST));
+    assert_eq!(h.records(Kind::Rejected).len(), 1, "claimed before the write: one record for 20 at once");
+}
