@@ -37,10 +37,13 @@ impl Manifests {
         let mut found = Vec::new();
         for file in yaml_files(&self.dir).map_err(|e| io("read directory", &self.dir, e))? {
             let text = std::fs::read_to_string(&file).map_err(|e| io("read", &file, e))?;
-            // A Kubernetes name (DNS-1123: no spaces or quotes) is written out literally unless
-            // the file uses escapes: files without it are not parsed (a GitOps checkout holds
-            // hundreds of manifests; parsing them all took 40 ms per action for 500 files).
-            if !text.contains(obj.name.as_str()) && !text.contains('\\') {
+            // Names and namespaces (DNS-1123: no spaces or quotes) are written out literally
+            // unless the file uses escapes: files without them are not parsed (a GitOps checkout
+            // holds hundreds of manifests; parsing them all took 40 ms per action for 500). A
+            // manifest without a namespace is in `default`, which need not be written.
+            let literal = |s: &str| text.contains(s);
+            let may_hold = literal(&obj.name) && (obj.namespace == "default" || literal(&obj.namespace));
+            if !may_hold && !text.contains('\\') {
                 continue;
             }
             // A file that is not YAML cannot hold our object; others may still.
@@ -275,5 +278,11 @@ mod tests {
         assert!(matches!(err, TargetError::Ambiguous { .. }), "{err}");
         std::fs::remove_file(dir.path().join("nested/vs.yaml")).unwrap();
         assert!(m.get(&obj).await.is_ok(), "found through the escape");
+        // The same name in another namespace, and a manifest in `default` without a namespace.
+        std::fs::write(dir.path().join("team.yaml"), VS.replace("sms-app", "team-a")).unwrap();
+        assert!(m.get(&obj).await.is_ok());
+        let in_default = VS.replace("  namespace: sms-app\n", "");
+        std::fs::write(dir.path().join("default.yaml"), in_default).unwrap();
+        assert!(m.get(&ObjectRef::virtual_service("default", "model-service")).await.is_ok());
     }
 }
