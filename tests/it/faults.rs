@@ -69,12 +69,6 @@ fn fill(dir: &Path) -> PathBuf {
     ballast
 }
 
-fn canary_weight(wd: &Workdir) -> u32 {
-    let vs = wd.read("deploy/local/model-service.yaml");
-    let line = vs.lines().find(|l| l.ends_with("# canary")).unwrap();
-    line.trim().trim_start_matches("weight:").trim_end_matches("# canary").trim().parse().unwrap()
-}
-
 fn query(wd: &Workdir, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["audit", "query", "--format", "json", "--limit", "1000000"];
     all.extend_from_slice(args);
@@ -121,7 +115,7 @@ async fn a_full_audit_disk_answers_503_and_recovers_by_itself_and_a_read_only_on
     assert_eq!(status, 503, "{body}");
     let msg = body["error"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("audit log unavailable") && msg.contains("No space left on device"), "{body}");
-    assert_eq!(canary_weight(&wd), 10, "nothing acted on an alert that was not recorded");
+    assert_eq!(wd.canary_weight(), 10, "nothing acted on an alert that was not recorded");
     assert_eq!(get(&server, "/readyz").await, 503);
     // Space returns; no input arrives: the log and readiness come back by themselves.
     std::fs::remove_file(&ballast).unwrap();
@@ -137,7 +131,7 @@ async fn a_full_audit_disk_answers_503_and_recovers_by_itself_and_a_read_only_on
     // Alertmanager's retry now goes through.
     let (status, body) = server.post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
     assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("applied")), "{body}");
-    assert_eq!(canary_weight(&wd), 0);
+    assert_eq!(wd.canary_weight(), 0);
 
     assert!(server.terminate().success());
 
@@ -295,7 +289,7 @@ async fn kill_9_at_random_moments_while_alerts_and_feedback_stream_in_loses_noth
     assert!(acked_feedback.len() > rounds * 20, "the test sent too little: {} feedback", acked_feedback.len());
     let applied = query(&wd, &["--outcome", "applied"]);
     assert_eq!(applied.len(), 1, "the canary is rolled back once over all the runs: {applied:?}");
-    assert_eq!(canary_weight(&wd), 0);
+    assert_eq!(wd.canary_weight(), 0);
     eprintln!(
         "{rounds} kills: {} alerts and {} feedback events acknowledged, all recorded once; 1 action",
         acked_alerts.len(),
@@ -343,7 +337,7 @@ async fn an_alert_storm_on_one_target_leads_to_one_action() {
     assert_eq!(outcomes.len(), n);
     assert_eq!(count("applied"), 1, "one action for the storm");
     assert_eq!(count("held"), n - 1, "every other alert held by the cooldown: {:?}", &outcomes[..10]);
-    assert_eq!(canary_weight(&wd), 0);
+    assert_eq!(wd.canary_weight(), 0);
     assert_eq!(query(&wd, &["--outcome", "received"]).len(), n, "every alert of the storm recorded");
     // Held while the first action was under way, then by the rule's cooldown.
     let held = query(&wd, &["--outcome", "held"]);
@@ -384,11 +378,11 @@ async fn prometheus_down_holds_a_confirming_rule_within_its_timeout_or_acts_when
         if on_error == "hold" {
             let reason = result["reason"].as_str().unwrap();
             assert!(reason.contains("Prometheus") || reason.contains("prometheus"), "{reason}");
-            assert_eq!(canary_weight(&wd), 10);
+            assert_eq!(wd.canary_weight(), 10);
             let held = query(&wd, &["--outcome", "held"]);
             assert!(held[0]["detail"]["confirmation"]["error"].is_string(), "{held:?}");
         } else {
-            assert_eq!(canary_weight(&wd), 0);
+            assert_eq!(wd.canary_weight(), 0);
         }
         assert!(server.terminate().success());
     }

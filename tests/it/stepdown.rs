@@ -37,13 +37,6 @@ fn workdir(interval: &str) -> Workdir {
     wd
 }
 
-/// The canary's weight in the manifest.
-fn canary(wd: &Workdir) -> u32 {
-    let vs = wd.read("deploy/local/model-service.yaml");
-    let line = vs.lines().find(|l| l.ends_with("# canary")).unwrap();
-    line.trim().trim_start_matches("weight:").trim_end_matches("# canary").trim().parse().unwrap()
-}
-
 fn records(wd: &Workdir, outcome: &str) -> Vec<Value> {
     let out = wd.cli(&["audit", "query", "--outcome", outcome, "--format", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -79,13 +72,13 @@ async fn a_step_down_killed_between_steps_resumes_and_finishes_once() {
     let server = wd.serve();
     let first = fire(&server, FIRING).await;
     assert_eq!(first["outcome"], "applied", "{first}");
-    assert_eq!(canary(&wd), 25, "the first step is taken before the answer");
+    assert_eq!(wd.canary_weight(), 25, "the first step is taken before the answer");
     drop(server); // kill -9 before the next step is due
-    assert_eq!(canary(&wd), 25);
+    assert_eq!(wd.canary_weight(), 25);
     tokio::time::sleep(Duration::from_millis(1500)).await; // the next step is overdue now
 
     let server = wd.serve();
-    let done = eventually(Duration::from_secs(10), || (canary(&wd) == 0).then_some(())).await;
+    let done = eventually(Duration::from_secs(10), || (wd.canary_weight() == 0).then_some(())).await;
     assert!(done.is_some(), "not finished after the restart; log:\n{}", server.log());
     // Give a wrong second run the chance to show itself.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -113,11 +106,11 @@ async fn a_step_down_aborted_inside_a_step_finishes_that_step_and_the_rest_once(
         let status = server.wait_exit(Duration::from_secs(10));
         assert!(status.is_some_and(|s| !s.success()), "{point}: not reached; log:\n{}", server.log());
         let expected_now = if point == "step_down.written" { 10 } else { 25 };
-        assert_eq!(canary(&wd), expected_now, "{point}");
+        assert_eq!(wd.canary_weight(), expected_now, "{point}");
         drop(server);
 
         let server = wd.serve();
-        let done = eventually(Duration::from_secs(10), || (canary(&wd) == 0).then_some(())).await;
+        let done = eventually(Duration::from_secs(10), || (wd.canary_weight() == 0).then_some(())).await;
         assert!(done.is_some(), "{point}: not finished; log:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert!(server.terminate().success());
@@ -139,10 +132,10 @@ async fn a_new_alert_during_a_step_down_goes_straight_to_zero_and_starts_no_seco
     let wd = workdir("1h");
     let server = wd.serve();
     assert_eq!(fire(&server, FIRING).await["outcome"], "applied");
-    assert_eq!(canary(&wd), 25);
+    assert_eq!(wd.canary_weight(), 25);
     // The same alert delivered again is a duplicate: nothing moves.
     assert_eq!(fire(&server, FIRING).await["outcome"], "noop");
-    assert_eq!(canary(&wd), 25);
+    assert_eq!(wd.canary_weight(), 25);
     // Another alert for the same rule and target (another instance: its own fingerprint).
     let other = FIRING
         .replace("a9c5c3b76558e44d", "b1b2b3b4b5b6b7b8")
@@ -150,7 +143,7 @@ async fn a_new_alert_during_a_step_down_goes_straight_to_zero_and_starts_no_seco
     let second = fire(&server, &other).await;
     assert_eq!(second["outcome"], "applied", "{second}");
     assert!(second["reason"].is_null() || second["reason"].as_str().is_some());
-    assert_eq!(canary(&wd), 0, "straight to 0, without waiting an hour or the 1h cooldown");
+    assert_eq!(wd.canary_weight(), 0, "straight to 0, without waiting an hour or the 1h cooldown");
     // A third alert now: the step-down is over, so the cooldown holds it.
     let third = FIRING
         .replace("a9c5c3b76558e44d", "c1c2c3c4c5c6c7c8")
@@ -180,7 +173,7 @@ async fn a_canary_already_below_the_first_step_takes_its_next_step_at_once() {
     let server = wd.serve();
     let first = fire(&server, FIRING).await;
     assert_eq!(first["outcome"], "applied", "{first}");
-    assert_eq!(canary(&wd), 10, "12 is between steps: down to 10, never up to 25");
+    assert_eq!(wd.canary_weight(), 10, "12 is between steps: down to 10, never up to 25");
     assert!(wd.read("deploy/local/model-service.yaml").contains("weight: 90 # stable"));
     assert!(server.terminate().success());
 
@@ -192,7 +185,11 @@ async fn a_canary_already_below_the_first_step_takes_its_next_step_at_once() {
     let server = wd.serve();
     let first = fire(&server, FIRING).await;
     assert_eq!(first["outcome"], "applied", "{first}");
-    assert_eq!(canary(&wd), 0, "at 10 already: the first step (25, 10) is a no-op, the next (0) is taken at once");
+    assert_eq!(
+        wd.canary_weight(),
+        0,
+        "at 10 already: the first step (25, 10) is a no-op, the next (0) is taken at once"
+    );
     assert!(server.terminate().success());
     assert_eq!(records(&wd, "noop").len(), 1);
     assert_eq!(applied_weights(&wd), [0]);

@@ -48,6 +48,13 @@ impl Workdir {
         std::fs::read_to_string(self.path(p)).unwrap()
     }
 
+    /// The canary's weight in the demo manifest (the line marked `# canary`).
+    pub fn canary_weight(&self) -> u32 {
+        let vs = self.read("deploy/local/model-service.yaml");
+        let line = vs.lines().find(|l| l.ends_with("# canary")).unwrap();
+        line.trim().trim_start_matches("weight:").trim_end_matches("# canary").trim().parse().unwrap()
+    }
+
     /// Run a CLI command against this workdir's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN).arg("--config").arg(self.config()).args(args).env("RUST_LOG", "warn").output().unwrap()
