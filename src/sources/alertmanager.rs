@@ -313,79 +313,21 @@ mod tests {
             Ok(())
         }
 
+        const WORDS: &[&str] = &["firing", "resolved", "4", "2026-11-24T10:00:00Z"];
+        const KEYS: &[&str] = &[
+            "version",
+            "receiver",
+            "status",
+            "alerts",
+            "labels",
+            "alertname",
+            "startsAt",
+            "fingerprint",
+            "truncatedAlerts",
+        ];
+
         fn json_value() -> impl Strategy<Value = serde_json::Value> {
-            let leaf = prop_oneof![
-                Just(serde_json::Value::Null),
-                any::<bool>().prop_map(serde_json::Value::from),
-                any::<i64>().prop_map(serde_json::Value::from),
-                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
-                ".{0,12}".prop_map(serde_json::Value::from),
-                prop_oneof![Just("firing"), Just("resolved"), Just("4"), Just("2026-11-24T10:00:00Z")]
-                    .prop_map(serde_json::Value::from),
-            ];
-            leaf.prop_recursive(4, 48, 6, |inner| {
-                let key = prop_oneof![
-                    Just("version".to_string()),
-                    Just("receiver".to_string()),
-                    Just("status".to_string()),
-                    Just("alerts".to_string()),
-                    Just("labels".to_string()),
-                    Just("alertname".to_string()),
-                    Just("startsAt".to_string()),
-                    Just("fingerprint".to_string()),
-                    Just("truncatedAlerts".to_string()),
-                    ".{0,8}",
-                ];
-                prop_oneof![
-                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-                    prop::collection::btree_map(key, inner, 0..6)
-                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-                ]
-            })
-        }
-
-        /// Byte-level edits of a real payload: most land inside it and make it subtly wrong.
-        #[derive(Debug, Clone)]
-        enum Edit {
-            Flip(usize, u8),
-            Insert(usize, Vec<u8>),
-            Delete(usize, usize),
-            Truncate(usize),
-            Repeat(usize, usize, usize),
-        }
-
-        fn edit() -> impl Strategy<Value = Edit> {
-            prop_oneof![
-                (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Flip(i, b)),
-                (any::<usize>(), prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Edit::Insert(i, b)),
-                (any::<usize>(), 1usize..40).prop_map(|(i, n)| Edit::Delete(i, n)),
-                any::<usize>().prop_map(Edit::Truncate),
-                (any::<usize>(), 1usize..60, 1usize..50).prop_map(|(i, n, k)| Edit::Repeat(i, n, k)),
-            ]
-        }
-
-        fn apply(body: &mut Vec<u8>, e: &Edit) {
-            let len = body.len().max(1);
-            match e {
-                Edit::Flip(i, b) if !body.is_empty() => body[i % len] = *b,
-                Edit::Insert(i, bytes) => {
-                    let at = i % (body.len() + 1);
-                    body.splice(at..at, bytes.iter().copied());
-                }
-                Edit::Delete(i, n) if !body.is_empty() => {
-                    let at = i % len;
-                    let end = (at + n).min(body.len());
-                    body.drain(at..end);
-                }
-                Edit::Truncate(i) => body.truncate(i % (body.len() + 1)),
-                Edit::Repeat(i, n, k) if !body.is_empty() => {
-                    let at = i % len;
-                    let piece: Vec<u8> = body[at..(at + n).min(body.len())].to_vec();
-                    let copies: Vec<u8> = piece.iter().copied().cycle().take(piece.len() * k).collect();
-                    body.splice(at..at, copies);
-                }
-                _ => {}
-            }
+            crate::sources::fuzzing::json_value(WORDS, KEYS)
         }
 
         proptest! {
@@ -400,10 +342,10 @@ mod tests {
             }
 
             #[test]
-            fn mutated_payloads_never_panic(edits in prop::collection::vec(edit(), 1..6)) {
+            fn mutated_payloads_never_panic(edits in prop::collection::vec(crate::sources::fuzzing::edit(), 1..6)) {
                 let mut body = FIRING.as_bytes().to_vec();
                 for e in &edits {
-                    apply(&mut body, e);
+                    crate::sources::fuzzing::apply(&mut body, e);
                 }
                 check(&body)?;
             }

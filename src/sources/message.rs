@@ -416,51 +416,29 @@ mod tests {
             Ok(())
         }
 
+        const WORDS: &[&str] =
+            &["1.0", FEEDBACK_TYPE, ALERT_TYPE, "satisfaction", "score", "outcome", "2026-11-24T20:00:00Z", "v2"];
+        const KEYS: &[&str] = &[
+            "specversion",
+            "type",
+            "data",
+            "id",
+            "time",
+            "service",
+            "version",
+            "kind",
+            "satisfied",
+            "score",
+            "success",
+            "latency_ms",
+            "labels",
+            "alertname",
+            "startsAt",
+            "alerts",
+        ];
+
         fn json_value() -> impl Strategy<Value = serde_json::Value> {
-            let leaf = prop_oneof![
-                Just(serde_json::Value::Null),
-                any::<bool>().prop_map(serde_json::Value::from),
-                any::<i64>().prop_map(serde_json::Value::from),
-                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
-                ".{0,10}".prop_map(serde_json::Value::from),
-                prop_oneof![
-                    Just("1.0"),
-                    Just(FEEDBACK_TYPE),
-                    Just(ALERT_TYPE),
-                    Just("satisfaction"),
-                    Just("score"),
-                    Just("outcome"),
-                    Just("2026-11-24T20:00:00Z"),
-                    Just("v2"),
-                ]
-                .prop_map(serde_json::Value::from),
-            ];
-            leaf.prop_recursive(4, 48, 8, |inner| {
-                let key = prop_oneof![
-                    Just("specversion".to_string()),
-                    Just("type".to_string()),
-                    Just("data".to_string()),
-                    Just("id".to_string()),
-                    Just("time".to_string()),
-                    Just("service".to_string()),
-                    Just("version".to_string()),
-                    Just("kind".to_string()),
-                    Just("satisfied".to_string()),
-                    Just("score".to_string()),
-                    Just("success".to_string()),
-                    Just("latency_ms".to_string()),
-                    Just("labels".to_string()),
-                    Just("alertname".to_string()),
-                    Just("startsAt".to_string()),
-                    Just("alerts".to_string()),
-                    ".{0,8}",
-                ];
-                prop_oneof![
-                    prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
-                    prop::collection::btree_map(key, inner, 0..8)
-                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-                ]
-            })
+            crate::sources::fuzzing::json_value(WORDS, KEYS)
         }
 
         fn expect() -> impl Strategy<Value = Expect> {
@@ -509,7 +487,7 @@ mod tests {
 
             #[test]
             fn mutated_feedback_never_panics(
-                cuts in prop::collection::vec((any::<usize>(), any::<u8>(), 0usize..3), 1..5),
+                edits in prop::collection::vec(crate::sources::fuzzing::edit(), 1..6),
                 wrap in any::<bool>(),
             ) {
                 let mut body = if wrap {
@@ -517,14 +495,8 @@ mod tests {
                 } else {
                     FEEDBACK.as_bytes().to_vec()
                 };
-                for (at, byte, how) in cuts {
-                    let i = at % body.len().max(1);
-                    match how {
-                        0 if !body.is_empty() => body[i] = byte,
-                        1 => body.insert(i.min(body.len()), byte),
-                        _ if !body.is_empty() => { body.remove(i); }
-                        _ => {}
-                    }
+                for e in &edits {
+                    crate::sources::fuzzing::apply(&mut body, e);
                 }
                 check(Expect::Feedback, &[], &body)?;
             }

@@ -4,6 +4,8 @@
 //! server starts and stops together.
 
 pub mod alertmanager;
+#[cfg(test)]
+mod fuzzing;
 pub mod kafka;
 pub mod message;
 
