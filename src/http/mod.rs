@@ -464,7 +464,8 @@ async fn receive_alerts(State(state): State<AppState>, limits: Limits, headers: 
     if webhook.truncated_alerts > 0 {
         warn!(truncated = webhook.truncated_alerts, group = %webhook.group_key, "Alertmanager truncated this group (max_alerts)");
     }
-    match state.pipeline.alerts(&webhook.events(), context).await {
+    let (received, truncated) = (webhook.alerts.len(), webhook.truncated_alerts);
+    match state.pipeline.alerts(&webhook.into_events(), context).await {
         Ok(results) => {
             // An action that failed (the target could not be read or written in time) is worth
             // another try: 503 makes Alertmanager send the group again, with its backoff. The
@@ -472,8 +473,8 @@ async fn receive_alerts(State(state): State<AppState>, limits: Limits, headers: 
             let failed = results.iter().any(|r| r.outcome == Kind::Failed);
             let status = if failed { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
             let body = json!({
-                "received": webhook.alerts.len(),
-                "truncatedAlerts": webhook.truncated_alerts,
+                "received": received,
+                "truncatedAlerts": truncated,
                 "results": results,
                 "retry": failed,
             });
