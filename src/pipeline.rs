@@ -519,15 +519,21 @@ impl Pipeline {
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
     #[instrument(skip_all, fields(alerts = alerts.len()))]
     pub async fn alerts(&self, alerts: &[Alert], context: Value) -> Result<Vec<Report>, PipelineError> {
-        let received: Vec<Entry> = alerts
-            .iter()
-            .map(|a| {
-                Entry::new(Kind::Received)
-                    .event_id(&a.id)
-                    .source(a.source.as_str())
-                    .detail(json!({ "alert": a, "delivery": context }))
-            })
-            .collect();
+        #[derive(Serialize)]
+        struct Delivered<'a> {
+            alert: &'a Alert,
+            delivery: &'a Value,
+        }
+        let mut received = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let entry = Entry::new(Kind::Received).event_id(&a.id).source(a.source.as_str());
+            let detail = Delivered { alert: a, delivery: &context };
+            received.push(entry.detail_of(&detail).map_err(|e| AuditError::Io {
+                action: "serialise",
+                path: Default::default(),
+                source: e.into(),
+            })?);
+        }
         self.audit.append(received).await?;
         for a in alerts {
             MetricEvent::Received { source: a.source.as_str(), outcome: "accepted", count: 1 }.emit();

@@ -137,6 +137,11 @@ pub struct Entry {
     pub after: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
+    /// The detail as JSON text, serialised by the caller straight from its own types (a received
+    /// alert: no `Value` tree built, copied and dropped per alert). Written as `detail` when
+    /// `detail` is not set; a record read back has it in `detail`.
+    #[serde(skip)]
+    pub detail_json: Option<String>,
 }
 
 macro_rules! setters {
@@ -163,6 +168,7 @@ impl Entry {
             before: None,
             after: None,
             detail: None,
+            detail_json: None,
         }
     }
 
@@ -176,6 +182,12 @@ impl Entry {
         self.after = Some(v);
         self
     }
+    /// The detail, serialised from `detail` now (see [`Entry::detail_json`]).
+    pub fn detail_of(mut self, detail: &impl Serialize) -> Result<Self, serde_json::Error> {
+        self.detail_json = Some(serde_json::to_string(detail)?);
+        Ok(self)
+    }
+
     /// Set the detail; a second object is merged into the first (its keys win).
     pub fn detail(mut self, v: Value) -> Self {
         match (&mut self.detail, v) {

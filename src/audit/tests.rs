@@ -40,6 +40,63 @@ async fn records_chain_by_hash_of_the_previous_line() {
 
 use sha2::Digest;
 
+/// The writer builds each line from the entry's own JSON (serialised by the caller); the line
+/// must be what serialising the whole record gives, field for field and byte for byte, so
+/// readers and `verify` see the format docs/audit.md describes.
+#[tokio::test]
+async fn a_line_is_exactly_the_serialised_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let full = Entry::new(Kind::Applied)
+        .event_id("e \"quoted\" \u{e9}")
+        .source("alertmanager")
+        .rule("r")
+        .target("ns/vs")
+        .action_id("a1")
+        .key("k|1")
+        .reason("line\nbreak")
+        .actor("on-call")
+        .before(json!({"weights": [90, 10]}))
+        .after(json!({"weights": [100, 0]}))
+        .detail(json!({"alert": {"labels": {"z": "1", "a": "2"}}, "n": 1.5}));
+    let recs = log.append(vec![full, Entry::new(Kind::Seal)]).await.unwrap();
+    let lines = all_lines(dir.path());
+    assert_eq!(lines.len(), 2);
+    for (record, (_, line)) in recs.iter().zip(&lines) {
+        assert_eq!(line.as_bytes(), serde_json::to_vec(record).unwrap().as_slice());
+        let back: Record = serde_json::from_str(line).unwrap();
+        assert_eq!(&back, record);
+    }
+    verify(dir.path()).unwrap();
+}
+
+/// A detail given as JSON text is written where a `Value` detail would be: the line is what
+/// serialising the record with that detail parsed gives, and reads back with it in `detail`.
+#[tokio::test]
+async fn a_detail_given_as_text_is_written_as_the_detail() {
+    #[derive(serde::Serialize)]
+    struct Delivery<'a> {
+        alert: &'a str,
+        labels: std::collections::BTreeMap<&'a str, &'a str>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let delivery = Delivery { alert: "A \"b\"", labels: [("z", "1"), ("a", "\u{e9}")].into() };
+    let with_text = Entry::new(Kind::Received).event_id("e1").source("alertmanager").detail_of(&delivery).unwrap();
+    let recs = log.append(vec![with_text, Entry::new(Kind::Received).event_id("e2")]).await.unwrap();
+    let lines = all_lines(dir.path());
+    let back: Record = serde_json::from_str(&lines[0].1).unwrap();
+    assert_eq!(back.entry.detail, Some(json!({"alert": "A \"b\"", "labels": {"z": "1", "a": "\u{e9}"}})));
+    let mut expected = recs[0].clone();
+    expected.entry.detail = back.entry.detail.clone();
+    expected.entry.detail_json = None;
+    assert_eq!(lines[0].1.as_bytes(), serde_json::to_vec(&expected).unwrap().as_slice());
+    assert_eq!(back, expected);
+    // Without one, no detail at all.
+    assert!(!lines[1].1.contains("detail"));
+    verify(dir.path()).unwrap();
+}
+
 #[tokio::test]
 async fn chain_runs_unbroken_across_sealed_segments() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,8 +23,38 @@ const TORN_PREFIX: usize = 256;
 type Reply = oneshot::Sender<Result<Vec<Record>, AuditError>>;
 
 struct Request {
-    entries: Vec<Entry>,
+    entries: Vec<Prepared>,
     reply: Reply,
+}
+
+/// An entry and its JSON, serialised by the caller (in parallel, on the caller's thread): the
+/// writer thread, which every record goes through in order, only adds `seq`, `time` and `prev`
+/// in front, hashes the line and writes.
+struct Prepared {
+    entry: Entry,
+    json: Vec<u8>,
+}
+
+fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
+    let mut json = serde_json::to_vec(&entry).map_err(|e| AuditError::Io {
+        action: "serialise",
+        path: PathBuf::new(),
+        source: e.into(),
+    })?;
+    // `detail` is the entry's last field: the text goes where the value would have.
+    if let (None, Some(detail)) = (&entry.detail, &entry.detail_json)
+        && json.last() == Some(&b'}')
+    {
+        json.pop();
+        json.extend_from_slice(b",\"detail\":");
+        json.extend_from_slice(detail.as_bytes());
+        json.push(b'}');
+    }
+    Ok(Prepared { entry, json })
+}
+
+fn prepare_all(entries: Vec<Entry>) -> Result<Vec<Prepared>, AuditError> {
+    entries.into_iter().map(prepare).collect()
 }
 
 struct Shared {
@@ -112,7 +142,7 @@ impl AuditLog {
             let entry = Entry::new(Kind::Recovered)
                 .reason("torn last record cut off at open (crash during a write)")
                 .detail(detail);
-            write_batch(&mut tail, &opts, &shared, vec![entry])?;
+            write_batch(&mut tail, &opts, &shared, vec![prepare(entry)?])?;
         }
         apply_retention(&mut tail, &opts, &shared)?;
         let (tx, rx) = mpsc::channel::<Request>();
@@ -125,6 +155,7 @@ impl AuditLog {
     }
 
     fn submit(&self, entries: Vec<Entry>) -> Result<oneshot::Receiver<Result<Vec<Record>, AuditError>>, AuditError> {
+        let entries = prepare_all(entries)?;
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         tx.as_ref().ok_or(AuditError::Stopped)?.send(Request { entries, reply }).map_err(|_| AuditError::Stopped)?;
@@ -302,19 +333,21 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
         };
         // Writes failed before: the recovery record goes first (if it fails, so will the batch).
         recover(&mut tail, &opts, &shared, &mut outage);
+        let bytes = |r: &Request| r.entries.iter().map(|p| p.json.len() + 120).sum::<usize>();
+        let mut size = bytes(&first);
         let mut batch = vec![first];
-        let mut size: usize = batch[0].entries.len();
-        while size < MAX_BATCH_BYTES / 256 {
+        while size < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(r) => {
-                    size += r.entries.len();
+                    size += bytes(&r);
                     batch.push(r);
                 }
                 Err(_) => break,
             }
         }
         let counts: Vec<usize> = batch.iter().map(|r| r.entries.len()).collect();
-        let (entries, replies): (Vec<Vec<Entry>>, Vec<Reply>) = batch.into_iter().map(|r| (r.entries, r.reply)).unzip();
+        let (entries, replies): (Vec<Vec<Prepared>>, Vec<Reply>) =
+            batch.into_iter().map(|r| (r.entries, r.reply)).unzip();
         match write_batch(&mut tail, &opts, &shared, entries.into_iter().flatten().collect()) {
             Ok(records) => {
                 let mut records = records.into_iter();
@@ -357,7 +390,7 @@ fn recover(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, outage: &mut O
             "failed_writes": o.failed,
             "first_error": o.first_error,
         }));
-    if write_batch(tail, opts, shared, vec![entry]).is_ok() {
+    if prepare(entry).and_then(|p| write_batch(tail, opts, shared, vec![p])).is_ok() {
         tracing::info!(failed_writes = o.failed, since = %o.since, "audit log writable again");
         *outage = None;
     }
@@ -369,7 +402,7 @@ fn write_batch(
     tail: &mut Tail,
     opts: &AuditOptions,
     shared: &Shared,
-    entries: Vec<Entry>,
+    entries: Vec<Prepared>,
 ) -> Result<Vec<Record>, AuditError> {
     if entries.is_empty() {
         return Ok(Vec::new());
@@ -389,7 +422,7 @@ fn write_records(
     tail: &mut Tail,
     opts: &AuditOptions,
     shared: &Shared,
-    entries: Vec<Entry>,
+    entries: Vec<Prepared>,
 ) -> Result<Vec<Record>, AuditError> {
     let (records, buf, last_hash, last_line) = serialize(tail.next_seq, &tail.last_hash, entries)?;
     let offset = tail.len;
@@ -405,21 +438,28 @@ fn write_records(
 /// The records, their bytes, the last record's hash and the offset of its line in the bytes.
 type Serialized = (Vec<Record>, Vec<u8>, String, usize);
 
-fn serialize(mut seq: u64, prev: &str, entries: Vec<Entry>) -> Result<Serialized, AuditError> {
+/// Each line is `{"seq":…,"time":…,"prev":…,` and then the entry's own fields: what
+/// serialising the [`Record`] would give (its entry is flattened), from the entry's JSON.
+fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Serialized, AuditError> {
     let mut prev = prev.to_string();
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(entries.iter().map(|p| p.json.len() + 140).sum());
     let mut last_line = 0;
     let mut records = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let record = Record { seq, time: Utc::now(), prev: prev.clone(), entry };
-        let line = serde_json::to_vec(&record).map_err(|e| AuditError::Io {
-            action: "serialise",
-            path: PathBuf::new(),
-            source: e.into(),
-        })?;
-        prev = hash(&line);
-        last_line = buf.len();
-        buf.extend_from_slice(&line);
+    for Prepared { entry, json } in entries {
+        let time = Utc::now();
+        let start = buf.len();
+        write!(buf, "{{\"seq\":{seq},\"time\":")
+            .and_then(|()| {
+                serde_json::to_writer(&mut buf, &time)?;
+                write!(buf, ",\"prev\":\"{prev}\",")?;
+                Ok(())
+            })
+            .map_err(|e| AuditError::Io { action: "serialise", path: PathBuf::new(), source: e })?;
+        // The entry's object without its opening brace (it always has a `kind`).
+        buf.extend_from_slice(json.get(1..).unwrap_or_default());
+        let line_hash = hash(&buf[start..]);
+        let record = Record { seq, time, prev: std::mem::replace(&mut prev, line_hash), entry };
+        last_line = start;
         buf.push(b'\n');
         records.push(record);
         seq += 1;
@@ -489,7 +529,7 @@ fn rotate(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), A
         "last_hash": tail.last_hash,
         "first_time": tail.first_time,
     }));
-    write_records(tail, opts, shared, vec![seal])?;
+    write_records(tail, opts, shared, vec![prepare(seal)?])?;
     crate::failpoint::crash_point("audit.sealed");
     tail.file = None;
     tail.path = shared.dir.join(segment_name(tail.next_seq));
@@ -552,7 +592,7 @@ fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Res
             "kept_from_seq": segs.iter().map(|s| s.0).find(|f| delete.iter().all(|(d, _)| d != f)),
             "retention": { "max_age": r.max_age.map(|d| humantime::format_duration(d).to_string()), "max_bytes": r.max_bytes },
         }));
-    write_records(tail, opts, shared, vec![checkpoint])?;
+    write_records(tail, opts, shared, vec![prepare(checkpoint)?])?;
     for (_, path) in &delete {
         // After the checkpoint, before each removal: every state a crash here can leave must verify.
         crate::failpoint::crash_point("audit.retention");
