@@ -171,6 +171,13 @@ enum AuditCommand {
     },
 }
 
+/// mimalloc rather than glibc's malloc: under intake load glibc's malloc and free took a fifth
+/// of the service's CPU (many small, short-lived allocations across worker threads); with
+/// mimalloc a 50-alert payload costs about 0.7 ms of CPU instead of 1.1 (`cargo bench --bench
+/// load`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let traces = init_logging(&cli.log_format);
