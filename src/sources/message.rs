@@ -90,6 +90,23 @@ pub enum Expect {
 
 /// Parse one message. `headers` are the Kafka record's headers (name, value).
 pub fn parse(expect: Expect, headers: &[(&str, &[u8])], payload: &[u8]) -> Result<Message, MessageError> {
+    // Plain feedback, the stream's common case: straight from the bytes, with no `Value` in
+    // between and no path tracked. Whatever might be a CloudEvent (a `ce_type` header, the word
+    // `specversion`, an escape that could spell it) or fails takes the general path below,
+    // which says where it is wrong.
+    if expect == Expect::Feedback
+        && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("ce_type"))
+        && !contains(payload, b"specversion")
+        && !payload.contains(&b'\\')
+        && let Ok(f) = serde_json::from_slice::<Feedback>(payload)
+    {
+        return checked(f, "").map(Message::Feedback);
+    }
+    parse_general(expect, headers, payload)
+}
+
+/// Any message, through a JSON `Value` (CloudEvents' envelope first), with paths in errors.
+fn parse_general(expect: Expect, headers: &[(&str, &[u8])], payload: &[u8]) -> Result<Message, MessageError> {
     let header = |name: &str| {
         headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
@@ -155,6 +172,15 @@ fn feedback(mut data: Value, id: Option<String>, time: Option<&str>, prefix: &st
     }
     let f: Feedback = serde_path_to_error::deserialize(data)
         .map_err(|e| err(join(prefix, &e.path().to_string()), e.into_inner().to_string()))?;
+    checked(f, prefix)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What serde cannot say of a feedback event: empty names, numbers that are not numbers.
+fn checked(f: Feedback, prefix: &str) -> Result<Feedback, MessageError> {
     let bad = |field: &str, why: &str| err(format!("{prefix}{field}"), why.to_string());
     if f.service.is_empty() {
         return Err(bad("service", "must not be empty"));
@@ -499,6 +525,15 @@ mod tests {
                     crate::sources::fuzzing::apply(&mut body, e);
                 }
                 check(Expect::Feedback, &[], &body)?;
+                // Plain feedback is parsed straight from the bytes: it must say what the
+                // general path (through a Value, with paths) says, error or event.
+                prop_assert_eq!(parse(Expect::Feedback, &[], &body), parse_general(Expect::Feedback, &[], &body));
+            }
+
+            #[test]
+            fn the_fast_path_for_plain_feedback_agrees_with_the_general_one(v in json_value()) {
+                let body = v.to_string().into_bytes();
+                prop_assert_eq!(parse(Expect::Feedback, &[], &body), parse_general(Expect::Feedback, &[], &body));
             }
 
             #[test]
