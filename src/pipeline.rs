@@ -389,7 +389,7 @@ impl Pipeline {
         source: SourceKind,
         origin: Value,
     ) -> Result<FeedbackReport, PipelineError> {
-        let mut reports = self.feedback_batch(&[(f, origin)], source).await?;
+        let mut reports = self.feedback_batch(&[(f, &origin)], source).await?;
         Ok(reports.remove(0))
     }
 
@@ -398,15 +398,24 @@ impl Pipeline {
     #[instrument(skip_all, fields(events = events.len()))]
     pub async fn feedback_batch(
         &self,
-        events: &[(&Feedback, Value)],
+        events: &[(&Feedback, &Value)],
         source: SourceKind,
     ) -> Result<Vec<FeedbackReport>, PipelineError> {
+        /// A received record's detail: the event and where it came from (`kafka: {...}`),
+        /// serialised straight from them.
+        #[derive(Serialize)]
+        struct Received<'a> {
+            feedback: &'a Feedback,
+            #[serde(flatten)]
+            origin: &'a Value,
+        }
         let rules = self.rules();
         let mut out: Vec<FeedbackReport> = Vec::with_capacity(events.len());
         let mut findings = Vec::new();
         {
             let mut state = self.state.lock().await;
-            let mut fresh: Vec<(usize, Value)> = Vec::new();
+            let mut fresh: Vec<usize> = Vec::new();
+            let no_origin = Value::Object(Default::default());
             let mut in_batch: std::collections::HashSet<String> = std::collections::HashSet::new();
             let mut entries = Vec::new();
             for (i, (f, origin)) in events.iter().enumerate() {
@@ -416,11 +425,7 @@ impl Pipeline {
                     }
                     _ => format!("feedback-{}", uuid::Uuid::now_v7()),
                 });
-                let mut detail = json!({ "feedback": f });
-                if let (Value::Object(d), Value::Object(o)) = (&mut detail, origin.clone()) {
-                    d.extend(o);
-                }
-                let origin = Origin::of(f, &detail);
+                let origin = Origin::of(f, origin);
                 // Also a repeat within this batch (by id, or by Kafka position).
                 let id = origin.id.map(|id| format!("id:{id}"));
                 let position = origin.kafka.map(|(t, p, o)| format!("kafka:{t}/{p}/{o}"));
@@ -432,14 +437,16 @@ impl Pipeline {
                     continue;
                 }
                 in_batch.extend(id.into_iter().chain(position));
-                entries.push(
-                    Entry::new(Kind::Received)
-                        .event_id(&event_id)
-                        .source(source.as_str())
-                        .target(format!("{}/{}", f.namespace, f.service))
-                        .detail(detail.clone()),
-                );
-                fresh.push((i, detail));
+                // Its keys go next to `feedback`; anything but an object adds none.
+                let origin = if events[i].1.is_object() { events[i].1 } else { &no_origin };
+                let entry = Entry::new(Kind::Received)
+                    .event_id(&event_id)
+                    .source(source.as_str())
+                    .target(format!("{}/{}", f.namespace, f.service))
+                    .detail_of(&Received { feedback: f, origin })
+                    .map_err(|e| AuditError::Io { action: "serialise", path: Default::default(), source: e.into() })?;
+                entries.push(entry);
+                fresh.push(i);
             }
             let duplicates = (events.len() - entries.len()) as u64;
             MetricEvent::Received { source: source.as_str(), outcome: "duplicate", count: duplicates }.emit();
@@ -450,9 +457,9 @@ impl Pipeline {
             let records = self.audit.append(entries).await?;
             MetricEvent::Received { source: source.as_str(), outcome: "accepted", count: accepted }.emit();
             let quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
-            for ((i, detail), record) in fresh.iter().zip(&records) {
-                let f = events[*i].0;
-                state.observe_feedback(record.time, f, &Origin::of(f, detail));
+            for (i, record) in fresh.iter().zip(&records) {
+                let (f, origin) = events[*i];
+                state.observe_feedback(record.time, f, &Origin::of(f, origin));
                 for rule in rules.feedback_rules(&f.namespace, &f.service, &f.version) {
                     let Some(spec) = &rule.feedback else { continue };
                     let Some(finding) = spec.evaluate(state.arms(), &f.namespace, record.time) else { continue };

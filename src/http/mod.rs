@@ -401,7 +401,7 @@ async fn feedback_answer(
     omitted: usize,
 ) -> Response {
     let taken = events.len();
-    let batch: Vec<(&message::Feedback, Value)> = events.iter().map(|(f, o)| (f, o.clone())).collect();
+    let batch: Vec<(&message::Feedback, &Value)> = events.iter().map(|(f, o)| (f, o)).collect();
     let reports = match state.pipeline.feedback_batch(&batch, SourceKind::Http).await {
         Ok(r) => r,
         Err(e) => return ApiError::from(e).into_response(),
