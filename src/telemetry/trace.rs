@@ -153,6 +153,11 @@ pub fn extract<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> op
     TraceContextPropagator::new().extract(&carrier)
 }
 
+/// Whether spans go to a collector (OTLP configured).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Make the trace context found in `headers` (HTTP or Kafka) the parent of `span`, which must
 /// not have been entered yet. Does nothing when traces are off or there is no valid context.
 pub fn set_parent_from<'a>(span: &tracing::Span, headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) {
