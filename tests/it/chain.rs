@@ -113,6 +113,11 @@ async fn run_chain(app: CanaryApp, alert_window: &str, confirm_window: &str, gro
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(received, "Alertmanager never got the alert:\n{}", prom.log());
+        // Errors for a few seconds more: the alert's ratio over its window must stay above 5%
+        // past group_wait, or the alert resolves before Alertmanager ever sends it (on a loaded
+        // machine the errors had run for a scrape or two only, and nothing was delivered).
+        // Delivery comes 7 s after healing, well past the 3 s confirmation window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         app.set("v2", Behaviour::healthy());
     }
 
