@@ -12,6 +12,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -149,68 +150,141 @@ impl KafkaSource {
         self.assigned.clone()
     }
 
-    /// Record a batch of messages in order: their events (consecutive feedback events in one
-    /// durable write), or their rejections. Err: the audit log could not take them; a retry
-    /// records what was missing (what was recorded is recognised, or recorded as a redelivery).
-    async fn handle_batch(&self, batch: &[rdkafka::message::BorrowedMessage<'_>]) -> Result<(), String> {
-        let mut feedback: Vec<(message::Feedback, serde_json::Value)> = Vec::new();
-        for m in batch {
-            let position = json!({ "topic": m.topic(), "partition": m.partition(), "offset": m.offset() });
-            let expect = if m.topic() == self.config.feedback_topic { Expect::Feedback } else { Expect::Alerts };
-            let headers: Vec<(&str, &[u8])> =
-                m.headers().map(|h| h.iter().filter_map(|h| h.value.map(|v| (h.key, v))).collect()).unwrap_or_default();
-            let payload = m.payload().unwrap_or_default();
-            let span = || {
-                let span = tracing::info_span!(
-                    "intake",
-                    source = "kafka",
-                    topic = m.topic(),
-                    partition = m.partition(),
-                    offset = m.offset(),
-                    otel.kind = "consumer"
-                );
-                crate::telemetry::trace::set_parent_from(&span, headers.iter().copied());
-                span
-            };
-            // A span per message is for traces (the producer's context continued). Without a
-            // collector, a feedback message (parsed here, recorded with its batch in the
-            // `feedback_batch` span) does without: making one cost a sixth of the consumer's CPU.
-            let parsing = if expect == Expect::Alerts || crate::telemetry::trace::exporting() {
-                span()
-            } else {
-                tracing::Span::none()
-            };
-            match parsing.in_scope(|| message::parse(expect, &headers, payload)) {
-                Ok(Message::Feedback(f)) => {
-                    feedback.push((f, json!({ "kafka": position })));
-                    continue;
+    /// Parse a batch of messages (pure; done while the batch before is being recorded).
+    fn parse_batch(&self, batch: &[BorrowedMessage<'_>]) -> Vec<Parsed> {
+        batch
+            .iter()
+            .map(|m| {
+                let position =
+                    json!({ "kafka": { "topic": m.topic(), "partition": m.partition(), "offset": m.offset() } });
+                let expect = if m.topic() == self.config.feedback_topic { Expect::Feedback } else { Expect::Alerts };
+                let headers: Vec<(&str, &[u8])> = m
+                    .headers()
+                    .map(|h| h.iter().filter_map(|h| h.value.map(|v| (h.key, v))).collect())
+                    .unwrap_or_default();
+                let payload = m.payload().unwrap_or_default();
+                let span = || {
+                    let span = tracing::info_span!(
+                        "intake",
+                        source = "kafka",
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        otel.kind = "consumer"
+                    );
+                    crate::telemetry::trace::set_parent_from(&span, headers.iter().copied());
+                    span
+                };
+                // A span per message is for traces (the producer's context continued). Without
+                // a collector, a feedback message (recorded with its batch, in the
+                // `feedback_batch` span) does without: making one cost a sixth of the consumer's
+                // CPU. An alert or a rejection always has one.
+                let parsing = if expect == Expect::Alerts || crate::telemetry::trace::exporting() {
+                    span()
+                } else {
+                    tracing::Span::none()
+                };
+                let message = parsing.in_scope(|| message::parse(expect, &headers, payload));
+                let span = match &message {
+                    Ok(Message::Feedback(_)) => parsing,
+                    _ if parsing.is_none() => span(),
+                    _ => parsing,
+                };
+                Parsed { position, message, span }
+            })
+            .collect()
+    }
+
+    /// Record a parsed batch in order: its events (consecutive feedback events in one durable
+    /// write), or its rejections. Err: the audit log could not take them; a retry records what
+    /// was missing (what was recorded is recognised, or recorded as a redelivery).
+    async fn record_batch(&self, batch: &[BorrowedMessage<'_>], parsed: &[Parsed]) -> Result<(), String> {
+        let mut feedback: Vec<(&message::Feedback, &serde_json::Value)> = Vec::new();
+        for (m, p) in batch.iter().zip(parsed) {
+            if let Ok(Message::Feedback(f)) = &p.message {
+                feedback.push((f, &p.position));
+                continue;
+            }
+            self.flush_feedback(&mut feedback).await?;
+            match &p.message {
+                Ok(Message::Alerts(alerts)) => {
+                    let recorded = self.pipeline.alerts(alerts, p.position.clone());
+                    tracing::Instrument::instrument(recorded, p.span.clone()).await.map_err(|e| e.to_string())?;
                 }
-                parsed => {
-                    self.flush_feedback(&mut feedback).await?;
-                    let span = if parsing.is_none() { span() } else { parsing };
-                    match parsed {
-                        Ok(Message::Alerts(alerts)) => {
-                            let recorded = self.pipeline.alerts(&alerts, json!({ "kafka": position }));
-                            tracing::Instrument::instrument(recorded, span).await.map_err(|e| e.to_string())?;
-                        }
-                        Err(e) => {
-                            let rejected = self.reject(m, position, payload, e.to_string());
-                            tracing::Instrument::instrument(rejected, span).await?;
-                        }
-                        Ok(Message::Feedback(_)) => {}
-                    }
+                Err(e) => {
+                    let rejected =
+                        self.reject(m, p.position["kafka"].clone(), m.payload().unwrap_or_default(), e.to_string());
+                    tracing::Instrument::instrument(rejected, p.span.clone()).await?;
                 }
+                Ok(Message::Feedback(_)) => {}
             }
         }
         self.flush_feedback(&mut feedback).await
     }
 
-    async fn flush_feedback(&self, feedback: &mut Vec<(message::Feedback, serde_json::Value)>) -> Result<(), String> {
+    /// Record a parsed batch, retrying every second while the audit log cannot take it; false
+    /// if shut down meanwhile (offsets committed: what was stored).
+    async fn record_until_done(
+        &self,
+        batch: &[BorrowedMessage<'_>],
+        parsed: &[Parsed],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        // Backpressure: no offset is stored (and nothing more taken) until recorded.
+        while let Err(e) = self.record_batch(batch, parsed).await {
+            let first = &batch[0];
+            warn!(error = %e, topic = first.topic(), partition = first.partition(), offset = first.offset(), messages = batch.len(), "cannot record; waiting");
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+                    return false;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        for m in batch {
+            if let Err(e) = self.consumer.store_offset_from_message(m) {
+                warn!(error = %e, "store offset");
+            }
+        }
+        true
+    }
+
+    /// The next batch: a message, and what else is already waiting (one durable write for
+    /// all); None at shutdown.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<BorrowedMessage<'_>>> {
+        let first = loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                m = self.consumer.recv() => m,
+            };
+            match m {
+                Ok(m) => break m,
+                Err(e) => {
+                    warn!(error = %e, "kafka");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
+                    warn!(error = %e, "kafka");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Some(batch)
+    }
+
+    async fn flush_feedback(&self, feedback: &mut Vec<(&message::Feedback, &serde_json::Value)>) -> Result<(), String> {
         if feedback.is_empty() {
             return Ok(());
         }
-        let events: Vec<(&message::Feedback, &serde_json::Value)> = feedback.iter().map(|(f, o)| (f, o)).collect();
-        self.pipeline.feedback_batch(&events, SourceKind::Kafka).await.map_err(|e| e.to_string())?;
+        self.pipeline.feedback_batch(feedback, SourceKind::Kafka).await.map_err(|e| e.to_string())?;
         feedback.clear();
         Ok(())
     }
@@ -249,6 +323,14 @@ impl KafkaSource {
     }
 }
 
+/// A message as parsed: where it was (`{"kafka": {topic, partition, offset}}`), what it
+/// carried, and its span (none for feedback unless traces are exported).
+struct Parsed {
+    position: serde_json::Value,
+    message: Result<Message, message::MessageError>,
+    span: tracing::Span,
+}
+
 /// Messages taken from librdkafka's queue and recorded together at most.
 pub const MAX_BATCH: usize = 500;
 
@@ -260,48 +342,20 @@ impl Source for KafkaSource {
     fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(async move {
             info!(brokers = %self.config.brokers, alerts = %self.config.alerts_topic, feedback = %self.config.feedback_topic, "kafka source started");
-            loop {
-                let m = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    m = self.consumer.recv() => m,
-                };
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(error = %e, "kafka");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                // What else is already waiting joins the batch (one durable write for all).
-                let mut batch = vec![m];
-                while batch.len() < MAX_BATCH {
-                    match self.consumer.recv().now_or_never() {
-                        Some(Ok(m)) => batch.push(m),
-                        Some(Err(e)) => {
-                            warn!(error = %e, "kafka");
-                            break;
-                        }
-                        None => break,
-                    }
+            // Two batches in flight: the next is received and parsed while this one is being
+            // recorded (mostly waiting for its fsync); its offsets are stored only after.
+            let next = || async {
+                let batch = self.next_batch(&shutdown).await?;
+                let parsed = self.parse_batch(&batch);
+                Some((batch, parsed))
+            };
+            let mut current = next().await;
+            while let Some((batch, parsed)) = &current {
+                let (recorded, following) = tokio::join!(self.record_until_done(batch, parsed, &shutdown), next());
+                if !recorded {
+                    return Ok(());
                 }
-                // Backpressure: no offset is stored (and nothing more taken) until recorded.
-                while let Err(e) = self.handle_batch(&batch).await {
-                    let first = &batch[0];
-                    warn!(error = %e, topic = first.topic(), partition = first.partition(), offset = first.offset(), messages = batch.len(), "cannot record; waiting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-                            return Ok(());
-                        }
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-                for m in &batch {
-                    if let Err(e) = self.consumer.store_offset_from_message(m) {
-                        warn!(error = %e, "store offset");
-                    }
-                }
+                current = following;
             }
             match self.consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => info!("kafka offsets committed"),
