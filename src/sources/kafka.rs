@@ -266,15 +266,25 @@ impl KafkaSource {
                 }
             }
         };
+        // What comes within a moment joins too: the batch before is being recorded meanwhile,
+        // and a batch of what happened to be queued at once was often a few messages, each
+        // few paying a whole fsync.
+        let linger = tokio::time::Instant::now() + LINGER;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(m),
-                Some(Err(e)) => {
+            let m = match self.consumer.recv().now_or_never() {
+                Some(m) => m,
+                None => match tokio::time::timeout_at(linger, self.consumer.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            match m {
+                Ok(m) => batch.push(m),
+                Err(e) => {
                     warn!(error = %e, "kafka");
                     break;
                 }
-                None => break,
             }
         }
         Some(batch)
@@ -333,6 +343,8 @@ struct Parsed {
 
 /// Messages taken from librdkafka's queue and recorded together at most.
 pub const MAX_BATCH: usize = 500;
+/// How long after a batch's first message others may still join it.
+const LINGER: Duration = Duration::from_millis(2);
 
 impl Source for KafkaSource {
     fn name(&self) -> &'static str {
