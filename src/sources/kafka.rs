@@ -342,7 +342,7 @@ struct Parsed {
 }
 
 /// Messages taken from librdkafka's queue and recorded together at most.
-pub const MAX_BATCH: usize = 500;
+pub const MAX_BATCH: usize = 2000;
 /// How long after a batch's first message others may still join it.
 const LINGER: Duration = Duration::from_millis(2);
 
