@@ -542,8 +542,10 @@ impl Pipeline {
             })?);
         }
         self.audit.append(received).await?;
-        for a in alerts {
-            MetricEvent::Received { source: a.source.as_str(), outcome: "accepted", count: 1 }.emit();
+        // One count per run of alerts from the same source (a payload's are all one source).
+        for run in alerts.chunk_by(|a, b| a.source == b.source) {
+            MetricEvent::Received { source: run[0].source.as_str(), outcome: "accepted", count: run.len() as u64 }
+                .emit();
         }
         let rules = self.rules();
         let mut reports = Vec::new();

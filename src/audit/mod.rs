@@ -184,7 +184,11 @@ impl Entry {
     }
     /// The detail, serialised from `detail` now (see [`Entry::detail_json`]).
     pub fn detail_of(mut self, detail: &impl Serialize) -> Result<Self, serde_json::Error> {
-        self.detail_json = Some(serde_json::to_string(detail)?);
+        // Sized for a typical alert, so the text is not grown (copied) several times over.
+        let mut text = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut text, detail)?;
+        // serde_json writes valid UTF-8 only.
+        self.detail_json = Some(String::from_utf8(text).map_err(serde::ser::Error::custom)?);
         Ok(self)
     }
 

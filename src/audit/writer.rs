@@ -36,7 +36,9 @@ struct Prepared {
 }
 
 fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
-    let mut json = serde_json::to_vec(&entry).map_err(|e| AuditError::Io {
+    let room = entry.detail_json.as_ref().map_or(0, String::len) + 512;
+    let mut json = Vec::with_capacity(room);
+    serde_json::to_writer(&mut json, &entry).map_err(|e| AuditError::Io {
         action: "serialise",
         path: PathBuf::new(),
         source: e.into(),
