@@ -175,6 +175,18 @@ struct RawHttp {
     #[serde(default)]
     max_body_bytes: Option<usize>,
     #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    header_read_timeout: Option<String>,
+    #[serde(default)]
+    body_read_timeout: Option<String>,
+    #[serde(default)]
+    max_headers: Option<usize>,
+    #[serde(default)]
+    max_head_bytes: Option<usize>,
+    #[serde(default)]
     auth: Option<RawAuth>,
 }
 
@@ -261,6 +273,8 @@ pub struct Config {
     /// After SIGTERM, how long in-flight work may take before it is aborted.
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    /// Connections, requests at once, and how much and how slowly a request may come.
+    pub server_limits: crate::http::ServerLimits,
     pub auth: AuthConfig,
     pub guards: GuardSettings,
     pub audit: AuditOptions,
@@ -310,6 +324,34 @@ impl Config {
             None => Ok(default),
             Some(s) => {
                 humantime::parse_duration(s).map_err(|e| invalid(field, format!("`{s}` is not a duration: {e}")))
+            }
+        };
+        let server_limits = {
+            let d = crate::http::ServerLimits::default();
+            let h = &raw.http;
+            let count = |field: &str, v: Option<usize>, default: usize| match v {
+                Some(0) => Err(invalid(field, "must be at least 1".into())),
+                v => Ok(v.unwrap_or(default)),
+            };
+            let timeout = |field: &str, v: &Option<String>, default: Duration| match duration(field, v, default)? {
+                t if t.is_zero() => Err(invalid(field, "must be longer than 0s".into())),
+                t => Ok(t),
+            };
+            crate::http::ServerLimits {
+                header_read_timeout: timeout(
+                    "http.header_read_timeout",
+                    &h.header_read_timeout,
+                    d.header_read_timeout,
+                )?,
+                max_headers: count("http.max_headers", h.max_headers, d.max_headers)?,
+                max_head_bytes: count("http.max_head_bytes", h.max_head_bytes, d.max_head_bytes)?,
+                body_read_timeout: timeout("http.body_read_timeout", &h.body_read_timeout, d.body_read_timeout)?,
+                max_connections: count("http.max_connections", h.max_connections, d.max_connections)?,
+                max_concurrent_requests: count(
+                    "http.max_concurrent_requests",
+                    h.max_concurrent_requests,
+                    d.max_concurrent_requests,
+                )?,
             }
         };
         let listen =
@@ -458,6 +500,7 @@ impl Config {
             shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(20))?,
             reload_interval: duration("reload_interval", &raw.reload_interval, Duration::from_secs(2))?,
             max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
+            server_limits,
             auth,
             guards,
             audit,
@@ -541,6 +584,26 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unknown field `windoww`"), "{err}");
         assert!(err.to_string().starts_with("/etc/b.yaml:2"), "{err}");
+    }
+
+    #[test]
+    fn http_server_limits_come_from_the_config_and_zero_is_refused() {
+        let file = Path::new("/etc/b.yaml");
+        let c = Config::parse(file, "target: {manifests: {dir: x}}\n").unwrap();
+        assert_eq!(c.server_limits, crate::http::ServerLimits::default());
+        let text = "target: {manifests: {dir: x}}\nhttp:\n  max_connections: 200\n  max_concurrent_requests: 8\n  \
+                    header_read_timeout: 5s\n  body_read_timeout: 1m\n  max_headers: 50\n  max_head_bytes: 4096\n";
+        let l = Config::parse(file, text).unwrap().server_limits;
+        assert_eq!((l.max_connections, l.max_concurrent_requests, l.max_headers, l.max_head_bytes), (200, 8, 50, 4096));
+        assert_eq!((l.header_read_timeout, l.body_read_timeout), (Duration::from_secs(5), Duration::from_secs(60)));
+        let err =
+            Config::parse(file, "target: {manifests: {dir: x}}\nhttp: {max_concurrent_requests: 0}\n").unwrap_err();
+        assert!(
+            err.to_string().contains("http.max_concurrent_requests") && err.to_string().contains("at least 1"),
+            "{err}"
+        );
+        let err = Config::parse(file, "target: {manifests: {dir: x}}\nhttp: {body_read_timeout: 0s}\n").unwrap_err();
+        assert!(err.to_string().contains("http.body_read_timeout"), "{err}");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_body_bytes: config.max_body_bytes,
         kafka_assigned,
     });
-    sources.insert(0, Box::new(HttpSource { listener, app, pipeline: pipeline.clone() }));
+    sources.insert(0, Box::new(HttpSource { listener, app, pipeline: pipeline.clone(), limits: config.server_limits }));
     MetricEvent::RulesLoaded { rules: pipeline.rules().rules().len() }.emit();
     info!(
         %addr,
@@ -217,6 +217,7 @@ struct HttpSource {
     listener: tokio::net::TcpListener,
     app: axum::Router,
     pipeline: Arc<Pipeline>,
+    limits: crate::http::ServerLimits,
 }
 
 impl Source for HttpSource {
@@ -226,8 +227,7 @@ impl Source for HttpSource {
 
     fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(async move {
-            let limits = crate::http::ServerLimits::default();
-            crate::http::serve(self.listener, self.app, Some(self.pipeline), limits, shutdown)
+            crate::http::serve(self.listener, self.app, Some(self.pipeline), self.limits, shutdown)
                 .await
                 .map_err(|e| SourceError { source_name: "http", message: e.to_string() })
         })

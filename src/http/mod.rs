@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -744,6 +744,14 @@ pub struct ServerLimits {
     /// A request's whole body must arrive within this once its head has: a client that trickles
     /// it is answered 408 at this deadline, and the refusal recorded.
     pub body_read_timeout: Duration,
+    /// Connections served at once. Past it no more are accepted: they wait in the kernel's
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// Requests with a body (anything but GET and HEAD) handled at once, from reading the body
+    /// to the answer. Past it a request waits, its body unread (TCP holds the sender back),
+    /// until one is answered: memory stays bounded by about this many bodies. GET (health,
+    /// readiness, metrics, the audit query) is never held up by uploads.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerLimits {
@@ -753,6 +761,8 @@ impl Default for ServerLimits {
             max_headers: 100,
             max_head_bytes: 16 << 10,
             body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_concurrent_requests: 32,
         }
     }
 }
@@ -784,7 +794,16 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let app = app.layer(axum::Extension(limits));
     let mut connections = tokio::task::JoinSet::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let uploads = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
     loop {
+        // A connection is accepted only with room for it (the permit goes with its task).
+        let room = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            room = open.clone().acquire_owned() => room,
+        };
+        let Ok(room) = room else { break };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -803,7 +822,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (builder, token, pipeline) = (builder.clone(), shutdown.clone(), pipeline.clone());
+        let (builder, token, pipeline, uploads) =
+            (builder.clone(), shutdown.clone(), pipeline.clone(), uploads.clone());
         let stats = Arc::new(ConnStats::default());
         let io = hyper_util::rt::TokioIo::new(Sniffed { inner: stream, stats: stats.clone() });
         let service = {
@@ -812,14 +832,19 @@ pub async fn serve(
             hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 use hyper::service::Service as _;
                 stats.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let with_body = !matches!(*req.method(), Method::GET | Method::HEAD);
                 let answer = match head_over_limits(&req, limits) {
                     None => Ok(router.call(req)),
                     Some(over) => Err(over),
                 };
-                let pipeline = pipeline.clone();
+                let (pipeline, uploads) = (pipeline.clone(), uploads.clone());
                 async move {
                     match answer {
-                        Ok(answer) => answer.await,
+                        Ok(answer) => {
+                            // The body is read when the answer is first polled: after the permit.
+                            let _turn = if with_body { uploads.acquire_owned().await.ok() } else { None };
+                            answer.await
+                        }
                         Err((error, kind)) => {
                             let (reason, location) = (error.message.clone(), error.location.clone());
                             record_head_refusal(pipeline.as_deref(), Some(431), kind, reason, location, peer).await;
@@ -830,6 +855,7 @@ pub async fn serve(
             })
         };
         connections.spawn(async move {
+            let _room = room;
             let conn = builder.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;

@@ -1135,7 +1135,92 @@ mod server {
             max_headers: 20,
             max_head_bytes: 8192,
             body_read_timeout: Duration::from_secs(2),
+            ..ServerLimits::default()
         }
+    }
+
+    async fn start_with(
+        h: &Harness,
+        limits: ServerLimits,
+    ) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = tokio_util::sync::CancellationToken::new();
+        let app = router(h.state.clone());
+        let server = tokio::spawn(serve(listener, app, Some(h.state.pipeline.clone()), limits, token.clone()));
+        (addr, token, server)
+    }
+
+    /// Send `request` on a new connection; the status line of the answer, if one comes within
+    /// `wait`, and the stream (open).
+    async fn ask(
+        addr: std::net::SocketAddr,
+        request: &[u8],
+        wait: Duration,
+    ) -> (Option<String>, tokio::net::TcpStream) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let status = status_within(&mut s, wait).await;
+        (status, s)
+    }
+
+    async fn status_within(s: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).lines().next().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    fn post(body: &str) -> Vec<u8> {
+        format!(
+            "POST /v1/alertmanager HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// With one upload allowed at a time, a second waits (its body unread) until the first is
+    /// answered, while a GET (a probe, metrics) is answered at once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn uploads_past_the_limit_wait_their_turn_and_probes_are_never_held_up() {
+        let h = harness();
+        let (addr, token, server) = start_with(&h, ServerLimits { max_concurrent_requests: 1, ..limits() }).await;
+        // The first upload sends its head and part of its body, and holds the one turn.
+        let mut first = post(FIRING);
+        let rest = first.split_off(first.len() - 100);
+        let (none, mut slow) = ask(addr, &first, Duration::from_millis(200)).await;
+        assert_eq!(none, None, "the first upload is not complete");
+        let (waiting, mut second) = ask(addr, &post(UNRELATED), Duration::from_millis(400)).await;
+        assert_eq!(waiting, None, "the second upload waits for its turn");
+        let (probe, _) = ask(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(2)).await;
+        assert_eq!(probe.as_deref(), Some("HTTP/1.1 200 OK"), "a probe is not held up by uploads");
+        // The first completes; then the second is taken.
+        slow.write_all(&rest).await.unwrap();
+        assert_eq!(status_within(&mut slow, Duration::from_secs(5)).await.as_deref(), Some("HTTP/1.1 200 OK"));
+        assert_eq!(status_within(&mut second, Duration::from_secs(5)).await.as_deref(), Some("HTTP/1.1 200 OK"));
+        assert_eq!(h.records(Kind::Received).len(), 2, "both recorded, nothing refused");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    }
+
+    /// With one connection allowed, a second is not served while the first is open, and is
+    /// once the first has closed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn connections_past_the_limit_wait_until_one_closes() {
+        let h = harness();
+        let limits = ServerLimits { max_connections: 1, header_read_timeout: Duration::from_secs(10), ..limits() };
+        let (addr, token, server) = start_with(&h, limits).await;
+        let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (answered, first) = ask(addr, get, Duration::from_secs(2)).await;
+        assert_eq!(answered.as_deref(), Some("HTTP/1.1 200 OK"));
+        // The first stays open (kept alive): the second waits in the backlog.
+        let (waiting, mut second) = ask(addr, get, Duration::from_millis(400)).await;
+        assert_eq!(waiting, None, "no second connection is served while the first is open");
+        drop(first);
+        assert_eq!(status_within(&mut second, Duration::from_secs(5)).await.as_deref(), Some("HTTP/1.1 200 OK"));
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     }
 
     async fn start(
