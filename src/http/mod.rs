@@ -762,7 +762,7 @@ impl Default for ServerLimits {
             max_head_bytes: 16 << 10,
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
-            max_concurrent_requests: 32,
+            max_concurrent_requests: 64,
         }
     }
 }
