@@ -17,6 +17,7 @@ pub mod guards;
 pub mod http;
 pub mod istio;
 pub mod pipeline;
+pub mod redact;
 pub mod reload;
 pub mod rules;
 pub mod server;

@@ -350,7 +350,7 @@ impl Pipeline {
             repeats
         };
         // Credential-like values are redacted whatever the source (HTTP bodies, Kafka messages).
-        let prefix = crate::http::redact(&r.body[..r.body.len().min(REJECTED_PREFIX)]);
+        let prefix = crate::redact::redact(&r.body[..r.body.len().min(REJECTED_PREFIX)]);
         let mut detail = json!({
             "size": r.size,
             "sha256": &r.body_sha256,

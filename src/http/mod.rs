@@ -223,7 +223,7 @@ async fn record_rejection(
     sha: String,
 ) -> Result<(), Response> {
     let origin = json!({ "status": err.status.as_u16(), "location": err.location });
-    let shown = redact(&bytes[..bytes.len().min(crate::pipeline::REJECTED_PREFIX)]);
+    let shown = crate::redact::redact(&bytes[..bytes.len().min(crate::pipeline::REJECTED_PREFIX)]);
     let rejection = Rejection { source, origin, reason: err.message.clone(), size, body: &shown, body_sha256: sha };
     match state.pipeline.reject(rejection).await {
         Ok(()) => Ok(()),
@@ -232,38 +232,6 @@ async fn record_rejection(
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("audit log unavailable: {e}")).into_response())
         }
     }
-}
-
-/// The first bytes of a refused body as recorded, with the values of what looks like a credential
-/// replaced by `[redacted]`: a JSON string under a key such as `password`, `token`, `secret`,
-/// `api_key`, `authorization`; `key=value` (a form, a query) and `key: value` (YAML, a pasted
-/// header) with such a key; `Bearer …`/`Basic …`. A sender that posts a form or a config to the
-/// wrong place must not have its secrets kept forever in a log that cannot be edited without
-/// breaking its chain. (Size and SHA-256 stay those of the body as sent.)
-pub fn redact(prefix: &[u8]) -> Vec<u8> {
-    use regex::bytes::Regex;
-    use std::sync::LazyLock;
-    const KEY: &str = r"(?i:[a-z0-9_.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|authorization|credentials?|private[_-]?key|cookie)[a-z0-9_.-]*)";
-    static PATTERNS: LazyLock<[(Regex, &'static str); 4]> = LazyLock::new(|| {
-        let re = |p: String| Regex::new(&p).expect("a valid pattern");
-        [
-            // "password": "…" (also cut off at the end of the prefix)
-            (re(format!(r#"("{KEY}"\s*:\s*")(?:(?-u:[^"\\])|\\(?-u:.))*("|\\?\z)"#)), "${1}[redacted]${2}"),
-            // password=…
-            (re(format!(r#"(^|[&?;,\s])({KEY}=)(?-u:[^&;,\s])*"#)), "${1}${2}[redacted]"),
-            // password: … (unquoted, to the end of the line)
-            (re(format!(r#"(?m)(^|[\s{{,])({KEY}[ \t]*:[ \t]*)[^\s"'{{\[][^\r\n]*"#)), "${1}${2}[redacted]"),
-            // Bearer … / Basic …
-            (re(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+".to_string()), "${1}${2}[redacted]"),
-        ]
-    });
-    let mut out = prefix.to_vec();
-    for (re, with) in PATTERNS.iter() {
-        if re.is_match(&out) {
-            out = re.replace_all(&out, with.as_bytes()).into_owned();
-        }
-    }
-    out
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {

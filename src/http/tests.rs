@@ -1430,29 +1430,6 @@ mod properties {
     }
 }
 
-#[test]
-fn credentials_in_a_refused_body_are_redacted_before_it_is_recorded() {
-    let cases: [(&[u8], &str); 9] = [
-        (br#"{"user":"u","password":"hunter2","n":1}"#, r#"{"user":"u","password":"[redacted]","n":1}"#),
-        (br#"{"db": {"Api_Key" : "k\"e\\y", "x": "y"}}"#, r#"{"db": {"Api_Key" : "[redacted]", "x": "y"}}"#),
-        (br#"{"client_secret":"cut off at the end of the pref"#, r#"{"client_secret":"[redacted]"#),
-        (b"user=u&password=hunter2&next=/", "user=u&password=[redacted]&next=/"),
-        (b"GET /?access_token=abc123 HTTP/1.1", "GET /?access_token=[redacted] HTTP/1.1"),
-        (b"Authorization: Bearer abc.def-ghi\r\nX: y", "Authorization: [redacted]\r\nX: y"),
-        (b"curl -H 'X: Basic dXNlcjpwYXNz'", "curl -H 'X: Basic [redacted]'"),
-        (b"kafka:\n  sasl.password: p4ss\n  other: 1\n", "kafka:\n  sasl.password: [redacted]\n  other: 1\n"),
-        (
-            br#"{"alerts":[{"labels":{"alertname":"TokenExpiry"}}]}"#,
-            r#"{"alerts":[{"labels":{"alertname":"TokenExpiry"}}]}"#,
-        ),
-    ];
-    for (body, want) in cases {
-        assert_eq!(String::from_utf8_lossy(&redact(body)), want);
-    }
-    // Invalid UTF-8 in a value is redacted too, byte by byte.
-    assert_eq!(redact(b"{\"password\":\"\xff\xfe\"}"), b"{\"password\":\"[redacted]\"}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kafka_message_refused_is_recorded_with_its_credentials_redacted() {
     let h = harness();
