@@ -443,8 +443,7 @@ impl Pipeline {
                     .event_id(&event_id)
                     .source(source.as_str())
                     .target(format!("{}/{}", f.namespace, f.service))
-                    .detail_of(&Received { feedback: f, origin })
-                    .map_err(|e| AuditError::Io { action: "serialise", path: Default::default(), source: e.into() })?;
+                    .detail_of(&Received { feedback: f, origin })?;
                 entries.push(entry);
                 fresh.push(i);
             }
@@ -535,11 +534,7 @@ impl Pipeline {
         for a in alerts {
             let entry = Entry::new(Kind::Received).event_id(&a.id).source(a.source.as_str());
             let detail = Delivered { alert: a, delivery: &context };
-            received.push(entry.detail_of(&detail).map_err(|e| AuditError::Io {
-                action: "serialise",
-                path: Default::default(),
-                source: e.into(),
-            })?);
+            received.push(entry.detail_of(&detail)?);
         }
         self.audit.append(received).await?;
         // One count per run of alerts from the same source (a payload's are all one source).

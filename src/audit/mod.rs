@@ -183,12 +183,13 @@ impl Entry {
         self
     }
     /// The detail, serialised from `detail` now (see [`Entry::detail_json`]).
-    pub fn detail_of(mut self, detail: &impl Serialize) -> Result<Self, serde_json::Error> {
+    pub fn detail_of(mut self, detail: &impl Serialize) -> Result<Self, AuditError> {
         // Sized for a typical alert, so the text is not grown (copied) several times over.
         let mut text = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut text, detail)?;
+        serde_json::to_writer(&mut text, detail).map_err(AuditError::serialise)?;
         // serde_json writes valid UTF-8 only.
-        self.detail_json = Some(String::from_utf8(text).map_err(serde::ser::Error::custom)?);
+        let text = String::from_utf8(text).map_err(|e| AuditError::serialise(serde::ser::Error::custom(e)))?;
+        self.detail_json = Some(text);
         Ok(self)
     }
 
@@ -255,6 +256,13 @@ pub enum AuditError {
     Corrupt { path: PathBuf, line: usize, message: String },
     #[error("the audit writer has stopped")]
     Stopped,
+}
+
+impl AuditError {
+    /// An entry that cannot be serialised to JSON (before anything is written).
+    pub fn serialise(e: serde_json::Error) -> AuditError {
+        AuditError::Io { action: "serialise", path: PathBuf::new(), source: e.into() }
+    }
 }
 
 /// Where a record is: its seq and hash, and the segment file and byte offset of its line.

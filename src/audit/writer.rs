@@ -38,11 +38,7 @@ struct Prepared {
 fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
     let room = entry.detail_json.as_ref().map_or(0, String::len) + 512;
     let mut json = Vec::with_capacity(room);
-    serde_json::to_writer(&mut json, &entry).map_err(|e| AuditError::Io {
-        action: "serialise",
-        path: PathBuf::new(),
-        source: e.into(),
-    })?;
+    serde_json::to_writer(&mut json, &entry).map_err(AuditError::serialise)?;
     // `detail` is the entry's last field: the text goes where the value would have.
     if let (None, Some(detail)) = (&entry.detail, &entry.detail_json)
         && json.last() == Some(&b'}')

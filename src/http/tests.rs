@@ -1139,10 +1139,7 @@ mod server {
         }
     }
 
-    async fn start_with(
-        h: &Harness,
-        limits: ServerLimits,
-    ) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+    async fn start_with(h: &Harness, limits: ServerLimits) -> Running {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = tokio_util::sync::CancellationToken::new();
@@ -1223,15 +1220,12 @@ mod server {
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     }
 
-    async fn start(
-        h: &Harness,
-    ) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = tokio_util::sync::CancellationToken::new();
-        let app = router(h.state.clone());
-        let server = tokio::spawn(serve(listener, app, Some(h.state.pipeline.clone()), limits(), token.clone()));
-        (addr, token, server)
+    /// A server on a loopback port: its address, what stops it, and its task.
+    type Running =
+        (std::net::SocketAddr, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>);
+
+    async fn start(h: &Harness) -> Running {
+        start_with(h, limits()).await
     }
 
     /// The rejected records once there are `n` and no more come for a moment.
