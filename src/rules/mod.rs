@@ -698,18 +698,9 @@ pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<R
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            // Several documents: the library says so without a place; the second one's marker is it.
-            let second_document = || {
-                let mut lines =
-                    text.lines().enumerate().filter(|(_, l)| l.trim_end() == "---" || l.starts_with("--- "));
-                let first = lines.next()?;
-                let before_first =
-                    text.lines().take(first.0).any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-                if before_first { Some(first.0 + 1) } else { lines.next().map(|(i, _)| i + 1) }
-            };
             errors.push(RuleError {
                 file: file.to_path_buf(),
-                line: inner.location().map(|l| l.line()).or_else(second_document),
+                line: inner.location().map(|l| l.line()).or_else(|| second_document(text)),
                 rule: None,
                 field: if path == "." { String::new() } else { path },
                 message: strip_location(&inner.to_string()),
@@ -743,6 +734,27 @@ pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<R
         }
     }
     rules
+}
+
+/// Where a file of several YAML documents goes wrong, for serde_yaml, which says so without a
+/// place: the second document's start as a YAML parser sees it (a `---`, or content after a
+/// `...` or after what ended the first), or else where that parser stops.
+fn second_document(text: &str) -> Option<usize> {
+    let mut documents = 0;
+    for event in saphyr_parser::Parser::new_from_str(text) {
+        match event {
+            Ok((saphyr_parser::Event::DocumentStart(_), span)) => {
+                documents += 1;
+                if documents == 2 {
+                    return Some(span.start.line().max(1));
+                }
+            }
+            Ok((saphyr_parser::Event::StreamEnd, _)) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(e.marker().line().max(1)),
+        }
+    }
+    None
 }
 
 fn strip_location(msg: &str) -> String {

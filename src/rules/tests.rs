@@ -503,4 +503,10 @@ fn a_file_of_several_documents_is_refused_at_the_second() {
     assert_eq!(errors[0].line, Some(2), "{:?}", errors);
     let (_, errors) = parse("# comment\n---\nrules: []\n---\nrules: []\n");
     assert_eq!(errors[0].line, Some(4), "{:?}", errors);
+    // No `---` at all: serde_yaml still sees a second document (found by the hostile-input
+    // property test in CI); the error names the line where the YAML goes wrong.
+    let (_, errors) = parse("# Canary rollbacks\n rules:\naAAa\t\n  - name: x\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.contains("more than one document"), "{:?}", errors);
+    assert_eq!(errors[0].line, Some(3), "{:?}", errors);
 }
