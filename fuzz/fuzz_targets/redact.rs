@@ -2,7 +2,7 @@
 //! value it found under a credential-like JSON key.
 #![no_main]
 
-use backstop::http::redact;
+use backstop::redact::redact;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -463,15 +463,10 @@ mod tests {
     use super::super::testing;
     use super::*;
 
-    /// The VirtualService `v1` schema of the Istio CRDs in `shared/crds` (found beside or above
-    /// the crate). Unknown keywords such as `x-kubernetes-*` and `nullable` are ignored by the
-    /// validator.
+    /// The VirtualService `v1` schema of the Istio CRDs vendored in the repository's `crds/`.
+    /// Unknown keywords such as `x-kubernetes-*` and `nullable` are ignored by the validator.
     static CRD: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .map(|dir| dir.join("shared/crds/istio-networking.yaml"))
-            .find(|path| path.exists())
-            .expect("shared/crds/istio-networking.yaml beside the crate");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/istio-networking.yaml");
         let text = std::fs::read_to_string(path).expect("readable CRD file");
         let schema = serde_yaml_ng::Deserializer::from_str(&text)
             .map(|doc| Value::deserialize(doc).expect("CRD YAML"))

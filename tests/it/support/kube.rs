@@ -27,8 +27,8 @@
 //! a PUT of a custom resource must carry one (422); `dryRun=All` validates and answers without
 //! storing; custom resources are pruned (unknown fields dropped, with a `Warning` header, or 400
 //! with `fieldValidation=Strict`) and validated against the CRD's `openAPIV3Schema` of the
-//! request's version from `shared/crds/` (422 naming the field, nothing stored); server-side
-//! apply needs `fieldManager` and reports field-ownership conflicts (409) unless `force=true`;
+//! request's version from the repository's `crds/` (422 naming the field, nothing stored);
+//! server-side apply needs `fieldManager` and reports field-ownership conflicts (409) unless `force=true`;
 //! `managedFields` are kept in the real FieldsV1 shape, with lists owned as a whole (true of
 //! CRDs without list-type markers; a simplification for Services), and an apply does not
 //! remove fields its manager stops applying.
@@ -85,7 +85,7 @@ pub struct ResourceDef {
     /// Has a `/status` subresource: object writes ignore `.status`, `/status` writes change only
     /// `.status`, and `metadata.generation` counts changes outside metadata and status.
     pub status: bool,
-    /// `metadata.name` of the CustomResourceDefinition in `shared/crds/*.yaml` that prunes and
+    /// `metadata.name` of the CustomResourceDefinition in `crds/*.yaml` that prunes and
     /// validates the object (`None` for built-in types, which also accept strategic merge
     /// patches and unconditional PUTs).
     pub crd: Option<&'static str>,
@@ -96,7 +96,7 @@ pub struct ResourceDef {
 const ISTIO: &[&str] = &["istio-io", "networking-istio-io"];
 
 /// What the emulator serves. Adding a resource is one row, and for a custom resource its CRD in
-/// `shared/crds/` (or in [`EMBEDDED_CRDS`]).
+/// the repository's `crds/` (see `crds/README.md`).
 pub const RESOURCES: &[ResourceDef] = &[
     ResourceDef {
         group: "networking.istio.io",
@@ -177,119 +177,6 @@ pub const RESOURCES: &[ResourceDef] = &[
         check: None,
     },
 ];
-
-/// CRDs that are not in `shared/crds/`: Argo Rollouts' `rollouts.argoproj.io` (v1alpha1), cut
-/// down from the project's `manifests/crds/rollout-crd.yaml` (controller-gen): the real
-/// top-level fields of `spec` and `status` with their real types, `required: [spec]`, and the
-/// status subresource; the deep schemas of `spec.strategy`, `spec.template` and the nested
-/// status objects (`canary`, `blueGreen`, `alb`) are left open (preserved) instead of spelled out.
-pub const EMBEDDED_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: rollouts.argoproj.io
-spec:
-  group: argoproj.io
-  names: {kind: Rollout, listKind: RolloutList, plural: rollouts, shortNames: [ro], singular: rollout}
-  scope: Namespaced
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    subresources:
-      status: {}
-      scale: {labelSelectorPath: .status.selector, specReplicasPath: .spec.replicas, statusReplicasPath: .status.HPAReplicas}
-    schema:
-      openAPIV3Schema:
-        type: object
-        required: [spec]
-        properties:
-          apiVersion: {type: string}
-          kind: {type: string}
-          metadata: {type: object}
-          spec:
-            type: object
-            properties:
-              analysis:
-                type: object
-                properties:
-                  successfulRunHistoryLimit: {type: integer, format: int32}
-                  unsuccessfulRunHistoryLimit: {type: integer, format: int32}
-              minReadySeconds: {type: integer, format: int32}
-              paused: {type: boolean}
-              progressDeadlineAbort: {type: boolean}
-              progressDeadlineSeconds: {type: integer, format: int32}
-              replicas: {type: integer, format: int32}
-              restartAt: {type: string, format: date-time}
-              revisionHistoryLimit: {type: integer, format: int32}
-              selector:
-                type: object
-                properties:
-                  matchExpressions:
-                    type: array
-                    items:
-                      type: object
-                      required: [key, operator]
-                      properties:
-                        key: {type: string}
-                        operator: {type: string}
-                        values: {type: array, items: {type: string}}
-                  matchLabels: {type: object, additionalProperties: {type: string}}
-              strategy: {type: object, x-kubernetes-preserve-unknown-fields: true}
-              template: {type: object, x-kubernetes-preserve-unknown-fields: true}
-              workloadRef:
-                type: object
-                properties:
-                  apiVersion: {type: string}
-                  kind: {type: string}
-                  name: {type: string}
-          status:
-            type: object
-            properties:
-              HPAReplicas: {type: integer, format: int32}
-              abort: {type: boolean}
-              abortedAt: {type: string, format: date-time}
-              alb: {type: object, x-kubernetes-preserve-unknown-fields: true}
-              availableReplicas: {type: integer, format: int32}
-              blueGreen: {type: object, x-kubernetes-preserve-unknown-fields: true}
-              canary: {type: object, x-kubernetes-preserve-unknown-fields: true}
-              collisionCount: {type: integer, format: int32}
-              conditions:
-                type: array
-                items:
-                  type: object
-                  required: [lastTransitionTime, lastUpdateTime, message, reason, status, type]
-                  properties:
-                    lastTransitionTime: {type: string, format: date-time}
-                    lastUpdateTime: {type: string, format: date-time}
-                    message: {type: string}
-                    reason: {type: string}
-                    status: {type: string}
-                    type: {type: string}
-              controllerPause: {type: boolean}
-              currentPodHash: {type: string}
-              currentStepHash: {type: string}
-              currentStepIndex: {type: integer, format: int32}
-              message: {type: string}
-              observedGeneration: {type: string}
-              pauseConditions:
-                type: array
-                items:
-                  type: object
-                  required: [reason, startTime]
-                  properties:
-                    reason: {type: string}
-                    startTime: {type: string, format: date-time}
-              phase: {type: string}
-              promoteFull: {type: boolean}
-              readyReplicas: {type: integer, format: int32}
-              replicas: {type: integer, format: int32}
-              restartedAt: {type: string, format: date-time}
-              selector: {type: string}
-              stableRS: {type: string}
-              updatedReplicas: {type: integer, format: int32}
-              workloadObservedGeneration: {type: string}
-"#;
 
 /// The user the emulator's token belongs to.
 pub const USER: &str = "system:serviceaccount:backstop:backstop";
@@ -2177,7 +2064,7 @@ fn go_value(v: &Value) -> String {
     }
 }
 
-/// The compiled schema of `crd` at `version`, from `shared/crds/*.yaml` found above the crate.
+/// The compiled schema of `crd` at `version`, from the repository's `crds/*.yaml`.
 fn schema(crd: &str, version: &str) -> Arc<Schema> {
     type Cache = Mutex<HashMap<(String, String), Arc<Schema>>>;
     static SCHEMAS: OnceLock<Cache> = OnceLock::new();
@@ -2191,7 +2078,7 @@ fn schema(crd: &str, version: &str) -> Arc<Schema> {
                 .and_then(|c| c["spec"]["versions"].as_array())
                 .and_then(|vs| vs.iter().find(|v| v["name"] == version))
                 .and_then(|v| v.pointer("/schema/openAPIV3Schema"))
-                .unwrap_or_else(|| panic!("no openAPIV3Schema for {crd} {version} in shared/crds"))
+                .unwrap_or_else(|| panic!("no openAPIV3Schema for {crd} {version} in crds/"))
                 .clone();
             let mut for_validation = raw.clone();
             allow_nullable(&mut for_validation);
@@ -2217,18 +2104,14 @@ fn allow_nullable(schema: &mut Value) {
     }
 }
 
-/// Every CustomResourceDefinition in `shared/crds/*.yaml`, by name.
+/// Every CustomResourceDefinition in the repository's `crds/*.yaml`, by name.
 fn crds() -> &'static HashMap<String, Value> {
     static CRDS: OnceLock<HashMap<String, Value>> = OnceLock::new();
     CRDS.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .map(|d| d.join("shared/crds"))
-            .find(|d| d.is_dir())
-            .expect("shared/crds beside or above the crate");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
         let mut crds = HashMap::new();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .expect("read shared/crds")
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
             .collect();
@@ -2243,11 +2126,6 @@ fn crds() -> &'static HashMap<String, Value> {
                     crds.insert(name.to_owned(), doc);
                 }
             }
-        }
-        for doc in serde_yaml_ng::Deserializer::from_str(EMBEDDED_CRDS) {
-            let doc = Value::deserialize(doc).expect("EMBEDDED_CRDS is YAML");
-            let name = doc["metadata"]["name"].as_str().expect("a CRD's name").to_owned();
-            crds.entry(name).or_insert(doc);
         }
         crds
     })
