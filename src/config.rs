@@ -8,8 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::{AuditOptions, Retention};
+use crate::confirm::PrometheusConfig;
 use crate::guards::GuardSettings;
-use crate::sources::kafka::KafkaConfig;
+use crate::http::auth::AuthConfig;
+use crate::kafka::KafkaConfig;
+use crate::secret::Secret;
 use crate::target::kubernetes::KubernetesOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,18 +95,6 @@ struct RawPrometheus {
     insecure_skip_verify: bool,
     #[serde(default)]
     timeout: Option<String>,
-}
-
-/// Where confirmation queries go.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PrometheusConfig {
-    pub url: String,
-    pub bearer_token: Option<Secret>,
-    pub basic: Option<(String, Secret)>,
-    pub ca_file: Option<PathBuf>,
-    pub insecure_skip_verify: bool,
-    /// Per HTTP request; each rule's `confirm.timeout` bounds its retries.
-    pub timeout: Duration,
 }
 
 fn default_listen() -> String {
@@ -235,30 +226,6 @@ struct RawAudit {
 struct RawRetention {
     max_age: Option<String>,
     max_bytes: Option<u64>,
-}
-
-/// Where a secret comes from; read when the server starts.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Secret {
-    File(PathBuf),
-    Env(String),
-}
-
-impl Secret {
-    pub fn read(&self) -> Result<String, String> {
-        match self {
-            Secret::File(p) => std::fs::read_to_string(p)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| format!("cannot read secret file {}: {e}", p.display())),
-            Secret::Env(v) => std::env::var(v).map_err(|_| format!("environment variable {v} is not set")),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct AuthConfig {
-    pub bearer: Option<Secret>,
-    pub basic: Option<(String, Secret)>,
 }
 
 #[derive(Debug, Clone)]
@@ -515,21 +482,6 @@ impl Config {
     }
 }
 
-/// A URL as it may be shown (logs, errors, audit records): without its userinfo
-/// (`https://user:pass@host` becomes `https://host`), and the userinfo as written in the URL
-/// (`user:pass@`), so messages of libraries that print the URL can be scrubbed of it.
-pub fn url_without_userinfo(url: &str) -> (String, Option<String>) {
-    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = rest[..=at].to_string();
-            (format!("{scheme}://{}", &rest[at + 1..]), Some(userinfo))
-        }
-        None => (url.to_string(), None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,19 +494,6 @@ mod tests {
         assert!(matches!(&c.target, TargetConfig::Manifests(d) if d.ends_with("deploy/local")));
         assert!(c.rules[0].ends_with("rules"));
         assert_eq!(c.max_body_bytes, 1 << 20);
-    }
-
-    #[test]
-    fn urls_are_shown_without_their_userinfo() {
-        assert_eq!(
-            url_without_userinfo("https://am:s3cr3t@prom.example:9090/api?x=a@b"),
-            ("https://prom.example:9090/api?x=a@b".to_string(), Some("am:s3cr3t@".to_string()))
-        );
-        assert_eq!(
-            url_without_userinfo("http://collector:4318/v1/traces"),
-            ("http://collector:4318/v1/traces".into(), None)
-        );
-        assert_eq!(url_without_userinfo("not a url"), ("not a url".into(), None));
     }
 
     #[test]

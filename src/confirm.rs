@@ -1,6 +1,7 @@
 //! Confirmation by a live Prometheus query: an alert is a claim made some time ago; before it
 //! moves traffic, a rule may ask whether the claim still holds now.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,20 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::PrometheusConfig;
-use crate::rules::template::Template;
+use crate::secret::Secret;
+use crate::template::Template;
+
+/// Where confirmation queries go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusConfig {
+    pub url: String,
+    pub bearer_token: Option<Secret>,
+    pub basic: Option<(String, Secret)>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// Per HTTP request; each rule's `confirm.timeout` bounds its retries.
+    pub timeout: Duration,
+}
 
 /// What to do when Prometheus cannot say (unreachable, error, or no data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -176,7 +189,7 @@ impl PrometheusClient {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-        let (url, userinfo) = crate::config::url_without_userinfo(&c.url);
+        let (url, userinfo) = crate::secret::url_without_userinfo(&c.url);
         let scrub = |m: String| match &userinfo {
             Some(u) => m.replace(u.as_str(), ""),
             None => m,
@@ -314,7 +327,6 @@ mod tests {
 #[cfg(test)]
 mod http_tests {
     use super::*;
-    use crate::config::{PrometheusConfig, Secret};
     use axum::http::HeaderMap;
 
     /// A stand-in for Prometheus's query API that wants a bearer token.

@@ -74,3 +74,41 @@ impl Alert {
         format!("{rule}|{}|{}", self.fingerprint, self.starts_at.to_rfc3339())
     }
 }
+
+/// Feedback about one version of a service. Unknown fields are tolerated (producers add their
+/// own), as in the webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Unique per event if the producer has one; else the transport's position is the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The VirtualService's namespace (default `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The service (VirtualService) the feedback is about.
+    pub service: String,
+    /// The subset (version) that served it, e.g. `v2`.
+    pub version: String,
+    pub time: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: FeedbackKind,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeedbackKind {
+    /// A user's yes/no on a prediction.
+    Satisfaction { satisfied: bool },
+    /// A score such as a model's confidence.
+    Score { score: f64 },
+    /// A request's outcome.
+    Outcome {
+        success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latency_ms: Option<f64>,
+    },
+}

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{Kind, Record};
+use crate::event::Feedback;
 use crate::feedback::arms::{ArmKey, Arms, ArmsSnapshot, Origin};
-use crate::sources::message::Feedback;
 use crate::stepdown::StepDown;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,7 +130,7 @@ pub struct Pending {
     pub rule: String,
     pub target: String,
     pub event_id: Option<String>,
-    /// The `istio::Plan` decided, as recorded.
+    /// The `virtualservice::Plan` decided, as recorded.
     pub plan: serde_json::Value,
     /// For an action on feedback: the arms whose comparison it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -603,7 +603,7 @@ mod tests {
     /// The `applied` record of step `step` of a step-down begun by `origin`, leaving the canary
     /// at `left` with `steps` still to go after it (as the pipeline writes it).
     fn step_applied(origin: &str, step: u32, left: u32, steps: &[u64]) -> Entry {
-        use crate::istio::{Change, Dest, Plan, Weight};
+        use crate::actions::virtualservice::{Change, Dest, Plan, Weight};
         let plan = crate::actions::ActionPlan::Traffic(Plan {
             change: Change::StepDown {
                 stable: Dest::Subset("v1".into()),
@@ -670,7 +670,7 @@ mod tests {
         assert_eq!(d.due, t1);
         let crate::actions::ActionPlan::Traffic(plan) = &d.plan else { panic!("{d:?}") };
         assert!(
-            matches!(&plan.change, crate::istio::Change::StepDown { steps, .. } if steps.len() == 1 && steps[0].get() == 0)
+            matches!(&plan.change, crate::actions::virtualservice::Change::StepDown { steps, .. } if steps.len() == 1 && steps[0].get() == 0)
         );
         assert_eq!(s.due_steps(t1).len(), 1);
     }

@@ -5,26 +5,27 @@
 //! change a **target**; the **audit** log records each step.
 
 pub mod actions;
-pub mod argo;
 pub mod audit;
 pub mod config;
 pub mod confirm;
+pub mod digest;
 pub mod event;
 pub mod failpoint;
 pub mod feedback;
 pub mod fsutil;
 pub mod guards;
 pub mod http;
-pub mod istio;
+pub mod kafka;
 pub mod pipeline;
 pub mod redact;
 pub mod reload;
 pub mod rules;
+pub mod secret;
 pub mod server;
-pub mod service;
 pub mod sinks;
 pub mod sources;
 pub mod stepdown;
 pub mod target;
 pub mod telemetry;
+pub mod template;
 pub mod verification;

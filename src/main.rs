@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use backstop::actions::Decided;
 use backstop::audit::{self, Record};
-use backstop::config::{Config, PrometheusConfig, TargetConfig};
+use backstop::config::{Config, TargetConfig};
+use backstop::confirm::PrometheusConfig;
 use backstop::confirm::{FixedValue, Prometheus, PrometheusClient};
 use backstop::http::AuditParams;
 use backstop::rules::{self, Decision};
@@ -293,8 +294,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.dry_run |= dry_run;
             if let Some(b) = kafka_brokers {
                 config.kafka = Some(match config.kafka.take() {
-                    Some(k) => backstop::sources::kafka::KafkaConfig { brokers: b, ..k },
-                    None => backstop::sources::kafka::KafkaConfig::with_brokers(b),
+                    Some(k) => backstop::kafka::KafkaConfig { brokers: b, ..k },
+                    None => backstop::kafka::KafkaConfig::with_brokers(b),
                 });
             }
             if let Some(topic) = kafka_audit_topic {

@@ -8,19 +8,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
 
-use crate::actions::{self, ActionPlan, Decide, Decided, Meta, Outcome};
+use crate::actions::{self, ActionPlan, Decide, Meta, Outcome};
 use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
 use crate::confirm::{self, SharedPrometheus};
+use crate::event::Feedback;
 use crate::event::{Alert, AlertStatus, SourceKind};
 use crate::feedback::arms::{ArmKey, Origin};
 use crate::guards::{self, GuardSettings, GuardState, Verdict};
-use crate::istio::{self, RouteState};
 use crate::rules::{Decision, Rule, RuleSet};
-use crate::service;
-use crate::sources::message::Feedback;
 use crate::stepdown::{self, StepDown, StepInfo};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
@@ -183,10 +180,6 @@ fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditE
         }
     };
     Ok((state, Restored { snapshot_seq, replayed, note }))
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Pipeline {
@@ -904,32 +897,7 @@ impl Pipeline {
         let (Some(target), Some(before), Some(after)) = (target, e.before.clone(), e.after.clone()) else {
             return Err(PipelineError::UnknownAction(action_id.into()));
         };
-        let decide = |obj: &Value| -> Result<Decided, String> {
-            match kind {
-                ObjectKind::VirtualService => {
-                    let parse =
-                        |v: &Value| serde_json::from_value::<Vec<RouteState>>(v.clone()).map_err(|e| e.to_string());
-                    let (before, after) = (parse(&before)?, parse(&after)?);
-                    let now = istio::routes(obj).map_err(|e| e.to_string())?;
-                    if after.iter().any(|a| !now.contains(a)) {
-                        let moved = istio::VsError::MovedOn {
-                            object: target.to_string(),
-                            action: action_id.to_string(),
-                            now: serde_json::to_string(&now).unwrap_or_default(),
-                        };
-                        return Err(moved.to_string());
-                    }
-                    istio::restore(obj, &before).map(Decided::from).map_err(|e| e.to_string())
-                }
-                ObjectKind::Service => service::restore_selector(obj, &before, &after).map_err(|e| e.to_string()),
-                ObjectKind::Rollout => crate::argo::restore_abort(obj, &before, &after).map_err(|e| e.to_string()),
-                ObjectKind::FlaggerCanary => Err(format!(
-                    "nothing to undo on {}: backstop only answered Flagger's rollback webhook; \
-                     Flagger rolled back itself and promotes again on the next revision",
-                    target
-                )),
-            }
-        };
+        let decide = |obj: &Value| actions::undo(kind, obj, &before, &after, &target, action_id);
         let rule = e.rule.clone().unwrap_or_default();
         self.manual("undo", &rule, &target, actor, reason, &decide, Some(action_id)).await
     }

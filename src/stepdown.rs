@@ -7,7 +7,7 @@
 //! steps still to go and when the next is due. The guards fold those records into the pending
 //! step-downs, so a restart resumes where the log says it was and never goes back up: each step
 //! lowers the canary to the first remaining step at or below its weight (see
-//! [`crate::istio::Change::StepDown`]).
+//! [`crate::actions::virtualservice::Change::StepDown`]).
 //!
 //! This module is the pure part: what a step's outcome means for the next one.
 
@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::actions::virtualservice::{self, Change, RouteState, Weight};
 use crate::actions::{ActionPlan, Outcome};
-use crate::istio::{self, Change, RouteState, Weight};
 
 /// The key of a step's information in `decided` and outcome records.
 pub const STEP_DOWN: &str = "step_down";
@@ -111,7 +111,7 @@ impl StepDown {
 pub fn to_zero(plan: &ActionPlan) -> ActionPlan {
     match plan {
         ActionPlan::Traffic(p) => match &p.change {
-            Change::StepDown { stable, canary, .. } => ActionPlan::Traffic(istio::Plan {
+            Change::StepDown { stable, canary, .. } => ActionPlan::Traffic(virtualservice::Plan {
                 change: Change::StepDown { stable: stable.clone(), canary: canary.clone(), steps: vec![zero()] },
                 routes: p.routes.clone(),
             }),
@@ -127,7 +127,7 @@ fn zero() -> Weight {
 
 /// Whether a plan is a step of a gradual rollback.
 pub fn is_step(plan: &ActionPlan) -> bool {
-    matches!(plan, ActionPlan::Traffic(istio::Plan { change: Change::StepDown { .. }, .. }))
+    matches!(plan, ActionPlan::Traffic(virtualservice::Plan { change: Change::StepDown { .. }, .. }))
 }
 
 /// What a step's outcome means for the next step: the `step_down` detail of its outcome record.
@@ -136,11 +136,13 @@ pub fn is_step(plan: &ActionPlan) -> bool {
 /// Refused (the object no longer makes sense for the plan): the step-down ends.
 pub fn after_outcome(plan: &ActionPlan, info: &StepInfo, outcome: &Outcome, now: DateTime<Utc>) -> StepInfo {
     let mut info = StepInfo { remaining: Some(Vec::new()), next_at: None, next: None, ..info.clone() };
-    let ActionPlan::Traffic(istio::Plan { change: Change::StepDown { canary, steps, .. }, .. }) = plan else {
+    let ActionPlan::Traffic(virtualservice::Plan { change: Change::StepDown { canary, steps, .. }, .. }) = plan else {
         return info;
     };
     let reached = |routes: &Value| {
-        serde_json::from_value::<Vec<RouteState>>(routes.clone()).ok().map(|r| istio::canary_weight(&r, canary))
+        serde_json::from_value::<Vec<RouteState>>(routes.clone())
+            .ok()
+            .map(|r| virtualservice::canary_weight(&r, canary))
     };
     let remaining: Vec<Weight> = match outcome {
         Outcome::Applied { after: routes, .. } | Outcome::NoOp { state: routes } => match reached(routes) {
@@ -167,12 +169,12 @@ pub fn after_outcome(plan: &ActionPlan, info: &StepInfo, outcome: &Outcome, now:
 /// The verification of one step: the canary's share may be at most its new weight plus the
 /// rule's own allowance (`max_share`, for the last step that is all).
 pub fn verify_for_step(verify: &Value, outcome: &Outcome, plan: &ActionPlan) -> Value {
-    let ActionPlan::Traffic(istio::Plan { change: Change::StepDown { canary, .. }, .. }) = plan else {
+    let ActionPlan::Traffic(virtualservice::Plan { change: Change::StepDown { canary, .. }, .. }) = plan else {
         return verify.clone();
     };
     let weight = match outcome {
         Outcome::Applied { after, .. } => serde_json::from_value::<Vec<RouteState>>(after.clone())
-            .map(|r| istio::canary_weight(&r, canary))
+            .map(|r| virtualservice::canary_weight(&r, canary))
             .unwrap_or(0),
         _ => 0,
     };
@@ -188,7 +190,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::istio::{Dest, Plan};
+    use crate::actions::virtualservice::{Dest, Plan};
 
     fn w(v: u64) -> Weight {
         Weight::try_from(v).unwrap()

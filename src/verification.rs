@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::rules::template::Template;
+use crate::template::Template;
 
 /// A rule's `verify:`.
 #[derive(Debug, Clone, PartialEq)]

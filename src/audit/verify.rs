@@ -4,7 +4,6 @@ use std::io::BufRead;
 use std::path::Path;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::read::{Lines, segments};
 use super::{AuditError, GENESIS};
@@ -109,7 +108,7 @@ impl Chain {
             })?;
             self.anchors.extend(c.detail.anchors.into_iter().map(|a| (a.seq, a.prev, link.seq)));
         }
-        let hash = hex::encode(Sha256::digest(bytes));
+        let hash = crate::digest::sha256_hex(bytes);
         if self.report.records == 0 {
             self.report.first_seq = link.seq;
             self.start = Some((link.seq, link.prev.to_string()));

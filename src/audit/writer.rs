@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::read::{scan_tail, segment_name, segments};
@@ -108,7 +107,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Audit
 }
 
 fn hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    crate::digest::sha256_hex(line)
 }
 
 impl AuditLog {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sequential::Tally;
 use super::window::{ArmWindow, Observation};
-use crate::sources::message::{Feedback, FeedbackKind};
+use crate::event::{Feedback, FeedbackKind};
 
 /// An arm with no event for this long is dropped, and its comparisons start again.
 pub const ARM_IDLE: Duration = Duration::from_secs(3600);

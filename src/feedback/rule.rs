@@ -118,8 +118,8 @@ impl FeedbackSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Feedback, FeedbackKind};
     use crate::feedback::arms::Origin;
-    use crate::sources::message::{Feedback, FeedbackKind};
     use chrono::TimeZone;
 
     fn t0() -> DateTime<Utc> {

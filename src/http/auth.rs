@@ -5,7 +5,14 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthConfig;
+use crate::secret::Secret;
+
+/// `auth:` of backstop.yaml: the credentials a sender must present (none: no authentication).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthConfig {
+    pub bearer: Option<Secret>,
+    pub basic: Option<(String, Secret)>,
+}
 
 #[derive(Clone, Default)]
 pub struct Auth {
@@ -65,7 +72,6 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
     #[test]
     fn bearer_and_basic_credentials_are_checked() {

@@ -264,7 +264,7 @@ pub fn ndjson_lines(bytes: &[u8]) -> Vec<(usize, &[u8])> {
 }
 
 /// One feedback payload (a line of a batch, or the whole body): the event, or why not and where.
-fn feedback_event(ce: &[(&str, &[u8])], line: usize, payload: &[u8]) -> Result<message::Feedback, ApiError> {
+fn feedback_event(ce: &[(&str, &[u8])], line: usize, payload: &[u8]) -> Result<crate::event::Feedback, ApiError> {
     match message::parse(message::Expect::Feedback, ce, payload) {
         Ok(message::Message::Feedback(f)) => Ok(f),
         Ok(message::Message::Alerts(_)) => Err(ApiError::at(
@@ -330,7 +330,7 @@ async fn receive_feedback(State(state): State<AppState>, limits: Limits, headers
         };
         if recorded < MAX_RECORDED_LINES {
             recorded += 1;
-            let line_sha = crate::pipeline::sha256_hex(payload);
+            let line_sha = crate::digest::sha256_hex(payload);
             if let Err(unavailable) = record_rejection(&state, "http", &error, payload.len(), payload, line_sha).await {
                 return unavailable;
             }
@@ -363,13 +363,13 @@ async fn receive_feedback(State(state): State<AppState>, limits: Limits, headers
 /// Record and count the events taken, run the feedback rules, and answer.
 async fn feedback_answer(
     state: &AppState,
-    events: Vec<(message::Feedback, Value)>,
+    events: Vec<(crate::event::Feedback, Value)>,
     lines: usize,
     refused: Vec<Value>,
     omitted: usize,
 ) -> Response {
     let taken = events.len();
-    let batch: Vec<(&message::Feedback, &Value)> = events.iter().map(|(f, o)| (f, o)).collect();
+    let batch: Vec<(&crate::event::Feedback, &Value)> = events.iter().map(|(f, o)| (f, o)).collect();
     let reports = match state.pipeline.feedback_batch(&batch, SourceKind::Http).await {
         Ok(r) => r,
         Err(e) => return ApiError::from(e).into_response(),
@@ -1018,7 +1018,7 @@ async fn record_head_refusal(
         size: 0,
         body: &[],
         // No body to hash: the kind of refusal is what repeats.
-        body_sha256: crate::pipeline::sha256_hex(format!("request head refused: {kind}").as_bytes()),
+        body_sha256: crate::digest::sha256_hex(format!("request head refused: {kind}").as_bytes()),
     };
     let _one = ONE_AT_A_TIME.lock().await;
     if let Err(e) = pipeline.reject(rejection).await {

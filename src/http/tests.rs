@@ -3,9 +3,10 @@
 
 use super::*;
 use crate::audit::{AuditLog, AuditOptions, Entry, Filter, Kind};
-use crate::config::{AuthConfig, Secret};
 use crate::guards::GuardSettings;
+use crate::http::auth::AuthConfig;
 use crate::pipeline::Settings;
+use crate::secret::Secret;
 use crate::target::manifests::Manifests;
 use axum::body::Body;
 use axum::http::Request;
@@ -234,7 +235,7 @@ async fn invalid_json_is_400_with_line_and_column_and_recorded() {
     let d = rejected[0].entry.detail.as_ref().unwrap();
     assert_eq!(d["status"], 400);
     assert_eq!(d["size"], 27);
-    assert_eq!(d["sha256"], crate::pipeline::sha256_hex(b"{\n \"receiver\": \"x\",\n oops }"));
+    assert_eq!(d["sha256"], crate::digest::sha256_hex(b"{\n \"receiver\": \"x\",\n oops }"));
     assert_eq!(d["prefix"], "{\n \"receiver\": \"x\",\n oops }");
 }
 
@@ -255,7 +256,7 @@ async fn oversized_body_is_413_and_recorded_with_its_full_size() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
     let d = h.records(Kind::Rejected)[0].entry.detail.clone().unwrap();
     assert_eq!(d["size"], FIRING.len());
-    assert_eq!(d["sha256"], crate::pipeline::sha256_hex(FIRING.as_bytes()));
+    assert_eq!(d["sha256"], crate::digest::sha256_hex(FIRING.as_bytes()));
     assert_eq!(d["prefix"].as_str().unwrap().len(), 100, "only the bytes within the limit are kept");
 }
 
@@ -1434,7 +1435,7 @@ async fn a_kafka_message_refused_is_recorded_with_its_credentials_redacted() {
         reason: "EOF while parsing an object".into(),
         size: body.len(),
         body,
-        body_sha256: crate::pipeline::sha256_hex(body),
+        body_sha256: crate::digest::sha256_hex(body),
     };
     h.state.pipeline.reject(rejection).await.unwrap();
     let rejected = h.records(Kind::Rejected);

@@ -2,7 +2,6 @@
 //! turns an alert into [`Decision`]s.
 
 pub mod matcher;
-pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -14,16 +13,16 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::actions::ActionPlan;
+use crate::actions::service::SelectorSwitch;
+use crate::actions::virtualservice::{Change, Dest, Plan, Weight};
 use crate::confirm::{Comparison, Confirm, Fallback};
 use crate::event::{Alert, AlertStatus};
 use crate::feedback::rule::{Check, FeedbackSpec};
 use crate::feedback::sequential::{DEFAULT_TAU, Sequential, Test};
-use crate::istio::{Change, Dest, Plan, Weight};
-use crate::service::SelectorSwitch;
 use crate::target::{ObjectKind, ObjectRef};
+use crate::template::{self, Template};
 use crate::verification::{self, Verification};
 use matcher::Matcher;
-use template::Template;
 
 /// Which alert statuses a rule reacts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::audit::{AuditError, AuditLog, Position, RawRecord, Record, raw_records_after};
-use crate::sources::kafka::KafkaConfig;
+use crate::kafka::KafkaConfig;
 use crate::sources::{Source, SourceError};
 
 /// The published position, beside `snapshot.json` in the audit directory.

@@ -3,7 +3,6 @@
 //! committed on rebalance and at shutdown. While the audit log cannot take records, consumption
 //! waits instead of buffering.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,39 +20,11 @@ use tracing::{info, warn};
 
 use super::message::{self, Expect, Message};
 use super::{Source, SourceError};
+use crate::digest::sha256_hex;
 use crate::event::SourceKind;
-use crate::pipeline::{Pipeline, Rejection, sha256_hex};
+use crate::kafka::KafkaConfig;
+use crate::pipeline::{Pipeline, Rejection};
 use crate::telemetry::metrics::Event as MetricEvent;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub group_id: String,
-    pub alerts_topic: String,
-    pub feedback_topic: String,
-    /// Where messages that cannot be parsed are copied (besides being recorded), if anywhere.
-    pub dead_letter_topic: Option<String>,
-    /// Where every audit record is published (keyed by target), if anywhere: see
-    /// [`crate::sinks::audit_topic`].
-    pub audit_topic: Option<String>,
-    /// Passed to librdkafka as they are: `security.protocol`, `sasl.*`, `ssl.*`, ...
-    pub properties: BTreeMap<String, String>,
-}
-
-impl KafkaConfig {
-    /// `--kafka-brokers HOST:PORT`: the default group and topics.
-    pub fn with_brokers(brokers: impl Into<String>) -> KafkaConfig {
-        KafkaConfig {
-            brokers: brokers.into(),
-            group_id: "backstop".into(),
-            alerts_topic: "backstop.alerts".into(),
-            feedback_topic: "backstop.feedback".into(),
-            dead_letter_topic: None,
-            audit_topic: None,
-            properties: BTreeMap::new(),
-        }
-    }
-}
 
 /// The consumer's context: commits what was stored before partitions are taken away (so the
 /// next owner starts after it), counts the partitions assigned (for `/readyz`), and turns
@@ -199,7 +170,7 @@ impl KafkaSource {
     /// write), or its rejections. Err: the audit log could not take them; a retry records what
     /// was missing (what was recorded is recognised, or recorded as a redelivery).
     async fn record_batch(&self, batch: &[BorrowedMessage<'_>], parsed: &[Parsed]) -> Result<(), String> {
-        let mut feedback: Vec<(&message::Feedback, &serde_json::Value)> = Vec::new();
+        let mut feedback: Vec<(&crate::event::Feedback, &serde_json::Value)> = Vec::new();
         for (m, p) in batch.iter().zip(parsed) {
             if let Ok(Message::Feedback(f)) = &p.message {
                 feedback.push((f, &p.position));
@@ -290,7 +261,10 @@ impl KafkaSource {
         Some(batch)
     }
 
-    async fn flush_feedback(&self, feedback: &mut Vec<(&message::Feedback, &serde_json::Value)>) -> Result<(), String> {
+    async fn flush_feedback(
+        &self,
+        feedback: &mut Vec<(&crate::event::Feedback, &serde_json::Value)>,
+    ) -> Result<(), String> {
         if feedback.is_empty() {
             return Ok(());
         }

@@ -7,55 +7,17 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::event::{Alert, AlertStatus, SourceKind};
+use crate::event::{Alert, AlertStatus, Feedback, FeedbackKind, SourceKind};
 use crate::sources::alertmanager::{self, WebhookAlert};
 
 /// CloudEvents `type` of a feedback event.
 pub const FEEDBACK_TYPE: &str = "io.backstop.feedback.v1";
 /// CloudEvents `type` of an alert (one Alertmanager alert, or a whole webhook payload).
 pub const ALERT_TYPE: &str = "io.backstop.alert.v1";
-
-/// Feedback about one version of a service. Unknown fields are tolerated (producers add their
-/// own), as in the webhook.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Feedback {
-    /// Unique per event if the producer has one; else the transport's position is the identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// The VirtualService's namespace (default `default`).
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// The service (VirtualService) the feedback is about.
-    pub service: String,
-    /// The subset (version) that served it, e.g. `v2`.
-    pub version: String,
-    pub time: DateTime<Utc>,
-    #[serde(flatten)]
-    pub kind: FeedbackKind,
-}
-
-fn default_namespace() -> String {
-    "default".into()
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FeedbackKind {
-    /// A user's yes/no on a prediction.
-    Satisfaction { satisfied: bool },
-    /// A score such as a model's confidence.
-    Score { score: f64 },
-    /// A request's outcome.
-    Outcome {
-        success: bool,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        latency_ms: Option<f64>,
-    },
-}
 
 /// What a message carried.
 #[derive(Debug, Clone, PartialEq)]

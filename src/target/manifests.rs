@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::yaml_edit;
@@ -56,7 +55,7 @@ impl Manifests {
                         Location {
                             file: file.clone(),
                             index: doc.index,
-                            hash: hex::encode(Sha256::digest(text.as_bytes())),
+                            hash: crate::digest::sha256_hex(text.as_bytes()),
                         },
                         doc.value,
                     ));

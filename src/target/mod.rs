@@ -1,5 +1,5 @@
 //! Targets hold the objects actions change. The executor reads an object, decides its new state
-//! with the pure functions of [`crate::istio`], and writes it back conditionally on the version
+//! with the pure functions of [`crate::actions::virtualservice`], and writes it back conditionally on the version
 //! it read; a target only knows how to read and write.
 
 pub mod kubernetes;
@@ -21,7 +21,7 @@ pub enum ObjectKind {
     /// A Kubernetes Service whose selector a blue-green switch moves.
     Service,
     /// An Argo Rollout (`argoproj.io/v1alpha1`, plural `rollouts`) that backstop aborts the way
-    /// `kubectl argo rollouts abort` does (see [`crate::argo`]).
+    /// `kubectl argo rollouts abort` does (see [`crate::actions::rollout`]).
     Rollout,
     /// A Flagger Canary (`flagger.app/v1beta1`): never written; backstop answers its `rollback`
     /// webhook (see `crate::flagger`).

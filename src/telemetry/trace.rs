@@ -73,7 +73,7 @@ impl Traces {
         let provider = SdkTracerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build();
         EXPORTING.store(true, Ordering::Relaxed);
         // Shown in the log: without credentials the endpoint may carry.
-        let endpoint = crate::config::url_without_userinfo(&endpoint).0;
+        let endpoint = crate::secret::url_without_userinfo(&endpoint).0;
         Ok(Some(Traces { provider, endpoint, protocol: name }))
     }
 

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use backstop::config::{Config, Secret, TargetConfig};
+use backstop::config::{Config, TargetConfig};
+use backstop::secret::Secret;
 
 use crate::support::backstop::repo;
 

@@ -266,8 +266,8 @@ async fn a_service_selector_switch_goes_through_the_api_and_can_be_undone() {
 mod argo {
     use std::time::Duration;
 
+    use backstop::actions::rollout::{abort, restore_abort};
     use backstop::actions::{self, Decided, Meta, Outcome};
-    use backstop::argo::{abort, restore_abort};
     use backstop::target::kubernetes::{Kubernetes, KubernetesOptions};
     use backstop::target::{Notice, ObjectRef, Target, TargetError};
     use serde_json::{Value, json};

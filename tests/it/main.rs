@@ -15,6 +15,7 @@ mod kafka;
 mod kube_emulator;
 mod kubernetes;
 mod lifecycle;
+mod module_graph;
 mod otlp;
 mod promtool;
 mod serve;

@@ -7,9 +7,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::istio;
-use crate::service::{self, SelectorSwitch};
-use crate::target::{ObjectRef, Target, TargetError};
+pub mod flagger;
+pub mod rollout;
+pub mod service;
+pub mod virtualservice;
+
+use crate::target::{ObjectKind, ObjectRef, Target, TargetError};
+use service::SelectorSwitch;
 
 /// How often a write that lost a race (the object changed since it was read) is re-read,
 /// re-decided and tried again.
@@ -21,7 +25,7 @@ const CONFLICT_RETRIES: usize = 3;
 #[serde(rename_all = "snake_case")]
 pub enum ActionPlan {
     /// VirtualService weights: rollback, switch, set-weights.
-    Traffic(istio::Plan),
+    Traffic(virtualservice::Plan),
     /// Service selector: blue-green switch.
     Selector(SelectorSwitch),
     /// Argo Rollout: abort (`status.abort: true`).
@@ -32,22 +36,42 @@ pub enum ActionPlan {
 
 impl ActionPlan {
     /// The kind of object the plan changes.
-    pub fn kind(&self) -> crate::target::ObjectKind {
+    pub fn kind(&self) -> ObjectKind {
         match self {
-            ActionPlan::Traffic(_) => crate::target::ObjectKind::VirtualService,
-            ActionPlan::Selector(_) => crate::target::ObjectKind::Service,
-            ActionPlan::Abort => crate::target::ObjectKind::Rollout,
-            ActionPlan::FlaggerRollback { .. } => crate::target::ObjectKind::FlaggerCanary,
+            ActionPlan::Traffic(_) => ObjectKind::VirtualService,
+            ActionPlan::Selector(_) => ObjectKind::Service,
+            ActionPlan::Abort => ObjectKind::Rollout,
+            ActionPlan::FlaggerRollback { .. } => ObjectKind::FlaggerCanary,
         }
     }
 
     pub fn decide(&self, obj: &Value) -> Result<Decided, String> {
         match self {
-            ActionPlan::Abort => crate::argo::abort(obj).map_err(|e| e.to_string()),
-            ActionPlan::FlaggerRollback { .. } => Err("a Flagger Canary is never written".into()),
-            ActionPlan::Traffic(plan) => istio::apply(obj, plan).map(Decided::from).map_err(|e| e.to_string()),
+            ActionPlan::Abort => rollout::abort(obj).map_err(|e| e.to_string()),
+            ActionPlan::FlaggerRollback { .. } => flagger::decide(obj),
+            ActionPlan::Traffic(plan) => virtualservice::apply(obj, plan).map(Decided::from).map_err(|e| e.to_string()),
             ActionPlan::Selector(sw) => service::switch_selector(obj, sw).map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// The undo of an applied action on an object of `kind`: the state `before` it put back, if the
+/// object is still in the state `after` it left (each kind says what that means).
+pub fn undo(
+    kind: ObjectKind,
+    obj: &Value,
+    before: &Value,
+    after: &Value,
+    target: &ObjectRef,
+    action_id: &str,
+) -> Result<Decided, String> {
+    match kind {
+        ObjectKind::VirtualService => {
+            virtualservice::undo(obj, before, after, &target.to_string(), action_id).map(Decided::from)
+        }
+        ObjectKind::Service => service::restore_selector(obj, before, after).map_err(|e| e.to_string()),
+        ObjectKind::Rollout => rollout::restore_abort(obj, before, after).map_err(|e| e.to_string()),
+        ObjectKind::FlaggerCanary => flagger::undo(target),
     }
 }
 
@@ -60,11 +84,11 @@ pub enum Decided {
     Changed { object: Value, before: Value, after: Value },
 }
 
-impl From<istio::Outcome> for Decided {
-    fn from(o: istio::Outcome) -> Decided {
+impl From<virtualservice::Transformed> for Decided {
+    fn from(o: virtualservice::Transformed) -> Decided {
         match o {
-            istio::Outcome::Unchanged { state } => Decided::Unchanged { state: json!(state) },
-            istio::Outcome::Changed { object, before, after } => {
+            virtualservice::Transformed::Unchanged { state } => Decided::Unchanged { state: json!(state) },
+            virtualservice::Transformed::Changed { object, before, after } => {
                 Decided::Changed { object, before: json!(before), after: json!(after) }
             }
         }

@@ -1,11 +1,11 @@
 //! Blue-green by Service selector (the form Argo Rollouts uses): a Kubernetes Service whose
 //! selector label moves between two values, e.g. `version: blue` to `version: green`. Pure
-//! functions over the object, like [`crate::istio`].
+//! functions over the object, like [`super::virtualservice`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::actions::Decided;
+use super::Decided;
 
 /// Move the Service's selector `label` from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

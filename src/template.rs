@@ -1,4 +1,5 @@
-//! Templates for rule targets: literal text with `{{ $labels.NAME }}` placeholders, parsed once.
+//! Templates for rule targets and queries: literal text with `{{ $labels.NAME }}` placeholders,
+//! parsed once. Used by the rules, confirmation and verification alike.
 
 use std::collections::BTreeMap;
 

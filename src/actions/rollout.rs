@@ -2,11 +2,11 @@
 //! `status.abort: true` (the plugin's merge patch `{"status":{"abort":true}}` on the status
 //! subresource). The Argo controller then stops progressing, scales the canary (or preview) down
 //! and sends all traffic back to the stable ReplicaSet. Pure functions over the object, like
-//! [`crate::service`]; the Kubernetes target writes the change to `/status`.
+//! [`super::service`]; the Kubernetes target writes the change to `/status`.
 
 use serde_json::{Map, Value, json};
 
-use crate::actions::Decided;
+use super::Decided;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ArgoError {
