@@ -28,4 +28,6 @@ pub mod stepdown;
 pub mod target;
 pub mod telemetry;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod verification;

@@ -1,0 +1,259 @@
+//! Alerts: each recorded, matched against the rules, each decision vetted by the guards,
+//! confirmed by Prometheus if its rule asks, then acted on through the target.
+
+use super::*;
+
+impl Pipeline {
+    /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
+    #[instrument(skip_all, fields(alerts = alerts.len()))]
+    pub async fn alerts(&self, alerts: &[Alert], context: Value) -> Result<Vec<Report>, PipelineError> {
+        #[derive(Serialize)]
+        struct Delivered<'a> {
+            alert: &'a Alert,
+            delivery: &'a Value,
+        }
+        let mut received = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let entry = Entry::new(Kind::Received).event_id(&a.id).source(a.source.as_str());
+            let detail = Delivered { alert: a, delivery: &context };
+            received.push(entry.detail_of(&detail)?);
+        }
+        self.audit.append(received).await?;
+        // One count per run of alerts from the same source (a payload's are all one source).
+        for run in alerts.chunk_by(|a, b| a.source == b.source) {
+            MetricEvent::Received { source: run[0].source.as_str(), outcome: "accepted", count: run.len() as u64 }
+                .emit();
+        }
+        let rules = self.rules();
+        let mut reports = Vec::new();
+        for alert in alerts {
+            let decisions = rules.decide(alert, Utc::now());
+            if decisions.is_empty() {
+                reports.push(Report {
+                    event_id: alert.id.clone(),
+                    rule: None,
+                    outcome: Kind::Received,
+                    target: None,
+                    action_id: None,
+                    reason: Some("no rule matches".into()),
+                });
+            }
+            for decision in decisions {
+                let rule = rules.get(decision.rule()).cloned();
+                if let Some(rule) = rule {
+                    reports.push(self.decided(alert, &rule, decision, None).await?);
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    #[instrument(skip_all, fields(event_id = %alert.id, rule = %rule.name))]
+    pub(super) async fn decided(
+        &self,
+        alert: &Alert,
+        rule: &Rule,
+        decision: Decision,
+        feedback: Option<&FeedbackContext>,
+    ) -> Result<Report, PipelineError> {
+        let mut matched = Entry::new(Kind::Matched)
+            .event_id(&alert.id)
+            .source(alert.source.as_str())
+            .rule(&rule.name)
+            .detail(json!({ "action": rule.action_summary(), "status": alert.status }));
+        if let Some(f) = feedback {
+            matched = matched.detail(json!({ "evidence": f.evidence }));
+        }
+        // An action on feedback, once applied (or found done), ends the comparison.
+        let ends_comparison = |entry: Entry| match feedback {
+            Some(f) => entry.detail(json!({ guards::FEEDBACK_ARMS: f.arms })),
+            None => entry,
+        };
+        let report =
+            |outcome: Kind, target: Option<&ObjectRef>, action_id: Option<&str>, reason: Option<String>| Report {
+                event_id: alert.id.clone(),
+                rule: Some(rule.name.clone()),
+                outcome,
+                target: target.map(ToString::to_string),
+                action_id: action_id.map(str::to_string),
+                reason,
+            };
+        let (key, target, plan, dry_run) = match decision {
+            Decision::Hold { reason, .. } => {
+                let held = Entry::new(Kind::Held).event_id(&alert.id).rule(&rule.name).reason(&reason);
+                self.record_unlocked(vec![matched, held]).await?;
+                return Ok(report(Kind::Held, None, None, Some(reason)));
+            }
+            Decision::Refuse { reason, .. } => {
+                let refused = Entry::new(Kind::Refused).event_id(&alert.id).rule(&rule.name).reason(&reason);
+                self.record_unlocked(vec![matched, refused]).await?;
+                return Ok(report(Kind::Refused, None, None, Some(reason)));
+            }
+            Decision::Act { key, target, plan, dry_run, .. } => (key, target, plan, dry_run),
+        };
+        let mut state = self.state.lock().await;
+        let now = Utc::now();
+        let settings = self.settings();
+        let cooldown = rule.cooldown.unwrap_or(settings.guards.default_cooldown);
+        state.prune(now, &settings.guards, cooldown);
+        let target_name = target.to_string();
+        let base = |kind: Kind| Entry::new(kind).event_id(&alert.id).rule(&rule.name).target(&target_name).key(&key);
+        // A new alert for a target this rule is stepping down: straight to 0, at once (no
+        // cooldown or cap: the action is under way), unless on-call paused the target.
+        if let Some(sd) = state.step_down(&target_name).filter(|d| d.rule == rule.name).cloned()
+            && !state.has_key(&key)
+            && state.paused(&target_name).is_none()
+        {
+            let mut sd = StepDown { event_id: Some(alert.id.clone()), ..sd };
+            sd.to_zero(now);
+            let why =
+                format!("a new alert during the gradual rollback begun by action {}: straight to 0 at once", sd.origin);
+            info!(target = %target_name, origin = %sd.origin, "new alert during a gradual rollback: straight to 0");
+            return Ok(self.take_step(state, &sd, vec![matched], Some(&key), &why).await?.0);
+        }
+        // Prometheus is asked without holding the state (other events go on meanwhile); what
+        // changed while it answered is vetted again after.
+        let mut verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now);
+        let mut confirmed = None;
+        if verdict == Verdict::Proceed
+            && let Some(confirm) = &rule.confirm
+        {
+            drop(state);
+            confirmed = Some(self.confirm(confirm, alert).await);
+            state = self.state.lock().await;
+            verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, Utc::now());
+        }
+        match verdict {
+            Verdict::Duplicate { action_id } => {
+                let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
+                // Marked, so it is not taken for the outcome of that action (still in flight, maybe).
+                let noop = base(Kind::Noop).action_id(&action_id).reason(&reason).detail(json!({ "duplicate": true }));
+                drop(state);
+                self.record_unlocked(vec![matched, noop]).await?;
+                Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
+            }
+            Verdict::Held { reason } => {
+                drop(state);
+                self.record_unlocked(vec![matched, base(Kind::Held).reason(&reason)]).await?;
+                info!(target = %target_name, %reason, "held");
+                Ok(report(Kind::Held, Some(&target), None, Some(reason)))
+            }
+            Verdict::Proceed => {
+                let confirmation = match confirmed {
+                    None => None,
+                    Some(answer) => match answer {
+                        (confirm::Verdict::Go, evidence) => Some(evidence),
+                        (confirm::Verdict::Hold(reason), evidence) => {
+                            let held = base(Kind::Held).reason(&reason).detail(json!({ "confirmation": evidence }));
+                            drop(state);
+                            self.record_unlocked(vec![matched, held]).await?;
+                            info!(target = %target_name, %reason, "held by its confirmation");
+                            return Ok(report(Kind::Held, Some(&target), None, Some(reason)));
+                        }
+                        (confirm::Verdict::Fail(reason), evidence) => {
+                            let failed = base(Kind::Failed).reason(&reason).detail(json!({ "confirmation": evidence }));
+                            drop(state);
+                            self.record_unlocked(vec![matched, failed]).await?;
+                            return Ok(report(Kind::Failed, Some(&target), None, Some(reason)));
+                        }
+                    },
+                };
+                let action_id = uuid::Uuid::now_v7().to_string();
+                let decide = |obj: &Value| plan.decide(obj);
+                let dry = dry_run || settings.dry_run;
+                let verify = rule.verify.as_ref().map(|v| verify_detail(v, &alert.labels));
+                let step = stepdown::is_step(&plan).then(|| StepInfo {
+                    origin: action_id.clone(),
+                    step: 1,
+                    interval_ms: rule.step_interval.map_or(60_000, |i| i.as_millis() as u64),
+                    verify: verify.clone(),
+                    remaining: None,
+                    next_at: None,
+                    next: None,
+                });
+                let mut decided = base(Kind::Decided).action_id(&action_id).detail(json!({
+                    "action": rule.action_summary(),
+                    "dry_run": dry,
+                    "target": self.target.describe(),
+                    "plan": plan,
+                    "confirmation": confirmation,
+                }));
+                if let Some(step) = &step {
+                    decided = decided.detail(json!({ stepdown::STEP_DOWN: step }));
+                }
+                // Carried by `decided` too, so an action resumed after a crash still ends it.
+                let decided = ends_comparison(decided);
+                if dry {
+                    let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
+                    let reason = format!("dry run: would be {}", outcome_word(&outcome));
+                    let entry =
+                        outcome_entry(base(Kind::DryRun).action_id(&action_id), &outcome, target.kind).reason(&reason);
+                    self.record(&mut state, vec![matched, entry]).await?;
+                    return Ok(report(Kind::DryRun, Some(&target), Some(&action_id), Some(reason)));
+                }
+                self.record(&mut state, vec![matched, decided]).await?;
+                // The target is read and written without holding the state: the `decided` record
+                // marks the action in flight (the guards hold this rule on this target meanwhile).
+                drop(state);
+                let outcome = self.run(&target, &decide, &action_id, &rule.name, true).await;
+                let mut state = self.state.lock().await;
+                let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome, target.kind);
+                let entry = if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. }) {
+                    ends_comparison(entry)
+                } else {
+                    entry
+                };
+                let entry = match (&outcome, &plan) {
+                    (Outcome::Applied { .. }, ActionPlan::FlaggerRollback { hold_ms }) => {
+                        entry.detail(json!({ guards::FLAGGER_HOLD_MS: hold_ms }))
+                    }
+                    _ => entry,
+                };
+                let entry = match (&outcome, verify, &step) {
+                    (_, _, Some(step)) => step_outcome(entry, &plan, step, &outcome),
+                    (Outcome::Applied { .. }, Some(v), None) => entry.detail(json!({ "verify": v })),
+                    _ => entry,
+                };
+                let reason = entry.reason.clone();
+                let records = self.record(&mut state, vec![entry]).await?;
+                log_outcome(&outcome, &target_name, &action_id);
+                if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+                    self.queue_verification(pending);
+                }
+                // The canary was already at or below the first step: the alert still asks for a
+                // change, so the next step is taken now rather than after the interval.
+                if matches!(outcome, Outcome::NoOp { .. })
+                    && let Some(next) = state.step_down(&target_name).filter(|d| d.origin == action_id).cloned()
+                {
+                    let why = format!(
+                        "step {} of the gradual rollback begun by action {action_id}, at once: \
+                         the canary was already at or below step {}",
+                        next.step,
+                        next.step - 1
+                    );
+                    return Ok(self.take_step(state, &next, Vec::new(), None, &why).await?.0);
+                }
+                Ok(report(outcome.kind(), Some(&target), Some(&action_id), reason))
+            }
+        }
+    }
+
+    /// Ask Prometheus whether the alert's claim still holds (the rule's `confirm:`).
+    #[instrument(skip_all, fields(event_id = %alert.id))]
+    pub(super) async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Verdict, Value) {
+        let promql = match confirm.query.render(&alert.labels) {
+            Ok(q) => q.trim().to_string(),
+            Err(missing) => {
+                let why = format!("confirmation query: {missing}");
+                return (confirm::Verdict::Fail(why.clone()), json!({ "error": why }));
+            }
+        };
+        let Some(prometheus) = &self.prometheus else {
+            let why = "the rule asks Prometheus to confirm, but no `prometheus:` is configured".to_string();
+            return (confirm::Verdict::Hold(why.clone()), json!({ "query": promql, "error": why }));
+        };
+        let (verdict, evidence) = confirm.check(prometheus.as_ref(), &promql).await;
+        info!(query = %promql, value = ?evidence.value, result = evidence.result, "confirmation");
+        (verdict, evidence.to_json())
+    }
+}

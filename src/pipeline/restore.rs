@@ -1,0 +1,155 @@
+//! Start: the guards' state restored from the snapshot beside the audit log and the records after
+//! it, snapshots written, and the actions a crash interrupted finished.
+
+use super::*;
+
+/// The guards' state snapshot, beside the audit log's segments.
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// How the guards' state was restored at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    /// The seq the snapshot covered, if a valid one was found.
+    pub snapshot_seq: Option<u64>,
+    /// Records read from the log after it (all of them without a snapshot).
+    pub replayed: u64,
+    /// Why the snapshot was not used, if it was not.
+    pub note: Option<String>,
+}
+
+pub(super) fn longest_cooldown(rules: &RuleSet) -> Duration {
+    rules.rules().iter().filter_map(|r| r.cooldown).max().unwrap_or_default()
+}
+
+/// Load the snapshot if it matches the log (the record it covers still hashes the same), then
+/// replay the records after it; otherwise rebuild from the whole log.
+pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let loaded: Result<guards::Snapshot, String> = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no snapshot".into()),
+        Err(e) => Err(format!("snapshot unreadable: {e}")),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("snapshot invalid: {e}")),
+    };
+    let mut replayed = 0;
+    let mut replay = |state: &mut GuardState, records: &mut dyn Iterator<Item = Result<Record, AuditError>>| {
+        for record in records {
+            state.observe(&record?);
+            replayed += 1;
+        }
+        Ok::<_, AuditError>(())
+    };
+    let (state, snapshot_seq, note) = match loaded {
+        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => {
+            (GuardState::default(), None, Some(format!("snapshot format {} unknown", s.format)))
+        }
+        // A snapshot of an empty log: everything in the log comes after it.
+        Ok(s) if s.position.seq == 0 && s.position.hash == audit::GENESIS => {
+            let mut state = GuardState::from_snapshot(s);
+            replay(&mut state, &mut audit::records(dir)?)?;
+            (state, Some(0), None)
+        }
+        Ok(s) => {
+            let seq = s.position.seq;
+            match audit::records_after_position(dir, &s.position)? {
+                Some(mut tail) => {
+                    let mut state = GuardState::from_snapshot(s);
+                    replay(&mut state, &mut tail)?;
+                    (state, Some(seq), None)
+                }
+                None => (GuardState::default(), None, Some(format!("snapshot (seq {seq}) does not match the log"))),
+            }
+        }
+        Err(note) => (GuardState::default(), None, Some(note)),
+    };
+    let (state, note) = match note {
+        None => (state, None),
+        Some(note) => {
+            let mut state = GuardState::default();
+            replay(&mut state, &mut audit::records(dir)?)?;
+            (state, Some(format!("{note}: rebuilt from the whole log")))
+        }
+    };
+    Ok((state, Restored { snapshot_seq, replayed, note }))
+}
+
+impl Pipeline {
+    /// Write the guards' state beside the log (atomically), so the next start replays only what
+    /// comes after it. Expired keys and cooldowns are dropped first.
+    pub async fn save_snapshot(&self) -> Result<u64, AuditError> {
+        let snapshot = {
+            let mut state = self.state.lock().await;
+            state.prune(Utc::now(), &self.settings().guards, longest_cooldown(&self.rules()));
+            state.snapshot(self.audit.position())
+        };
+        let seq = snapshot.position.seq;
+        let path = self.audit.dir().join(SNAPSHOT_FILE);
+        let bytes = serde_json::to_vec(&snapshot).map_err(|e| AuditError::Io {
+            action: "serialise",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        tokio::task::spawn_blocking(move || {
+            crate::fsutil::write_atomically(&path, &bytes).map_err(|source| AuditError::Io {
+                action: "write snapshot",
+                path,
+                source,
+            })
+        })
+        .await
+        .map_err(|_| AuditError::Stopped)??;
+        Ok(seq)
+    }
+
+    /// Finish the actions a previous run decided but did not finish (it stopped between the
+    /// `decided` record and the outcome). Safe to run again: a target already changed is a no-op.
+    pub async fn resume_pending(&self) -> Result<Vec<Report>, PipelineError> {
+        let mut state = self.state.lock().await;
+        let mut reports = Vec::new();
+        for p in state.pending() {
+            let base = |kind: Kind| {
+                let mut e = Entry::new(kind).rule(&p.rule).target(&p.target).action_id(&p.action_id);
+                e.key = p.key.clone();
+                e.event_id = p.event_id.clone();
+                e
+            };
+            let plan: Result<ActionPlan, _> = serde_json::from_value(p.plan.clone());
+            let kind = plan.as_ref().map(ActionPlan::kind).unwrap_or(ObjectKind::VirtualService);
+            let target: Result<ObjectRef, _> = p.target.parse::<ObjectRef>().map(|t| ObjectRef { kind, ..t });
+            let step: Option<StepInfo> = p.step_down.as_ref().and_then(|s| serde_json::from_value(s.clone()).ok());
+            let outcome = match (&plan, target) {
+                (Ok(plan), Ok(target)) => {
+                    let decide = |obj: &Value| plan.decide(obj);
+                    self.run(&target, &decide, &p.action_id, &p.rule, true).await
+                }
+                (Err(e), _) => Outcome::Failed { reason: format!("cannot resume: recorded plan unreadable: {e}") },
+                (_, Err(e)) => Outcome::Failed { reason: format!("cannot resume: {e}") },
+            };
+            let mut entry = outcome_entry(base(outcome.kind()), &outcome, kind);
+            if let (Some(step), Ok(plan)) = (&step, &plan) {
+                entry = step_outcome(entry, plan, step, &outcome);
+            }
+            if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. })
+                && let Some(arms) = &p.feedback_arms
+            {
+                entry = entry.detail(json!({ guards::FEEDBACK_ARMS: arms }));
+            }
+            let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
+            entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
+            let reason = entry.reason.clone();
+            let records = self.record(&mut state, vec![entry]).await?;
+            log_outcome(&outcome, &p.target, &p.action_id);
+            if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+                self.queue_verification(pending);
+            }
+            reports.push(Report {
+                event_id: p.event_id.clone().unwrap_or_default(),
+                rule: Some(p.rule.clone()),
+                outcome: outcome.kind(),
+                target: Some(p.target.clone()),
+                action_id: Some(p.action_id.clone()),
+                reason,
+            });
+        }
+        Ok(reports)
+    }
+}
