@@ -4,7 +4,6 @@
 
 pub mod kubernetes;
 pub mod manifests;
-pub mod yaml_edit;
 
 use std::fmt;
 use std::str::FromStr;

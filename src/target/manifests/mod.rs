@@ -1,5 +1,7 @@
 //! The embedded default target: a directory of Kubernetes YAML manifests (also a GitOps mode).
-//! Edits change only the values they must (see [`super::yaml_edit`]) and are written atomically.
+//! Edits change only the values they must (see [`yaml_edit`]) and are written atomically.
+
+pub mod yaml_edit;
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +9,6 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::yaml_edit;
 use super::{Fetched, ObjectKind, ObjectRef, Target, TargetError};
 
 pub struct Manifests {
