@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use crate::audit::{AuditOptions, Retention};
 use crate::confirm::PrometheusConfig;
-use crate::guards::GuardSettings;
 use crate::http::auth::AuthConfig;
 use crate::kafka::KafkaConfig;
 use crate::secret::Secret;
+use crate::state::GuardSettings;
 use crate::target::kubernetes::KubernetesOptions;
 
 #[derive(Debug, thiserror::Error)]

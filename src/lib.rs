@@ -13,7 +13,7 @@ pub mod event;
 pub mod failpoint;
 pub mod feedback;
 pub mod fsutil;
-pub mod guards;
+
 pub mod http;
 pub mod kafka;
 pub mod pipeline;
@@ -24,6 +24,7 @@ pub mod secret;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod stepdown;
 pub mod target;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use crate::audit::{Entry, Kind};
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Settings};
 use crate::rules;
+use crate::state::detail::{Control, ControlPart, Part};
 use crate::telemetry::metrics::Event as MetricEvent;
 
 /// What a reload did.
@@ -106,11 +107,13 @@ impl Reloader {
             Reloaded::Loaded { rules, restart_needed } => Entry::new(Kind::Control)
                 .source("reload")
                 .reason(format!("{rules} rules in force"))
-                .detail(json!({ "control": "reload", "rules": rules, "files_sha256": now, "restart_needed": restart_needed })),
+                .detail(ControlPart { control: Control::Reload }.value())
+                .detail(json!({ "rules": rules, "files_sha256": now, "restart_needed": restart_needed })),
             Reloaded::Refused { errors } => Entry::new(Kind::Control)
                 .source("reload")
                 .reason(format!("reload refused ({} problems); the rules in force stay", errors.len()))
-                .detail(json!({ "control": "reload-refused", "errors": errors, "files_sha256": now })),
+                .detail(ControlPart { control: Control::ReloadRefused }.value())
+                .detail(json!({ "errors": errors, "files_sha256": now })),
             Reloaded::Unchanged => return Reloaded::Unchanged,
         };
         if let Err(e) = self.pipeline.note(entry).await {

@@ -17,9 +17,7 @@ use serde_json::Value;
 
 use crate::actions::virtualservice::{self, Change, RouteState, Weight};
 use crate::actions::{ActionPlan, Outcome};
-
-/// The key of a step's information in `decided` and outcome records.
-pub const STEP_DOWN: &str = "step_down";
+use crate::verification::VerifySpec;
 
 /// `detail.step_down` of a step's records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +30,7 @@ pub struct StepInfo {
     /// The rule's verification as rendered for the alert (`applied` records' `detail.verify`);
     /// each step is verified against its own weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify: Option<Value>,
+    pub verify: Option<VerifySpec>,
     /// On outcome records: the canary weights still to go (empty: the step-down is over).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining: Option<Vec<Weight>>,
@@ -56,19 +54,19 @@ pub struct StepDown {
     pub plan: ActionPlan,
     pub interval_ms: u64,
     pub due: DateTime<Utc>,
-    pub verify: Option<Value>,
+    pub verify: Option<VerifySpec>,
 }
 
 impl StepDown {
     /// From a step's outcome record: `Some(Some(..))` when steps remain, `Some(None)` when the
     /// step-down of `origin` is over, `None` when the record is not a step's outcome.
     pub fn from_outcome(
-        detail: &Value,
+        info: &StepInfo,
         rule: &str,
         target: &str,
         event_id: Option<&str>,
     ) -> Option<(String, Option<StepDown>)> {
-        let info: StepInfo = serde_json::from_value(detail.get(STEP_DOWN)?.clone()).ok()?;
+        let info = info.clone();
         let remaining = info.remaining?;
         let next = match (remaining.is_empty(), info.next, info.next_at) {
             (false, Some(plan), Some(due)) => Some(StepDown {
@@ -168,7 +166,7 @@ pub fn after_outcome(plan: &ActionPlan, info: &StepInfo, outcome: &Outcome, now:
 
 /// The verification of one step: the canary's share may be at most its new weight plus the
 /// rule's own allowance (`max_share`, for the last step that is all).
-pub fn verify_for_step(verify: &Value, outcome: &Outcome, plan: &ActionPlan) -> Value {
+pub fn verify_for_step(verify: &VerifySpec, outcome: &Outcome, plan: &ActionPlan) -> VerifySpec {
     let ActionPlan::Traffic(virtualservice::Plan { change: Change::StepDown { canary, .. }, .. }) = plan else {
         return verify.clone();
     };
@@ -179,9 +177,8 @@ pub fn verify_for_step(verify: &Value, outcome: &Outcome, plan: &ActionPlan) -> 
         _ => 0,
     };
     let mut v = verify.clone();
-    let base = v["max_share"].as_f64().unwrap_or(crate::verification::DEFAULT_MAX_SHARE);
-    v["max_share"] = serde_json::json!((base + f64::from(weight) / 100.0).min(1.0));
-    v["step_weight"] = serde_json::json!(weight);
+    v.max_share = (v.max_share + f64::from(weight) / 100.0).min(1.0);
+    v.step_weight = Some(weight);
     v
 }
 
@@ -264,27 +261,27 @@ mod tests {
     #[test]
     fn the_outcome_detail_folds_into_the_next_step_and_the_last_into_none() {
         let applied = Outcome::Applied { before: routes(50, 50), after: routes(75, 25) };
-        let detail = json!({ STEP_DOWN: after_outcome(&plan(&[25, 10, 0]), &info(), &applied, Utc::now()) });
-        let (origin, next) = StepDown::from_outcome(&detail, "r", "ns/vs", Some("e1")).unwrap();
+        let recorded = after_outcome(&plan(&[25, 10, 0]), &info(), &applied, Utc::now());
+        let (origin, next) = StepDown::from_outcome(&recorded, "r", "ns/vs", Some("e1")).unwrap();
         let next = next.unwrap();
         assert_eq!((origin.as_str(), next.step, next.plan.clone()), ("A1", 2, plan(&[10, 0])));
         let mut zero = next.clone();
         zero.to_zero(Utc::now());
         assert_eq!(zero.plan, plan(&[0]));
         let last = Outcome::Applied { before: routes(90, 10), after: routes(100, 0) };
-        let detail = json!({ STEP_DOWN: after_outcome(&plan(&[0]), &next.info(), &last, Utc::now()) });
-        assert_eq!(StepDown::from_outcome(&detail, "r", "ns/vs", None), Some(("A1".into(), None)));
-        assert_eq!(StepDown::from_outcome(&json!({ "kind": "VirtualService" }), "r", "ns/vs", None), None);
+        let recorded = after_outcome(&plan(&[0]), &next.info(), &last, Utc::now());
+        assert_eq!(StepDown::from_outcome(&recorded, "r", "ns/vs", None), Some(("A1".into(), None)));
+        assert_eq!(StepDown::from_outcome(&info(), "r", "ns/vs", None), None, "a decided record's: not an outcome");
     }
 
     #[test]
     fn each_step_is_verified_against_its_own_weight() {
-        let verify = json!({ "query": "q", "max_share": 0.01 });
+        let verify: VerifySpec = serde_json::from_value(json!({ "query": "q", "max_share": 0.01 })).unwrap();
         let applied = Outcome::Applied { before: routes(50, 50), after: routes(75, 25) };
         let v = verify_for_step(&verify, &applied, &plan(&[25, 10, 0]));
-        assert_eq!((v["max_share"].as_f64().unwrap() * 100.0).round(), 26.0);
+        assert_eq!(((v.max_share * 100.0).round(), v.step_weight), (26.0, Some(25)));
         let last = Outcome::Applied { before: routes(90, 10), after: routes(100, 0) };
-        assert_eq!(verify_for_step(&verify, &last, &plan(&[0]))["max_share"], 0.01);
+        assert_eq!(verify_for_step(&verify, &last, &plan(&[0])).max_share, 0.01);
     }
 }
 
@@ -336,7 +333,7 @@ mod pipeline_tests {
         let settings = Settings {
             dry_run: false,
             action_timeout: Duration::from_secs(5),
-            guards: crate::guards::GuardSettings::default(),
+            guards: crate::state::GuardSettings::default(),
         };
         let pipeline = Pipeline::new(
             crate::rules::load(&[rules]).unwrap(),

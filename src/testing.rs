@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::audit::{self, AuditLog, AuditOptions, Filter, Kind};
-use crate::guards::GuardSettings;
 use crate::http::auth::Auth;
 use crate::http::{AppState, router};
 use crate::pipeline::{Pipeline, Settings};
+use crate::state::GuardSettings;
 use crate::target::manifests::Manifests;
 
 pub(crate) const FIRING: &str = include_str!("../fixtures/alertmanager/firing.json");

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::template::Template;
 
@@ -85,6 +85,34 @@ pub fn judge(v: &Limits, answer: &Answer, last: Option<f64>, started: DateTime<U
     } else {
         Step::Wait { last, why }
     }
+}
+
+/// A verification as recorded: the query (or why it could not be rendered) and its limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default = "default_max_share")]
+    pub max_share: f64,
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// For a step of a gradual rollback: the canary weight the step left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight: Option<u32>,
+}
+
+fn default_max_share() -> f64 {
+    DEFAULT_MAX_SHARE
+}
+fn default_deadline_ms() -> u64 {
+    120_000
+}
+fn default_interval_ms() -> u64 {
+    10_000
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ impl Pipeline {
         }
         // An action on feedback, once applied (or found done), ends the comparison.
         let ends_comparison = |entry: Entry| match feedback {
-            Some(f) => entry.detail(json!({ guards::FEEDBACK_ARMS: f.arms })),
+            Some(f) => entry.detail(FeedbackArmsPart { feedback_arms: f.arms.clone() }.value()),
             None => entry,
         };
         let report =
@@ -127,7 +127,10 @@ impl Pipeline {
             Verdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
                 // Marked, so it is not taken for the outcome of that action (still in flight, maybe).
-                let noop = base(Kind::Noop).action_id(&action_id).reason(&reason).detail(json!({ "duplicate": true }));
+                let noop = base(Kind::Noop)
+                    .action_id(&action_id)
+                    .reason(&reason)
+                    .detail(DuplicatePart { duplicate: true }.value());
                 drop(state);
                 self.record_unlocked(vec![matched, noop]).await?;
                 Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
@@ -144,14 +147,18 @@ impl Pipeline {
                     Some(answer) => match answer {
                         (confirm::Verdict::Go, evidence) => Some(evidence),
                         (confirm::Verdict::Hold(reason), evidence) => {
-                            let held = base(Kind::Held).reason(&reason).detail(json!({ "confirmation": evidence }));
+                            let held = base(Kind::Held)
+                                .reason(&reason)
+                                .detail(ConfirmationPart { confirmation: Some(evidence) }.value());
                             drop(state);
                             self.record_unlocked(vec![matched, held]).await?;
                             info!(target = %target_name, %reason, "held by its confirmation");
                             return Ok(report(Kind::Held, Some(&target), None, Some(reason)));
                         }
                         (confirm::Verdict::Fail(reason), evidence) => {
-                            let failed = base(Kind::Failed).reason(&reason).detail(json!({ "confirmation": evidence }));
+                            let failed = base(Kind::Failed)
+                                .reason(&reason)
+                                .detail(ConfirmationPart { confirmation: Some(evidence) }.value());
                             drop(state);
                             self.record_unlocked(vec![matched, failed]).await?;
                             return Ok(report(Kind::Failed, Some(&target), None, Some(reason)));
@@ -171,15 +178,17 @@ impl Pipeline {
                     next_at: None,
                     next: None,
                 });
-                let mut decided = base(Kind::Decided).action_id(&action_id).detail(json!({
-                    "action": rule.action_summary(),
-                    "dry_run": dry,
-                    "target": self.target.describe(),
-                    "plan": plan,
-                    "confirmation": confirmation,
-                }));
+                let mut decided = base(Kind::Decided)
+                    .action_id(&action_id)
+                    .detail(json!({
+                        "action": rule.action_summary(),
+                        "dry_run": dry,
+                        "target": self.target.describe(),
+                    }))
+                    .detail(PlanPart { plan: Recorded::Known(plan.clone()) }.value())
+                    .detail(ConfirmationPart { confirmation }.value());
                 if let Some(step) = &step {
-                    decided = decided.detail(json!({ stepdown::STEP_DOWN: step }));
+                    decided = decided.detail(StepDownPart { step_down: step.clone() }.value());
                 }
                 // Carried by `decided` too, so an action resumed after a crash still ends it.
                 let decided = ends_comparison(decided);
@@ -205,19 +214,19 @@ impl Pipeline {
                 };
                 let entry = match (&outcome, &plan) {
                     (Outcome::Applied { .. }, ActionPlan::FlaggerRollback { hold_ms }) => {
-                        entry.detail(json!({ guards::FLAGGER_HOLD_MS: hold_ms }))
+                        entry.detail(FlaggerHoldPart { flagger_hold_ms: *hold_ms }.value())
                     }
                     _ => entry,
                 };
                 let entry = match (&outcome, verify, &step) {
                     (_, _, Some(step)) => step_outcome(entry, &plan, step, &outcome),
-                    (Outcome::Applied { .. }, Some(v), None) => entry.detail(json!({ "verify": v })),
+                    (Outcome::Applied { .. }, Some(verify), None) => entry.detail(VerifyPart { verify }.value()),
                     _ => entry,
                 };
                 let reason = entry.reason.clone();
                 let records = self.record(&mut state, vec![entry]).await?;
                 log_outcome(&outcome, &target_name, &action_id);
-                if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+                if let Some(pending) = records.first().and_then(state::PendingVerification::from_record) {
                     self.queue_verification(pending);
                 }
                 // The canary was already at or below the first step: the alert still asks for a

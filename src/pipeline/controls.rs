@@ -22,7 +22,7 @@ impl Pipeline {
         })?;
         let decide = |obj: &Value| plan.decide(obj);
         let target = ObjectRef { kind: rule.kind, ..target.clone() };
-        self.manual("act", &rule.name, &target, actor, reason, &decide, None).await
+        self.manual(Control::Act, &rule.name, &target, actor, reason, &decide, None).await
     }
 
     /// Put back the state recorded before `action_id`, if the object is still as that action left it.
@@ -34,12 +34,7 @@ impl Pipeline {
             .next()
             .ok_or_else(|| PipelineError::UnknownAction(action_id.into()))?;
         let e = &applied.entry;
-        let kind = e
-            .detail
-            .as_ref()
-            .and_then(|d| d["kind"].as_str())
-            .and_then(|k| k.parse::<ObjectKind>().ok())
-            .unwrap_or(ObjectKind::VirtualService);
+        let kind = KindPart::read(e.detail.as_ref()).map_or(ObjectKind::VirtualService, |k| k.kind);
         let target: Option<ObjectRef> =
             e.target.as_deref().and_then(|t| t.parse::<ObjectRef>().ok()).map(|t| ObjectRef { kind, ..t });
         let (Some(target), Some(before), Some(after)) = (target, e.before.clone(), e.after.clone()) else {
@@ -47,13 +42,13 @@ impl Pipeline {
         };
         let decide = |obj: &Value| actions::undo(kind, obj, &before, &after, &target, action_id);
         let rule = e.rule.clone().unwrap_or_default();
-        self.manual("undo", &rule, &target, actor, reason, &decide, Some(action_id)).await
+        self.manual(Control::Undo, &rule, &target, actor, reason, &decide, Some(action_id)).await
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn manual(
         &self,
-        control: &str,
+        control: Control,
         rule: &str,
         target: &ObjectRef,
         actor: &str,
@@ -74,7 +69,7 @@ impl Pipeline {
                 .action_id(&action_id)
                 .actor(actor)
         };
-        let detail = json!({ "control": control, "undoes": undoes, "target": self.target.describe() });
+        let detail = ManualPart { control, undoes: undoes.map(str::to_string), target: self.target.describe() }.value();
         self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)]).await?;
         drop(state);
         let outcome = self.run(target, decide, &action_id, rule, true).await;
@@ -101,7 +96,7 @@ impl Pipeline {
         namespace: &str,
         name: &str,
         payload: &Value,
-    ) -> Result<Option<guards::FlaggerVerdict>, PipelineError> {
+    ) -> Result<Option<state::FlaggerVerdict>, PipelineError> {
         let target = format!("{namespace}/{name}");
         let mut state = self.state.lock().await;
         let verdict = state.flagger_verdict(&target, Utc::now());
@@ -115,7 +110,8 @@ impl Pipeline {
                 .target(&target)
                 .action_id(&v.action_id)
                 .reason("answered Flagger's rollback webhook: roll back")
-                .detail(json!({ "control": guards::FLAGGER_ROLLBACK, "payload": payload }));
+                .detail(ControlPart { control: Control::FlaggerRollback }.value())
+                .detail(json!({ "payload": payload }));
             self.record(&mut state, vec![entry]).await?;
             info!(canary = %target, action_id = %v.action_id, "told Flagger to roll back");
         }
@@ -131,12 +127,12 @@ impl Pipeline {
         reason: &str,
     ) -> Result<Record, PipelineError> {
         let mut state = self.state.lock().await;
-        let control = if pause { guards::PAUSE } else { guards::RESUME };
+        let control = if pause { Control::Pause } else { Control::Resume };
         let mut entry = Entry::new(Kind::Control)
             .source("manual")
             .actor(actor)
             .reason(reason)
-            .detail(json!({ "control": control }));
+            .detail(ControlPart { control }.value());
         if let Some(t) = target {
             entry = entry.target(t.to_string());
         }

@@ -31,11 +31,16 @@ use crate::confirm::{self, SharedPrometheus};
 use crate::event::Feedback;
 use crate::event::{Alert, AlertStatus, SourceKind};
 use crate::feedback::arms::{ArmKey, Origin};
-use crate::guards::{self, GuardSettings, GuardState, Verdict};
 use crate::rules::{Decision, Rule, RuleSet};
+use crate::state::detail::{
+    ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KindPart, ManualPart,
+    Part, PlanPart, Recorded, StepDownPart, VerifyPart,
+};
+use crate::state::{self, GuardSettings, GuardState, Verdict};
 use crate::stepdown::{self, StepDown, StepInfo};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
+use crate::verification::VerifySpec;
 
 pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;
@@ -103,8 +108,8 @@ pub struct Pipeline {
     /// Feedback findings not to decide again before a time (see [`FEEDBACK_QUIET`]).
     feedback_quiet: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
     /// Verifications to start (taken by the task [`Pipeline::spawn_verifier`] starts).
-    verify_tx: tokio::sync::mpsc::UnboundedSender<guards::PendingVerification>,
-    verify_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<guards::PendingVerification>>>,
+    verify_tx: tokio::sync::mpsc::UnboundedSender<state::PendingVerification>,
+    verify_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<state::PendingVerification>>>,
     /// Wakes the task [`Pipeline::spawn_step_downs`] starts when a step-down's schedule changes.
     step_wake: tokio::sync::Notify,
 }
@@ -198,8 +203,7 @@ impl Pipeline {
         for r in &records {
             state.observe(r);
             count_decision(r);
-            reschedule |= r.entry.kind == Kind::Unverified
-                || r.entry.detail.as_ref().is_some_and(|d| d.get(stepdown::STEP_DOWN).is_some());
+            reschedule |= r.entry.kind == Kind::Unverified || StepDownPart::read(r.entry.detail.as_ref()).is_some();
         }
         if reschedule {
             self.step_wake.notify_one();
@@ -286,7 +290,7 @@ fn outcome_word(o: &Outcome) -> &'static str {
 
 /// The record of an outcome; `detail.kind` says which kind of object (for `undo`).
 fn outcome_entry(entry: Entry, outcome: &Outcome, kind: ObjectKind) -> Entry {
-    let entry = entry.detail(json!({ "kind": kind.as_str() }));
+    let entry = entry.detail(KindPart { kind }.value());
     match outcome {
         Outcome::Applied { before, after } => entry.before(json!(before)).after(json!(after)),
         Outcome::NoOp { state } => entry.before(json!(state)).reason("already in the desired state; nothing written"),

@@ -25,7 +25,7 @@ pub(super) fn longest_cooldown(rules: &RuleSet) -> Duration {
 /// replay the records after it; otherwise rebuild from the whole log.
 pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restored), AuditError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let loaded: Result<guards::Snapshot, String> = match std::fs::read(&path) {
+    let loaded: Result<state::Snapshot, String> = match std::fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no snapshot".into()),
         Err(e) => Err(format!("snapshot unreadable: {e}")),
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("snapshot invalid: {e}")),
@@ -39,7 +39,7 @@ pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restor
         Ok::<_, AuditError>(())
     };
     let (state, snapshot_seq, note) = match loaded {
-        Ok(s) if s.format != guards::SNAPSHOT_FORMAT => {
+        Ok(s) if s.format != state::SNAPSHOT_FORMAT => {
             (GuardState::default(), None, Some(format!("snapshot format {} unknown", s.format)))
         }
         // A snapshot of an empty log: everything in the log comes after it.
@@ -112,10 +112,14 @@ impl Pipeline {
                 e.event_id = p.event_id.clone();
                 e
             };
-            let plan: Result<ActionPlan, _> = serde_json::from_value(p.plan.clone());
+            // A plan that no longer reads: the reason is the parser's, as recorded.
+            let plan: Result<ActionPlan, serde_json::Error> = match &p.plan {
+                Recorded::Known(plan) => Ok(plan.clone()),
+                Recorded::Unreadable(v) => serde_json::from_value(v.clone()),
+            };
             let kind = plan.as_ref().map(ActionPlan::kind).unwrap_or(ObjectKind::VirtualService);
             let target: Result<ObjectRef, _> = p.target.parse::<ObjectRef>().map(|t| ObjectRef { kind, ..t });
-            let step: Option<StepInfo> = p.step_down.as_ref().and_then(|s| serde_json::from_value(s.clone()).ok());
+            let step: Option<&StepInfo> = p.step_down.as_ref();
             let outcome = match (&plan, target) {
                 (Ok(plan), Ok(target)) => {
                     let decide = |obj: &Value| plan.decide(obj);
@@ -125,20 +129,20 @@ impl Pipeline {
                 (_, Err(e)) => Outcome::Failed { reason: format!("cannot resume: {e}") },
             };
             let mut entry = outcome_entry(base(outcome.kind()), &outcome, kind);
-            if let (Some(step), Ok(plan)) = (&step, &plan) {
+            if let (Some(step), Ok(plan)) = (step, &plan) {
                 entry = step_outcome(entry, plan, step, &outcome);
             }
             if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. })
                 && let Some(arms) = &p.feedback_arms
             {
-                entry = entry.detail(json!({ guards::FEEDBACK_ARMS: arms }));
+                entry = entry.detail(FeedbackArmsPart { feedback_arms: arms.clone() }.value());
             }
             let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
             entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
             let reason = entry.reason.clone();
             let records = self.record(&mut state, vec![entry]).await?;
             log_outcome(&outcome, &p.target, &p.action_id);
-            if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+            if let Some(pending) = records.first().and_then(state::PendingVerification::from_record) {
                 self.queue_verification(pending);
             }
             reports.push(Report {

@@ -6,10 +6,10 @@ use super::*;
 /// the rule verifies, the verification of this step's weight.
 pub(super) fn step_outcome(entry: Entry, plan: &ActionPlan, step: &StepInfo, outcome: &Outcome) -> Entry {
     let next = stepdown::after_outcome(plan, step, outcome, Utc::now());
-    let entry = entry.detail(json!({ stepdown::STEP_DOWN: next }));
+    let entry = entry.detail(StepDownPart { step_down: next }.value());
     match (outcome, &step.verify) {
         (Outcome::Applied { .. }, Some(v)) => {
-            entry.detail(json!({ "verify": stepdown::verify_for_step(v, outcome, plan) }))
+            entry.detail(VerifyPart { verify: stepdown::verify_for_step(v, outcome, plan) }.value())
         }
         _ => entry,
     }
@@ -105,11 +105,11 @@ impl Pipeline {
             e.key = key.map(str::to_string);
             e
         };
-        let decided = base(Kind::Decided).reason(why).detail(json!({
-            "target": self.target.describe(),
-            "plan": sd.plan,
-            stepdown::STEP_DOWN: info,
-        }));
+        let decided = base(Kind::Decided)
+            .reason(why)
+            .detail(json!({ "target": self.target.describe() }))
+            .detail(PlanPart { plan: Recorded::Known(sd.plan.clone()) }.value())
+            .detail(StepDownPart { step_down: info.clone() }.value());
         let mut entries = lead;
         entries.push(decided);
         self.record(&mut state, entries).await?;
@@ -129,7 +129,7 @@ impl Pipeline {
         let reason = entry.reason.clone();
         let records = self.record(&mut state, vec![entry]).await?;
         log_outcome(&outcome, &sd.target, &action_id);
-        if let Some(pending) = records.first().and_then(guards::PendingVerification::from_record) {
+        if let Some(pending) = records.first().and_then(state::PendingVerification::from_record) {
             self.queue_verification(pending);
         }
         let report = Report {

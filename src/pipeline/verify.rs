@@ -3,25 +3,27 @@
 
 use super::*;
 
-/// What an `applied` record says about its verification (see `guards::PendingVerification`).
+/// What an `applied` record says about its verification (see `state::PendingVerification`).
 pub(super) fn verify_detail(
     v: &crate::verification::Verification,
     labels: &std::collections::BTreeMap<String, String>,
-) -> Value {
-    let mut d = json!({
-        "max_share": v.limits.max_share,
-        "deadline_ms": v.limits.deadline.as_millis() as u64,
-        "interval_ms": v.limits.interval.as_millis() as u64,
-    });
-    match v.query.render(labels) {
-        Ok(q) => d["query"] = json!(q.trim()),
-        Err(missing) => d["error"] = json!(format!("verification query: {missing}")),
+) -> VerifySpec {
+    let (query, error) = match v.query.render(labels) {
+        Ok(q) => (Some(q.trim().to_string()), None),
+        Err(missing) => (None, Some(format!("verification query: {missing}"))),
+    };
+    VerifySpec {
+        query,
+        error,
+        max_share: v.limits.max_share,
+        deadline_ms: v.limits.deadline.as_millis() as u64,
+        interval_ms: v.limits.interval.as_millis() as u64,
+        step_weight: None,
     }
-    d
 }
 
 impl Pipeline {
-    pub(super) fn queue_verification(&self, pending: guards::PendingVerification) {
+    pub(super) fn queue_verification(&self, pending: state::PendingVerification) {
         // Only fails when the verifier is gone (shutting down): the next start resumes it.
         let _ = self.verify_tx.send(pending);
     }
@@ -57,7 +59,7 @@ impl Pipeline {
 
     /// Poll one verification to its end and record it (see `crate::verification`).
     #[instrument(skip_all, fields(action_id = %p.action_id, rule = %p.rule, target = %p.target))]
-    pub(super) async fn verify(&self, p: guards::PendingVerification, token: tokio_util::sync::CancellationToken) {
+    pub(super) async fn verify(&self, p: state::PendingVerification, token: tokio_util::sync::CancellationToken) {
         use crate::verification::{Answer, Limits, Step, judge};
         let settings = Limits {
             max_share: p.max_share,

@@ -1,7 +1,15 @@
-//! Guards vet an `Act` decision: duplicate deliveries (idempotency keys), pause switches,
-//! cooldowns per rule and target, and a global cap on actions per window. Their state is a fold
-//! over audit records, so it is rebuilt from the log after a restart and kept current by
-//! observing every record appended.
+//! The state: the fold of the audit log. Every record appended (and, at start, every record
+//! replayed after the snapshot) is observed, so after a restart the state is what it was:
+//! idempotency keys, cooldowns, the action cap's window, pauses, actions decided but not
+//! finished, verifications and step-downs under way, Flagger holds, and the feedback arms.
+//!
+//! The guards vet an automatic action against it: duplicate deliveries, pause switches, an action
+//! under way, cooldowns per rule and target, and a global cap on actions per window.
+//!
+//! What the fold reads of a record's `detail` is typed in [`detail`]: the pipeline writes the
+//! same types.
+
+pub mod detail;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -10,10 +18,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::actions::ActionPlan;
 use crate::audit::{Kind, Record};
 use crate::event::Feedback;
 use crate::feedback::arms::{ArmKey, Arms, ArmsSnapshot, Origin};
-use crate::stepdown::StepDown;
+use crate::stepdown::{StepDown, StepInfo};
+use crate::target::ObjectKind;
+use detail::{
+    Control, ControlPart, DuplicatePart, FeedbackArmsPart, FeedbackPart, FlaggerHoldPart, KindPart, Part, PlanPart,
+    Recorded, StepDownPart, VerifyPart,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardSettings {
@@ -77,10 +91,10 @@ impl PendingVerification {
     /// From an `applied` record, if it carries a verification.
     pub fn from_record(r: &Record) -> Option<PendingVerification> {
         let e = &r.entry;
-        let v = e.detail.as_ref()?.get("verify")?;
-        let query = match (v["query"].as_str(), v["error"].as_str()) {
-            (Some(q), _) => Ok(q.to_string()),
-            (None, Some(err)) => Err(err.to_string()),
+        let v = VerifyPart::read(e.detail.as_ref())?.verify;
+        let query = match (v.query, v.error) {
+            (Some(q), _) => Ok(q),
+            (None, Some(err)) => Err(err),
             (None, None) => Err("no query recorded".to_string()),
         };
         Some(PendingVerification {
@@ -89,18 +103,15 @@ impl PendingVerification {
             target: e.target.clone().unwrap_or_default(),
             event_id: e.event_id.clone(),
             query,
-            max_share: v["max_share"].as_f64().unwrap_or(crate::verification::DEFAULT_MAX_SHARE),
-            deadline_ms: v["deadline_ms"].as_u64().unwrap_or(120_000),
-            interval_ms: v["interval_ms"].as_u64().unwrap_or(10_000),
+            max_share: v.max_share,
+            deadline_ms: v.deadline_ms,
+            interval_ms: v.interval_ms,
             started: r.time,
         })
     }
 }
 
-/// In the `applied` record of a Flagger decision: how long it holds (ms).
-pub const FLAGGER_HOLD_MS: &str = "flagger_hold_ms";
-/// The `control` record of the first "roll back" answered to Flagger for a decision.
-pub const FLAGGER_ROLLBACK: &str = "flagger-rollback";
+/// How long a decision against a Flagger Canary holds when its record does not say.
 const FLAGGER_DEFAULT_HOLD_MS: u64 = 30 * 60 * 1000;
 
 /// A decision against a Flagger Canary, in force until `until`.
@@ -114,13 +125,6 @@ pub struct FlaggerVerdict {
     pub answered: bool,
 }
 
-/// In the outcome of an action taken on feedback: the arms whose comparison it ends.
-pub const FEEDBACK_ARMS: &str = "feedback_arms";
-
-/// Kinds of on-call control recorded as `control` records (`detail.control`).
-pub const PAUSE: &str = "pause";
-pub const RESUME: &str = "resume";
-
 /// An action whose `decided` record is in the log but whose outcome is not: the process stopped
 /// in between. It is resumed at start (the executor's state check makes that safe).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,14 +134,14 @@ pub struct Pending {
     pub rule: String,
     pub target: String,
     pub event_id: Option<String>,
-    /// The `virtualservice::Plan` decided, as recorded.
-    pub plan: serde_json::Value,
+    /// The plan decided, as recorded.
+    pub plan: Recorded<ActionPlan>,
     /// For an action on feedback: the arms whose comparison it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feedback_arms: Option<serde_json::Value>,
+    pub feedback_arms: Option<Vec<ArmKey>>,
     /// For a step of a gradual rollback: its `step_down` information (see `crate::stepdown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_down: Option<serde_json::Value>,
+    pub step_down: Option<StepInfo>,
 }
 
 #[derive(Debug, Default)]
@@ -302,10 +306,11 @@ impl GuardState {
     /// Fold one audit record into the state.
     pub fn observe(&mut self, r: &Record) {
         let e = &r.entry;
+        let control =
+            (e.kind == Kind::Control).then(|| ControlPart::read(e.detail.as_ref())).flatten().map(|c| c.control);
         if e.kind == Kind::Received
             && let Some(detail) = &e.detail
-            && let Some(f) = detail.get("feedback")
-            && let Ok(feedback) = serde_json::from_value::<Feedback>(f.clone())
+            && let Some(FeedbackPart { feedback }) = FeedbackPart::read(Some(detail))
         {
             self.arms.observe(r.time, &feedback, &Origin::of(&feedback, detail));
         }
@@ -315,10 +320,10 @@ impl GuardState {
             self.verifications.insert(v.action_id.clone(), v);
         }
         if e.kind == Kind::Applied
-            && let (Some(detail), Some(target), Some(id)) = (&e.detail, &e.target, &e.action_id)
-            && detail["kind"] == "Canary"
+            && let (Some(target), Some(id)) = (&e.target, &e.action_id)
+            && KindPart::read(e.detail.as_ref()).is_some_and(|k| k.kind == ObjectKind::FlaggerCanary)
         {
-            let hold = detail[FLAGGER_HOLD_MS].as_u64().unwrap_or(FLAGGER_DEFAULT_HOLD_MS);
+            let hold = FlaggerHoldPart::read(e.detail.as_ref()).map_or(FLAGGER_DEFAULT_HOLD_MS, |h| h.flagger_hold_ms);
             let until = r.time + chrono::Duration::milliseconds(i64::try_from(hold).unwrap_or(i64::MAX / 4));
             let verdict = FlaggerVerdict {
                 action_id: id.clone(),
@@ -330,7 +335,7 @@ impl GuardState {
             self.flagger.insert(target.clone(), verdict);
         }
         if e.kind == Kind::Control
-            && e.detail.as_ref().is_some_and(|d| d["control"] == FLAGGER_ROLLBACK)
+            && control == Some(Control::FlaggerRollback)
             && let (Some(target), Some(id)) = (&e.target, &e.action_id)
             && let Some(v) = self.flagger.get_mut(target)
             && v.action_id == *id
@@ -343,10 +348,11 @@ impl GuardState {
             self.verifications.remove(id);
         }
         // A step's outcome: the next step of its step-down, or its end.
+        let step = StepDownPart::read(e.detail.as_ref()).map(|p| p.step_down);
         if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
-            && let (Some(detail), Some(target)) = (&e.detail, &e.target)
+            && let (Some(info), Some(target)) = (&step, &e.target)
             && let Some((origin, next)) =
-                StepDown::from_outcome(detail, e.rule.as_deref().unwrap_or(""), target, e.event_id.as_deref())
+                StepDown::from_outcome(info, e.rule.as_deref().unwrap_or(""), target, e.event_id.as_deref())
         {
             match next {
                 Some(next) => {
@@ -365,24 +371,24 @@ impl GuardState {
             d.to_zero(r.time);
         }
         // An action on feedback, applied or found done, ends the comparison that led to it.
+        let feedback_arms = FeedbackArmsPart::read(e.detail.as_ref()).map(|p| p.feedback_arms);
         if matches!(e.kind, Kind::Applied | Kind::Noop)
-            && let Some(arms) = e.detail.as_ref().and_then(|d| d.get(FEEDBACK_ARMS))
-            && let Ok(arms) = serde_json::from_value::<Vec<ArmKey>>(arms.clone())
+            && let Some(arms) = &feedback_arms
         {
-            self.arms.reset(&arms);
+            self.arms.reset(arms);
         }
         // An outcome ends its action; a duplicate delivery's no-op names the action it repeats,
         // which may still be under way.
         if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
             && let Some(id) = &e.action_id
-            && !e.detail.as_ref().is_some_and(|d| d["duplicate"] == true)
+            && !DuplicatePart::read(e.detail.as_ref()).is_some_and(|d| d.duplicate)
         {
             self.pending.remove(id);
         }
         if e.kind == Kind::Decided
-            && let (Some(id), Some(rule), Some(target), Some(plan)) =
-                (&e.action_id, &e.rule, &e.target, e.detail.as_ref().map(|d| &d["plan"]))
-            && !plan.is_null()
+            && let (Some(id), Some(rule), Some(target), Some(PlanPart { plan })) =
+                (&e.action_id, &e.rule, &e.target, PlanPart::read(e.detail.as_ref()))
+            && plan != Recorded::Unreadable(serde_json::Value::Null)
         {
             let pending = Pending {
                 action_id: id.clone(),
@@ -390,9 +396,9 @@ impl GuardState {
                 rule: rule.clone(),
                 target: target.clone(),
                 event_id: e.event_id.clone(),
-                plan: plan.clone(),
-                feedback_arms: e.detail.as_ref().and_then(|d| d.get(FEEDBACK_ARMS)).cloned(),
-                step_down: e.detail.as_ref().and_then(|d| d.get(crate::stepdown::STEP_DOWN)).cloned(),
+                plan,
+                feedback_arms: feedback_arms.clone(),
+                step_down: step.clone(),
             };
             self.pending.insert(id.clone(), pending);
         }
@@ -413,25 +419,23 @@ impl GuardState {
                     self.last_applied.insert((rule.clone(), target.clone()), r.time);
                 }
                 // A gradual rollback counts once against the cap: its first step.
-                let later_step = e.detail.as_ref().and_then(|d| d[crate::stepdown::STEP_DOWN]["step"].as_u64());
-                if later_step.is_none_or(|s| s <= 1) {
+                if step.as_ref().is_none_or(|s| s.step <= 1) {
                     self.applied.push_back(r.time);
                 }
             }
             Kind::Control => {
-                let control = e.detail.as_ref().and_then(|d| d["control"].as_str());
                 let pause = Pause {
                     actor: e.actor.clone().unwrap_or_default(),
                     reason: e.reason.clone().unwrap_or_default(),
                     since: r.time,
                 };
                 match (control, &e.target) {
-                    (Some(PAUSE), None) => self.global_pause = Some(pause),
-                    (Some(PAUSE), Some(t)) => {
+                    (Some(Control::Pause), None) => self.global_pause = Some(pause),
+                    (Some(Control::Pause), Some(t)) => {
                         self.paused.insert(t.clone(), pause);
                     }
-                    (Some(RESUME), None) => self.global_pause = None,
-                    (Some(RESUME), Some(t)) => {
+                    (Some(Control::Resume), None) => self.global_pause = None,
+                    (Some(Control::Resume), Some(t)) => {
                         self.paused.remove(t);
                     }
                     _ => {}
@@ -571,7 +575,8 @@ mod tests {
         let now = Utc::now();
         let mut s = GuardState::default();
         let pause = |t: Option<&str>| {
-            let e = Entry::new(Kind::Control).actor("alice").reason("investigating").detail(json!({"control": PAUSE}));
+            let e =
+                Entry::new(Kind::Control).actor("alice").reason("investigating").detail(json!({"control": "pause"}));
             match t {
                 Some(t) => e.target(t),
                 None => e,
@@ -584,8 +589,8 @@ mod tests {
         assert_eq!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Proceed);
         s.observe(&rec(2, now, pause(None)));
         assert!(matches!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Held { .. }));
-        s.observe(&rec(3, now, Entry::new(Kind::Control).detail(json!({"control": RESUME}))));
-        s.observe(&rec(4, now, Entry::new(Kind::Control).target("ns/vs").detail(json!({"control": RESUME}))));
+        s.observe(&rec(3, now, Entry::new(Kind::Control).detail(json!({"control": "resume"}))));
+        s.observe(&rec(4, now, Entry::new(Kind::Control).target("ns/vs").detail(json!({"control": "resume"}))));
         assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
     }
 
