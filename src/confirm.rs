@@ -72,7 +72,7 @@ pub struct Confirm {
 
 /// The answer to "does the alert's claim still hold?".
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub enum Answer {
     /// Act.
     Go,
     /// Do not act now.
@@ -107,7 +107,7 @@ pub trait Prometheus: Send + Sync {
 
 impl Confirm {
     /// Ask, and decide. `promql` is the query rendered for the alert.
-    pub async fn check(&self, prometheus: &dyn Prometheus, promql: &str) -> (Verdict, Evidence) {
+    pub async fn check(&self, prometheus: &dyn Prometheus, promql: &str) -> (Answer, Evidence) {
         let started = Instant::now();
         let answer = prometheus.value(promql, self.timeout).await;
         let condition = self.comparison.describe();
@@ -120,20 +120,20 @@ impl Confirm {
             took_ms: started.elapsed().as_millis() as u64,
         };
         let fallback = |f: Fallback, why: String| match f {
-            Fallback::Act => Verdict::Go,
-            Fallback::Hold => Verdict::Hold(why),
-            Fallback::Fail => Verdict::Fail(why),
+            Fallback::Act => Answer::Go,
+            Fallback::Hold => Answer::Hold(why),
+            Fallback::Fail => Answer::Fail(why),
         };
         let verdict = match answer {
             Ok(Some(v)) if self.comparison.holds(v) => {
                 evidence.value = Some(v);
                 evidence.result = "confirmed";
-                Verdict::Go
+                Answer::Go
             }
             Ok(Some(v)) => {
                 evidence.value = Some(v);
                 evidence.result = "refuted";
-                Verdict::Hold(format!(
+                Answer::Hold(format!(
                     "not confirmed: Prometheus says {v} now, the rule needs {condition}; the alert's claim no longer holds"
                 ))
             }
@@ -303,10 +303,10 @@ mod tests {
     async fn a_value_past_the_threshold_confirms_and_one_short_of_it_holds() {
         let c = confirm(Fallback::Hold, Fallback::Hold);
         let (v, e) = c.check(&FixedValue(Some(0.12)), "q").await;
-        assert_eq!(v, Verdict::Go);
+        assert_eq!(v, Answer::Go);
         assert_eq!((e.value, e.result, e.condition.as_str()), (Some(0.12), "confirmed", "> 0.05"));
         let (v, e) = c.check(&FixedValue(Some(0.01)), "q").await;
-        assert!(matches!(v, Verdict::Hold(ref r) if r.contains("says 0.01 now")), "{v:?}");
+        assert!(matches!(v, Answer::Hold(ref r) if r.contains("says 0.01 now")), "{v:?}");
         assert_eq!(e.result, "refuted");
     }
 
@@ -314,13 +314,13 @@ mod tests {
     async fn no_data_and_errors_follow_the_rules_fallbacks() {
         assert!(matches!(
             confirm(Fallback::Hold, Fallback::Hold).check(&FixedValue(None), "q").await.0,
-            Verdict::Hold(_)
+            Answer::Hold(_)
         ));
-        assert_eq!(confirm(Fallback::Act, Fallback::Hold).check(&FixedValue(None), "q").await.0, Verdict::Go);
+        assert_eq!(confirm(Fallback::Act, Fallback::Hold).check(&FixedValue(None), "q").await.0, Answer::Go);
         let (v, e) = confirm(Fallback::Hold, Fallback::Fail).check(&Fails, "q").await;
-        assert!(matches!(v, Verdict::Fail(ref r) if r.contains("connection refused")), "{v:?}");
+        assert!(matches!(v, Answer::Fail(ref r) if r.contains("connection refused")), "{v:?}");
         assert_eq!(e.error.as_deref(), Some("connection refused"));
-        assert_eq!(confirm(Fallback::Hold, Fallback::Act).check(&Fails, "q").await.0, Verdict::Go);
+        assert_eq!(confirm(Fallback::Hold, Fallback::Act).check(&Fails, "q").await.0, Answer::Go);
     }
 }
 

@@ -438,11 +438,11 @@ async fn simulate(cfg: &ConfigSource, payload: &Path, url: Option<String>, value
                             (Err(e), _) => format!("would fail: confirmation query: {e}"),
                             (Ok(q), None) => format!("confirmation not run (no --prometheus or --value): {q}"),
                             (Ok(q), Some(p)) => match confirm.check(p.as_ref(), &q).await {
-                                (backstop::confirm::Verdict::Go, e) => {
+                                (backstop::confirm::Answer::Go, e) => {
                                     format!("confirmed by {}: {q} = {:?} {}", p.describe(), e.value, e.condition)
                                 }
-                                (backstop::confirm::Verdict::Hold(r), _) => format!("would hold: {r}"),
-                                (backstop::confirm::Verdict::Fail(r), _) => format!("would fail: {r}"),
+                                (backstop::confirm::Answer::Hold(r), _) => format!("would hold: {r}"),
+                                (backstop::confirm::Answer::Fail(r), _) => format!("would fail: {r}"),
                             },
                         };
                         println!("    {line}");

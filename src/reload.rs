@@ -73,12 +73,18 @@ impl Reloader {
 
     /// Reload if the files changed (or `force`, for SIGHUP).
     pub async fn reload(&mut self, force: bool) -> Reloaded {
-        let now = fingerprint(&self.current.file, &self.current.rules);
+        // Reading and parsing files is blocking I/O: off the async workers.
+        let (file, paths) = (self.current.file.clone(), self.current.rules.clone());
+        let now = tokio::task::spawn_blocking(move || fingerprint(&file, &paths)).await.unwrap_or_default();
         if !force && now == self.fingerprint {
             return Reloaded::Unchanged;
         }
         self.fingerprint = now.clone();
-        let outcome = match self.load() {
+        let (file, started) = (self.current.file.clone(), self.started.clone());
+        let loaded = tokio::task::spawn_blocking(move || load(&file, &started))
+            .await
+            .unwrap_or_else(|e| Err(vec![format!("reload stopped: {e}")]));
+        let outcome = match loaded {
             Ok((config, rules)) => {
                 let count = rules.rules().len();
                 let restart_needed = restart_only_changes(&self.started, &config);
@@ -122,22 +128,6 @@ impl Reloader {
         outcome
     }
 
-    fn load(&self) -> Result<(Config, rules::RuleSet), Vec<String>> {
-        let mut config = Config::load(&self.current.file).map_err(|e| vec![e.to_string()])?;
-        // Where the service stores and listens cannot move under it.
-        config.data_dir = self.started.data_dir.clone();
-        let rules = rules::load(&config.rules).map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        if self.started.prometheus.is_none()
-            && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some() || r.verify.is_some())
-        {
-            return Err(vec![format!(
-                "rule {} asks Prometheus, but the service started without `prometheus:` (restart to add it)",
-                rule.name
-            )]);
-        }
-        Ok((config, rules))
-    }
-
     /// Reload on SIGHUP and when the files change, until `token` is cancelled.
     pub async fn run(mut self, token: CancellationToken) {
         let every = self.current.reload_interval;
@@ -166,6 +156,24 @@ impl Reloader {
             self.reload(force).await;
         }
     }
+}
+
+/// The config file and the rules it names, as a reload would put them in force, or every
+/// problem found.
+fn load(file: &Path, started: &Config) -> Result<(Config, rules::RuleSet), Vec<String>> {
+    let mut config = Config::load(file).map_err(|e| vec![e.to_string()])?;
+    // Where the service stores and listens cannot move under it.
+    config.data_dir = started.data_dir.clone();
+    let rules = rules::load(&config.rules).map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if started.prometheus.is_none()
+        && let Some(rule) = rules.rules().iter().find(|r| r.confirm.is_some() || r.verify.is_some())
+    {
+        return Err(vec![format!(
+            "rule {} asks Prometheus, but the service started without `prometheus:` (restart to add it)",
+            rule.name
+        )]);
+    }
+    Ok((config, rules))
 }
 
 /// Fields that changed but only take effect at a restart.

@@ -27,7 +27,7 @@
 //! The counts are cumulative from the start of the comparison (a [`Tally`] per arm), not a
 //! sliding window: a window drops old events, which breaks the martingale. Memory is constant
 //! per arm. The engine restarts a comparison after an action on its target and after a quiet
-//! period (see `crate::feedback::engine`).
+//! period (see [`Arms::reset`](crate::feedback::arms::Arms::reset) and [`Arms::prune`](crate::feedback::arms::Arms::prune)).
 //!
 //! # The three comparisons
 //! - [`negative_ratio`]: users' negative feedback, `Δ̂ ≥ min_effect` besides the test.
@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::window::{
-    ArmSummary, EPSILON, Evidence, LATENCY_BINS, Observation, Verdict, interval_json, latency_bin, latency_quantile,
+    ArmSummary, EPSILON, Evidence, Judgement, LATENCY_BINS, Observation, interval_json, latency_bin, latency_quantile,
     num, rate,
 };
 
@@ -259,7 +259,7 @@ impl Comparison {
     }
 
     /// The verdict, with every failed condition and the evidence for the audit record.
-    pub fn verdict(&self, canary: &Tally, baseline: &Tally) -> Verdict {
+    pub fn verdict(&self, canary: &Tally, baseline: &Tally) -> Judgement {
         let mut failed = Vec::new();
         self.conditions(&mut Failures { list: Some(&mut failed), ok: true });
         let evidence = Evidence {
@@ -268,7 +268,7 @@ impl Comparison {
             baseline: Some(baseline.summary()),
             detail: self.detail(),
         };
-        Verdict::from_failures(failed, evidence)
+        Judgement::from_failures(failed, evidence)
     }
 
     /// Checks every condition in order; true when all hold.
@@ -405,21 +405,21 @@ impl Comparison {
 /// rejects "alike" with the canary worse, and the difference of negative ratios is at least
 /// `min_effect`. Detail: both arms' `n`, `negative`, `rate` and `wilson95`, the test's figures
 /// and the thresholds.
-pub fn negative_ratio(canary: &Tally, baseline: &Tally, s: &Sequential, min_effect: f64) -> Verdict {
+pub fn negative_ratio(canary: &Tally, baseline: &Tally, s: &Sequential, min_effect: f64) -> Judgement {
     Test::NegativeRatio.compare(canary, baseline, s, min_effect).verdict(canary, baseline)
 }
 
 /// Acts when the canary's requests fail more often: the mSPRT rejects "alike" with the canary
 /// worse, and the canary's error ratio exceeds `max_ratio` times the baseline's (floored at
 /// `1/(n+1)` when the baseline has no error, as in `window::error_ratio`).
-pub fn error_ratio(canary: &Tally, baseline: &Tally, s: &Sequential, max_ratio: f64) -> Verdict {
+pub fn error_ratio(canary: &Tally, baseline: &Tally, s: &Sequential, max_ratio: f64) -> Judgement {
     Test::ErrorRatio.compare(canary, baseline, s, max_ratio).verdict(canary, baseline)
 }
 
 /// Acts when the canary is slower: more of its requests are slower than the baseline's p95
 /// than the baseline's own 5% (the mSPRT on those shares), and its p95 exceeds `max_ratio`
 /// times the baseline's. Each p95 is read from a histogram within `LATENCY_RELATIVE_ERROR`.
-pub fn latency_p95(canary: &Tally, baseline: &Tally, s: &Sequential, max_ratio: f64) -> Verdict {
+pub fn latency_p95(canary: &Tally, baseline: &Tally, s: &Sequential, max_ratio: f64) -> Judgement {
     Test::LatencyP95.compare(canary, baseline, s, max_ratio).verdict(canary, baseline)
 }
 

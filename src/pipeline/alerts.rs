@@ -115,7 +115,7 @@ impl Pipeline {
         // changed while it answered is vetted again after.
         let mut verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now);
         let mut confirmed = None;
-        if verdict == Verdict::Proceed
+        if verdict == GuardVerdict::Proceed
             && let Some(confirm) = &rule.confirm
         {
             drop(state);
@@ -124,7 +124,7 @@ impl Pipeline {
             verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, Utc::now());
         }
         match verdict {
-            Verdict::Duplicate { action_id } => {
+            GuardVerdict::Duplicate { action_id } => {
                 let reason = format!("duplicate delivery: this alert was already handled by action {action_id}");
                 // Marked, so it is not taken for the outcome of that action (still in flight, maybe).
                 let noop = base(Kind::Noop)
@@ -135,18 +135,18 @@ impl Pipeline {
                 self.record_unlocked(vec![matched, noop]).await?;
                 Ok(report(Kind::Noop, Some(&target), Some(&action_id), Some(reason)))
             }
-            Verdict::Held { reason } => {
+            GuardVerdict::Held { reason } => {
                 drop(state);
                 self.record_unlocked(vec![matched, base(Kind::Held).reason(&reason)]).await?;
                 info!(target = %target_name, %reason, "held");
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))
             }
-            Verdict::Proceed => {
+            GuardVerdict::Proceed => {
                 let confirmation = match confirmed {
                     None => None,
                     Some(answer) => match answer {
-                        (confirm::Verdict::Go, evidence) => Some(evidence),
-                        (confirm::Verdict::Hold(reason), evidence) => {
+                        (confirm::Answer::Go, evidence) => Some(evidence),
+                        (confirm::Answer::Hold(reason), evidence) => {
                             let held = base(Kind::Held)
                                 .reason(&reason)
                                 .detail(ConfirmationPart { confirmation: Some(evidence) }.value());
@@ -155,7 +155,7 @@ impl Pipeline {
                             info!(target = %target_name, %reason, "held by its confirmation");
                             return Ok(report(Kind::Held, Some(&target), None, Some(reason)));
                         }
-                        (confirm::Verdict::Fail(reason), evidence) => {
+                        (confirm::Answer::Fail(reason), evidence) => {
                             let failed = base(Kind::Failed)
                                 .reason(&reason)
                                 .detail(ConfirmationPart { confirmation: Some(evidence) }.value());
@@ -249,17 +249,17 @@ impl Pipeline {
 
     /// Ask Prometheus whether the alert's claim still holds (the rule's `confirm:`).
     #[instrument(skip_all, fields(event_id = %alert.id))]
-    pub(super) async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Verdict, Value) {
+    pub(super) async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Answer, Value) {
         let promql = match confirm.query.render(&alert.labels) {
             Ok(q) => q.trim().to_string(),
             Err(missing) => {
                 let why = format!("confirmation query: {missing}");
-                return (confirm::Verdict::Fail(why.clone()), json!({ "error": why }));
+                return (confirm::Answer::Fail(why.clone()), json!({ "error": why }));
             }
         };
         let Some(prometheus) = &self.prometheus else {
             let why = "the rule asks Prometheus to confirm, but no `prometheus:` is configured".to_string();
-            return (confirm::Verdict::Hold(why.clone()), json!({ "query": promql, "error": why }));
+            return (confirm::Answer::Hold(why.clone()), json!({ "query": promql, "error": why }));
         };
         let (verdict, evidence) = confirm.check(prometheus.as_ref(), &promql).await;
         info!(query = %promql, value = ?evidence.value, result = evidence.result, "confirmation");

@@ -29,7 +29,11 @@ impl Pipeline {
     pub async fn undo(&self, action_id: &str, actor: &str, reason: &str) -> Result<Report, PipelineError> {
         let filter =
             audit::Filter { action_id: Some(action_id.into()), kinds: vec![Kind::Applied], ..Default::default() };
-        let applied = audit::query(self.audit.dir(), &filter)?
+        // Reading the log is file I/O: off the async workers.
+        let dir = self.audit.dir().to_path_buf();
+        let applied = tokio::task::spawn_blocking(move || audit::query(&dir, &filter))
+            .await
+            .map_err(|_| AuditError::Stopped)??
             .into_iter()
             .next()
             .ok_or_else(|| PipelineError::UnknownAction(action_id.into()))?;

@@ -36,7 +36,7 @@ use crate::state::detail::{
     ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KindPart, ManualPart,
     Part, PlanPart, Recorded, StepDownPart, VerifyPart,
 };
-use crate::state::{self, GuardSettings, GuardState, Verdict};
+use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
 use crate::stepdown::{self, StepDown, StepInfo};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;

@@ -59,7 +59,7 @@ pub struct Pause {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub enum GuardVerdict {
     Proceed,
     /// The same alert instance was already handled by this rule.
     Duplicate {
@@ -468,21 +468,23 @@ impl GuardState {
         cooldown: Duration,
         settings: &GuardSettings,
         now: DateTime<Utc>,
-    ) -> Verdict {
+    ) -> GuardVerdict {
         if let Some((action_id, _)) = self.keys.get(key) {
-            return Verdict::Duplicate { action_id: action_id.clone() };
+            return GuardVerdict::Duplicate { action_id: action_id.clone() };
         }
         if let Some(reason) = self.paused(target) {
-            return Verdict::Held { reason };
+            return GuardVerdict::Held { reason };
         }
         // Decided, not yet finished (the target is being written): one action at a time.
         if let Some(p) = self.pending.values().find(|p| p.rule == rule && p.target == target) {
-            return Verdict::Held { reason: format!("action {} of rule {rule} on {target} is under way", p.action_id) };
+            return GuardVerdict::Held {
+                reason: format!("action {} of rule {rule} on {target} is under way", p.action_id),
+            };
         }
         if let Some(last) = self.last_applied.get(&(rule.to_string(), target.to_string())) {
             let ends = *last + cooldown;
             if now < ends {
-                return Verdict::Held {
+                return GuardVerdict::Held {
                     reason: format!(
                         "cooldown: rule {rule} acted on {target} at {}, cooldown {} ends {}",
                         last.to_rfc3339(),
@@ -495,7 +497,7 @@ impl GuardState {
         let window_start = now - settings.window;
         let recent = self.applied.iter().filter(|t| **t >= window_start).count();
         if recent >= settings.max_actions {
-            return Verdict::Held {
+            return GuardVerdict::Held {
                 reason: format!(
                     "action cap: {recent} actions in the last {} (limit {})",
                     humantime::format_duration(settings.window),
@@ -503,7 +505,7 @@ impl GuardState {
                 ),
             };
         }
-        Verdict::Proceed
+        GuardVerdict::Proceed
     }
 
     /// Why automatic actions on `target` are paused, if they are.
@@ -539,9 +541,12 @@ mod tests {
         let now = Utc::now();
         let mut s = GuardState::default();
         s.observe(&rec(1, now, Entry::new(Kind::Decided).key("k").action_id("a1")));
-        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Duplicate { action_id: "a1".into() });
+        assert_eq!(
+            s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now),
+            GuardVerdict::Duplicate { action_id: "a1".into() }
+        );
         s.observe(&rec(2, now, Entry::new(Kind::Failed).key("k").action_id("a1")));
-        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
+        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
     }
 
     #[test]
@@ -550,12 +555,12 @@ mod tests {
         let mut s = GuardState::default();
         s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("r").target("ns/vs")));
         let held = s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(5));
-        assert!(matches!(held, Verdict::Held { ref reason } if reason.starts_with("cooldown")), "{held:?}");
-        assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), t0), Verdict::Proceed, "other rule");
-        assert_eq!(s.vet("r", "k2", "ns/other", TEN_MIN, &settings(), t0), Verdict::Proceed, "other target");
+        assert!(matches!(held, GuardVerdict::Held { ref reason } if reason.starts_with("cooldown")), "{held:?}");
+        assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "other rule");
+        assert_eq!(s.vet("r", "k2", "ns/other", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "other target");
         assert_eq!(
             s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(11)),
-            Verdict::Proceed
+            GuardVerdict::Proceed
         );
     }
 
@@ -566,8 +571,11 @@ mod tests {
         s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("a").target("x/1")));
         s.observe(&rec(2, t0, Entry::new(Kind::Applied).rule("b").target("x/2")));
         let v = s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0);
-        assert!(matches!(v, Verdict::Held { ref reason } if reason.contains("action cap: 2 actions")), "{v:?}");
-        assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(61)), Verdict::Proceed);
+        assert!(matches!(v, GuardVerdict::Held { ref reason } if reason.contains("action cap: 2 actions")), "{v:?}");
+        assert_eq!(
+            s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(61)),
+            GuardVerdict::Proceed
+        );
     }
 
     #[test]
@@ -584,14 +592,14 @@ mod tests {
         };
         s.observe(&rec(1, now, pause(Some("ns/vs"))));
         assert!(
-            matches!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Held { ref reason } if reason.contains("by alice"))
+            matches!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Held { ref reason } if reason.contains("by alice"))
         );
-        assert_eq!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Proceed);
+        assert_eq!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
         s.observe(&rec(2, now, pause(None)));
-        assert!(matches!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), Verdict::Held { .. }));
+        assert!(matches!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), GuardVerdict::Held { .. }));
         s.observe(&rec(3, now, Entry::new(Kind::Control).detail(json!({"control": "resume"}))));
         s.observe(&rec(4, now, Entry::new(Kind::Control).target("ns/vs").detail(json!({"control": "resume"}))));
-        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
+        assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
     }
 
     #[test]
@@ -688,16 +696,16 @@ mod tests {
         s.observe(&rec(1, now, decided.detail(json!({"plan": {"traffic": {}}}))));
         let v = s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now);
         assert!(
-            matches!(v, Verdict::Held { ref reason } if reason.contains("action a1 of rule r on ns/vs is under way"))
+            matches!(v, GuardVerdict::Held { ref reason } if reason.contains("action a1 of rule r on ns/vs is under way"))
         );
-        assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed, "other rule");
+        assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed, "other rule");
         // A redelivery of the same alert meanwhile is a no-op that names a1: a1 is still under way.
         let dup = Entry::new(Kind::Noop).key("k1").action_id("a1").rule("r").target("ns/vs");
         s.observe(&rec(2, now, dup.detail(json!({"duplicate": true}))));
-        assert!(matches!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Held { .. }));
+        assert!(matches!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Held { .. }));
         assert_eq!(s.pending().len(), 1, "still pending: resumed after a crash");
         s.observe(&rec(3, now, Entry::new(Kind::Failed).key("k1").action_id("a1").rule("r").target("ns/vs")));
-        assert_eq!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), Verdict::Proceed);
+        assert_eq!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
     }
 
     #[test]
@@ -707,7 +715,7 @@ mod tests {
         s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
         s.observe(&rec(2, t0, step_applied("A", 2, 10, &[10, 0])));
         s.observe(&rec(3, t0, step_applied("A", 3, 0, &[0])));
-        assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0), Verdict::Proceed, "3 steps, 1 action, cap 2");
+        assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "3 steps, 1 action, cap 2");
     }
 }
 

@@ -23,7 +23,7 @@ pub enum ObjectKind {
     /// `kubectl argo rollouts abort` does (see [`crate::actions::rollout`]).
     Rollout,
     /// A Flagger Canary (`flagger.app/v1beta1`): never written; backstop answers its `rollback`
-    /// webhook (see `crate::flagger`).
+    /// webhook (see [`crate::actions::flagger`]).
     FlaggerCanary,
 }
 

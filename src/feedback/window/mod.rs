@@ -37,7 +37,7 @@
 //! # Comparisons
 //!
 //! [`negative_feedback`], [`mean_score_below`], [`error_ratio`] and [`latency_p95`] each return a
-//! [`Verdict`] carrying [`Evidence`] for the audit record: the test's name, both arms' summaries
+//! [`Judgement`] carrying [`Evidence`] for the audit record: the test's name, both arms' summaries
 //! and the figures it computed. A `Hold` says which conditions failed, with numbers, all of them
 //! separated by "; " (an invalid threshold is reported alone: the data are not judged against
 //! it). A `min_samples` of 0 is taken as 1: nothing is concluded from no data.
@@ -375,32 +375,36 @@ pub struct Evidence {
 /// The outcome of a comparison: the canary is worse (act), or not shown to be (hold, with the
 /// failed conditions).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub enum Judgement {
     Act(Evidence),
     Hold { reason: String, evidence: Evidence },
 }
 
-impl Verdict {
+impl Judgement {
     pub fn is_act(&self) -> bool {
-        matches!(self, Verdict::Act(_))
+        matches!(self, Judgement::Act(_))
     }
 
     pub fn evidence(&self) -> &Evidence {
         match self {
-            Verdict::Act(evidence) | Verdict::Hold { evidence, .. } => evidence,
+            Judgement::Act(evidence) | Judgement::Hold { evidence, .. } => evidence,
         }
     }
 
     /// Why it holds; None when it acts.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Verdict::Act(_) => None,
-            Verdict::Hold { reason, .. } => Some(reason),
+            Judgement::Act(_) => None,
+            Judgement::Hold { reason, .. } => Some(reason),
         }
     }
 
-    pub(crate) fn from_failures(failed: Vec<String>, evidence: Evidence) -> Verdict {
-        if failed.is_empty() { Verdict::Act(evidence) } else { Verdict::Hold { reason: failed.join("; "), evidence } }
+    pub(crate) fn from_failures(failed: Vec<String>, evidence: Evidence) -> Judgement {
+        if failed.is_empty() {
+            Judgement::Act(evidence)
+        } else {
+            Judgement::Hold { reason: failed.join("; "), evidence }
+        }
     }
 }
 
@@ -449,7 +453,7 @@ pub fn negative_feedback(
     min_samples: u64,
     p_threshold: f64,
     min_effect: f64,
-) -> Verdict {
+) -> Judgement {
     let (xc, nc, xb, nb) = (canary.negative, canary.satisfaction_n, baseline.negative, baseline.satisfaction_n);
     let (rc, rb) = (rate(xc, nc), rate(xb, nb));
     let effect = rc.zip(rb).map(|(c, b)| c - b);
@@ -476,7 +480,7 @@ pub fn negative_feedback(
         failed.push(format!("invalid min_effect {}: must be finite and >= 0", num(min_effect)));
     }
     if !failed.is_empty() {
-        return Verdict::from_failures(failed, evidence);
+        return Judgement::from_failures(failed, evidence);
     }
     for (arm, x, n) in [("canary", xc, nc), ("baseline", xb, nb)] {
         if x > n {
@@ -506,13 +510,13 @@ pub fn negative_feedback(
             )),
         }
     }
-    Verdict::from_failures(failed, evidence)
+    Judgement::from_failures(failed, evidence)
 }
 
 /// Acts when the canary's mean score (e.g. a model's confidence) is below `threshold` over at
 /// least `min_samples` scores (1 is allowed: one confident-less answer can be enough). No
 /// baseline. Detail: `n`, `mean`, `threshold`, `min_samples`.
-pub fn mean_score_below(canary: &ArmSummary, threshold: f64, min_samples: u64) -> Verdict {
+pub fn mean_score_below(canary: &ArmSummary, threshold: f64, min_samples: u64) -> Judgement {
     let need = min_samples.max(1);
     let detail = json!({
         "n": canary.scores_n,
@@ -524,7 +528,7 @@ pub fn mean_score_below(canary: &ArmSummary, threshold: f64, min_samples: u64) -
     let mut failed = Vec::new();
     if !threshold.is_finite() {
         failed.push(format!("invalid threshold {}: must be finite", num(threshold)));
-        return Verdict::from_failures(failed, evidence);
+        return Judgement::from_failures(failed, evidence);
     }
     if canary.scores_n < need {
         failed.push(format!("only {} canary scores, need {need}", canary.scores_n));
@@ -535,7 +539,7 @@ pub fn mean_score_below(canary: &ArmSummary, threshold: f64, min_samples: u64) -
             Some(mean) => failed.push(format!("mean score {} >= threshold {}", num(mean), num(threshold))),
         }
     }
-    Verdict::from_failures(failed, evidence)
+    Judgement::from_failures(failed, evidence)
 }
 
 /// Acts when the canary's error ratio is more than `max_ratio` times the baseline's, both arms
@@ -549,7 +553,7 @@ pub fn mean_score_below(canary: &ArmSummary, threshold: f64, min_samples: u64) -
 /// better than 1 error, never as worse. Detail: `canary_rate`, `baseline_rate`,
 /// `baseline_reference` (the floored rate), `baseline_floored`, `ratio` (canary rate /
 /// reference), `wilson95` of both arms, and the thresholds.
-pub fn error_ratio(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, min_samples: u64) -> Verdict {
+pub fn error_ratio(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, min_samples: u64) -> Judgement {
     let (xc, nc, xb, nb) = (canary.errors, canary.outcomes_n, baseline.errors, baseline.outcomes_n);
     let (rc, rb) = (rate(xc, nc), rate(xb, nb));
     let floored = xb == 0 && nb > 0;
@@ -572,7 +576,7 @@ pub fn error_ratio(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, m
     let mut failed = Vec::new();
     if !(max_ratio.is_finite() && max_ratio >= 0.0) {
         failed.push(format!("invalid max_ratio {}: must be finite and >= 0", num(max_ratio)));
-        return Verdict::from_failures(failed, evidence);
+        return Judgement::from_failures(failed, evidence);
     }
     for (arm, x, n) in [("canary", xc, nc), ("baseline", xb, nb)] {
         if x > n {
@@ -591,7 +595,7 @@ pub fn error_ratio(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, m
         };
         failed.push(format!("canary error ratio {} is {}x {base}, need > {}x", num(c), num(ratio), num(max_ratio)));
     }
-    Verdict::from_failures(failed, evidence)
+    Judgement::from_failures(failed, evidence)
 }
 
 /// Acts when the canary's 95th-percentile latency is more than `max_ratio` times the
@@ -600,7 +604,7 @@ pub fn error_ratio(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, m
 /// `max_ratio` well above 1 (e.g. 1.5). The baseline's p95 is floored at
 /// [`LATENCY_MIN_SECONDS`]. Detail: `canary_p95`, `baseline_p95`, `ratio`, `relative_error` and
 /// the thresholds.
-pub fn latency_p95(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, min_samples: u64) -> Verdict {
+pub fn latency_p95(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, min_samples: u64) -> Judgement {
     let (c, b) = (canary.latency_p95, baseline.latency_p95);
     let reference = b.map(|b| b.max(LATENCY_MIN_SECONDS));
     let ratio = c.zip(reference).map(|(c, r)| c / r);
@@ -618,7 +622,7 @@ pub fn latency_p95(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, m
     let mut failed = Vec::new();
     if !(max_ratio.is_finite() && max_ratio >= 0.0) {
         failed.push(format!("invalid max_ratio {}: must be finite and >= 0", num(max_ratio)));
-        return Verdict::from_failures(failed, evidence);
+        return Judgement::from_failures(failed, evidence);
     }
     for (arm, n, p95) in [("canary", canary.latency_n, c), ("baseline", baseline.latency_n, b)] {
         if n < need {
@@ -638,7 +642,7 @@ pub fn latency_p95(canary: &ArmSummary, baseline: &ArmSummary, max_ratio: f64, m
             num(max_ratio)
         ));
     }
-    Verdict::from_failures(failed, evidence)
+    Judgement::from_failures(failed, evidence)
 }
 
 #[cfg(test)]
