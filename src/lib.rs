@@ -1,8 +1,9 @@
 //! backstop: an always-on rollback responder for Kubernetes and Istio.
 //!
 //! Data flows one way: **sources** turn bytes into events; the **pipeline** records them and
-//! hands them to the **rules** engine, which returns decisions; **guards** vet them; **actions**
-//! change a **target**; the **audit** log records each step.
+//! hands them to the **rules** engine, which returns decisions; the **state** (the fold of the
+//! audit log) and its guards vet them; **actions** change a **target**; the **audit** log
+//! records each step. `docs/design.md` walks the tree along that path.
 
 pub mod actions;
 pub mod audit;
@@ -13,7 +14,6 @@ pub mod event;
 pub mod failpoint;
 pub mod feedback;
 pub mod fsutil;
-
 pub mod http;
 pub mod kafka;
 pub mod pipeline;
@@ -25,7 +25,7 @@ pub mod server;
 pub mod sinks;
 pub mod sources;
 pub mod state;
-pub mod stepdown;
+
 pub mod target;
 pub mod telemetry;
 pub mod template;

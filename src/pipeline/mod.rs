@@ -36,8 +36,8 @@ use crate::state::detail::{
     ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KindPart, ManualPart,
     Part, PlanPart, Recorded, StepDownPart, VerifyPart,
 };
+use crate::state::stepdown::{self, StepDown, StepInfo};
 use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
-use crate::stepdown::{self, StepDown, StepInfo};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
 use crate::verification::VerifySpec;

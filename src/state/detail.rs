@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::actions::ActionPlan;
 use crate::event::Feedback;
 use crate::feedback::arms::ArmKey;
-use crate::stepdown::StepInfo;
+use crate::state::stepdown::StepInfo;
 use crate::target::ObjectKind;
 use crate::verification::VerifySpec;
 

@@ -1,7 +1,7 @@
 //! The shape of the code: data flows one way, so the library's top-level modules form no cycle.
 //! An edge `a -> b` is a `crate::b` path in the non-test code of module `a` (its file or folder,
-//! less `#[cfg(test)] mod tests` blocks at the end of a file and the test-only files `tests.rs`,
-//! `testing.rs`, `fuzzing.rs`). `main.rs` and `lib.rs` are the roots and are left out.
+//! less `#[cfg(test)] mod tests` blocks at the end of a file, the test-only files `tests.rs`,
+//! `testing.rs`, `fuzzing.rs`, and files in a `tests/` folder). `main.rs` and `lib.rs` are the roots and are left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -33,7 +33,8 @@ fn graph(src: &Path) -> Graph {
         let rel = file.strip_prefix(src).unwrap().to_string_lossy().replace('\\', "/");
         let top = rel.split('/').next().unwrap().trim_end_matches(".rs").to_string();
         let name = file.file_name().unwrap().to_string_lossy().to_string();
-        if !modules.contains(&top) || TEST_ONLY_FILES.contains(&name.as_str()) {
+        let in_test_folder = rel.split('/').rev().skip(1).any(|dir| dir == "tests");
+        if !modules.contains(&top) || TEST_ONLY_FILES.contains(&name.as_str()) || in_test_folder {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
@@ -131,8 +132,12 @@ fn a_cycle_is_found_and_named_with_where_each_edge_comes_from() {
     )
     .unwrap();
     std::fs::write(src.join("event.rs"), "pub struct Alert;\n").unwrap();
+    std::fs::create_dir(src.join("event_tests_host")).unwrap();
+    std::fs::create_dir_all(src.join("pipeline/tests")).unwrap();
+    std::fs::write(src.join("pipeline/tests/steps.rs"), "use crate::event_tests_host::X;\n").unwrap();
     let graph = graph(src);
     assert_eq!(graph["rules"].keys().collect::<Vec<_>>(), ["pipeline"], "test code adds no edge");
+    assert_eq!(graph["pipeline"].keys().collect::<Vec<_>>(), ["event", "rules"], "nor does a tests/ folder");
     let found = cycles(&graph);
     assert_eq!(
         found,

@@ -12,4 +12,5 @@ mod controls;
 mod feedback;
 mod reject;
 mod restore;
+mod steps;
 mod verify;

@@ -1,0 +1,209 @@
+//! The fold and the guards: keys, cooldowns, the cap, pauses, step-downs, pending actions.
+
+use super::*;
+use crate::audit::Entry;
+
+fn rec(seq: u64, time: DateTime<Utc>, entry: Entry) -> Record {
+    Record { seq, time, prev: String::new(), entry }
+}
+
+fn settings() -> GuardSettings {
+    GuardSettings { max_actions: 2, window: Duration::from_secs(3600), ..Default::default() }
+}
+
+const TEN_MIN: Duration = Duration::from_secs(600);
+
+#[test]
+fn decided_key_makes_redelivery_a_duplicate_and_failure_frees_it() {
+    let now = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, now, Entry::new(Kind::Decided).key("k").action_id("a1")));
+    assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Duplicate { action_id: "a1".into() });
+    s.observe(&rec(2, now, Entry::new(Kind::Failed).key("k").action_id("a1")));
+    assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
+}
+
+#[test]
+fn cooldown_holds_the_same_rule_and_target_until_it_ends() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("r").target("ns/vs")));
+    let held = s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(5));
+    assert!(matches!(held, GuardVerdict::Held { ref reason } if reason.starts_with("cooldown")), "{held:?}");
+    assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "other rule");
+    assert_eq!(s.vet("r", "k2", "ns/other", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "other target");
+    assert_eq!(
+        s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(11)),
+        GuardVerdict::Proceed
+    );
+}
+
+#[test]
+fn cap_counts_applied_actions_in_the_window() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, t0, Entry::new(Kind::Applied).rule("a").target("x/1")));
+    s.observe(&rec(2, t0, Entry::new(Kind::Applied).rule("b").target("x/2")));
+    let v = s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0);
+    assert!(matches!(v, GuardVerdict::Held { ref reason } if reason.contains("action cap: 2 actions")), "{v:?}");
+    assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(61)), GuardVerdict::Proceed);
+}
+
+#[test]
+fn pause_and_resume_per_target_and_global() {
+    let now = Utc::now();
+    let mut s = GuardState::default();
+    let pause = |t: Option<&str>| {
+        let e = Entry::new(Kind::Control).actor("alice").reason("investigating").detail(json!({"control": "pause"}));
+        match t {
+            Some(t) => e.target(t),
+            None => e,
+        }
+    };
+    s.observe(&rec(1, now, pause(Some("ns/vs"))));
+    assert!(
+        matches!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Held { ref reason } if reason.contains("by alice"))
+    );
+    assert_eq!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
+    s.observe(&rec(2, now, pause(None)));
+    assert!(matches!(s.vet("r", "k", "ns/other", TEN_MIN, &settings(), now), GuardVerdict::Held { .. }));
+    s.observe(&rec(3, now, Entry::new(Kind::Control).detail(json!({"control": "resume"}))));
+    s.observe(&rec(4, now, Entry::new(Kind::Control).target("ns/vs").detail(json!({"control": "resume"}))));
+    assert_eq!(s.vet("r", "k", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
+}
+
+#[test]
+fn prune_drops_expired_keys_and_window_entries() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, t0, Entry::new(Kind::Decided).key("old").action_id("a")));
+    s.observe(&rec(2, t0, Entry::new(Kind::Applied).rule("r").target("t")));
+    let later = t0 + chrono::Duration::days(8);
+    s.prune(later, &settings(), TEN_MIN);
+    assert!(s.keys.is_empty() && s.last_applied.is_empty() && s.applied.is_empty());
+}
+
+/// The `applied` record of step `step` of a step-down begun by `origin`, leaving the canary
+/// at `left` with `steps` still to go after it (as the pipeline writes it).
+fn step_applied(origin: &str, step: u32, left: u32, steps: &[u64]) -> Entry {
+    use crate::actions::virtualservice::{Change, Dest, Plan, Weight};
+    let plan = crate::actions::ActionPlan::Traffic(Plan {
+        change: Change::StepDown {
+            stable: Dest::Subset("v1".into()),
+            canary: Dest::Subset("v2".into()),
+            steps: steps.iter().map(|w| Weight::try_from(*w).unwrap()).collect(),
+        },
+        routes: None,
+    });
+    let info = crate::state::stepdown::StepInfo {
+        origin: origin.into(),
+        step,
+        interval_ms: 60_000,
+        verify: None,
+        remaining: None,
+        next_at: None,
+        next: None,
+    };
+    let routes = |v2: u32| {
+        json!([{ "route": "primary", "destinations": [
+            { "host": "ms", "subset": "v1", "weight": 100 - v2 }, { "host": "ms", "subset": "v2", "weight": v2 }]}])
+    };
+    let outcome = crate::actions::Outcome::Applied { before: routes(50), after: routes(left) };
+    let next = crate::state::stepdown::after_outcome(&plan, &info, &outcome, Utc::now());
+    Entry::new(Kind::Applied)
+        .rule("r")
+        .target("ns/vs")
+        .action_id(format!("{origin}-{step}"))
+        .detail(json!({ "step_down": next }))
+}
+
+#[test]
+fn a_step_down_is_folded_from_its_steps_records_and_ends_with_the_last() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
+    let d = s.step_down("ns/vs").expect("under way").clone();
+    assert_eq!((d.origin.as_str(), d.step, d.rule.as_str()), ("A", 2, "r"));
+    assert!(d.due > t0 + chrono::Duration::seconds(59), "due after the interval: {d:?}");
+    assert!(s.due_steps(t0).is_empty());
+    assert_eq!(s.next_step_due(), Some(d.due));
+    // The snapshot carries it across a restart.
+    let restored = GuardState::from_snapshot(s.snapshot(crate::audit::Position {
+        seq: 1,
+        hash: String::new(),
+        segment: String::new(),
+        offset: 0,
+    }));
+    assert_eq!(restored.step_down("ns/vs"), Some(&d));
+    s.observe(&rec(2, t0, step_applied("A", 2, 10, &[10, 0])));
+    assert_eq!(s.step_down("ns/vs").unwrap().step, 3);
+    s.observe(&rec(3, t0, step_applied("A", 3, 0, &[0])));
+    assert_eq!(s.step_down("ns/vs"), None);
+    assert_eq!(s.next_step_due(), None);
+}
+
+#[test]
+fn traffic_that_did_not_move_during_a_step_down_makes_the_next_step_zero_now() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
+    let t1 = t0 + chrono::Duration::seconds(5);
+    s.observe(&rec(2, t1, Entry::new(Kind::Unverified).target("ns/vs").action_id("A-1")));
+    let d = s.step_down("ns/vs").unwrap();
+    assert_eq!(d.due, t1);
+    let crate::actions::ActionPlan::Traffic(plan) = &d.plan else { panic!("{d:?}") };
+    assert!(
+        matches!(&plan.change, crate::actions::virtualservice::Change::StepDown { steps, .. } if steps.len() == 1 && steps[0].get() == 0)
+    );
+    assert_eq!(s.due_steps(t1).len(), 1);
+}
+
+#[test]
+fn an_action_under_way_holds_its_rule_on_its_target_until_its_outcome() {
+    let now = Utc::now();
+    let mut s = GuardState::default();
+    let decided = Entry::new(Kind::Decided).key("k1").action_id("a1").rule("r").target("ns/vs");
+    s.observe(&rec(1, now, decided.detail(json!({"plan": {"traffic": {}}}))));
+    let v = s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now);
+    assert!(
+        matches!(v, GuardVerdict::Held { ref reason } if reason.contains("action a1 of rule r on ns/vs is under way"))
+    );
+    assert_eq!(s.vet("other", "k2", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed, "other rule");
+    // A redelivery of the same alert meanwhile is a no-op that names a1: a1 is still under way.
+    let dup = Entry::new(Kind::Noop).key("k1").action_id("a1").rule("r").target("ns/vs");
+    s.observe(&rec(2, now, dup.detail(json!({"duplicate": true}))));
+    assert!(matches!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Held { .. }));
+    assert_eq!(s.pending().len(), 1, "still pending: resumed after a crash");
+    s.observe(&rec(3, now, Entry::new(Kind::Failed).key("k1").action_id("a1").rule("r").target("ns/vs")));
+    assert_eq!(s.vet("r", "k2", "ns/vs", TEN_MIN, &settings(), now), GuardVerdict::Proceed);
+}
+
+#[test]
+fn a_step_down_counts_once_against_the_action_cap() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    s.observe(&rec(1, t0, step_applied("A", 1, 25, &[25, 10, 0])));
+    s.observe(&rec(2, t0, step_applied("A", 2, 10, &[10, 0])));
+    s.observe(&rec(3, t0, step_applied("A", 3, 0, &[0])));
+    assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "3 steps, 1 action, cap 2");
+}
+
+#[test]
+fn a_decided_action_without_outcome_is_pending_until_one_is_recorded() {
+    let now = Utc::now();
+    let mut s = GuardState::default();
+    let decided = Entry::new(Kind::Decided)
+        .action_id("a1")
+        .key("k")
+        .rule("r")
+        .target("ns/vs")
+        .detail(json!({"plan": {"change": "x"}}));
+    s.observe(&Record { seq: 1, time: now, prev: String::new(), entry: decided });
+    assert_eq!(s.pending().len(), 1);
+    assert_eq!(s.pending()[0].target, "ns/vs");
+    let snap = s.snapshot(crate::audit::Position { seq: 1, hash: "h".into(), segment: "s".into(), offset: 0 });
+    assert_eq!(GuardState::from_snapshot(snap).pending().len(), 1, "kept across a snapshot");
+    let applied = Entry::new(Kind::Noop).action_id("a1");
+    s.observe(&Record { seq: 2, time: now, prev: String::new(), entry: applied });
+    assert!(s.pending().is_empty());
+}
