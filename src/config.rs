@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::{AuditOptions, Retention};
-use crate::confirm::PrometheusConfig;
 use crate::http::auth::AuthConfig;
 use crate::kafka::KafkaConfig;
+use crate::prometheus::PrometheusConfig;
 use crate::secret::Secret;
 use crate::state::GuardSettings;
 use crate::target::kubernetes::KubernetesOptions;

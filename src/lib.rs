@@ -8,7 +8,7 @@
 pub mod actions;
 pub mod audit;
 pub mod config;
-pub mod confirm;
+
 pub mod digest;
 pub mod event;
 pub mod failpoint;
@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod http;
 pub mod kafka;
 pub mod pipeline;
+pub mod prometheus;
 pub mod redact;
 pub mod reload;
 pub mod rules;
@@ -31,4 +32,3 @@ pub mod telemetry;
 pub mod template;
 #[cfg(test)]
 mod testing;
-pub mod verification;

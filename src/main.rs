@@ -5,9 +5,9 @@ use anyhow::{Context, Result, bail};
 use backstop::actions::Decided;
 use backstop::audit::{self, Record};
 use backstop::config::{Config, TargetConfig};
-use backstop::confirm::PrometheusConfig;
-use backstop::confirm::{FixedValue, Prometheus, PrometheusClient};
 use backstop::http::AuditParams;
+use backstop::prometheus::PrometheusConfig;
+use backstop::prometheus::{FixedValue, Prometheus, PrometheusClient};
 use backstop::rules::{self, Decision};
 use backstop::sources::alertmanager;
 use backstop::telemetry::trace::{TraceGuard, Traces};
@@ -438,11 +438,15 @@ async fn simulate(cfg: &ConfigSource, payload: &Path, url: Option<String>, value
                             (Err(e), _) => format!("would fail: confirmation query: {e}"),
                             (Ok(q), None) => format!("confirmation not run (no --prometheus or --value): {q}"),
                             (Ok(q), Some(p)) => match confirm.check(p.as_ref(), &q).await {
-                                (backstop::confirm::Answer::Go, e) => {
+                                (backstop::prometheus::confirm::ConfirmVerdict::Go, e) => {
                                     format!("confirmed by {}: {q} = {:?} {}", p.describe(), e.value, e.condition)
                                 }
-                                (backstop::confirm::Answer::Hold(r), _) => format!("would hold: {r}"),
-                                (backstop::confirm::Answer::Fail(r), _) => format!("would fail: {r}"),
+                                (backstop::prometheus::confirm::ConfirmVerdict::Hold(r), _) => {
+                                    format!("would hold: {r}")
+                                }
+                                (backstop::prometheus::confirm::ConfirmVerdict::Fail(r), _) => {
+                                    format!("would fail: {r}")
+                                }
                             },
                         };
                         println!("    {line}");

@@ -76,7 +76,7 @@ pub(crate) fn harness_confirming(rules: &str, value: Option<f64>) -> Harness {
         settings(),
     )
     .unwrap()
-    .with_prometheus(Arc::new(crate::confirm::FixedValue(value)));
+    .with_prometheus(Arc::new(crate::prometheus::FixedValue(value)));
     let audit = h._dir.path().join("audit2");
     Harness { state: AppState { pipeline: Arc::new(pipeline), ..h.state }, audit, rules: vec![file], ..h }
 }
@@ -105,7 +105,7 @@ impl Harness {
         )
         .unwrap();
         if let Some(v) = value {
-            pipeline = pipeline.with_prometheus(Arc::new(crate::confirm::FixedValue(v)));
+            pipeline = pipeline.with_prometheus(Arc::new(crate::prometheus::FixedValue(v)));
         }
         let state = AppState {
             pipeline: Arc::new(pipeline),

@@ -145,8 +145,8 @@ impl Pipeline {
                 let confirmation = match confirmed {
                     None => None,
                     Some(answer) => match answer {
-                        (confirm::Answer::Go, evidence) => Some(evidence),
-                        (confirm::Answer::Hold(reason), evidence) => {
+                        (confirm::ConfirmVerdict::Go, evidence) => Some(evidence),
+                        (confirm::ConfirmVerdict::Hold(reason), evidence) => {
                             let held = base(Kind::Held)
                                 .reason(&reason)
                                 .detail(ConfirmationPart { confirmation: Some(evidence) }.value());
@@ -155,7 +155,7 @@ impl Pipeline {
                             info!(target = %target_name, %reason, "held by its confirmation");
                             return Ok(report(Kind::Held, Some(&target), None, Some(reason)));
                         }
-                        (confirm::Answer::Fail(reason), evidence) => {
+                        (confirm::ConfirmVerdict::Fail(reason), evidence) => {
                             let failed = base(Kind::Failed)
                                 .reason(&reason)
                                 .detail(ConfirmationPart { confirmation: Some(evidence) }.value());
@@ -249,17 +249,17 @@ impl Pipeline {
 
     /// Ask Prometheus whether the alert's claim still holds (the rule's `confirm:`).
     #[instrument(skip_all, fields(event_id = %alert.id))]
-    pub(super) async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::Answer, Value) {
+    pub(super) async fn confirm(&self, confirm: &confirm::Confirm, alert: &Alert) -> (confirm::ConfirmVerdict, Value) {
         let promql = match confirm.query.render(&alert.labels) {
             Ok(q) => q.trim().to_string(),
             Err(missing) => {
                 let why = format!("confirmation query: {missing}");
-                return (confirm::Answer::Fail(why.clone()), json!({ "error": why }));
+                return (confirm::ConfirmVerdict::Fail(why.clone()), json!({ "error": why }));
             }
         };
         let Some(prometheus) = &self.prometheus else {
             let why = "the rule asks Prometheus to confirm, but no `prometheus:` is configured".to_string();
-            return (confirm::Answer::Hold(why.clone()), json!({ "query": promql, "error": why }));
+            return (confirm::ConfirmVerdict::Hold(why.clone()), json!({ "query": promql, "error": why }));
         };
         let (verdict, evidence) = confirm.check(prometheus.as_ref(), &promql).await;
         info!(query = %promql, value = ?evidence.value, result = evidence.result, "confirmation");

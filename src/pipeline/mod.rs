@@ -27,10 +27,11 @@ use tracing::{info, instrument, warn};
 
 use crate::actions::{self, ActionPlan, Decide, Meta, Outcome};
 use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
-use crate::confirm::{self, SharedPrometheus};
 use crate::event::Feedback;
 use crate::event::{Alert, AlertStatus, SourceKind};
 use crate::feedback::arms::{ArmKey, Origin};
+use crate::prometheus::verification::VerifySpec;
+use crate::prometheus::{SharedPrometheus, confirm};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::state::detail::{
     ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KindPart, ManualPart,
@@ -40,7 +41,6 @@ use crate::state::stepdown::{self, StepDown, StepInfo};
 use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
-use crate::verification::VerifySpec;
 
 pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;

@@ -5,7 +5,7 @@ use super::*;
 
 /// What an `applied` record says about its verification (see `state::PendingVerification`).
 pub(super) fn verify_detail(
-    v: &crate::verification::Verification,
+    v: &crate::prometheus::verification::Verification,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> VerifySpec {
     let (query, error) = match v.query.render(labels) {
@@ -57,10 +57,10 @@ impl Pipeline {
         })
     }
 
-    /// Poll one verification to its end and record it (see `crate::verification`).
+    /// Poll one verification to its end and record it (see `crate::prometheus::verification`).
     #[instrument(skip_all, fields(action_id = %p.action_id, rule = %p.rule, target = %p.target))]
     pub(super) async fn verify(&self, p: state::PendingVerification, token: tokio_util::sync::CancellationToken) {
-        use crate::verification::{Answer, Limits, Step, judge};
+        use crate::prometheus::verification::{Answer, Limits, Step, judge};
         let settings = Limits {
             max_share: p.max_share,
             deadline: Duration::from_millis(p.deadline_ms),

@@ -24,13 +24,13 @@ use serde::Deserialize;
 use crate::actions::ActionPlan;
 use crate::actions::service::SelectorSwitch;
 use crate::actions::virtualservice::{Change, Dest, Plan, Weight};
-use crate::confirm::{Comparison, Confirm, Fallback};
 use crate::event::{Alert, AlertStatus};
 use crate::feedback::rule::{Check, FeedbackSpec};
 use crate::feedback::sequential::{DEFAULT_TAU, Sequential, Test};
+use crate::prometheus::confirm::{Comparison, Confirm, Fallback};
+use crate::prometheus::verification::{self, Verification};
 use crate::target::{ObjectKind, ObjectRef};
 use crate::template::{self, Template};
-use crate::verification::{self, Verification};
 use matcher::Matcher;
 
 /// Which alert statuses a rule reacts to.

@@ -14,9 +14,9 @@ use serde_json::Value;
 use crate::actions::ActionPlan;
 use crate::event::Feedback;
 use crate::feedback::arms::ArmKey;
+use crate::prometheus::verification::VerifySpec;
 use crate::state::stepdown::StepInfo;
 use crate::target::ObjectKind;
-use crate::verification::VerifySpec;
 
 /// A typed part of a record's `detail`.
 pub trait Part: Serialize + DeserializeOwned {
@@ -230,7 +230,7 @@ mod tests {
         let v = VerifyPart::read(Some(&detail)).unwrap().verify;
         assert_eq!(
             (v.max_share, v.deadline_ms, v.interval_ms),
-            (crate::verification::DEFAULT_MAX_SHARE, 120_000, 10_000)
+            (crate::prometheus::verification::DEFAULT_MAX_SHARE, 120_000, 10_000)
         );
         assert_eq!(v.error.as_deref(), Some("verification query: missing label"));
     }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::actions::virtualservice::{self, Change, RouteState, Weight};
 use crate::actions::{ActionPlan, Outcome};
-use crate::verification::VerifySpec;
+use crate::prometheus::verification::VerifySpec;
 
 /// `detail.step_down` of a step's records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -53,7 +53,7 @@ async fn setup(interval: &str, extra: &str, share: f64) -> Setup {
         settings,
     )
     .unwrap()
-    .with_prometheus(Arc::new(crate::confirm::FixedValue(Some(share))));
+    .with_prometheus(Arc::new(crate::prometheus::FixedValue(Some(share))));
     let pipeline = Arc::new(pipeline);
     let token = tokio_util::sync::CancellationToken::new();
     drop(pipeline.spawn_verifier(token.clone()).await);
