@@ -200,7 +200,7 @@ pub fn raw_records_after(
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+    crate::digest::sha256_hex(bytes)
 }
 
 /// Records of the given (segment, start offset) list, skipping those with `seq <= after`.
@@ -464,7 +464,7 @@ pub fn hash_at(dir: &Path, seq: u64) -> Result<Option<String>, AuditError> {
             message: e.to_string(),
         })?;
         if s.seq == seq {
-            return Ok(Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))));
+            return Ok(Some(crate::digest::sha256_hex(bytes)));
         }
     }
     Ok(None)

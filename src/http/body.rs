@@ -1,6 +1,8 @@
 //! Reading a request's body within its limits, and the checks before it is taken: credentials,
 //! content type, size. What is refused is recorded.
 
+use sha2::{Digest, Sha256};
+
 use super::*;
 
 /// Past the body limit, keep reading (to record the size and hash) up to this many bytes.

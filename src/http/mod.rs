@@ -34,7 +34,6 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::audit::{self, Kind};
