@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 
 pub mod digest;

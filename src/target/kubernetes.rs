@@ -73,30 +73,38 @@ fn is_transient(e: &TargetError) -> bool {
     matches!(e, TargetError::Unavailable(_))
 }
 
+/// A client for the cluster `opts` names (kubeconfig, context, or in-cluster), with our own
+/// timeouts and no retries of its own, and the server's URL for messages. The target and the
+/// cluster mode's Lease use the same one.
+pub async fn client(opts: &KubernetesOptions) -> Result<(Client, String), TargetError> {
+    let unavailable = |what: String| TargetError::Unavailable(what);
+    let kube_opts = KubeConfigOptions { context: opts.context.clone(), ..Default::default() };
+    let mut config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| unavailable(format!("cannot read kubeconfig {}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kc, &kube_opts)
+                .await
+                .map_err(|e| unavailable(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None if opts.context.is_some() => {
+            Config::from_kubeconfig(&kube_opts).await.map_err(|e| unavailable(format!("kubeconfig: {e}")))?
+        }
+        None => Config::infer().await.map_err(|e| unavailable(format!("no cluster credentials: {e}")))?,
+    };
+    // Our own retries (backon, bounded by the action's deadline) instead of the client's.
+    config.default_retry = false;
+    config.connect_timeout = Some(opts.request_timeout);
+    config.read_timeout = Some(opts.request_timeout);
+    config.write_timeout = Some(opts.request_timeout);
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| unavailable(format!("kubernetes client: {e}")))?;
+    Ok((client, server))
+}
+
 impl Kubernetes {
     pub async fn connect(opts: &KubernetesOptions) -> Result<Kubernetes, TargetError> {
-        let unavailable = |what: String| TargetError::Unavailable(what);
-        let kube_opts = KubeConfigOptions { context: opts.context.clone(), ..Default::default() };
-        let mut config = match &opts.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path)
-                    .map_err(|e| unavailable(format!("cannot read kubeconfig {}: {e}", path.display())))?;
-                Config::from_custom_kubeconfig(kc, &kube_opts)
-                    .await
-                    .map_err(|e| unavailable(format!("kubeconfig {}: {e}", path.display())))?
-            }
-            None if opts.context.is_some() => {
-                Config::from_kubeconfig(&kube_opts).await.map_err(|e| unavailable(format!("kubeconfig: {e}")))?
-            }
-            None => Config::infer().await.map_err(|e| unavailable(format!("no cluster credentials: {e}")))?,
-        };
-        // Our own retries (backon, bounded by the action's deadline) instead of the client's.
-        config.default_retry = false;
-        config.connect_timeout = Some(opts.request_timeout);
-        config.read_timeout = Some(opts.request_timeout);
-        config.write_timeout = Some(opts.request_timeout);
-        let server = config.cluster_url.to_string();
-        let client = Client::try_from(config).map_err(|e| unavailable(format!("kubernetes client: {e}")))?;
+        let (client, server) = client(opts).await?;
         let gvk = GroupVersionKind::gvk("networking.istio.io", &opts.virtualservice_version, "VirtualService");
         Ok(Kubernetes {
             client,

@@ -14,6 +14,7 @@ mod hostile;
 mod kafka;
 mod kube_emulator;
 mod kubernetes;
+mod lease;
 mod lifecycle;
 mod module_graph;
 mod otlp;

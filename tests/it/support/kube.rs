@@ -164,6 +164,19 @@ pub const RESOURCES: &[ResourceDef] = &[
         check: Some(check_events_v1),
     },
     ResourceDef {
+        group: "coordination.k8s.io",
+        versions: &["v1"],
+        plural: "leases",
+        singular: "lease",
+        kind: "Lease",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        status: false,
+        crd: None,
+        check: Some(check_lease),
+    },
+    ResourceDef {
         group: "argoproj.io",
         versions: &["v1alpha1"],
         plural: "rollouts",
@@ -2143,6 +2156,24 @@ fn check_events_v1(ev: &Value) -> Vec<FieldError> {
         }
     }
     errors.extend(check_event_type_and_note(ev, "note"));
+    errors
+}
+
+/// coordination.k8s.io/v1 Leases (ValidateLeaseSpec): a duration greater than 0, transitions
+/// not negative.
+fn check_lease(lease: &Value) -> Vec<FieldError> {
+    let spec = &lease["spec"];
+    let mut errors = Vec::new();
+    if let Some(d) = spec["leaseDurationSeconds"].as_i64()
+        && d <= 0
+    {
+        errors.push(FieldError::invalid("spec.leaseDurationSeconds", &json!(d), "must be greater than 0"));
+    }
+    if let Some(t) = spec["leaseTransitions"].as_i64()
+        && t < 0
+    {
+        errors.push(FieldError::invalid("spec.leaseTransitions", &json!(t), "must be greater than or equal to 0"));
+    }
     errors
 }
 
