@@ -320,6 +320,28 @@ pub const MAX_BATCH: usize = 2000;
 /// How long after a batch's first message others may still join it.
 const LINGER: Duration = Duration::from_millis(2);
 
+/// How long a stopping source waits for librdkafka to close the consumer (leave its group).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Close the consumer on a thread of its own: librdkafka's close blocks until the group is left,
+/// which an unresponsive broker can make last (seen with a broker that came back during the
+/// run: shutdown hung past its grace). Waited for at most [`CLOSE_WAIT`]; after that the process
+/// stops anyway, and the group's session timeout hands the partitions on.
+async fn close(source: KafkaSource) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
+        drop(source);
+        let _ = done.send(());
+    });
+    if spawned.is_err() {
+        warn!("cannot start a thread to close the kafka consumer; not waiting for it");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        warn!(wait = ?CLOSE_WAIT, "kafka consumer still closing; not waiting longer");
+    }
+}
+
 impl Source for KafkaSource {
     fn name(&self) -> &'static str {
         "kafka"
@@ -339,6 +361,7 @@ impl Source for KafkaSource {
             while let Some((batch, parsed)) = &current {
                 let (recorded, following) = tokio::join!(self.record_until_done(batch, parsed, &shutdown), next());
                 if !recorded {
+                    close(*self).await;
                     return Ok(());
                 }
                 current = following;
@@ -347,6 +370,7 @@ impl Source for KafkaSource {
                 Ok(()) => info!("kafka offsets committed"),
                 Err(e) => warn!(error = %e, "kafka commit at shutdown"),
             }
+            close(*self).await;
             Ok(())
         })
     }
