@@ -1,11 +1,14 @@
 //! Cluster mode (in progress): several replicas, one acting. Leadership is a
 //! `coordination.k8s.io/v1` Lease in backstop's namespace: [`lease`] decides (pure), [`elector`]
 //! reads and writes the Lease and publishes this replica's role. The Lease's `leaseTransitions`
-//! is the leader's epoch, which the replicated audit log will carry to fence a deposed leader.
-//! Not yet wired into `serve`: the single-process default is unchanged.
+//! is the leader's epoch; [`replica`] is the rule by which every replica reads the replicated
+//! audit log topic, keeping the same chain and dropping what a deposed leader wrote too late
+//! (`docs/cluster.md` has the argument). Not yet wired into `serve`: the single-process default
+//! is unchanged.
 
 pub mod elector;
 pub mod lease;
+pub mod replica;
 
 pub use elector::{Elector, KubeLeases, LeaseError, LeaseStore, Role, Versioned};
 pub use lease::{LeaseRecord, Step, Timing};

@@ -1,0 +1,213 @@
+//! The pure rule every replica applies to the replicated audit log topic (one partition, so one
+//! order for all): which messages join the chain and which a deposed leader wrote in vain.
+//!
+//! A leader of epoch `e` (its Lease's `leaseTransitions`) first produces a [`Message::Marker`]
+//! of epoch `e`, then reads the topic up to and including its own marker, folding what it reads
+//! like any follower, and only then appends [`Message::Batch`]es of epoch `e`, each continuing
+//! the chain exactly where the accepted log ends (`first_seq`, `prev`).
+//!
+//! Every reader, the leader included, applies [`Reader::read`] in topic order:
+//! - a message of an epoch **older** than the newest epoch seen is dropped: once a marker of
+//!   epoch `e + 1` is in the topic, nothing of epoch `e` after it counts;
+//! - a marker of a **newer** epoch is accepted: from it on, only that epoch's batches count;
+//! - a batch of the current epoch is accepted if it continues the chain (its `first_seq` is the
+//!   next seq and its `prev` the hash of the last accepted line); one that does not is a gap,
+//!   which a correct leader never produces (it is reported, not applied).
+//!
+//! Why no acknowledged record is lost: a leader answers a sender only when the broker has
+//! committed the batch **and** its lease is still valid by its margin at that moment. A
+//! successor takes over only after the lease expired by its own clock, which is later, and writes
+//! its marker after that; so every acknowledged batch precedes the successor's marker in the
+//! topic and is accepted by every reader. A batch the deposed leader got committed after its
+//! validity ended was not acknowledged: if it lands before the marker it is kept (harmless, in
+//! the chain), if after it, it is dropped by everyone alike.
+
+use crate::digest::sha256_hex;
+
+/// One message of the replicated audit log topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A leader of `epoch` has taken over; the chain goes on from what precedes this marker.
+    Marker { epoch: u32, leader: String },
+    /// A group-commit batch: the records' exact lines, the first with seq `first_seq`, whose
+    /// `prev` is the hash of the line before it (`prev` of the log's first record: empty).
+    Batch { epoch: u32, leader: String, first_seq: u64, prev: String, lines: Vec<String> },
+}
+
+/// What a reader does with one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    /// Append these lines to the local log (in this order, byte for byte).
+    Append(Vec<String>),
+    /// A new epoch begins with `leader`.
+    Epoch { epoch: u32, leader: String },
+    /// A deposed leader's message: not part of the log.
+    Stale { epoch: u32, current: u32 },
+    /// A batch that does not continue the chain: not applied.
+    Gap { expected_seq: u64, expected_prev: String, first_seq: u64, prev: String },
+}
+
+/// A replica's position in the replicated log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reader {
+    /// The newest epoch seen (None before any message).
+    pub epoch: Option<u32>,
+    /// The seq the next accepted record must have.
+    pub next_seq: u64,
+    /// The hash of the last accepted line (empty before any).
+    pub last_hash: String,
+}
+
+impl Default for Reader {
+    /// At the start of an empty log: the first record has seq 1 and no `prev`.
+    fn default() -> Reader {
+        Reader { epoch: None, next_seq: 1, last_hash: String::new() }
+    }
+}
+
+impl Reader {
+    /// A reader whose local log already ends at `next_seq - 1` with a line hashing to
+    /// `last_hash`, in `epoch`.
+    pub fn at(epoch: Option<u32>, next_seq: u64, last_hash: impl Into<String>) -> Reader {
+        Reader { epoch, next_seq, last_hash: last_hash.into() }
+    }
+
+    /// Apply the next message of the topic.
+    pub fn read(&mut self, message: &Message) -> Read {
+        let epoch = match message {
+            Message::Marker { epoch, .. } | Message::Batch { epoch, .. } => *epoch,
+        };
+        if let Some(current) = self.epoch
+            && epoch < current
+        {
+            return Read::Stale { epoch, current };
+        }
+        match message {
+            Message::Marker { leader, .. } => {
+                self.epoch = Some(epoch);
+                Read::Epoch { epoch, leader: leader.clone() }
+            }
+            Message::Batch { first_seq, prev, lines, .. } => {
+                if self.epoch != Some(epoch) || *first_seq != self.next_seq || *prev != self.last_hash {
+                    // A batch of a newer epoch without its marker, or one off the chain.
+                    return Read::Gap {
+                        expected_seq: self.next_seq,
+                        expected_prev: self.last_hash.clone(),
+                        first_seq: *first_seq,
+                        prev: prev.clone(),
+                    };
+                }
+                if let Some(last) = lines.last() {
+                    self.last_hash = sha256_hex(last.as_bytes());
+                    self.next_seq += lines.len() as u64;
+                }
+                Read::Append(lines.clone())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: u32, leader: &str, first_seq: u64, prev: &str, lines: &[&str]) -> Message {
+        Message::Batch {
+            epoch,
+            leader: leader.into(),
+            first_seq,
+            prev: prev.into(),
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    fn marker(epoch: u32, leader: &str) -> Message {
+        Message::Marker { epoch, leader: leader.into() }
+    }
+
+    fn h(line: &str) -> String {
+        sha256_hex(line.as_bytes())
+    }
+
+    /// The topic of a takeover: a's batches, a's late batch after b's marker, b's batches.
+    fn topic() -> Vec<Message> {
+        vec![
+            marker(0, "a"),
+            batch(0, "a", 1, "", &["r1", "r2"]),
+            batch(0, "a", 3, &h("r2"), &["r3"]),
+            marker(1, "b"),
+            // a, paused past its lease, wakes and produces once more: too late.
+            batch(0, "a", 4, &h("r3"), &["late"]),
+            batch(1, "b", 4, &h("r3"), &["r4"]),
+        ]
+    }
+
+    #[test]
+    fn every_reader_keeps_the_same_chain_and_drops_the_deposed_leaders_late_batch() {
+        let mut reader = Reader::default();
+        let reads: Vec<Read> = topic().iter().map(|m| reader.read(m)).collect();
+        assert_eq!(
+            reads,
+            vec![
+                Read::Epoch { epoch: 0, leader: "a".into() },
+                Read::Append(vec!["r1".into(), "r2".into()]),
+                Read::Append(vec!["r3".into()]),
+                Read::Epoch { epoch: 1, leader: "b".into() },
+                Read::Stale { epoch: 0, current: 1 },
+                Read::Append(vec!["r4".into()]),
+            ]
+        );
+        assert_eq!((reader.epoch, reader.next_seq, reader.last_hash.clone()), (Some(1), 5, h("r4")));
+    }
+
+    #[test]
+    fn a_batch_the_deposed_leader_landed_before_the_marker_is_kept_by_everyone() {
+        // a's validity ended, but its batch landed before b's marker: not acknowledged, yet in
+        // the chain for every reader; b, reading up to its marker, continues after it.
+        let topic = [
+            marker(0, "a"),
+            batch(0, "a", 1, "", &["r1"]),
+            batch(0, "a", 2, &h("r1"), &["unacknowledged"]),
+            marker(1, "b"),
+            batch(1, "b", 3, &h("unacknowledged"), &["r3"]),
+        ];
+        let mut reader = Reader::default();
+        let appended: Vec<String> = topic
+            .iter()
+            .filter_map(|m| match reader.read(m) {
+                Read::Append(lines) => Some(lines),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(appended, ["r1", "unacknowledged", "r3"]);
+    }
+
+    #[test]
+    fn a_batch_off_the_chain_or_without_its_marker_is_a_gap_not_applied() {
+        let mut reader = Reader::default();
+        reader.read(&marker(0, "a"));
+        reader.read(&batch(0, "a", 1, "", &["r1"]));
+        let skipped = reader.read(&batch(0, "a", 3, &h("r2"), &["r3"]));
+        assert_eq!(skipped, Read::Gap { expected_seq: 2, expected_prev: h("r1"), first_seq: 3, prev: h("r2") });
+        let unannounced = reader.read(&batch(2, "c", 2, &h("r1"), &["x"]));
+        assert!(matches!(unannounced, Read::Gap { .. }), "a newer epoch's batch before its marker");
+        assert_eq!((reader.next_seq, reader.epoch), (2, Some(0)), "nothing applied");
+    }
+
+    #[test]
+    fn a_reader_must_resume_where_it_left_the_topic_not_only_where_its_log_ends() {
+        // A reader whose log ends at r3 but that skips b's marker (resuming past it) would take
+        // a's late batch: the epoch comes from the markers, so a replica saves its Reader with
+        // the topic offset it has read up to, and resumes from that offset.
+        let mut reader = Reader::at(Some(0), 4, h("r3"));
+        let reads: Vec<Read> = topic()[4..].iter().map(|m| reader.read(m)).collect();
+        assert_eq!(reads[0], Read::Append(vec!["late".into()]));
+        assert!(matches!(reads[1], Read::Gap { .. }), "b's batch then does not continue the chain");
+        // Resumed at the marker instead, it keeps the same chain as everyone.
+        let mut reader = Reader::at(Some(0), 4, h("r3"));
+        let reads: Vec<Read> = topic()[3..].iter().map(|m| reader.read(m)).collect();
+        assert_eq!(reads[1], Read::Stale { epoch: 0, current: 1 });
+        assert_eq!(reads[2], Read::Append(vec!["r4".into()]));
+    }
+}
