@@ -107,6 +107,93 @@ impl Reader {
     }
 }
 
+/// Header names of a replicated log message (the Kafka record's headers).
+pub const HEADER_KIND: &str = "backstop-kind";
+pub const HEADER_EPOCH: &str = "backstop-epoch";
+pub const HEADER_LEADER: &str = "backstop-leader";
+pub const HEADER_FIRST_SEQ: &str = "backstop-first-seq";
+pub const HEADER_PREV: &str = "backstop-prev";
+
+/// A message that is not one of the replicated log's: which header, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("replicated log message: header {header}: {problem}")]
+pub struct DecodeError {
+    pub header: &'static str,
+    pub problem: String,
+}
+
+impl Message {
+    /// The record as written to the topic: its headers, and its value (a batch's lines, each
+    /// ending in a newline, exactly as in the local segments; nothing for a marker).
+    pub fn encode(&self) -> (Vec<(&'static str, Vec<u8>)>, Vec<u8>) {
+        match self {
+            Message::Marker { epoch, leader } => (
+                vec![
+                    (HEADER_KIND, b"marker".to_vec()),
+                    (HEADER_EPOCH, epoch.to_string().into_bytes()),
+                    (HEADER_LEADER, leader.clone().into_bytes()),
+                ],
+                Vec::new(),
+            ),
+            Message::Batch { epoch, leader, first_seq, prev, lines } => {
+                let mut value = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+                for line in lines {
+                    value.extend_from_slice(line.as_bytes());
+                    value.push(b'\n');
+                }
+                (
+                    vec![
+                        (HEADER_KIND, b"batch".to_vec()),
+                        (HEADER_EPOCH, epoch.to_string().into_bytes()),
+                        (HEADER_LEADER, leader.clone().into_bytes()),
+                        (HEADER_FIRST_SEQ, first_seq.to_string().into_bytes()),
+                        (HEADER_PREV, prev.clone().into_bytes()),
+                    ],
+                    value,
+                )
+            }
+        }
+    }
+
+    /// The message a record carries, from its headers (by name, in any order) and value.
+    pub fn decode(headers: &[(&str, &[u8])], value: &[u8]) -> Result<Message, DecodeError> {
+        let text = |header: &'static str| -> Result<String, DecodeError> {
+            let (_, bytes) = headers
+                .iter()
+                .find(|(name, _)| *name == header)
+                .ok_or(DecodeError { header, problem: "missing".into() })?;
+            String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError { header, problem: "not UTF-8".into() })
+        };
+        let number = |header: &'static str| -> Result<u64, DecodeError> {
+            let t = text(header)?;
+            t.parse().map_err(|_| DecodeError { header, problem: format!("`{t}` is not a number") })
+        };
+        let epoch = u32::try_from(number(HEADER_EPOCH)?)
+            .map_err(|_| DecodeError { header: HEADER_EPOCH, problem: "out of range".into() })?;
+        let leader = text(HEADER_LEADER)?;
+        match text(HEADER_KIND)?.as_str() {
+            "marker" => Ok(Message::Marker { epoch, leader }),
+            "batch" => {
+                let body = std::str::from_utf8(value)
+                    .map_err(|_| DecodeError { header: "value", problem: "not UTF-8".into() })?;
+                let Some(body) = body.strip_suffix('\n') else {
+                    return Err(DecodeError { header: "value", problem: "a batch's lines end in a newline".into() });
+                };
+                Ok(Message::Batch {
+                    epoch,
+                    leader,
+                    first_seq: number(HEADER_FIRST_SEQ)?,
+                    prev: text(HEADER_PREV)?,
+                    lines: body.split('\n').map(str::to_string).collect(),
+                })
+            }
+            other => {
+                Err(DecodeError { header: HEADER_KIND, problem: format!("`{other}` is neither marker nor batch") })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +296,36 @@ mod tests {
         let reads: Vec<Read> = topic()[3..].iter().map(|m| reader.read(m)).collect();
         assert_eq!(reads[1], Read::Stale { epoch: 0, current: 1 });
         assert_eq!(reads[2], Read::Append(vec!["r4".into()]));
+    }
+
+    fn round_trip(m: &Message) -> Result<Message, DecodeError> {
+        let (headers, value) = m.encode();
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        Message::decode(&borrowed, &value)
+    }
+
+    #[test]
+    fn messages_round_trip_through_headers_and_value() {
+        for m in topic() {
+            assert_eq!(round_trip(&m), Ok(m.clone()));
+        }
+        let (_, value) = batch(0, "a", 1, "", &["{\"seq\":1}", "{\"seq\":2}"]).encode();
+        assert_eq!(value, b"{\"seq\":1}\n{\"seq\":2}\n", "the lines as in the segments");
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_replicated_message_is_refused_naming_the_header() {
+        let err = Message::decode(&[(HEADER_KIND, b"batch"), (HEADER_EPOCH, b"x")], b"").unwrap_err();
+        assert_eq!(err.to_string(), "replicated log message: header backstop-epoch: `x` is not a number");
+        let err = Message::decode(&[(HEADER_EPOCH, b"1"), (HEADER_LEADER, b"a")], b"").unwrap_err();
+        assert_eq!((err.header, err.problem.as_str()), (HEADER_KIND, "missing"));
+        let headers: &[(&str, &[u8])] = &[
+            (HEADER_KIND, b"batch"),
+            (HEADER_EPOCH, b"1"),
+            (HEADER_LEADER, b"a"),
+            (HEADER_FIRST_SEQ, b"1"),
+            (HEADER_PREV, b""),
+        ];
+        assert_eq!(Message::decode(headers, b"torn").unwrap_err().header, "value");
     }
 }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod module_graph;
 mod otlp;
 mod promtool;
+mod replication;
 mod serve;
 mod stepdown;
 mod verification;
