@@ -29,6 +29,7 @@ pub mod sources;
 pub mod state;
 
 pub mod target;
+pub mod task;
 pub mod telemetry;
 pub mod template;
 #[cfg(test)]

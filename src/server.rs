@@ -18,10 +18,10 @@ use crate::prometheus::{PrometheusClient, SharedPrometheus};
 use crate::rules::{self, RuleErrors};
 use crate::sinks::audit_topic::AuditPublisher;
 use crate::sources::kafka::KafkaSource;
-use crate::sources::{Source, SourceError};
 use crate::target::Target;
 use crate::target::kubernetes::Kubernetes;
 use crate::target::manifests::Manifests;
+use crate::task::{Task, TaskError};
 use crate::telemetry::metrics::Event as MetricEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr()?;
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut sources: Vec<Box<dyn Task>> = Vec::new();
     let mut kafka_assigned = None;
     if let Some(k) = &config.kafka {
         let kafka = KafkaSource::new(k.clone(), pipeline.clone()).map_err(|e| ServeError::Source(e.to_string()))?;
@@ -220,16 +220,16 @@ struct HttpSource {
     limits: crate::http::ServerLimits,
 }
 
-impl Source for HttpSource {
+impl Task for HttpSource {
     fn name(&self) -> &'static str {
         "http"
     }
 
-    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), TaskError>> {
         Box::pin(async move {
             crate::http::serve(self.listener, self.app, Some(self.pipeline), self.limits, shutdown)
                 .await
-                .map_err(|e| SourceError { source_name: "http", message: e.to_string() })
+                .map_err(|e| TaskError { source_name: "http", message: e.to_string() })
         })
     }
 }

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditError, AuditLog, Position, RawRecord, Record, raw_records_after};
 use crate::kafka::KafkaConfig;
-use crate::sources::{Source, SourceError};
+use crate::task::{Task, TaskError};
 
 /// The published position, beside `snapshot.json` in the audit directory.
 pub const PROGRESS_FILE: &str = "audit-topic.json";
@@ -166,7 +166,7 @@ impl Throttle {
     }
 }
 
-/// Publishes the audit log to a topic; a [`Source`] so the server starts and stops it with the
+/// Publishes the audit log to a topic; a [`Task`] so the server starts and stops it with the
 /// others, though it takes no input.
 pub struct AuditPublisher {
     audit: AuditLog,
@@ -179,12 +179,12 @@ pub struct AuditPublisher {
     throttle: Throttle,
 }
 
-fn source_error(e: impl std::fmt::Display) -> SourceError {
-    SourceError { source_name: "audit-topic", message: e.to_string() }
+fn source_error(e: impl std::fmt::Display) -> TaskError {
+    TaskError { source_name: "audit-topic", message: e.to_string() }
 }
 
 impl AuditPublisher {
-    pub fn new(config: &KafkaConfig, topic: impl Into<String>, audit: AuditLog) -> Result<AuditPublisher, SourceError> {
+    pub fn new(config: &KafkaConfig, topic: impl Into<String>, audit: AuditLog) -> Result<AuditPublisher, TaskError> {
         let client = producer_config(config);
         let producer = client.create::<FutureProducer>().map_err(source_error)?;
         Ok(AuditPublisher {
@@ -367,12 +367,12 @@ fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(BACKOFF_MAX)
 }
 
-impl Source for AuditPublisher {
+impl Task for AuditPublisher {
     fn name(&self) -> &'static str {
         "audit-topic"
     }
 
-    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), TaskError>> {
         Box::pin(async move {
             self.run_until(shutdown).await;
             Ok(())

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::message::{self, Expect, Message};
-use super::{Source, SourceError};
 use crate::digest::sha256_hex;
 use crate::event::SourceKind;
 use crate::kafka::KafkaConfig;
 use crate::pipeline::{Pipeline, Rejection};
+use crate::task::{Task, TaskError};
 use crate::telemetry::metrics::Event as MetricEvent;
 
 /// The consumer's context: commits what was stored before partitions are taken away (so the
@@ -73,12 +73,12 @@ pub struct KafkaSource {
     pipeline: Arc<Pipeline>,
 }
 
-fn source_error(e: impl std::fmt::Display) -> SourceError {
-    SourceError { source_name: "kafka", message: e.to_string() }
+fn source_error(e: impl std::fmt::Display) -> TaskError {
+    TaskError { source_name: "kafka", message: e.to_string() }
 }
 
 impl KafkaSource {
-    pub fn new(config: KafkaConfig, pipeline: Arc<Pipeline>) -> Result<KafkaSource, SourceError> {
+    pub fn new(config: KafkaConfig, pipeline: Arc<Pipeline>) -> Result<KafkaSource, TaskError> {
         let mut client = ClientConfig::new();
         // Defaults a user may change through `properties`...
         client.set("session.timeout.ms", "10000").set("auto.offset.reset", "earliest");
@@ -342,12 +342,12 @@ async fn close(source: KafkaSource) {
     }
 }
 
-impl Source for KafkaSource {
+impl Task for KafkaSource {
     fn name(&self) -> &'static str {
         "kafka"
     }
 
-    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), TaskError>> {
         Box::pin(async move {
             info!(brokers = %self.config.brokers, alerts = %self.config.alerts_topic, feedback = %self.config.feedback_topic, "kafka source started");
             // Two batches in flight: the next is received and parsed while this one is being
