@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use backstop::cluster::{Elector, KubeLeases, LeaseStore, Role, Timing};
+use backstop::cluster::{Elector, KubeLeases, LeaseError, LeaseRecord, LeaseStore, Role, Timing};
 use backstop::target::kubernetes::{KubernetesOptions, client};
 use chrono::Utc;
 use serde_json::json;
@@ -53,6 +53,10 @@ async fn one_replica_leads_the_other_follows_and_takes_over_in_a_new_epoch_after
         assert_eq!(b.round(Utc::now()).await.0, Role::Follower { holder: "backstop-0".into() });
     }
 
+    // The version a's last renewal left, as a deposed leader would still hold it.
+    let (a_late, _) = leases(&emu, dir.path()).await;
+    let before = a_late.read().await.unwrap().expect("the Lease");
+
     // a stops renewing (killed). b takes over once 2 s have passed by its own clock, not before.
     let stopped = std::time::Instant::now();
     let role = loop {
@@ -71,14 +75,16 @@ async fn one_replica_leads_the_other_follows_and_takes_over_in_a_new_epoch_after
         (json!("backstop-1"), json!(1))
     );
 
-    // a comes back: its renewal is refused by the version precondition; read again, it follows.
-    let (role, _) = a.round(Utc::now()).await;
-    let role = if role == Role::Candidate { a.round(Utc::now()).await.0 } else { role };
-    assert_eq!(role, Role::Follower { holder: "backstop-1".into() });
+    // a's renewal written on the version it last saw (a write in flight across its pause) is
+    // refused by the API server's precondition...
+    let renewal = LeaseRecord { renewed: Some(Utc::now()), ..before.record.clone() };
+    let refused = a_late.write(Some(&before.version), &renewal).await;
+    assert!(matches!(refused, Err(LeaseError::Conflict { .. })), "{refused:?}");
+    assert!(emu.requests().iter().any(|r| r.method == "PUT" && r.status == 409), "a 409 from the server");
+    // ...and a, reading again, follows.
+    assert_eq!(a.round(Utc::now()).await.0, Role::Follower { holder: "backstop-1".into() });
     let stored = emu.get("coordination.k8s.io/v1", "Lease", "backstop", "backstop-leader").unwrap();
     assert_eq!(stored["spec"]["holderIdentity"], "backstop-1", "the deposed leader overwrote nothing");
-    let puts = emu.requests().iter().filter(|r| r.method == "PUT" && r.status == 409).count();
-    assert!(puts <= 1, "at most the one stale renewal was refused: {puts}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
