@@ -1,4 +1,5 @@
-//! The shape of the code: data flows one way, so the library's top-level modules form no cycle.
+//! The shape of the code: data flows one way, so the library's top-level modules form no cycle,
+//! and no file grows past what a reader can hold.
 //! An edge `a -> b` is a `crate::b` path in the non-test code of module `a` (its file or folder,
 //! less `#[cfg(test)] mod tests` blocks at the end of a file, the test-only files `tests.rs`,
 //! `testing.rs`, `fuzzing.rs`, and files in a `tests/` folder). `main.rs` and `lib.rs` are the roots and are left out.
@@ -146,4 +147,22 @@ fn a_cycle_is_found_and_named_with_where_each_edge_comes_from() {
             "rules -> pipeline (src/rules.rs:2), pipeline -> rules (src/pipeline/mod.rs:1)",
         ]
     );
+}
+
+/// The shape's other half: a source file that passes about 800 lines is two files (tests in a
+/// file of their own count apart).
+#[test]
+fn no_library_file_passes_800_lines() {
+    let mut files = Vec::new();
+    collect_files(&repo("src"), &mut files);
+    assert!(files.len() > 50, "the tree was read: {} files", files.len());
+    let mut long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > 800).then(|| format!("{} ({lines} lines)", f.strip_prefix(repo("")).unwrap().display()))
+        })
+        .collect();
+    long.sort();
+    assert!(long.is_empty(), "split these along their seams: {}", long.join(", "));
 }
