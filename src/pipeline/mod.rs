@@ -35,7 +35,7 @@ use crate::prometheus::{SharedPrometheus, confirm};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::state::detail::{
     ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KindPart, ManualPart,
-    Part, PlanPart, Recorded, StepDownPart, VerifyPart,
+    Part, PlanPart, Recorded, STEP_DOWN_FIELD, StepDownPart, VerifyPart,
 };
 use crate::state::stepdown::{self, StepDown, StepInfo};
 use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
@@ -203,7 +203,9 @@ impl Pipeline {
         for r in &records {
             state.observe(r);
             count_decision(r);
-            reschedule |= r.entry.kind == Kind::Unverified || StepDownPart::read(r.entry.detail.as_ref()).is_some();
+            // A step's decision or outcome changes the schedule (a key lookup, not a parse).
+            reschedule |= r.entry.kind == Kind::Unverified
+                || r.entry.detail.as_ref().is_some_and(|d| d.get(STEP_DOWN_FIELD).is_some());
         }
         if reschedule {
             self.step_wake.notify_one();

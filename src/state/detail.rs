@@ -80,6 +80,9 @@ impl Part for FeedbackArmsPart {}
 pub struct StepDownPart {
     pub step_down: StepInfo,
 }
+
+/// The name of [`StepDownPart`]'s field, for a cheap test of presence on every record appended.
+pub const STEP_DOWN_FIELD: &str = "step_down";
 impl Part for StepDownPart {}
 
 /// `applied` records of a rule with `verify:`: the check to run, as rendered for the event.
@@ -213,6 +216,8 @@ mod tests {
         assert_eq!(FeedbackArmsPart::read(Some(&detail)), None, "unreadable: absent, the rest still read");
         assert_eq!(ControlPart::read(None), None);
         let flagger = json!({"control": "flagger-rollback"});
+        let step = json!({STEP_DOWN_FIELD: {"origin": "a", "step": 1, "interval_ms": 1}});
+        assert!(StepDownPart::read(Some(&step)).is_some(), "the constant names the part's field");
         assert_eq!(ControlPart::read(Some(&flagger)).map(|c| c.control), Some(Control::FlaggerRollback));
     }
 

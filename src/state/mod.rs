@@ -349,7 +349,10 @@ impl GuardState {
             self.verifications.remove(id);
         }
         // A step's outcome: the next step of its step-down, or its end.
-        let step = StepDownPart::read(e.detail.as_ref()).map(|p| p.step_down);
+        // Only decisions and outcomes carry these parts: other records (most of a replay) are
+        // not deserialised for them.
+        let action_record = matches!(e.kind, Kind::Decided | Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused);
+        let step = action_record.then(|| StepDownPart::read(e.detail.as_ref())).flatten().map(|p| p.step_down);
         if matches!(e.kind, Kind::Applied | Kind::Noop | Kind::Failed | Kind::Refused)
             && let (Some(info), Some(target)) = (&step, &e.target)
             && let Some((origin, next)) =
@@ -372,7 +375,8 @@ impl GuardState {
             d.to_zero(r.time);
         }
         // An action on feedback, applied or found done, ends the comparison that led to it.
-        let feedback_arms = FeedbackArmsPart::read(e.detail.as_ref()).map(|p| p.feedback_arms);
+        let feedback_arms =
+            action_record.then(|| FeedbackArmsPart::read(e.detail.as_ref())).flatten().map(|p| p.feedback_arms);
         if matches!(e.kind, Kind::Applied | Kind::Noop)
             && let Some(arms) = &feedback_arms
         {
