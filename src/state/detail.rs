@@ -27,8 +27,9 @@ pub trait Part: Serialize + DeserializeOwned {
 
     /// The part as a JSON object, to merge into a record's detail.
     fn value(&self) -> Value {
-        // Plain data (strings, numbers, maps with string keys): always serialisable.
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        // Plain data (strings, numbers, maps with string keys): always serialisable. Were it
+        // not, an empty object merges nothing, where null would replace the record's detail.
+        serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Default::default()))
     }
 }
 
