@@ -55,6 +55,8 @@ struct RawConfig {
     prometheus: Option<RawPrometheus>,
     #[serde(default)]
     kafka: Option<RawKafka>,
+    #[serde(default)]
+    cluster: Option<crate::cluster::RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +254,8 @@ pub struct Config {
     pub prometheus: Option<PrometheusConfig>,
     /// The Kafka source, if any.
     pub kafka: Option<KafkaConfig>,
+    /// Several replicas, one acting (`docs/cluster.md`); None: one process.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -432,7 +436,18 @@ impl Config {
                 })
             }
         };
+        let cluster = match raw.cluster {
+            None => None,
+            Some(c) => {
+                if kafka.is_none() {
+                    return Err(invalid("cluster", "needs `kafka:` (the audit log is replicated through it)".into()));
+                }
+                let c = c.resolve(resolve, |k| std::env::var(k).ok()).map_err(|e| invalid(&e.field, e.message))?;
+                Some(c)
+            }
+        };
         Ok(Config {
+            cluster,
             file: file.to_path_buf(),
             listen,
             data_dir: resolve(&raw.data_dir),

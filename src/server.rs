@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
@@ -13,7 +14,7 @@ use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::config::TargetConfig;
 use crate::http::{AppState, auth::Auth, router};
-use crate::pipeline::{Pipeline, Settings};
+use crate::pipeline::{Gate, Pipeline, Settings};
 use crate::prometheus::{PrometheusClient, SharedPrometheus};
 use crate::rules::{self, RuleErrors};
 use crate::sinks::audit_topic::AuditPublisher;
@@ -63,7 +64,7 @@ pub async fn target(config: &TargetConfig) -> Result<Arc<dyn Target>, ServeError
     })
 }
 
-/// Build the pipeline of a configuration.
+/// Build the pipeline of a configuration (a cluster replica's audit log starts as a follower).
 pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
     let rules = rules::load(&config.rules)?;
     let target = target(&config.target).await?;
@@ -80,13 +81,85 @@ pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
             rule.name
         )));
     }
-    let audit = AuditLog::open(&config.audit_dir(), config.audit.clone())?;
+    let audit = match config.cluster {
+        None => AuditLog::open(&config.audit_dir(), config.audit.clone())?,
+        Some(_) => AuditLog::open_replica(&config.audit_dir(), config.audit.clone())?,
+    };
     let settings =
         Settings { dry_run: config.dry_run, action_timeout: config.action_timeout, guards: config.guards.clone() };
     let pipeline = Pipeline::new(rules, audit, target, settings)?;
+    if config.cluster.is_some() {
+        pipeline.set_gate(Gate::Following(None));
+    }
     Ok(match prometheus {
         Some(p) => pipeline.with_prometheus(p),
         None => pipeline,
+    })
+}
+
+/// What only the one that acts runs: the Kafka intake, the audit topic's publisher, the
+/// verifications and the step-downs. A single process runs them from the start; a cluster's
+/// leader for each term.
+fn acting_tasks(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    assigned: Option<Arc<AtomicUsize>>,
+) -> Result<Vec<Box<dyn Task>>, ServeError> {
+    let mut tasks: Vec<Box<dyn Task>> = Vec::new();
+    if let Some(k) = &config.kafka {
+        let assigned = assigned.unwrap_or_default();
+        let mut source = k.clone();
+        if config.cluster.is_some() {
+            // Whichever replica leads consumes as the same static member: a new leader takes
+            // the place of a dead one at once (no wait for its session to time out; tansu never
+            // expires it), and Kafka fences a deposed one that comes back.
+            source.properties.entry("group.instance.id".into()).or_insert_with(|| format!("{}-leader", k.group_id));
+        }
+        let kafka =
+            KafkaSource::counting(source, pipeline.clone(), assigned).map_err(|e| ServeError::Source(e.to_string()))?;
+        tasks.push(Box::new(kafka));
+        if let Some(topic) = &k.audit_topic {
+            tasks.push(Box::new(
+                AuditPublisher::new(k, topic.clone(), pipeline.audit().clone())
+                    .map_err(|e| ServeError::Source(e.to_string()))?,
+            ));
+        }
+    }
+    Ok(tasks)
+}
+
+/// A cluster leader's term: the acting tasks under the term's token. One that stops on its own
+/// is logged (the term goes on; a lost Kafka intake shows in `/readyz` and its metrics).
+fn term_starter(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    assigned: Option<Arc<AtomicUsize>>,
+) -> crate::cluster::node::StartTerm {
+    let (config, pipeline) = (config.clone(), pipeline.clone());
+    Box::new(move |token: CancellationToken| {
+        let mut set = JoinSet::new();
+        match acting_tasks(&config, &pipeline, assigned.clone()) {
+            Ok(tasks) => {
+                for task in tasks {
+                    let (name, token) = (task.name(), token.clone());
+                    set.spawn(async move {
+                        if let Err(e) = task.run(token).await {
+                            tracing::error!(source = name, error = %e, "stopped during the term");
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not start the term's intake"),
+        }
+        let (p, t) = (pipeline.clone(), token.clone());
+        set.spawn(async move {
+            let _ = p.spawn_verifier(t).await.await;
+        });
+        let steps = pipeline.spawn_step_downs(token);
+        set.spawn(async move {
+            let _ = steps.await;
+        });
+        set
     })
 }
 
@@ -96,31 +169,25 @@ pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let auth = Auth::load(&config.auth).map_err(ServeError::Auth)?;
     let pipeline = Arc::new(pipeline(&config).await?);
-    for report in pipeline.resume_pending().await.map_err(|e| ServeError::Source(e.to_string()))? {
-        info!(action_id = ?report.action_id, outcome = %report.outcome, "resumed an action the previous run did not finish");
+    if config.cluster.is_none() {
+        for report in pipeline.resume_pending().await.map_err(|e| ServeError::Source(e.to_string()))? {
+            info!(action_id = ?report.action_id, outcome = %report.outcome, "resumed an action the previous run did not finish");
+        }
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr()?;
+    let kafka_assigned = config.kafka.as_ref().map(|_| Arc::new(AtomicUsize::new(0)));
     let mut sources: Vec<Box<dyn Task>> = Vec::new();
-    let mut kafka_assigned = None;
-    if let Some(k) = &config.kafka {
-        let kafka = KafkaSource::new(k.clone(), pipeline.clone()).map_err(|e| ServeError::Source(e.to_string()))?;
-        kafka_assigned = Some(kafka.assigned());
-        sources.push(Box::new(kafka));
-        if let Some(topic) = &k.audit_topic {
-            sources.push(Box::new(
-                AuditPublisher::new(k, topic.clone(), pipeline.audit().clone())
-                    .map_err(|e| ServeError::Source(e.to_string()))?,
-            ));
-        }
+    if config.cluster.is_none() {
+        sources = acting_tasks(&config, &pipeline, kafka_assigned.clone())?;
     }
     let app = router(AppState {
         pipeline: pipeline.clone(),
         auth: auth.clone(),
         max_body_bytes: config.max_body_bytes,
-        kafka_assigned,
+        kafka_assigned: kafka_assigned.clone(),
     });
     sources.insert(0, Box::new(HttpSource { listener, app, pipeline: pipeline.clone(), limits: config.server_limits }));
     MetricEvent::RulesLoaded { rules: pipeline.rules().rules().len() }.emit();
@@ -131,6 +198,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         audit = %config.audit_dir().display(),
         auth = auth.enabled(),
         dry_run = config.dry_run,
+        cluster = config.cluster.as_ref().map(|c| c.identity.as_str()).unwrap_or("no"),
         "backstop started"
     );
     // One line on stdout that scripts and tests can wait for.
@@ -163,8 +231,27 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             }
         })
     };
-    let verifier = pipeline.spawn_verifier(token.clone()).await;
-    let step_downs = pipeline.spawn_step_downs(token.clone());
+    let mut background = Vec::new();
+    match &config.cluster {
+        None => {
+            background.push(pipeline.spawn_verifier(token.clone()).await);
+            background.push(pipeline.spawn_step_downs(token.clone()));
+        }
+        Some(cluster) => {
+            let start_term = term_starter(&config, &pipeline, kafka_assigned);
+            let kafka =
+                config.kafka.as_ref().ok_or_else(|| ServeError::Source("cluster mode needs `kafka:`".into()))?;
+            let started = crate::cluster::node::start(cluster, kafka, pipeline.clone(), start_term, token.clone())
+                .await
+                .map_err(|e| ServeError::Source(e.to_string()))?;
+            for (name, task) in started {
+                tasks.spawn(async move {
+                    let ended = task.await.unwrap_or_else(|e| Err(e.to_string()));
+                    (name, ended.map_err(|message| TaskError { source_name: name, message }))
+                });
+            }
+        }
+    }
     let reloads = tokio::spawn(crate::reload::Reloader::new(config.clone(), pipeline.clone()).run(token.clone()));
     let mut failure = None;
     tokio::select! {
@@ -195,8 +282,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     }
     let _ = snapshots.await;
     let _ = reloads.await;
-    let _ = verifier.await;
-    let _ = step_downs.await;
+    for task in background {
+        let _ = task.await;
+    }
     match pipeline.save_snapshot().await {
         Ok(seq) => info!(seq, "state snapshot written"),
         Err(e) => warn!(error = %e, "could not write the state snapshot"),

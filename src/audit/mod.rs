@@ -7,6 +7,7 @@
 //! fields. A full segment is sealed with a `seal` record and the chain continues in the next.
 
 mod read;
+mod replica;
 mod verify;
 mod writer;
 
@@ -23,6 +24,7 @@ pub use read::{
     RawRecord, export, hash_at, query, raw_records_after, records, records_after, records_after_position, segments,
     tail,
 };
+pub use replica::{Applied, Mode, Replicate};
 pub use verify::{VerifyError, VerifyReport, verify, verify_reader};
 pub use writer::AuditLog;
 
@@ -256,6 +258,12 @@ pub enum AuditError {
     Corrupt { path: PathBuf, line: usize, message: String },
     #[error("the audit writer has stopped")]
     Stopped,
+    /// A cluster replica that is not the leader creates no records.
+    #[error("this replica is not the leader: it records nothing of its own")]
+    NotLeader,
+    /// The leader's batch did not reach the replicated log (or its lease ran out meanwhile).
+    #[error("audit replication: {0}")]
+    Replication(String),
 }
 
 impl AuditError {

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::read::{scan_tail, segment_name, segments};
+use super::replica::{Applied, Mode, apply_lines};
 use super::{AuditError, AuditOptions, Entry, GENESIS, Kind, Position, Record};
 
 /// At most this many bytes of records go into one group commit.
@@ -21,20 +22,25 @@ const TORN_PREFIX: usize = 256;
 
 type Reply = oneshot::Sender<Result<Vec<Record>, AuditError>>;
 
-struct Request {
-    entries: Vec<Prepared>,
-    reply: Reply,
+/// What the writer thread is asked to do, in the order asked.
+enum Request {
+    /// Records this process creates (a single process, or the cluster's leader).
+    Append { entries: Vec<Prepared>, reply: Reply },
+    /// Lines of the replicated log, written byte for byte (see [`super::replica`]).
+    Apply { first_seq: u64, lines: Vec<String>, reply: oneshot::Sender<Result<Applied, AuditError>> },
+    /// Lead (replicating every batch before writing it) or follow (creating nothing).
+    SetMode { mode: Mode, reply: oneshot::Sender<()> },
 }
 
 /// An entry and its JSON, serialised by the caller (in parallel, on the caller's thread): the
 /// writer thread, which every record goes through in order, only adds `seq`, `time` and `prev`
 /// in front, hashes the line and writes.
-struct Prepared {
+pub(super) struct Prepared {
     entry: Entry,
     json: Vec<u8>,
 }
 
-fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
+pub(super) fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
     let room = entry.detail_json.as_ref().map_or(0, String::len) + 512;
     let mut json = Vec::with_capacity(room);
     serde_json::to_writer(&mut json, &entry).map_err(AuditError::serialise)?;
@@ -54,11 +60,13 @@ fn prepare_all(entries: Vec<Entry>) -> Result<Vec<Prepared>, AuditError> {
     entries.into_iter().map(prepare).collect()
 }
 
-struct Shared {
-    dir: PathBuf,
+pub(super) struct Shared {
+    pub(super) dir: PathBuf,
     healthy: AtomicBool,
     fsyncs: AtomicU64,
-    last: Mutex<Position>,
+    pub(super) last: Mutex<Position>,
+    /// Whether the writer creates records (not a follower's); see [`Mode`].
+    creates: AtomicBool,
     #[cfg(test)]
     fail_next: std::sync::atomic::AtomicUsize,
 }
@@ -72,22 +80,22 @@ pub struct AuditLog {
 }
 
 /// The open tail segment and the chain's position.
-struct Tail {
-    file: Option<File>,
+pub(super) struct Tail {
+    pub(super) file: Option<File>,
     /// The open segment and the seq its name carries.
-    path: PathBuf,
-    seg_first: u64,
-    len: u64,
-    first_time: Option<DateTime<Utc>>,
-    next_seq: u64,
-    last_hash: String,
+    pub(super) path: PathBuf,
+    pub(super) seg_first: u64,
+    pub(super) len: u64,
+    pub(super) first_time: Option<DateTime<Utc>>,
+    pub(super) next_seq: u64,
+    pub(super) last_hash: String,
     /// Segment file name and offset of the last record's line (for snapshots).
-    last_at: (String, u64),
+    pub(super) last_at: (String, u64),
     _lock: File,
 }
 
 impl Tail {
-    fn position(&self) -> Position {
+    pub(super) fn position(&self) -> Position {
         Position {
             seq: self.next_seq - 1,
             hash: self.last_hash.clone(),
@@ -97,22 +105,34 @@ impl Tail {
     }
 }
 
-fn file_name(path: &Path) -> String {
+pub(super) fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
+pub(super) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
     let path = path.to_path_buf();
     move |source| AuditError::Io { action, path, source }
 }
 
-fn hash(line: &[u8]) -> String {
+pub(super) fn hash(line: &[u8]) -> String {
     crate::digest::sha256_hex(line)
 }
 
 impl AuditLog {
     /// Open (or create) the log in `dir`, take its lock, recover a torn tail, start the writer.
     pub fn open(dir: &Path, opts: AuditOptions) -> Result<AuditLog, AuditError> {
+        AuditLog::open_in(dir, opts, Mode::Single)
+    }
+
+    /// Open the log of a cluster replica: it starts as a follower, which creates no record of
+    /// its own. A torn last write is cut off without a `recovered` record (the replicated log
+    /// holds those lines, and they are applied again), and retention waits for the leader's
+    /// `checkpoint`.
+    pub fn open_replica(dir: &Path, opts: AuditOptions) -> Result<AuditLog, AuditError> {
+        AuditLog::open_in(dir, opts, Mode::Follower)
+    }
+
+    fn open_in(dir: &Path, opts: AuditOptions, mode: Mode) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
@@ -132,21 +152,30 @@ impl AuditLog {
             healthy: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
             last: Mutex::new(tail.position()),
+            creates: AtomicBool::new(mode.creates_records()),
             #[cfg(test)]
             fail_next: Default::default(),
         });
-        if let Some(detail) = torn {
-            let entry = Entry::new(Kind::Recovered)
-                .reason("torn last record cut off at open (crash during a write)")
-                .detail(detail);
-            write_batch(&mut tail, &opts, &shared, vec![prepare(entry)?])?;
+        match (&mode, torn) {
+            (Mode::Single, Some(detail)) => {
+                let entry = Entry::new(Kind::Recovered)
+                    .reason("torn last record cut off at open (crash during a write)")
+                    .detail(detail);
+                write_batch(&mut tail, &opts, &shared, &mut Mode::Single, vec![prepare(entry)?])?;
+            }
+            (_, Some(detail)) => {
+                tracing::warn!(%detail, "torn last record cut off at open; the replicated log has it");
+            }
+            (_, None) => {}
         }
-        apply_retention(&mut tail, &opts, &shared)?;
+        if mode.creates_records() {
+            apply_retention(&mut tail, &opts, &shared, &mut Mode::Single)?;
+        }
         let (tx, rx) = mpsc::channel::<Request>();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(rx, tail, opts, thread_shared))
+            .spawn(move || run(rx, tail, opts, thread_shared, mode))
             .map_err(io("spawn writer for", dir))?;
         Ok(AuditLog { tx: Arc::new(Mutex::new(Some(tx))), thread: Arc::new(Mutex::new(Some(thread))), shared })
     }
@@ -154,9 +183,40 @@ impl AuditLog {
     fn submit(&self, entries: Vec<Entry>) -> Result<oneshot::Receiver<Result<Vec<Record>, AuditError>>, AuditError> {
         let entries = prepare_all(entries)?;
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().ok_or(AuditError::Stopped)?.send(Request { entries, reply }).map_err(|_| AuditError::Stopped)?;
+        self.send(Request::Append { entries, reply })?;
         Ok(rx)
+    }
+
+    fn send(&self, request: Request) -> Result<(), AuditError> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().ok_or(AuditError::Stopped)?.send(request).map_err(|_| AuditError::Stopped)
+    }
+
+    /// Write lines of the replicated log byte for byte, the first with seq `first_seq`: lines
+    /// the log already has are skipped, the rest must continue its chain exactly. A `seal` line
+    /// starts the next segment after it, a `checkpoint` line deletes the segments it names.
+    pub async fn apply(&self, first_seq: u64, lines: Vec<String>) -> Result<Applied, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Apply { first_seq, lines, reply })?;
+        rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Become the leader: from now on every batch (the writer's own seals, checkpoints and
+    /// recovery records too) is first handed to `replicate`, and written and acknowledged only
+    /// once it has succeeded. A failure leaves the log a follower (see [`Mode`]).
+    pub async fn lead(&self, replicate: std::sync::Arc<dyn super::Replicate>) -> Result<(), AuditError> {
+        self.set_mode(Mode::Leader(replicate)).await
+    }
+
+    /// Stop creating records: appends are refused, applied lines are still written.
+    pub async fn follow(&self) -> Result<(), AuditError> {
+        self.set_mode(Mode::Follower).await
+    }
+
+    async fn set_mode(&self, mode: Mode) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::SetMode { mode, reply })?;
+        rx.await.map_err(|_| AuditError::Stopped)
     }
 
     /// Append contiguously; returns once the records are on disk.
@@ -181,6 +241,11 @@ impl AuditLog {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// False for a cluster replica's log while it follows (also after its replication failed).
+    pub fn creates_records(&self) -> bool {
+        self.shared.creates.load(Ordering::SeqCst)
     }
 
     /// False after a failed write, until a write succeeds again.
@@ -310,14 +375,18 @@ struct Outage {
     first_error: String,
 }
 
-fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: Arc<Shared>) {
+fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: Arc<Shared>, mut mode: Mode) {
     let mut outage: Option<Outage> = None;
+    // A request taken while gathering a batch that is not an append: handled next.
+    let mut held: Option<Request> = None;
     loop {
-        let first = if outage.is_some() {
+        let first = if let Some(r) = held.take() {
+            r
+        } else if outage.is_some() {
             match rx.recv_timeout(RETRY_INTERVAL) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    recover(&mut tail, &opts, &shared, &mut outage);
+                    recover(&mut tail, &opts, &shared, &mut mode, &mut outage);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -328,24 +397,52 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
                 Err(_) => break,
             }
         };
+        let (entries, reply) = match first {
+            Request::Append { entries, reply } => (entries, reply),
+            Request::Apply { first_seq, lines, reply } => {
+                let result = apply_lines(&mut tail, &opts, &shared, first_seq, &lines);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, first_seq, "could not apply replicated audit records");
+                }
+                let _ = reply.send(result);
+                continue;
+            }
+            Request::SetMode { mode: new, reply } => {
+                mode = new;
+                shared.creates.store(mode.creates_records(), Ordering::SeqCst);
+                // An outage's recovery record is the leader's to write, and only a leader's.
+                if !mode.creates_records() {
+                    outage = None;
+                }
+                let _ = reply.send(());
+                continue;
+            }
+        };
+        if !mode.creates_records() {
+            let _ = reply.send(Err(AuditError::NotLeader));
+            continue;
+        }
         // Writes failed before: the recovery record goes first (if it fails, so will the batch).
-        recover(&mut tail, &opts, &shared, &mut outage);
-        let bytes = |r: &Request| r.entries.iter().map(|p| p.json.len() + 120).sum::<usize>();
-        let mut size = bytes(&first);
-        let mut batch = vec![first];
+        recover(&mut tail, &opts, &shared, &mut mode, &mut outage);
+        let bytes = |e: &[Prepared]| e.iter().map(|p| p.json.len() + 120).sum::<usize>();
+        let mut size = bytes(&entries);
+        let mut batch = vec![(entries, reply)];
         while size < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(r) => {
-                    size += bytes(&r);
-                    batch.push(r);
+                Ok(Request::Append { entries, reply }) => {
+                    size += bytes(&entries);
+                    batch.push((entries, reply));
+                }
+                Ok(other) => {
+                    held = Some(other);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        let counts: Vec<usize> = batch.iter().map(|r| r.entries.len()).collect();
-        let (entries, replies): (Vec<Vec<Prepared>>, Vec<Reply>) =
-            batch.into_iter().map(|r| (r.entries, r.reply)).unzip();
-        match write_batch(&mut tail, &opts, &shared, entries.into_iter().flatten().collect()) {
+        let counts: Vec<usize> = batch.iter().map(|(e, _)| e.len()).collect();
+        let (entries, replies): (Vec<Vec<Prepared>>, Vec<Reply>) = batch.into_iter().unzip();
+        match write_batch(&mut tail, &opts, &shared, &mut mode, entries.into_iter().flatten().collect()) {
             Ok(records) => {
                 let mut records = records.into_iter();
                 for (reply, n) in replies.into_iter().zip(counts) {
@@ -355,14 +452,21 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "audit write failed; callers get an error and nothing is acknowledged");
-                let o = outage.get_or_insert_with(|| Outage { since: Utc::now(), failed: 0, first_error: msg.clone() });
-                o.failed += replies.len() as u64;
+                if mode.creates_records() {
+                    let o =
+                        outage.get_or_insert_with(|| Outage { since: Utc::now(), failed: 0, first_error: msg.clone() });
+                    o.failed += replies.len() as u64;
+                }
                 for reply in replies {
-                    let _ = reply.send(Err(AuditError::Io {
-                        action: "append to",
-                        path: tail.path.clone(),
-                        source: std::io::Error::other(msg.clone()),
-                    }));
+                    let error = match &e {
+                        AuditError::Replication(m) => AuditError::Replication(m.clone()),
+                        _ => AuditError::Io {
+                            action: "append to",
+                            path: tail.path.clone(),
+                            source: std::io::Error::other(msg.clone()),
+                        },
+                    };
+                    let _ = reply.send(Err(error));
                 }
             }
         }
@@ -371,8 +475,11 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
 
 /// Try to record that the log can write again (a `control` record `audit-recovered` saying
 /// since when and how many writes failed); the outage ends when that record is durable.
-fn recover(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, outage: &mut Option<Outage>) {
+fn recover(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, mode: &mut Mode, outage: &mut Option<Outage>) {
     let Some(o) = outage.as_ref() else { return };
+    if !mode.creates_records() {
+        return;
+    }
     let entry = Entry::new(Kind::Control)
         .source("audit")
         .reason(format!(
@@ -387,7 +494,7 @@ fn recover(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, outage: &mut O
             "failed_writes": o.failed,
             "first_error": o.first_error,
         }));
-    if prepare(entry).and_then(|p| write_batch(tail, opts, shared, vec![p])).is_ok() {
+    if prepare(entry).and_then(|p| write_batch(tail, opts, shared, mode, vec![p])).is_ok() {
         tracing::info!(failed_writes = o.failed, since = %o.since, "audit log writable again");
         *outage = None;
     }
@@ -399,6 +506,7 @@ fn write_batch(
     tail: &mut Tail,
     opts: &AuditOptions,
     shared: &Shared,
+    mode: &mut Mode,
     entries: Vec<Prepared>,
 ) -> Result<Vec<Record>, AuditError> {
     if entries.is_empty() {
@@ -408,20 +516,31 @@ fn write_batch(
     let full = tail.len >= opts.segment_max_bytes
         || tail.first_time.is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.segment_max_age);
     if full && tail.len > 0 {
-        rotate(tail, opts, shared)?;
-        apply_retention(tail, opts, shared)?;
+        rotate(tail, opts, shared, mode)?;
+        apply_retention(tail, opts, shared, mode)?;
     }
-    write_records(tail, opts, shared, entries)
+    write_records(tail, opts, shared, mode, entries)
 }
 
-/// Serialise, write, fsync, and move the chain forward.
+/// Serialise, replicate (a leader), write, fsync, and move the chain forward.
 fn write_records(
     tail: &mut Tail,
     opts: &AuditOptions,
     shared: &Shared,
+    mode: &mut Mode,
     entries: Vec<Prepared>,
 ) -> Result<Vec<Record>, AuditError> {
     let (records, buf, last_hash, last_line) = serialize(tail.next_seq, &tail.last_hash, entries)?;
+    if let Mode::Leader(replicate) = mode
+        && let Err(reason) = replicate.replicate(tail.next_seq, &tail.last_hash, &buf)
+    {
+        // Whether the broker kept the batch is not known: only the replicated log can say,
+        // and this replica learns it as a follower. Nothing more is created here.
+        tracing::warn!(%reason, first_seq = tail.next_seq, "replication failed: the audit log follows from now on");
+        *mode = Mode::Follower;
+        shared.creates.store(false, Ordering::SeqCst);
+        return Err(AuditError::Replication(reason));
+    }
     let offset = tail.len;
     append_bytes(tail, opts, shared, &buf)?;
     tail.first_time.get_or_insert(records[0].time);
@@ -466,7 +585,12 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
 
 use crate::telemetry::metrics::Event as MetricEvent;
 
-fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8]) -> Result<(), AuditError> {
+pub(super) fn append_bytes(
+    tail: &mut Tail,
+    opts: &AuditOptions,
+    shared: &Shared,
+    buf: &[u8],
+) -> Result<(), AuditError> {
     let result = (|| -> std::io::Result<()> {
         #[cfg(test)]
         if shared.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
@@ -518,7 +642,7 @@ fn append_bytes(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, buf: &[u8
 
 /// Seal the current segment and start the next one. The seal is the segment's trailer: its
 /// first and last seq, the hash of the last record before it, and its time span.
-fn rotate(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), AuditError> {
+fn rotate(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, mode: &mut Mode) -> Result<(), AuditError> {
     let seal = Entry::new(Kind::Seal).detail(json!({
         "segment": tail.path.file_name().map(|n| n.to_string_lossy().to_string()),
         "first_seq": tail.seg_first,
@@ -526,20 +650,25 @@ fn rotate(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), A
         "last_hash": tail.last_hash,
         "first_time": tail.first_time,
     }));
-    write_records(tail, opts, shared, vec![prepare(seal)?])?;
+    write_records(tail, opts, shared, mode, vec![prepare(seal)?])?;
     crate::failpoint::crash_point("audit.sealed");
+    start_next_segment(tail, shared);
+    Ok(())
+}
+
+/// After a `seal`: the next record starts a segment named by its seq.
+pub(super) fn start_next_segment(tail: &mut Tail, shared: &Shared) {
     tail.file = None;
     tail.path = shared.dir.join(segment_name(tail.next_seq));
     tail.seg_first = tail.next_seq;
     tail.len = 0;
     tail.first_time = None;
-    Ok(())
 }
 
 /// Delete the oldest sealed segments that retention no longer keeps. First a `checkpoint` record
 /// anchors what remains: for each segment deleted, the seq and `prev` of the record that follows
 /// it, so `audit verify` can start from any of them (also after a crash halfway through).
-fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Result<(), AuditError> {
+fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, mode: &mut Mode) -> Result<(), AuditError> {
     let r = &opts.retention;
     if r.max_age.is_none() && r.max_bytes.is_none() {
         return Ok(());
@@ -589,7 +718,7 @@ fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared) -> Res
             "kept_from_seq": segs.iter().map(|s| s.0).find(|f| delete.iter().all(|(d, _)| d != f)),
             "retention": { "max_age": r.max_age.map(|d| humantime::format_duration(d).to_string()), "max_bytes": r.max_bytes },
         }));
-    write_records(tail, opts, shared, vec![prepare(checkpoint)?])?;
+    write_records(tail, opts, shared, mode, vec![prepare(checkpoint)?])?;
     for (_, path) in &delete {
         // After the checkpoint, before each removal: every state a crash here can leave must verify.
         crate::failpoint::crash_point("audit.retention");

@@ -3,6 +3,7 @@
 //! trait ([`LeaseStore`]); [`KubeLeases`] is a `coordination.k8s.io/v1` Lease through the
 //! Kubernetes API (kube's own `Api<Lease>`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use kube::api::PostParams;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -136,17 +137,30 @@ impl<S: LeaseStore> Elector<S> {
     }
 
     /// Run rounds until `token` is cancelled, publishing the role after each; then, if this
-    /// replica leads, release the Lease so another takes over at once.
-    pub async fn run(mut self, roles: watch::Sender<Role>, token: CancellationToken) {
-        loop {
-            let (role, wait) = self.round(Utc::now()).await;
+    /// replica leads, release the Lease so another takes over at once. `resign` makes a leader
+    /// release it at once and start over as a candidate: whoever takes it next (this replica
+    /// too) does so in a new epoch.
+    pub async fn run(mut self, roles: watch::Sender<Role>, resign: Arc<Notify>, token: CancellationToken) {
+        let publish = |role: &Role| {
             roles.send_if_modified(|r| {
-                let changed = *r != role;
+                let changed = r != role;
                 *r = role.clone();
                 changed
-            });
+            })
+        };
+        loop {
+            let (role, wait) = self.round(Utc::now()).await;
+            publish(&role);
             tokio::select! {
                 _ = token.cancelled() => break,
+                _ = resign.notified() => {
+                    if let Role::Leader { epoch, .. } = self.role {
+                        self.role = Role::Candidate;
+                        publish(&Role::Candidate);
+                        warn!(epoch, "resigning the lease");
+                        self.release(epoch).await;
+                    }
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -366,7 +380,7 @@ mod tests {
         let (tx, mut rx) = watch::channel(Role::Candidate);
         let token = CancellationToken::new();
         let stop = token.clone();
-        let run = a.run(tx, token);
+        let run = a.run(tx, Arc::new(Notify::new()), token);
         let watch = async {
             rx.wait_for(|r| matches!(r, Role::Leader { .. })).await.unwrap();
             stop.cancel();
@@ -377,5 +391,22 @@ mod tests {
         assert_eq!((released.holder(), released.transitions), (None, 0));
         let mut b = Elector::new(&lease, "b", Timing::default());
         assert!(matches!(b.round(Utc::now()).await.0, Role::Leader { epoch: 1, .. }), "taken at once, epoch 1");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_resigns_is_followed_by_a_new_epoch_even_if_it_takes_the_lease_again() {
+        let lease = Memory::default();
+        let a = Elector::new(&lease, "a", Timing::default());
+        let (tx, mut rx) = watch::channel(Role::Candidate);
+        let (token, resign) = (CancellationToken::new(), Arc::new(Notify::new()));
+        let (stop, resign_now) = (token.clone(), resign.clone());
+        let run = a.run(tx, resign, token);
+        let watch = async {
+            rx.wait_for(|r| matches!(r, Role::Leader { epoch: 0, .. })).await.unwrap();
+            resign_now.notify_one();
+            rx.wait_for(|r| matches!(r, Role::Leader { epoch: 1, .. })).await.unwrap();
+            stop.cancel();
+        };
+        tokio::join!(run, watch);
     }
 }

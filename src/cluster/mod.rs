@@ -6,9 +6,13 @@
 //! (`docs/cluster.md` has the argument). Not yet wired into `serve`: the single-process default
 //! is unchanged.
 
+pub mod config;
 pub mod elector;
 pub mod lease;
+pub mod log;
+pub mod node;
 pub mod replica;
 
+pub use config::{ClusterConfig, RawCluster};
 pub use elector::{Elector, KubeLeases, LeaseError, LeaseStore, Role, Versioned};
 pub use lease::{LeaseRecord, Step, Timing};

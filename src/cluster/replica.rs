@@ -30,7 +30,8 @@ pub enum Message {
     /// A leader of `epoch` has taken over; the chain goes on from what precedes this marker.
     Marker { epoch: u32, leader: String },
     /// A group-commit batch: the records' exact lines, the first with seq `first_seq`, whose
-    /// `prev` is the hash of the line before it (`prev` of the log's first record: empty).
+    /// `prev` is the hash of the line before it (of the log's first record: the audit log's
+    /// `GENESIS`).
     Batch { epoch: u32, leader: String, first_seq: u64, prev: String, lines: Vec<String> },
 }
 
@@ -54,14 +55,14 @@ pub struct Reader {
     pub epoch: Option<u32>,
     /// The seq the next accepted record must have.
     pub next_seq: u64,
-    /// The hash of the last accepted line (empty before any).
+    /// The hash of the last accepted line (`GENESIS` before any).
     pub last_hash: String,
 }
 
 impl Default for Reader {
     /// At the start of an empty log: the first record has seq 1 and no `prev`.
     fn default() -> Reader {
-        Reader { epoch: None, next_seq: 1, last_hash: String::new() }
+        Reader { epoch: None, next_seq: 1, last_hash: crate::audit::GENESIS.to_string() }
     }
 }
 
@@ -197,6 +198,7 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::GENESIS;
 
     fn batch(epoch: u32, leader: &str, first_seq: u64, prev: &str, lines: &[&str]) -> Message {
         Message::Batch {
@@ -220,7 +222,7 @@ mod tests {
     fn topic() -> Vec<Message> {
         vec![
             marker(0, "a"),
-            batch(0, "a", 1, "", &["r1", "r2"]),
+            batch(0, "a", 1, GENESIS, &["r1", "r2"]),
             batch(0, "a", 3, &h("r2"), &["r3"]),
             marker(1, "b"),
             // a, paused past its lease, wakes and produces once more: too late.
@@ -253,7 +255,7 @@ mod tests {
         // the chain for every reader; b, reading up to its marker, continues after it.
         let topic = [
             marker(0, "a"),
-            batch(0, "a", 1, "", &["r1"]),
+            batch(0, "a", 1, GENESIS, &["r1"]),
             batch(0, "a", 2, &h("r1"), &["unacknowledged"]),
             marker(1, "b"),
             batch(1, "b", 3, &h("unacknowledged"), &["r3"]),
@@ -274,7 +276,7 @@ mod tests {
     fn a_batch_off_the_chain_or_without_its_marker_is_a_gap_not_applied() {
         let mut reader = Reader::default();
         reader.read(&marker(0, "a"));
-        reader.read(&batch(0, "a", 1, "", &["r1"]));
+        reader.read(&batch(0, "a", 1, GENESIS, &["r1"]));
         let skipped = reader.read(&batch(0, "a", 3, &h("r2"), &["r3"]));
         assert_eq!(skipped, Read::Gap { expected_seq: 2, expected_prev: h("r1"), first_seq: 3, prev: h("r2") });
         let unannounced = reader.read(&batch(2, "c", 2, &h("r1"), &["x"]));
@@ -309,7 +311,7 @@ mod tests {
         for m in topic() {
             assert_eq!(round_trip(&m), Ok(m.clone()));
         }
-        let (_, value) = batch(0, "a", 1, "", &["{\"seq\":1}", "{\"seq\":2}"]).encode();
+        let (_, value) = batch(0, "a", 1, GENESIS, &["{\"seq\":1}", "{\"seq\":2}"]).encode();
         assert_eq!(value, b"{\"seq\":1}\n{\"seq\":2}\n", "the lines as in the segments");
     }
 

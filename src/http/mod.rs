@@ -38,7 +38,7 @@ use tracing::warn;
 
 use crate::audit::{self, Kind};
 use crate::event::SourceKind;
-use crate::pipeline::{Pipeline, PipelineError, Rejection};
+use crate::pipeline::{Gate, Pipeline, PipelineError, Rejection};
 use crate::sources::alertmanager::{self, MAX_MESSAGE, MAX_PATH, ParseError, elide};
 use crate::sources::message;
 use crate::target::ObjectRef;
@@ -54,6 +54,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let gated = axum::middleware::from_fn_with_state(state.clone(), only_when_acting);
     Router::new()
         .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/v1/feedback", post(feedback_intake))
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/actions/{id}/undo", post(undo))
         .route("/v1/pause", post(pause).get(pauses))
         .route("/v1/resume", post(resume))
+        .route_layer(gated)
         .route("/v1/audit", get(audit_query))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -10,6 +10,7 @@ mod alerts;
 mod controls;
 mod feedback;
 mod reject;
+mod replica;
 mod restore;
 mod steps;
 #[cfg(test)]
@@ -46,6 +47,7 @@ pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;
 use reject::REJECTION_MEMORY;
 pub use reject::{REJECTED_PREFIX, Rejection};
+pub use replica::{Gate, Takeover};
 pub use restore::{Restored, SNAPSHOT_FILE};
 use restore::{longest_cooldown, restore_state};
 use steps::step_outcome;
@@ -112,6 +114,8 @@ pub struct Pipeline {
     verify_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<state::PendingVerification>>>,
     /// Wakes the task [`Pipeline::spawn_step_downs`] starts when a step-down's schedule changes.
     step_wake: tokio::sync::Notify,
+    /// Whether this process may act (always, but in a cluster's follower).
+    gate: RwLock<Gate>,
 }
 
 impl Pipeline {
@@ -144,6 +148,7 @@ impl Pipeline {
             verify_tx,
             verify_rx: std::sync::Mutex::new(Some(verify_rx)),
             step_wake: tokio::sync::Notify::new(),
+            gate: RwLock::new(Gate::Always),
         })
     }
 
@@ -236,8 +241,11 @@ impl Pipeline {
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let meta = Meta { action_id, rule, at: &at };
         let started = std::time::Instant::now();
-        let outcome =
-            actions::execute(self.target.as_ref(), target, decide, &meta, self.settings().action_timeout, write).await;
+        let outcome = match self.gate().action_deadline(Utc::now(), self.settings().action_timeout) {
+            Some(deadline) => actions::execute(self.target.as_ref(), target, decide, &meta, deadline, write).await,
+            // A cluster replica whose lease ran out: the next leader resumes the action.
+            None => Outcome::Failed { reason: "this replica no longer leads: not written".into() },
+        };
         let described = self.target.describe();
         let kind = described.split(':').next().unwrap_or_default();
         MetricEvent::ActionFinished { target: kind, took: started.elapsed() }.emit();

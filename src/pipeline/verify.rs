@@ -35,7 +35,11 @@ impl Pipeline {
         self: &Arc<Self>,
         token: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let rx = self.verify_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut rx = self.verify_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // What was queued before (a cluster replica's earlier term) is in the state too.
+        if let Some(rx) = rx.as_mut() {
+            while rx.try_recv().is_ok() {}
+        }
         for pending in self.state.lock().await.verifications() {
             self.queue_verification(pending);
         }
@@ -54,6 +58,8 @@ impl Pipeline {
                 }
             }
             running.abort_all();
+            // A cluster replica may lead again later: the next verifier takes the queue.
+            *pipeline.verify_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
         })
     }
 

@@ -79,6 +79,17 @@ fn source_error(e: impl std::fmt::Display) -> TaskError {
 
 impl KafkaSource {
     pub fn new(config: KafkaConfig, pipeline: Arc<Pipeline>) -> Result<KafkaSource, TaskError> {
+        KafkaSource::counting(config, pipeline, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// A source that counts its assigned partitions in `assigned` (a cluster's leader starts a
+    /// new source each term; `/readyz` keeps reading the same counter).
+    pub fn counting(
+        config: KafkaConfig,
+        pipeline: Arc<Pipeline>,
+        assigned: Arc<AtomicUsize>,
+    ) -> Result<KafkaSource, TaskError> {
+        assigned.store(0, Ordering::Relaxed);
         let mut client = ClientConfig::new();
         // Defaults a user may change through `properties`...
         client.set("session.timeout.ms", "10000").set("auto.offset.reset", "earliest");
@@ -87,7 +98,6 @@ impl KafkaSource {
         }
         client.set("bootstrap.servers", &config.brokers);
         // ...and what at-least-once needs, which they may not.
-        let assigned = Arc::new(AtomicUsize::new(0));
         let mut consumer_config = client.clone();
         // Bound what librdkafka prefetches while backstop is busy (its default is 64 MB per
         // partition): backpressure, not buffering. Consumer-only, so not on the producer.

@@ -123,6 +123,8 @@ pub enum Control {
     /// Rules reloaded, or a reload refused.
     Reload,
     ReloadRefused,
+    /// A cluster replica took over as the leader (no state: who leads is the Lease's).
+    Takeover,
     /// Anything else (the audit log's own controls, such as its recovery): no state.
     #[serde(other)]
     Other,

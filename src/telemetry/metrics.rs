@@ -20,6 +20,9 @@
 //! | `backstop_rules_last_reload_timestamp_seconds` | gauge | |
 //! | `backstop_build_info` | gauge (1) | `version` |
 //! | `backstop_ready` | gauge | 1 or 0 |
+//! | `backstop_leader` | gauge | 1 or 0 (cluster mode: this replica leads and may act) |
+//! | `backstop_takeovers_total` | counter | |
+//! | `backstop_replication_lag_records` | gauge | |
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -91,6 +94,9 @@ pub struct Metrics {
     pub reload_success: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
+    pub leader: Gauge,
+    pub takeovers: Counter,
+    pub replication_lag: Gauge,
 }
 
 impl Metrics {
@@ -111,6 +117,9 @@ impl Metrics {
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
             ready: Gauge::default(),
+            leader: Gauge::default(),
+            takeovers: Counter::default(),
+            replication_lag: Gauge::default(),
         };
         registry.register("events_received", "Events received, by source and outcome", m.events_received.clone());
         registry.register("rule_matches", "Rules that matched an event", m.rule_matches.clone());
@@ -153,6 +162,13 @@ impl Metrics {
             m.reload_timestamp.clone(),
         );
         registry.register("ready", "1 when /readyz answers ready", m.ready.clone());
+        registry.register("leader", "1 while this cluster replica leads and may act", m.leader.clone());
+        registry.register("takeovers", "Times this replica took over as the cluster's leader", m.takeovers.clone());
+        registry.register(
+            "replication_lag_records",
+            "Records of the replicated audit log this replica has yet to apply",
+            m.replication_lag.clone(),
+        );
         let build: Family<Version, Gauge> = Family::default();
         build.get_or_create(&Version { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         registry.register("build_info", "backstop's version", build);
@@ -227,6 +243,16 @@ pub enum Event<'a> {
     Ready {
         ready: bool,
     },
+    /// A cluster replica started or stopped leading.
+    Leader {
+        leading: bool,
+    },
+    /// A cluster replica took over.
+    TookOver,
+    /// Messages of the replicated audit log not yet applied here.
+    ReplicationLag {
+        messages: i64,
+    },
 }
 
 impl Event<'_> {
@@ -273,6 +299,15 @@ impl Event<'_> {
             }
             Event::Ready { ready } => {
                 m.ready.set(i64::from(ready));
+            }
+            Event::Leader { leading } => {
+                m.leader.set(i64::from(leading));
+            }
+            Event::TookOver => {
+                m.takeovers.inc();
+            }
+            Event::ReplicationLag { messages } => {
+                m.replication_lag.set(messages);
             }
         }
     }

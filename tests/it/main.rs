@@ -5,6 +5,7 @@ mod support;
 mod audit_topic;
 mod chain;
 mod cli;
+mod cluster;
 mod crash;
 mod deploy;
 mod end_to_end;

@@ -87,7 +87,7 @@ async fn a_takeover_read_back_from_the_broker_keeps_one_chain_and_drops_the_depo
     let (r1, r2, r3, r4) = (r(1), r(2), r(3), r(4));
     let topic = vec![
         LogMessage::Marker { epoch: 0, leader: "backstop-0".into() },
-        batch(0, "backstop-0", 1, "", &[&r1, &r2]),
+        batch(0, "backstop-0", 1, backstop::audit::GENESIS, &[&r1, &r2]),
         batch(0, "backstop-0", 3, &sha256_hex(r2.as_bytes()), &[&r3]),
         LogMessage::Marker { epoch: 1, leader: "backstop-1".into() },
         batch(0, "backstop-0", 4, &sha256_hex(r3.as_bytes()), &["late"]),

@@ -1,0 +1,312 @@
+//! The replicated audit log on Kafka: one single-partition topic that the leader produces to
+//! (idempotent, acks=all) and every replica reads from its start or from where it left off,
+//! applying what [`Reader`] accepts to its own audit log, byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::elector::Role;
+use super::replica::{HEADER_EPOCH, HEADER_FIRST_SEQ, HEADER_KIND, HEADER_LEADER, HEADER_PREV, Message, Read, Reader};
+use crate::audit::{Applied, AuditError, Replicate};
+use crate::kafka::KafkaConfig;
+use crate::telemetry::metrics::Event as MetricEvent;
+
+/// How often a replica measures how far behind the topic it is.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// The file beside the audit log's segments where a replica keeps its place in the topic.
+pub const READER_FILE: &str = "replica.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("replicated log topic {topic}: {message}")]
+    Kafka { topic: String, message: String },
+    #[error("replicated log position {path}: {message}")]
+    Position { path: PathBuf, message: String },
+    #[error("replicated log: {0}")]
+    Audit(#[from] AuditError),
+}
+
+/// Where a replica is in the topic: the last offset it has applied and its reader then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Place {
+    pub offset: i64,
+    pub epoch: Option<u32>,
+    pub next_seq: u64,
+    pub last_hash: String,
+}
+
+impl Place {
+    pub fn reader(&self) -> Reader {
+        Reader::at(self.epoch, self.next_seq, self.last_hash.clone())
+    }
+}
+
+pub fn read_place(dir: &Path) -> Result<Option<Place>, LogError> {
+    let path = dir.join(READER_FILE);
+    match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::Position { path, message: e.to_string() }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| LogError::Position { path, message: e.to_string() })
+        }
+    }
+}
+
+fn write_place(dir: &Path, place: &Place) -> Result<(), LogError> {
+    let path = dir.join(READER_FILE);
+    let bytes =
+        serde_json::to_vec(place).map_err(|e| LogError::Position { path: path.clone(), message: e.to_string() })?;
+    crate::fsutil::write_atomically(&path, &bytes).map_err(|e| LogError::Position { path, message: e.to_string() })
+}
+
+fn kafka_error(topic: &str) -> impl Fn(rdkafka::error::KafkaError) -> LogError + '_ {
+    move |e| LogError::Kafka { topic: topic.to_string(), message: e.to_string() }
+}
+
+/// The producer's settings: idempotent, acks=all, one record per request (the test broker does
+/// not resume a consumer inside a batch of several records; FIELD facts in docs/cluster.md).
+fn producer(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<FutureProducer, LogError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        // A batch not committed within the lease could not be acknowledged anyway.
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .set("message.max.bytes", "16777216");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.create().map_err(kafka_error(topic))
+}
+
+fn headers(pairs: &[(&'static str, Vec<u8>)]) -> OwnedHeaders {
+    pairs.iter().fold(OwnedHeaders::new(), |h, (key, v)| h.insert(Header { key, value: Some(v.as_slice()) }))
+}
+
+/// The leader's side: markers and batches.
+#[derive(Clone)]
+pub struct LogProducer {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl LogProducer {
+    pub fn new(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<LogProducer, LogError> {
+        Ok(LogProducer { producer: producer(kafka, topic, timeout)?, topic: topic.to_string(), timeout })
+    }
+
+    /// Produce the marker of a new epoch; its offset, which the new leader reads up to before
+    /// it appends anything.
+    pub async fn mark(&self, epoch: u32, leader: &str) -> Result<i64, LogError> {
+        let (pairs, value) = Message::Marker { epoch, leader: leader.to_string() }.encode();
+        let record = FutureRecord::<(), _>::to(&self.topic).payload(&value).headers(headers(&pairs)).partition(0);
+        let delivery = self.producer.send(record, self.timeout).await.map_err(|(e, _)| kafka_error(&self.topic)(e))?;
+        Ok(delivery.offset)
+    }
+
+    /// What the audit writer of the leader of `epoch` hands its batches to. `roles` is the
+    /// elector's: a batch is produced only while this replica leads in `epoch`, and reported
+    /// committed only if it still does once the broker has answered.
+    pub fn replicator(&self, epoch: u32, leader: &str, roles: watch::Receiver<Role>) -> Arc<dyn Replicate> {
+        Arc::new(Replicator { log: self.clone(), epoch, leader: leader.to_string(), roles })
+    }
+}
+
+struct Replicator {
+    log: LogProducer,
+    epoch: u32,
+    leader: String,
+    roles: watch::Receiver<Role>,
+}
+
+impl Replicator {
+    /// How long this replica may still acknowledge in its epoch.
+    fn window(&self) -> Option<Duration> {
+        match &*self.roles.borrow() {
+            Role::Leader { epoch, until } if *epoch == self.epoch => (*until - Utc::now()).to_std().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Replicate for Replicator {
+    fn replicate(&self, first_seq: u64, prev: &str, bytes: &[u8]) -> Result<(), String> {
+        let Some(window) = self.window().filter(|w| !w.is_zero()) else {
+            return Err(format!("not the leader of epoch {} any more", self.epoch));
+        };
+        let pairs = [
+            (HEADER_KIND, b"batch".to_vec()),
+            (HEADER_EPOCH, self.epoch.to_string().into_bytes()),
+            (HEADER_LEADER, self.leader.clone().into_bytes()),
+            (HEADER_FIRST_SEQ, first_seq.to_string().into_bytes()),
+            (HEADER_PREV, prev.as_bytes().to_vec()),
+        ];
+        let topic = &self.log.topic;
+        let record = FutureRecord::<(), _>::to(topic).payload(bytes).headers(headers(&pairs)).partition(0);
+        // Waits for the broker's answer (at most `message.timeout.ms`, the lease's duration); an
+        // answer after the acting window is not acknowledged (checked below).
+        let sent = futures::executor::block_on(self.log.producer.send(record, window));
+        if let Err((e, _)) = sent {
+            return Err(format!("{topic}: {e}"));
+        }
+        if self.window().is_none_or(|w| w.is_zero()) {
+            return Err(format!(
+                "the lease of epoch {} ran out before {topic} committed the batch: not acknowledged",
+                self.epoch
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where applied lines go: the audit log, or the pipeline (which also folds them into its state).
+pub trait Apply: Send + Sync {
+    fn apply(&self, first_seq: u64, lines: Vec<String>) -> futures::future::BoxFuture<'_, Result<Applied, AuditError>>;
+    fn dir(&self) -> PathBuf;
+}
+
+impl Apply for crate::audit::AuditLog {
+    fn apply(&self, first_seq: u64, lines: Vec<String>) -> futures::future::BoxFuture<'_, Result<Applied, AuditError>> {
+        Box::pin(crate::audit::AuditLog::apply(self, first_seq, lines))
+    }
+    fn dir(&self) -> PathBuf {
+        crate::audit::AuditLog::dir(self).to_path_buf()
+    }
+}
+
+impl Apply for crate::pipeline::Pipeline {
+    fn apply(&self, first_seq: u64, lines: Vec<String>) -> futures::future::BoxFuture<'_, Result<Applied, AuditError>> {
+        Box::pin(self.apply_replicated(first_seq, lines))
+    }
+    fn dir(&self) -> PathBuf {
+        self.audit().dir().to_path_buf()
+    }
+}
+
+/// Every replica's side: reads the topic in order and applies what its [`Reader`] accepts.
+pub struct LogFollower {
+    consumer: StreamConsumer,
+    topic: String,
+    place: Option<Place>,
+    reader: Reader,
+    /// The last offset applied (-1 before any): a new leader waits for its marker's.
+    applied: watch::Sender<i64>,
+}
+
+impl LogFollower {
+    /// Resume from the place saved beside the audit log in `dir`, or read the topic from its
+    /// start.
+    pub fn new(kafka: &KafkaConfig, topic: &str, dir: &Path, me: &str) -> Result<LogFollower, LogError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", format!("backstop-replica-{me}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in &kafka.properties {
+            c.set(k, v);
+        }
+        let consumer: StreamConsumer = c.create().map_err(kafka_error(topic))?;
+        let place = read_place(dir)?;
+        let from = place.as_ref().map_or(Offset::Beginning, |p| Offset::Offset(p.offset + 1));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, from).map_err(kafka_error(topic))?;
+        consumer.assign(&tpl).map_err(kafka_error(topic))?;
+        let reader = place.as_ref().map(Place::reader).unwrap_or_default();
+        let (applied, _) = watch::channel(place.as_ref().map_or(-1, |p| p.offset));
+        Ok(LogFollower { consumer, topic: topic.to_string(), place, reader, applied })
+    }
+
+    /// `backstop_replication_lag_records`: messages in the topic not yet applied here.
+    fn report_lag(&self) {
+        let consumer = &self.consumer;
+        let topic = &self.topic;
+        // A short blocking call to the broker (the multi-threaded runtime lends this thread).
+        let watermarks = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, Duration::from_secs(1)));
+        if let Ok((_, high)) = watermarks {
+            let applied = self.place.as_ref().map_or(-1, |p| p.offset);
+            MetricEvent::ReplicationLag { messages: (high - 1 - applied).max(0) }.emit();
+        }
+    }
+
+    /// The last offset applied, as it moves.
+    pub fn applied(&self) -> watch::Receiver<i64> {
+        self.applied.subscribe()
+    }
+
+    /// The epoch and leader of the newest marker read.
+    pub fn epoch(&self) -> Option<u32> {
+        self.reader.epoch
+    }
+
+    /// Read and apply until `token` is cancelled. A message that cannot be applied (the local
+    /// log refuses it) stops the follower: carrying on would fork the chain.
+    pub async fn run(mut self, to: Arc<dyn Apply>, token: CancellationToken) -> Result<(), LogError> {
+        let dir = to.dir();
+        let mut lag_tick = tokio::time::interval(LAG_EVERY);
+        loop {
+            let message = tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = lag_tick.tick() => {
+                    self.report_lag();
+                    continue;
+                }
+                m = self.consumer.recv() => m,
+            };
+            let m = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(topic = %self.topic, error = %e, "replicated log: read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let offset = m.offset();
+            let pairs: Vec<(&str, &[u8])> = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
+                .unwrap_or_default();
+            let decoded = Message::decode(&pairs, m.payload().unwrap_or_default());
+            let first_seq = self.reader.next_seq;
+            match decoded.map(|message| self.reader.read(&message)) {
+                Err(e) => {
+                    warn!(topic = %self.topic, offset, error = %e, "replicated log: not a message of ours; skipped")
+                }
+                Ok(Read::Append(lines)) => {
+                    to.apply(first_seq, lines).await?;
+                }
+                Ok(Read::Epoch { epoch, leader }) => info!(epoch, %leader, offset, "replicated log: a new leader"),
+                Ok(Read::Stale { epoch, current }) => {
+                    info!(epoch, current, offset, "replicated log: a deposed leader's late batch dropped")
+                }
+                Ok(Read::Gap { expected_seq, first_seq, .. }) => {
+                    warn!(expected_seq, first_seq, offset, "replicated log: a batch off the chain; not applied")
+                }
+            }
+            let place = Place {
+                offset,
+                epoch: self.reader.epoch,
+                next_seq: self.reader.next_seq,
+                last_hash: self.reader.last_hash.clone(),
+            };
+            write_place(&dir, &place)?;
+            self.place = Some(place);
+            self.applied.send_replace(offset);
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Cluster mode with real processes: three `backstop serve` replicas, tansu as the broker of the
+//! replicated audit log, and the API emulator holding both the Lease and the VirtualService they
+//! protect. One leads and acts; the others follow, say so in `/readyz`, refuse intake naming the
+//! leader, and keep a byte-identical copy of the audit log; a kill -9 of the leader hands over to
+//! a follower that starts from the same state (an alert it already handled is not acted on again).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::backstop::{Server, Workdir, eventually, repo};
+use crate::support::kube::KubeEmulator;
+use crate::support::tansu::Tansu;
+
+const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
+const VS: (&str, &str, &str, &str) = ("networking.istio.io/v1", "VirtualService", "sms-app", "model-service");
+
+struct Replica {
+    name: String,
+    wd: Workdir,
+    server: Option<Server>,
+}
+
+impl Replica {
+    fn audit_dir(&self) -> PathBuf {
+        self.wd.path("data/audit")
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    fn start(&mut self) {
+        self.server = Some(self.wd.serve());
+    }
+
+    /// SIGKILL: no release of the Lease, no last snapshot, nothing flushed but what was synced.
+    fn kill(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+}
+
+struct Cluster {
+    emu: KubeEmulator,
+    _broker: Tansu,
+    replicas: Vec<Replica>,
+}
+
+async fn readyz(server: &Server) -> Option<(u16, String)> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/readyz", server.url))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    Some((resp.status().as_u16(), resp.text().await.ok()?))
+}
+
+impl Cluster {
+    /// The emulator with the demo's VirtualService, tansu with the topics, and `n` replicas'
+    /// work directories (not started).
+    async fn new(n: usize) -> Option<Cluster> {
+        let broker = Tansu::try_start().await?;
+        let run = uuid::Uuid::now_v7().simple().to_string();
+        let (log, alerts, feedback) = (format!("audit-log-{run}"), format!("alerts-{run}"), format!("feedback-{run}"));
+        broker.create_topics(&[&log, &alerts, &feedback]).await;
+        let emu = KubeEmulator::start().await;
+        let text = std::fs::read_to_string(repo("deploy/local/model-service.yaml")).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            emu.seed(v);
+        }
+        let replicas = (0..n)
+            .map(|i| {
+                let wd = Workdir::new();
+                let kc = emu.write_kubeconfig(wd.dir.path());
+                let name = format!("backstop-{i}");
+                emu.seed(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "backstop", "labels": {"app": "backstop"}},
+                    "spec": {"containers": [{"name": "backstop", "image": "backstop"}]}
+                }));
+                let config = std::fs::read_to_string(repo("backstop.yaml"))
+                    .unwrap()
+                    .replace(
+                        "target:\n  manifests:\n    dir: deploy/local\n",
+                        &format!("target:\n  kubernetes:\n    kubeconfig: {}\n    request_timeout: 1s\n", kc.display()),
+                    )
+                    .replace("action_timeout: 10s", "action_timeout: 2s")
+                    + &format!(
+                        "\nkafka:\n  brokers: {brokers}\n  group_id: backstop-{run}\n  alerts_topic: {alerts}\n  feedback_topic: {feedback}\n\
+                         cluster:\n  identity: {name}\n  namespace: backstop\n  lease: backstop-{run}\n  lease_duration: 3s\n  renew_every: 500ms\n  margin: 1s\n  log_topic: {log}\n  pod: {name}\n  kubeconfig: {kc}\n",
+                        brokers = broker.brokers(),
+                        kc = kc.display()
+                    );
+                assert!(config.contains("kubernetes:"), "the config's target section changed; update this test");
+                std::fs::write(wd.config(), config).unwrap();
+                Replica { name, wd, server: None }
+            })
+            .collect();
+        Some(Cluster { emu, _broker: broker, replicas })
+    }
+
+    /// Wait until one running replica is the leader and every other running one follows it;
+    /// the leader's index.
+    async fn settled(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leader = None;
+            let mut followers = Vec::new();
+            for (i, r) in self.replicas.iter().enumerate() {
+                let Some(s) = &r.server else { continue };
+                match readyz(s).await {
+                    Some((200, body)) if body.trim() == "ready: leader" => leader = Some(i),
+                    Some((200, body)) => followers.push(body.trim().to_string()),
+                    _ => {}
+                }
+            }
+            let running = self.replicas.iter().filter(|r| r.server.is_some()).count();
+            if let Some(l) = leader {
+                let name = &self.replicas[l].name;
+                if followers.len() + 1 == running
+                    && followers.iter().all(|f| *f == format!("ready: follower of {name}"))
+                {
+                    return l;
+                }
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .replicas
+                    .iter()
+                    .filter_map(|r| r.server.as_ref().map(|s| format!("--- {}\n{}", r.name, s.log())))
+                    .collect();
+                panic!("no settled leader: leader {leader:?}, followers {followers:?}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn weights(&self) -> Vec<u64> {
+        let vs = self.emu.get(VS.0, VS.1, VS.2, VS.3).unwrap();
+        vs["spec"]["http"][0]["route"].as_array().unwrap().iter().map(|d| d["weight"].as_u64().unwrap_or(0)).collect()
+    }
+
+    /// The replicas whose Pod says it leads.
+    fn labelled_leaders(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|r| {
+                let pod = self.emu.get("v1", "Pod", "backstop", &r.name).unwrap();
+                pod["metadata"]["labels"]["backstop.io/leader"] == "true"
+            })
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    fn patches(&self) -> usize {
+        self.emu.requests().into_iter().filter(|r| r.method == "PATCH" && r.path.contains("virtualservices")).count()
+    }
+}
+
+/// Every segment's name and bytes, in order.
+fn segments(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    names.retain(|n: &String| n.starts_with("seg-"));
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap())).collect()
+}
+
+fn records(dir: &Path) -> Vec<Value> {
+    segments(dir)
+        .iter()
+        .flat_map(|(_, b)| String::from_utf8(b.clone()).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leader_hands_over_hot() {
+    let Some(mut cluster) = Cluster::new(3).await else { return };
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let leader = cluster.settled(Duration::from_secs(60)).await;
+    let follower = (leader + 1) % 3;
+    let leader_name = cluster.replicas[leader].name.clone();
+    assert_eq!(
+        cluster.labelled_leaders(),
+        std::slice::from_ref(&leader_name),
+        "the Service selects the leader's Pod only"
+    );
+
+    // A follower refuses intake, naming the leader (Alertmanager retries; the Service routes).
+    let (status, body) =
+        cluster.replicas[follower].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["leader"], leader_name.as_str(), "{body}");
+    assert_eq!(cluster.patches(), 0);
+
+    // The leader acts once.
+    let (status, body) =
+        cluster.replicas[leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    assert_eq!(cluster.weights(), [100, 0]);
+
+    // Every replica's log becomes the same bytes.
+    let leader_dir = cluster.replicas[leader].audit_dir();
+    for r in &cluster.replicas {
+        let dir = r.audit_dir();
+        let same =
+            eventually(Duration::from_secs(20), || (segments(&dir) == segments(&leader_dir)).then_some(())).await;
+        assert!(same.is_some(), "{} did not copy the leader's log", r.name);
+    }
+
+    // kill -9 of the leader: a follower takes over (after the lease expires by its clock).
+    let killed_at = Instant::now();
+    cluster.replicas[leader].kill();
+    let new_leader = cluster.settled(Duration::from_secs(30)).await;
+    let handover = killed_at.elapsed();
+    eprintln!("takeover after kill -9: {handover:?} (lease 3 s)");
+    assert_ne!(new_leader, leader);
+    let new_name = cluster.replicas[new_leader].name.clone();
+    // The dead leader's Pod keeps its label until it runs again (Kubernetes would mark it not
+    // Ready, so the Service drops it); the new leader has labelled its own.
+    assert!(cluster.labelled_leaders().contains(&new_name));
+    let new_dir = cluster.replicas[new_leader].audit_dir();
+    let takeover =
+        records(&new_dir).into_iter().rev().find(|r| r["detail"]["control"] == "takeover").expect("a takeover record");
+    assert_eq!(takeover["detail"]["takeover"]["leader"], cluster.replicas[new_leader].name.as_str());
+    assert_eq!(takeover["detail"]["takeover"]["previous"], leader_name.as_str(), "{takeover}");
+    assert!(takeover["detail"]["takeover"]["epoch"].as_u64().unwrap() >= 1, "{takeover}");
+
+    // The new leader folded the same state: the alert its predecessor handled is a duplicate.
+    let (status, body) =
+        cluster.replicas[new_leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["results"][0]["outcome"], "applied", "acted twice: {body}");
+    assert_eq!(cluster.patches(), 1, "one write to the VirtualService in all");
+
+    // The killed replica comes back with its disk, follows, and catches up; every log verifies
+    // and all three are the same bytes.
+    cluster.replicas[leader].start();
+    let again = cluster.settled(Duration::from_secs(30)).await;
+    assert_eq!(again, new_leader, "a returning replica does not take the lease back");
+    let labelled =
+        eventually(Duration::from_secs(10), || (cluster.labelled_leaders() == [new_name.clone()]).then_some(())).await;
+    assert!(labelled.is_some(), "the returning replica unlabels its Pod: {:?}", cluster.labelled_leaders());
+    for r in &cluster.replicas {
+        let dir = r.audit_dir();
+        let same = eventually(Duration::from_secs(20), || (segments(&dir) == segments(&new_dir)).then_some(())).await;
+        assert!(same.is_some(), "{} differs from the leader's log", r.name);
+        let out = r.wd.cli(&["audit", "verify"]);
+        assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
+    }
+}
