@@ -274,7 +274,8 @@ impl Arms {
                 Some(_) => {
                     self.requests.insert(rkey, this);
                 }
-                None if !success => {
+                // A failure, or a retry that succeeded (its earlier attempts may still come).
+                None if !success || feedback.attempt.is_some_and(|a| a > 1) => {
                     self.requests.insert(rkey.clone(), this);
                     self.request_order.push_back((now, rkey));
                     if self.request_order.len() > MAX_REQUESTS
@@ -447,21 +448,25 @@ mod tests {
         assert_eq!(counts(&arms), (1, 1, 1));
         arms.observe(t0(), &attempt("v2", "r1", Some(3), true), &none);
         assert_eq!(counts(&arms), (1, 0, 1));
+        // A retry that succeeded is remembered: its earlier attempt, delivered late, is not counted.
+        arms.observe(t0(), &attempt("v2", "r4", Some(2), true), &none);
+        arms.observe(t0(), &attempt("v2", "r4", Some(1), false), &none);
+        assert_eq!(counts(&arms), (2, 0, 2));
         // An earlier attempt delivered late changes nothing; without attempts, arrival order.
         arms.observe(t0(), &attempt("v2", "r1", Some(2), false), &none);
         arms.observe(t0(), &attempt("v2", "r2", None, false), &none);
         arms.observe(t0(), &attempt("v2", "r2", None, false), &none);
-        assert_eq!(counts(&arms), (2, 1, 2));
+        assert_eq!(counts(&arms), (3, 1, 3));
         // A success is not remembered (nothing retries it), a retry on another version is its
         // own outcome there.
         arms.observe(t0(), &attempt("v2", "r3", Some(1), true), &none);
         arms.observe(t0(), &attempt("v1", "r2", Some(2), true), &none);
-        assert_eq!(counts(&arms), (3, 1, 3));
+        assert_eq!(counts(&arms), (4, 1, 4));
         assert_eq!(arms.get(&ArmKey::new("sms-app", "model-service", "v1")).unwrap().tally.outcomes_n, 1);
-        assert_eq!(arms.requests.len(), 2);
+        assert_eq!(arms.requests.len(), 3);
         // The restarted tallies count the request once too.
         let recent = &arms.get(&key).unwrap().recent;
-        assert_eq!((recent.len(), recent[0].tally.outcomes_n, recent[0].tally.errors), (1, 3, 1));
+        assert_eq!((recent.len(), recent[0].tally.outcomes_n, recent[0].tally.errors), (1, 4, 1));
         // Remembered in the snapshot; forgotten after REQUEST_MEMORY.
         let restored = Arms::from_snapshot(serde_json::from_value(json!(arms.snapshot())).unwrap());
         assert_eq!(restored.requests, arms.requests);
