@@ -122,9 +122,7 @@ impl FeedbackSpec {
     }
 }
 
-/// The comparison of a canary and its baseline that shows the canary worse, if any: the one
-/// since the comparison started, then those since each restart point kept (see
-/// [`restarts`](super::restarts)), each at its share of `alpha`.
+/// A comparison that showed the canary worse, and which one it was.
 #[derive(Debug, Clone)]
 pub struct Fired<'a> {
     pub comparison: Comparison,
@@ -137,6 +135,10 @@ pub struct Fired<'a> {
     pub tallies: (&'a Tally, &'a Tally),
 }
 
+/// The comparison of a canary and its baseline that shows the canary worse, if any: the one
+/// since the comparison started, then those since each restart point kept (see
+/// [`restarts`](super::restarts)), each at its share of `alpha`, all with the dispersion
+/// estimated since the start.
 pub fn judge<'a>(
     test: Test,
     settings: &Sequential,
@@ -197,7 +199,7 @@ mod tests {
     #[test]
     fn a_worse_canary_is_found_with_evidence_and_labels() {
         let mut arms = Arms::default();
-        // Errors spread evenly (runs of them would be read as dispersion).
+        // 60 of 400 canary outcomes against 100 of 4,000, the errors in short runs.
         for _ in 0..20 {
             add(&mut arms, "v2", FeedbackKind::Outcome { success: false, latency_ms: None }, 3);
             add(&mut arms, "v2", FeedbackKind::Outcome { success: true, latency_ms: None }, 17);
