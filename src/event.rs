@@ -90,6 +90,15 @@ pub struct Feedback {
     /// The subset (version) that served it, e.g. `v2`.
     pub version: String,
     pub time: DateTime<Utc>,
+    /// The request the event is about, when a request can be reported more than once (each
+    /// retry): outcomes of one request served by one version count once, with the latest
+    /// attempt's outcome (see docs/feedback.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Which attempt of `request_id` this is (1 for the first); a lower one than already
+    /// counted is not counted. Only with `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     #[serde(flatten)]
     pub kind: FeedbackKind,
 }

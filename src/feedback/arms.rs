@@ -23,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::restarts::{RECENT_KEPT, restart_point};
 use super::sequential::Tally;
 use super::window::{ArmWindow, Observation};
 use crate::event::{Feedback, FeedbackKind};
@@ -35,6 +36,10 @@ pub const SCORE_WINDOW: Duration = Duration::from_secs(3600);
 pub const SCORE_BUCKET: Duration = Duration::from_secs(10);
 /// Feedback ids remembered at most.
 pub const MAX_IDS: usize = 100_000;
+/// How long a failed request is remembered for its retries.
+pub const REQUEST_MEMORY: Duration = Duration::from_secs(600);
+/// Failed requests remembered at most.
+pub const MAX_REQUESTS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ArmKey {
@@ -63,6 +68,80 @@ pub struct Arm {
     pub last: DateTime<Utc>,
     pub tally: Tally,
     pub scores: ArmWindow,
+    /// What it counted since the latest restart points, oldest first (see
+    /// [`restarts`](super::restarts)); absent from older snapshots, filled from the next event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Recent>,
+}
+
+/// An arm's tally since a restart point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recent {
+    pub since: DateTime<Utc>,
+    pub tally: Tally,
+}
+
+impl Arm {
+    /// A new arm whose first event is counted at `now`.
+    pub fn new(now: DateTime<Utc>) -> Arm {
+        Arm {
+            started: now,
+            last: now,
+            tally: Tally::default(),
+            scores: ArmWindow::new(SCORE_WINDOW, SCORE_BUCKET),
+            recent: Vec::new(),
+        }
+    }
+
+    /// Count an observation recorded at `now` (event time `at`, for the score window): in the
+    /// tally since the start, and in the recent tallies since the restart points.
+    pub fn observe(&mut self, now: DateTime<Utc>, at: DateTime<Utc>, observation: Observation) {
+        self.last = self.last.max(now);
+        self.tally.add(observation);
+        if matches!(observation, Observation::Score { .. }) {
+            self.scores.record(now, at, observation);
+            return;
+        }
+        for recent in self.recent_at(now) {
+            recent.tally.add(observation);
+        }
+    }
+
+    /// The recent tallies counting what is recorded at `now`, starting one at a new restart point.
+    fn recent_at(&mut self, now: DateTime<Utc>) -> impl Iterator<Item = &mut Recent> {
+        let point = restart_point(now);
+        if self.recent.last().is_none_or(|r| r.since < point) {
+            self.recent.push(Recent { since: point, tally: Tally::default() });
+            if self.recent.len() > RECENT_KEPT {
+                self.recent.remove(0);
+            }
+        }
+        self.recent.iter_mut().filter(move |r| r.since <= now)
+    }
+
+    /// A later attempt of a request this arm counted at `counted` (`before` its outcome then)
+    /// replaces it: in each tally that counted it the request stays one outcome, now `after`;
+    /// a tally started since (a new comparison, a restart) counts `after` as its own.
+    pub fn replace(&mut self, now: DateTime<Utc>, counted: DateTime<Utc>, before: Observation, after: Observation) {
+        self.last = self.last.max(now);
+        if self.started <= counted {
+            self.tally.replace_outcome(before, after);
+        } else {
+            self.tally.add(after);
+        }
+        for recent in self.recent_at(now) {
+            if recent.since <= counted {
+                recent.tally.replace_outcome(before, after);
+            } else {
+                recent.tally.add(after);
+            }
+        }
+    }
+
+    /// The tally since restart point `since`, if kept.
+    pub fn since(&self, since: DateTime<Utc>) -> Option<&Tally> {
+        self.recent.iter().find(|r| r.since == since).map(|r| &r.tally)
+    }
 }
 
 /// Where a feedback event came from, as far as recognising a redelivery goes.
@@ -85,12 +164,31 @@ impl<'a> Origin<'a> {
     }
 }
 
+/// A failed request's latest counted attempt, for its retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The version that served it, and when it was counted.
+    pub version: String,
+    pub counted: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+/// A request's identity: namespace, service, `request_id`.
+type RequestKey = (String, String, String);
+
 #[derive(Debug, Default)]
 pub struct Arms {
     arms: HashMap<ArmKey, Arm>,
     offsets: HashMap<(String, i32), i64>,
     ids: HashSet<String>,
     id_order: VecDeque<(DateTime<Utc>, String)>,
+    requests: HashMap<RequestKey, Request>,
+    /// When each request was first remembered, oldest first.
+    request_order: VecDeque<(DateTime<Utc>, RequestKey)>,
 }
 
 /// [`Arms`] as saved in the snapshot.
@@ -100,6 +198,13 @@ pub struct ArmsSnapshot {
     arms: Vec<(ArmKey, Arm)>,
     offsets: Vec<(String, i32, i64)>,
     ids: Vec<(DateTime<Utc>, String)>,
+    /// Failed requests remembered for their retries, oldest first (absent before issue #21).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    requests: Vec<(DateTime<Utc>, RequestKey, Request)>,
+}
+
+fn outcome_of(request: &Request) -> Observation {
+    Observation::Outcome { success: request.success, latency_seconds: request.latency_ms.map(|ms| ms / 1000.0) }
 }
 
 fn observation(kind: &FeedbackKind) -> Observation {
@@ -137,18 +242,53 @@ impl Arms {
             }
         }
         let key = ArmKey::new(&feedback.namespace, &feedback.service, &feedback.version);
-        let arm = self.arms.entry(key).or_insert_with(|| Arm {
-            started: now,
-            last: now,
-            tally: Tally::default(),
-            scores: ArmWindow::new(SCORE_WINDOW, SCORE_BUCKET),
-        });
-        arm.last = arm.last.max(now);
-        let observation = observation(&feedback.kind);
-        arm.tally.add(observation);
-        if matches!(observation, Observation::Score { .. }) {
-            arm.scores.record(now, feedback.time, observation);
+        let observed = observation(&feedback.kind);
+        if let (Some(request_id), FeedbackKind::Outcome { success, latency_ms }) =
+            (&feedback.request_id, &feedback.kind)
+        {
+            let rkey = (feedback.namespace.clone(), feedback.service.clone(), request_id.clone());
+            let this = Request {
+                version: feedback.version.clone(),
+                counted: now,
+                attempt: feedback.attempt,
+                success: *success,
+                latency_ms: *latency_ms,
+            };
+            match self.requests.get(&rkey) {
+                Some(before) if before.version == feedback.version => {
+                    // Without `attempt` the report that comes later is the later attempt.
+                    let later = match (feedback.attempt, before.attempt) {
+                        (Some(a), Some(b)) => a > b,
+                        _ => true,
+                    };
+                    if !later {
+                        return;
+                    }
+                    let (counted, was) = (before.counted, outcome_of(before));
+                    let arm = self.arms.entry(key).or_insert_with(|| Arm::new(now));
+                    arm.replace(now, counted, was, observed);
+                    self.requests.insert(rkey, this);
+                    return;
+                }
+                // Served by another version: that version's own outcome, remembered from now on.
+                Some(_) => {
+                    self.requests.insert(rkey, this);
+                }
+                // A failure, or a retry that succeeded (its earlier attempts may still come).
+                None if !success || feedback.attempt.is_some_and(|a| a > 1) => {
+                    self.requests.insert(rkey.clone(), this);
+                    self.request_order.push_back((now, rkey));
+                    if self.request_order.len() > MAX_REQUESTS
+                        && let Some((_, old)) = self.request_order.pop_front()
+                    {
+                        self.requests.remove(&old);
+                    }
+                }
+                None => {}
+            }
         }
+        let arm = self.arms.entry(key).or_insert_with(|| Arm::new(now));
+        arm.observe(now, feedback.time, observed);
     }
 
     pub fn get(&self, key: &ArmKey) -> Option<&Arm> {
@@ -173,6 +313,14 @@ impl Arms {
                 self.ids.remove(&id);
             }
         }
+        let memory = chrono::Duration::from_std(REQUEST_MEMORY).unwrap_or_default();
+        while let Some((t, _)) = self.request_order.front()
+            && now - *t >= memory
+        {
+            if let Some((_, key)) = self.request_order.pop_front() {
+                self.requests.remove(&key);
+            }
+        }
     }
 
     /// Arms, Kafka partitions and ids held (memory follows activity).
@@ -181,7 +329,7 @@ impl Arms {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.arms.is_empty() && self.offsets.is_empty() && self.ids.is_empty()
+        self.arms.is_empty() && self.offsets.is_empty() && self.ids.is_empty() && self.requests.is_empty()
     }
 
     pub fn snapshot(&self) -> ArmsSnapshot {
@@ -189,7 +337,12 @@ impl Arms {
         arms.sort_by(|a, b| a.0.cmp(&b.0));
         let mut offsets: Vec<_> = self.offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
         offsets.sort();
-        ArmsSnapshot { arms, offsets, ids: self.id_order.iter().cloned().collect() }
+        let requests = self
+            .request_order
+            .iter()
+            .filter_map(|(t, k)| self.requests.get(k).map(|r| (*t, k.clone(), r.clone())))
+            .collect();
+        ArmsSnapshot { arms, offsets, ids: self.id_order.iter().cloned().collect(), requests }
     }
 
     pub fn from_snapshot(s: ArmsSnapshot) -> Arms {
@@ -198,6 +351,8 @@ impl Arms {
             offsets: s.offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
             ids: s.ids.iter().map(|(_, id)| id.clone()).collect(),
             id_order: s.ids.into(),
+            requests: s.requests.iter().map(|(_, k, r)| (k.clone(), r.clone())).collect(),
+            request_order: s.requests.into_iter().map(|(t, k, _)| (t, k)).collect(),
         }
     }
 }
@@ -219,6 +374,8 @@ mod tests {
             service: "model-service".into(),
             version: version.into(),
             time: t0(),
+            request_id: None,
+            attempt: None,
             kind,
         }
     }
@@ -266,6 +423,87 @@ mod tests {
         arms.observe(later, &feedback("v2", sat(false), None), &Origin { id: None, kafka: None });
         let arm = arms.get(&key).unwrap();
         assert_eq!((arm.started, arm.tally.satisfaction_n), (later, 1));
+    }
+
+    fn attempt(version: &str, request: &str, attempt: Option<u32>, success: bool) -> Feedback {
+        Feedback {
+            request_id: Some(request.into()),
+            attempt,
+            ..feedback(version, FeedbackKind::Outcome { success, latency_ms: Some(40.0) }, None)
+        }
+    }
+
+    #[test]
+    fn a_retried_request_counts_once_with_its_latest_attempt() {
+        let mut arms = Arms::default();
+        let none = Origin { id: None, kafka: None };
+        let key = ArmKey::new("sms-app", "model-service", "v2");
+        let counts = |arms: &Arms| {
+            let t = &arms.get(&key).unwrap().tally;
+            (t.outcomes_n, t.errors, t.latency_n)
+        };
+        // Failed twice, then served: one outcome, a success.
+        arms.observe(t0(), &attempt("v2", "r1", Some(1), false), &none);
+        arms.observe(t0(), &attempt("v2", "r1", Some(2), false), &none);
+        assert_eq!(counts(&arms), (1, 1, 1));
+        arms.observe(t0(), &attempt("v2", "r1", Some(3), true), &none);
+        assert_eq!(counts(&arms), (1, 0, 1));
+        // A retry that succeeded is remembered: its earlier attempt, delivered late, is not counted.
+        arms.observe(t0(), &attempt("v2", "r4", Some(2), true), &none);
+        arms.observe(t0(), &attempt("v2", "r4", Some(1), false), &none);
+        assert_eq!(counts(&arms), (2, 0, 2));
+        // An earlier attempt delivered late changes nothing; without attempts, arrival order.
+        arms.observe(t0(), &attempt("v2", "r1", Some(2), false), &none);
+        arms.observe(t0(), &attempt("v2", "r2", None, false), &none);
+        arms.observe(t0(), &attempt("v2", "r2", None, false), &none);
+        assert_eq!(counts(&arms), (3, 1, 3));
+        // A success is not remembered (nothing retries it), a retry on another version is its
+        // own outcome there.
+        arms.observe(t0(), &attempt("v2", "r3", Some(1), true), &none);
+        arms.observe(t0(), &attempt("v1", "r2", Some(2), true), &none);
+        assert_eq!(counts(&arms), (4, 1, 4));
+        assert_eq!(arms.get(&ArmKey::new("sms-app", "model-service", "v1")).unwrap().tally.outcomes_n, 1);
+        assert_eq!(arms.requests.len(), 3);
+        // The restarted tallies count the request once too.
+        let recent = &arms.get(&key).unwrap().recent;
+        assert_eq!((recent.len(), recent[0].tally.outcomes_n, recent[0].tally.errors), (1, 4, 1));
+        // Remembered in the snapshot; forgotten after REQUEST_MEMORY.
+        let restored = Arms::from_snapshot(serde_json::from_value(json!(arms.snapshot())).unwrap());
+        assert_eq!(restored.requests, arms.requests);
+        arms.prune(t0() + chrono::Duration::from_std(REQUEST_MEMORY).unwrap());
+        assert!(arms.requests.is_empty() && arms.request_order.is_empty());
+    }
+
+    #[test]
+    fn a_retry_after_its_arm_was_reset_counts_in_the_new_comparison() {
+        let mut arms = Arms::default();
+        let none = Origin { id: None, kafka: None };
+        let key = ArmKey::new("sms-app", "model-service", "v2");
+        arms.observe(t0(), &attempt("v2", "r1", Some(1), false), &none);
+        arms.reset(std::slice::from_ref(&key));
+        let later = t0() + chrono::Duration::seconds(1);
+        arms.observe(later, &attempt("v2", "r1", Some(2), false), &none);
+        let t = &arms.get(&key).unwrap().tally;
+        assert_eq!((t.outcomes_n, t.errors), (1, 1));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_restarts_and_requests_still_loads() {
+        let old = json!({
+            "arms": [[{"namespace": "sms-app", "service": "model-service", "version": "v2"}, {
+                "started": "2026-11-24T20:00:00Z", "last": "2026-11-24T20:00:00Z",
+                "tally": {"satisfaction_n": 0, "negative": 0, "outcomes_n": 3, "errors": 1, "latency_n": 0},
+                "scores": serde_json::to_value(ArmWindow::new(SCORE_WINDOW, SCORE_BUCKET)).unwrap(),
+            }]],
+            "offsets": [],
+            "ids": [],
+        });
+        let mut arms = Arms::from_snapshot(serde_json::from_value(old).unwrap());
+        let key = ArmKey::new("sms-app", "model-service", "v2");
+        assert_eq!(arms.get(&key).unwrap().tally.errors, 1);
+        arms.observe(t0(), &attempt("v2", "r1", None, false), &Origin { id: None, kafka: None });
+        let arm = arms.get(&key).unwrap();
+        assert_eq!((arm.tally.outcomes_n, arm.recent.len()), (4, 1));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! baseline, and the rules' evaluation of them.
 
 pub mod arms;
+pub mod dispersion;
+pub mod restarts;
 pub mod rule;
 pub mod sequential;
 pub mod stats;

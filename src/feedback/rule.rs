@@ -6,8 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::arms::{ArmKey, Arms};
-use super::sequential::{Sequential, Test};
+use super::arms::{Arm, ArmKey, Arms};
+use super::restarts::{alpha_share, generation};
+use super::sequential::{Comparison, Sequential, Tally, Test};
 use super::window::mean_score_below;
 
 /// Which feedback a rule watches and how it judges it.
@@ -73,18 +74,24 @@ impl FeedbackSpec {
                 let baseline_version = self.baseline.as_deref()?;
                 let baseline_key = ArmKey::new(namespace, &self.service, baseline_version);
                 let baseline = arms.get(&baseline_key)?;
-                let cmp = test.compare(&canary.tally, &baseline.tally, settings, *threshold);
-                if !cmp.acts() {
-                    return None;
-                }
-                let verdict = cmp.verdict(&canary.tally, &baseline.tally);
+                let fired = judge(*test, settings, *threshold, canary, baseline)?;
+                let (c, b) = fired.tallies;
+                let verdict = fired.comparison.verdict(c, b);
                 let started = canary.started.max(baseline.started);
                 labels.insert("baseline".to_string(), baseline_version.to_string());
                 Some(Finding {
                     comparison: format!("{canary_key}|{baseline_version}|{}", started.to_rfc3339()),
                     evidence: json!({
                         "test": verdict.evidence().test,
-                        "since": started,
+                        "since": fired.since,
+                        "comparison": {
+                            "fired": if fired.generation == 0 { "since the start".to_string() } else { format!("restart {}", fired.generation) },
+                            "generation": fired.generation,
+                            "since": fired.since,
+                            "started": started,
+                            "alpha": fired.alpha,
+                            "rule_alpha": settings.alpha,
+                        },
                         "canary": { "version": self.canary, "summary": verdict.evidence().canary },
                         "baseline": { "version": baseline_version, "summary": verdict.evidence().baseline },
                         "detail": verdict.evidence().detail,
@@ -115,6 +122,43 @@ impl FeedbackSpec {
     }
 }
 
+/// A comparison that showed the canary worse, and which one it was.
+#[derive(Debug, Clone)]
+pub struct Fired<'a> {
+    pub comparison: Comparison,
+    /// 0: since the start; `g`: since the `g`-th restart point after it.
+    pub generation: u64,
+    pub since: DateTime<Utc>,
+    /// The level it was tested at.
+    pub alpha: f64,
+    /// The canary's and the baseline's tallies it compared.
+    pub tallies: (&'a Tally, &'a Tally),
+}
+
+/// The comparison of a canary and its baseline that shows the canary worse, if any: the one
+/// since the comparison started, then those since each restart point kept (see
+/// [`restarts`](super::restarts)), each at its share of `alpha`, all with the dispersion
+/// estimated since the start.
+pub fn judge<'a>(
+    test: Test,
+    settings: &Sequential,
+    threshold: f64,
+    canary: &'a Arm,
+    baseline: &'a Arm,
+) -> Option<Fired<'a>> {
+    let started = canary.started.max(baseline.started);
+    let full = (&canary.tally, &baseline.tally);
+    let recent = canary.recent.iter().filter_map(|r| {
+        let g = generation(started, r.since)?;
+        Some((g, r.since, (&r.tally, baseline.since(r.since)?)))
+    });
+    std::iter::once((0, started, full)).chain(recent).find_map(|(generation, since, tallies)| {
+        let s = Sequential { alpha: alpha_share(settings.alpha, generation), ..*settings };
+        let comparison = test.compare_within(tallies.0, tallies.1, full, &s, threshold);
+        comparison.acts().then_some(Fired { comparison, generation, since, alpha: s.alpha, tallies })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +178,8 @@ mod tests {
                 service: "model-service".into(),
                 version: version.into(),
                 time: t0(),
+                request_id: None,
+                attempt: None,
                 kind: kind.clone(),
             };
             arms.observe(t0(), &f, &Origin { id: None, kafka: None });
@@ -153,10 +199,13 @@ mod tests {
     #[test]
     fn a_worse_canary_is_found_with_evidence_and_labels() {
         let mut arms = Arms::default();
-        add(&mut arms, "v2", FeedbackKind::Outcome { success: false, latency_ms: None }, 60);
-        add(&mut arms, "v2", FeedbackKind::Outcome { success: true, latency_ms: None }, 340);
-        add(&mut arms, "v1", FeedbackKind::Outcome { success: false, latency_ms: None }, 100);
-        add(&mut arms, "v1", FeedbackKind::Outcome { success: true, latency_ms: None }, 3900);
+        // 60 of 400 canary outcomes against 100 of 4,000, the errors in short runs.
+        for _ in 0..20 {
+            add(&mut arms, "v2", FeedbackKind::Outcome { success: false, latency_ms: None }, 3);
+            add(&mut arms, "v2", FeedbackKind::Outcome { success: true, latency_ms: None }, 17);
+            add(&mut arms, "v1", FeedbackKind::Outcome { success: false, latency_ms: None }, 5);
+            add(&mut arms, "v1", FeedbackKind::Outcome { success: true, latency_ms: None }, 195);
+        }
         let rule = spec(Check::Sequential { test: Test::ErrorRatio, settings: Sequential::default(), threshold: 1.5 });
         assert!(rule.concerns("sms-app", "model-service", "v1"));
         assert!(!rule.concerns("sms-app", "model-service", "v3"));
@@ -165,10 +214,60 @@ mod tests {
         assert_eq!(found.evidence["canary"]["summary"]["errors"], 60);
         assert!((found.evidence["detail"]["ratio"].as_f64().unwrap() - 6.0).abs() < 1e-9);
         assert_eq!(found.labels["baseline"], "v1");
+        assert_eq!(found.evidence["comparison"]["fired"], "since the start");
+        assert!((found.evidence["comparison"]["alpha"].as_f64().unwrap() - 0.0375).abs() < 1e-12);
+        let dispersion = &found.evidence["detail"]["sequential"]["dispersion"];
+        // Errors in runs of 3 and 5 read as dispersed; the record says how much, next to the counts.
+        assert!(dispersion["used"].as_f64().unwrap() > 1.0, "{dispersion}");
+        assert_eq!(dispersion["estimate"], dispersion["used"]);
+        assert_eq!(dispersion["batch_size"]["baseline"], 100);
         assert_eq!(found.comparison, format!("sms-app/model-service@v2|v1|{}", t0().to_rfc3339()));
         assert_eq!(found.arms.len(), 2);
         // No baseline arm, nothing concluded.
         assert_eq!(rule.evaluate(&arms, "other", t0()), None);
+    }
+
+    /// A canary as good as its baseline for 20 minutes, then failing three times as often: the
+    /// comparison since the start is still diluted, one restarted since fires, and the finding
+    /// says which and since when.
+    #[test]
+    fn a_canary_that_goes_bad_late_is_found_by_a_restarted_comparison() {
+        let mut arms = Arms::default();
+        let rule = spec(Check::Sequential { test: Test::ErrorRatio, settings: Sequential::default(), threshold: 1.5 });
+        let mut rng = crate::feedback::testing::Rng(4);
+        let mut found = None;
+        for i in 0..60_000u64 {
+            let now = t0() + chrono::Duration::milliseconds(i as i64 * 50);
+            let canary = rng.uniform() < 0.1;
+            let p = if canary && i >= 24_000 { 0.15 } else { 0.05 };
+            let f = Feedback {
+                id: None,
+                namespace: "sms-app".into(),
+                service: "model-service".into(),
+                version: if canary { "v2" } else { "v1" }.into(),
+                time: now,
+                request_id: None,
+                attempt: None,
+                kind: FeedbackKind::Outcome { success: rng.uniform() >= p, latency_ms: None },
+            };
+            arms.observe(now, &f, &Origin { id: None, kafka: None });
+            if let Some(finding) = rule.evaluate(&arms, "sms-app", now) {
+                found = Some((i, finding));
+                break;
+            }
+        }
+        let (at, found) = found.expect("a 3x canary is found");
+        assert!(at > 24_000, "found at {at}, before the change");
+        let c = &found.evidence["comparison"];
+        let generation = c["generation"].as_u64().unwrap();
+        assert!(generation >= 1, "{c}");
+        assert_eq!(c["fired"], format!("restart {generation}"));
+        assert_eq!(found.evidence["since"], c["since"]);
+        let started: DateTime<Utc> = serde_json::from_value(c["started"].clone()).unwrap();
+        assert!(started < t0() + chrono::Duration::seconds(10), "both arms' first events: {c}");
+        assert!(c["alpha"].as_f64().unwrap() <= 0.05 * 0.25 / 2.0, "{c}");
+        // The comparison key is still the one since the start: one action per comparison.
+        assert_eq!(found.comparison, format!("sms-app/model-service@v2|v1|{}", started.to_rfc3339()));
     }
 
     #[test]

@@ -150,6 +150,14 @@ fn checked(f: Feedback, prefix: &str) -> Result<Feedback, MessageError> {
     if f.version.is_empty() {
         return Err(bad("version", "must not be empty"));
     }
+    if f.request_id.as_deref() == Some("") {
+        return Err(bad("request_id", "must not be empty"));
+    }
+    match f.attempt {
+        Some(0) => return Err(bad("attempt", "must be at least 1")),
+        Some(_) if f.request_id.is_none() => return Err(bad("attempt", "needs a `request_id`")),
+        _ => {}
+    }
     match f.kind {
         FeedbackKind::Score { score } if !score.is_finite() => Err(bad("score", "must be a finite number")),
         FeedbackKind::Outcome { latency_ms: Some(l), .. } if !l.is_finite() || l < 0.0 => {
@@ -256,6 +264,29 @@ mod tests {
             panic!()
         };
         assert_eq!(f.kind, FeedbackKind::Outcome { success: true, latency_ms: Some(41.5) });
+    }
+
+    #[test]
+    fn a_retried_requests_id_and_attempt_are_read_and_checked() {
+        let attempt = json!({"service": "m", "version": "v2", "time": "2026-11-24T20:00:00Z", "kind": "outcome",
+                             "success": false, "request_id": "req-7", "attempt": 2});
+        let Message::Feedback(f) = parse(Expect::Feedback, &[], attempt.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!((f.request_id.as_deref(), f.attempt), (Some("req-7"), Some(2)));
+        let bad = |body: &str| parse(Expect::Feedback, &[], body.as_bytes()).unwrap_err();
+        let base = r#""service":"m","version":"v2","time":"2026-11-24T20:00:00Z","kind":"outcome","success":false"#;
+        let e = bad(&format!(r#"{{{base},"request_id":"r","attempt":"two"}}"#));
+        assert_eq!(e.path, "attempt", "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
+        let e = bad(&format!(r#"{{{base},"request_id":7}}"#));
+        assert_eq!(e.path, "request_id", "{e}");
+        let e = bad(&format!(r#"{{{base},"request_id":"r","attempt":0}}"#));
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("attempt", "must be at least 1"));
+        let e = bad(&format!(r#"{{{base},"attempt":2}}"#));
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("attempt", "needs a `request_id`"));
+        let e = bad(&format!(r#"{{{base},"request_id":""}}"#));
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("request_id", "must not be empty"));
     }
 
     #[test]
@@ -503,6 +534,8 @@ mod tests {
                 service in "[a-z][a-z0-9-]{0,20}",
                 version in "v[0-9]{1,3}",
                 id in prop::option::of("[ -~]{1,20}"),
+                request_id in prop::option::of("[ -~]{1,20}"),
+                attempt in prop::option::of(1u32..10),
                 kind in prop_oneof![
                     any::<bool>().prop_map(|satisfied| FeedbackKind::Satisfaction { satisfied }),
                     (-1e9f64..1e9).prop_map(|score| FeedbackKind::Score { score }),
@@ -510,9 +543,10 @@ mod tests {
                         .prop_map(|(success, latency_ms)| FeedbackKind::Outcome { success, latency_ms }),
                 ],
             ) {
+                let attempt = request_id.as_ref().and(attempt);
                 let f = Feedback {
                     id, namespace: "ns".into(), service, version,
-                    time: "2026-11-24T20:00:00Z".parse().unwrap(), kind,
+                    time: "2026-11-24T20:00:00Z".parse().unwrap(), request_id, attempt, kind,
                 };
                 let parsed = parse(Expect::Feedback, &[], &serde_json::to_vec(&f).unwrap())
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;

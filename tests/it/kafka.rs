@@ -17,7 +17,7 @@ use crate::support::backstop::{Workdir, eventually};
 use crate::support::tansu::Tansu;
 
 /// Audit lines of `kind`, counted straight from the segment files (cheap enough to poll).
-fn count(wd: &Workdir, kind: &str) -> usize {
+pub(crate) fn count(wd: &Workdir, kind: &str) -> usize {
     let needle = format!("\"kind\":\"{kind}\"");
     let Ok(dir) = std::fs::read_dir(wd.path("data/audit")) else { return 0 };
     dir.filter_map(Result::ok)
@@ -59,7 +59,7 @@ fn outcomes(seed: u64, n: usize, p_canary: f64, p_base: f64) -> Vec<String> {
 /// killed without leaving the group, so a dynamic member that replaces it waits forever for
 /// the dead leader's SyncGroup; a static member takes its place at once (as it would on Kafka,
 /// where it also saves a rebalance at every restart).
-fn feedback_workdir(broker: &Tansu, topic: &str) -> Workdir {
+pub(crate) fn feedback_workdir(broker: &Tansu, topic: &str) -> Workdir {
     let wd = Workdir::new();
     let config = std::fs::read_to_string(wd.config()).unwrap()
         + &format!(
@@ -71,14 +71,14 @@ fn feedback_workdir(broker: &Tansu, topic: &str) -> Workdir {
 }
 
 /// Produce all `lines` to `topic` (one record per batch), 200 in flight at a time.
-async fn produce(broker: &Tansu, topic: &str, lines: &[String]) {
+pub(crate) async fn produce(broker: &Tansu, topic: &str, lines: &[String]) {
     let producer = broker.producer();
     for chunk in lines.chunks(200) {
         futures::future::join_all(chunk.iter().map(|l| broker.send(&producer, topic, l, &[]))).await;
     }
 }
 
-fn records(wd: &Workdir, kind: &str) -> Vec<Value> {
+pub(crate) fn records(wd: &Workdir, kind: &str) -> Vec<Value> {
     let out = wd.cli(&["audit", "query", "--outcome", kind, "--format", "json"]);
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

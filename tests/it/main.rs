@@ -21,6 +21,7 @@ mod module_graph;
 mod otlp;
 mod promtool;
 mod replication;
+mod retries;
 mod serve;
 mod stepdown;
 mod verification;

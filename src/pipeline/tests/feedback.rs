@@ -119,3 +119,62 @@ async fn an_action_on_feedback_resumed_after_a_crash_still_ends_its_comparison()
         serde_json::from_slice(&std::fs::read(h.audit.join(crate::pipeline::SNAPSHOT_FILE)).unwrap()).unwrap();
     assert_eq!(saved["arms"]["arms"], json!([]), "{saved}");
 }
+
+/// 200 requests alternating between v2 and v1; one in 7 fails and is tried twice more, each
+/// attempt reported with its `request_id` and `attempt` after the next request's first; one in
+/// 21 succeeds on its third attempt.
+fn retried_requests() -> Vec<String> {
+    let line = |r: usize, attempt: u32, success: bool| {
+        json!({"service": "model-service", "namespace": "sms-app", "version": if r.is_multiple_of(2) { "v2" } else { "v1" },
+               "time": chrono::Utc::now(), "kind": "outcome", "success": success,
+               "request_id": format!("req-{r}"), "attempt": attempt})
+        .to_string()
+    };
+    let mut lines = Vec::new();
+    let mut pending = Vec::new();
+    for r in 0..200 {
+        lines.push(line(r, 1, !r.is_multiple_of(7)));
+        lines.append(&mut pending);
+        if r.is_multiple_of(7) {
+            pending = vec![line(r, 2, false), line(r, 3, r.is_multiple_of(21))];
+        }
+    }
+    lines.append(&mut pending);
+    lines
+}
+
+/// Each arm's tally, from a fresh snapshot.
+async fn tallies(h: &Harness) -> Vec<(Value, Value)> {
+    h.state.pipeline.save_snapshot().await.unwrap();
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(h.audit.join(crate::pipeline::SNAPSHOT_FILE)).unwrap()).unwrap();
+    let arms = saved["arms"]["arms"].as_array().unwrap().clone();
+    arms.iter().map(|a| (a[0]["version"].clone(), a[1]["tally"].clone())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retried_requests_count_once_and_a_replay_after_a_restart_rebuilds_the_same_tallies() {
+    let lines = retried_requests();
+    let one_run = harness();
+    one_run.feedback_batches(&lines).await;
+    let expected = tallies(&one_run).await;
+    // Per version 100 requests (300 events with the retries counted once): v2 has 15 failures,
+    // v1 14, and 5 of each succeeded on their third attempt.
+    for (version, tally) in &expected {
+        let failed_finally = if version == "v2" { 10 } else { 9 };
+        assert_eq!(
+            (tally["outcomes_n"].as_u64(), tally["errors"].as_u64()),
+            (Some(100), Some(failed_finally)),
+            "{version}: {tally}"
+        );
+    }
+    // Cut by a snapshot and a restart (the tail replayed from the log), the same tallies.
+    let h = harness();
+    let (first, rest) = lines.split_at(120);
+    h.feedback_batches(first).await;
+    h.state.pipeline.save_snapshot().await.unwrap();
+    h.feedback_batches(rest).await;
+    let h = h.restart().await;
+    assert_eq!(h.state.pipeline.restored().replayed, rest.len() as u64, "{:?}", h.state.pipeline.restored());
+    assert_eq!(tallies(&h).await, expected);
+}
