@@ -442,7 +442,17 @@ impl Config {
                 if kafka.is_none() {
                     return Err(invalid("cluster", "needs `kafka:` (the audit log is replicated through it)".into()));
                 }
-                let c = c.resolve(resolve, |k| std::env::var(k).ok()).map_err(|e| invalid(&e.field, e.message))?;
+                // The host's name when HOSTNAME is not exported (a shell's own variable).
+                let env = |k: &str| {
+                    std::env::var(k).ok().or_else(|| {
+                        (k == "HOSTNAME")
+                            .then(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                            .flatten()
+                            .map(|h| h.trim().to_string())
+                            .filter(|h| !h.is_empty())
+                    })
+                };
+                let c = c.resolve(resolve, env).map_err(|e| invalid(&e.field, e.message))?;
                 Some(c)
             }
         };

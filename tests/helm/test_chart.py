@@ -53,6 +53,9 @@ METRICS = {
     "backstop_rules_last_reload_timestamp_seconds": "gauge",
     "backstop_build_info": "gauge",
     "backstop_ready": "gauge",
+    "backstop_leader": "gauge",
+    "backstop_takeovers_total": "counter",
+    "backstop_replication_lag_records": "gauge",
 }
 DECISION_OUTCOMES = {"applied", "noop", "held", "refused", "failed", "dry_run"}
 
@@ -513,6 +516,86 @@ class FullValues(Workload, unittest.TestCase):
         self.assertEqual(find(objs, "ConfigMap", f"{RELEASE}-config"), [])
         vols = one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
         self.assertEqual(next(v for v in vols if v["name"] == "config")["secret"]["secretName"], f"{RELEASE}-config")
+
+
+class ClusterMode(unittest.TestCase):
+    """cluster.enabled: a StatefulSet of replicas with a volume each, one leading (docs/cluster.md)."""
+
+    values = {"cluster": {"enabled": True}, "config": {"kafka": {"brokers": "kafka.kafka.svc:9092"}}}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.objs = objects(render(cls.values))
+        cls.sts = one(cls.objs, "StatefulSet", RELEASE)
+        cls.pod = cls.sts["spec"]["template"]["spec"]
+        cm = one(cls.objs, "ConfigMap", f"{RELEASE}-config")
+        cls.config_text = cm["data"]["backstop.yaml"]
+        cls.config = yaml.safe_load(cls.config_text)
+        out = os.environ.get("BACKSTOP_HELM_RENDER_DIR")
+        if out:
+            Path(out, "cluster.yaml").write_text(cls.config_text)
+
+    def test_three_replicas_each_with_its_own_volume_on_different_nodes(self):
+        self.assertEqual(find(self.objs, "Deployment"), [], "no single-writer Deployment beside it")
+        self.assertEqual(find(self.objs, "PersistentVolumeClaim"), [], "claims come from the template")
+        spec = self.sts["spec"]
+        self.assertEqual(spec["replicas"], 3)
+        self.assertEqual(spec["serviceName"], f"{RELEASE}-replicas")
+        self.assertEqual(spec["updateStrategy"], {"type": "RollingUpdate"})
+        (claim,) = spec["volumeClaimTemplates"]
+        self.assertEqual(claim["metadata"]["name"], "data")
+        self.assertEqual(claim["spec"]["resources"]["requests"]["storage"], "5Gi")
+        self.assertNotIn("data", [v["name"] for v in self.pod["volumes"]], "the claim template provides it")
+        anti = self.pod["affinity"]["podAntiAffinity"]
+        self.assertEqual(anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"], "kubernetes.io/hostname")
+        zone = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"]
+        self.assertEqual(zone, "topology.kubernetes.io/zone")
+        env = {e["name"]: e for e in self.pod["containers"][0]["env"]}
+        self.assertEqual(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name")
+        self.assertEqual(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace")
+
+    def test_the_service_reaches_the_leader_and_a_budget_keeps_a_standby(self):
+        svc = one(self.objs, "Service", RELEASE)
+        self.assertEqual(svc["spec"]["selector"]["backstop.io/leader"], "true")
+        headless = one(self.objs, "Service", f"{RELEASE}-replicas")
+        self.assertEqual(headless["spec"]["clusterIP"], "None")
+        self.assertNotIn("backstop.io/leader", headless["spec"]["selector"])
+        pdb = one(self.objs, "PodDisruptionBudget", RELEASE)
+        self.assertEqual(pdb["spec"], {"minAvailable": 2, "selector": pdb["spec"]["selector"]})
+
+    def test_rbac_for_its_lease_and_its_own_pod_in_its_namespace_only(self):
+        role = one(self.objs, "Role", f"{RELEASE}-cluster", NAMESPACE)
+        self.assertEqual(
+            rbac_rules(role["rules"]),
+            [(("coordination.k8s.io",), ("leases",), ("get", "create", "update")), (("",), ("pods",), ("get", "patch"))],
+        )
+        binding = one(self.objs, "RoleBinding", f"{RELEASE}-cluster", NAMESPACE)
+        self.assertEqual(binding["roleRef"]["name"], f"{RELEASE}-cluster")
+        self.assertEqual(find(self.objs, "ClusterRole", f"{RELEASE}-cluster"), [])
+
+    def test_the_config_carries_the_cluster_section(self):
+        self.assertEqual(
+            self.config["cluster"],
+            {"lease": f"{RELEASE}-leader", "lease_duration": "10s", "renew_every": "2s", "margin": "3s",
+             "log_topic": "backstop.audit-log"},
+        )
+
+    def test_what_cluster_mode_needs_is_refused_with_a_message(self):
+        with helm.Chart.load(CHART) as chart:
+            for values, message in [
+                ({"cluster": {"enabled": True}}, "needs config.kafka"),
+                ({**self.values, "persistence": {"enabled": False}}, "needs persistence.enabled"),
+                ({**self.values, "cluster": {"enabled": True, "replicas": 2}}, "minAvailable must be below"),
+            ]:
+                with self.assertRaises(helm.HelmError) as e:
+                    chart.render(values, name=RELEASE, namespace=NAMESPACE)
+                self.assertIn(message, str(e.exception))
+            with self.assertRaises(helm.HelmValuesError) as e:
+                chart.validate_schema({"cluster": {"enabled": True, "replicas": 1}})
+            self.assertIn("/cluster/replicas", str(e.exception))
+            with self.assertRaises(helm.HelmValuesError) as e:
+                chart.validate_schema({"cluster": {"enabled": True, "leaseDuration": "1500ms"}})
+            self.assertIn("/cluster/leaseDuration", str(e.exception))
 
 
 class Alerts(unittest.TestCase):

@@ -20,6 +20,8 @@ struct Replica {
     name: String,
     wd: Workdir,
     server: Option<Server>,
+    /// SIGSTOPped: alive, but answers nothing.
+    stopped: bool,
 }
 
 impl Replica {
@@ -33,6 +35,12 @@ impl Replica {
 
     fn start(&mut self) {
         self.server = Some(self.wd.serve());
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let pid = self.server().child.id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        self.stopped = signal == "-STOP";
     }
 
     /// SIGKILL: no release of the Lease, no last snapshot, nothing flushed but what was synced.
@@ -99,7 +107,7 @@ impl Cluster {
                     );
                 assert!(config.contains("kubernetes:"), "the config's target section changed; update this test");
                 std::fs::write(wd.config(), config).unwrap();
-                Replica { name, wd, server: None }
+                Replica { name, wd, server: None, stopped: false }
             })
             .collect();
         Some(Cluster { emu, _broker: broker, replicas })
@@ -113,14 +121,14 @@ impl Cluster {
             let mut leader = None;
             let mut followers = Vec::new();
             for (i, r) in self.replicas.iter().enumerate() {
-                let Some(s) = &r.server else { continue };
+                let Some(s) = r.server.as_ref().filter(|_| !r.stopped) else { continue };
                 match readyz(s).await {
                     Some((200, body)) if body.trim() == "ready: leader" => leader = Some(i),
                     Some((200, body)) => followers.push(body.trim().to_string()),
                     _ => {}
                 }
             }
-            let running = self.replicas.iter().filter(|r| r.server.is_some()).count();
+            let running = self.replicas.iter().filter(|r| r.server.is_some() && !r.stopped).count();
             if let Some(l) = leader {
                 let name = &self.replicas[l].name;
                 if followers.len() + 1 == running
@@ -259,4 +267,67 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
         let out = r.wd.cli(&["audit", "verify"]);
         assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_past_its_lease_acts_on_nothing_when_it_wakes_and_follows_the_new_one() {
+    let Some(mut cluster) = Cluster::new(3).await else { return };
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let old = cluster.settled(Duration::from_secs(60)).await;
+    let old_name = cluster.replicas[old].name.clone();
+
+    // SIGSTOP (a long GC pause, a frozen VM): the others take over once its lease expires.
+    cluster.replicas[old].signal("-STOP");
+    let new = cluster.settled(Duration::from_secs(30)).await;
+    assert_ne!(new, old);
+    let new_name = cluster.replicas[new].name.clone();
+
+    // An alert reaches the paused leader meanwhile (the kernel queues the connection); it is
+    // answered only when the process wakes, after the takeover, with its lease long gone.
+    let url = format!("{}/v1/alertmanager", cluster.replicas[old].server().url);
+    let late = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(FIRING)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.replicas[old].signal("-CONT");
+    let (status, body) = late.await.unwrap();
+    assert_eq!(status, 503, "the deposed leader must not take it: {body}");
+    assert_eq!(cluster.patches(), 0, "the deposed leader wrote the VirtualService");
+
+    // It steps down and follows; the new leader acts, once.
+    let leader = cluster.settled(Duration::from_secs(30)).await;
+    assert_eq!(leader, new, "the woken replica does not take the lease back");
+    let (status, body) =
+        cluster.replicas[new].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    assert_eq!(cluster.patches(), 1);
+
+    // Nothing the old leader wrote after the takeover survives: every log is the new leader's.
+    let new_dir = cluster.replicas[new].audit_dir();
+    for r in &cluster.replicas {
+        let dir = r.audit_dir();
+        let same = eventually(Duration::from_secs(20), || (segments(&dir) == segments(&new_dir)).then_some(())).await;
+        assert!(same.is_some(), "{} differs from {new_name}'s log", r.name);
+    }
+    let takeover = records(&new_dir)
+        .into_iter()
+        .position(|r| r["detail"]["control"] == "takeover" && r["detail"]["takeover"]["leader"] == new_name.as_str())
+        .expect("the takeover record");
+    let after: Vec<Value> = records(&new_dir).into_iter().skip(takeover).collect();
+    assert!(
+        after.iter().all(|r| r["actor"] != old_name.as_str()),
+        "a record by the deposed leader after the takeover: {after:?}"
+    );
+    assert!(cluster.replicas[old].server().log().contains("term ended"), "{}", cluster.replicas[old].server().log());
 }

@@ -51,7 +51,7 @@ fn helm_chart_renders_lints_and_agrees_with_the_plain_manifests_and_the_dashboar
 
     // The rendered backstop.yaml is what backstop accepts, with the chart's paths.
     let in_pod = Path::new("/etc/backstop/config/backstop.yaml");
-    for name in ["default", "full"] {
+    for name in ["default", "full", "cluster"] {
         let file = rendered.path().join(format!("{name}.yaml"));
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let config = Config::parse(in_pod, &text)
@@ -72,6 +72,10 @@ fn helm_chart_renders_lints_and_agrees_with_the_plain_manifests_and_the_dashboar
                 Some(Secret::File("/etc/backstop/secrets/prometheus-token/token".into()))
             );
             assert!(config.kafka.is_some(), "full values configure Kafka");
+        } else if name == "cluster" {
+            let cluster = config.cluster.as_ref().expect("cluster values configure cluster mode");
+            assert_eq!((cluster.lease.as_str(), cluster.log_topic.as_str()), ("backstop-leader", "backstop.audit-log"));
+            assert_eq!(cluster.timing, backstop::cluster::Timing::default());
         } else {
             assert!(config.prometheus.is_none() && config.kafka.is_none(), "default values: no Prometheus, no Kafka");
         }

@@ -74,7 +74,27 @@ the paths of mounted secrets).
 {{- $_ := set $c.prometheus "ca_file" (printf "%s/prometheus-ca/%s" $secrets $.Values.secrets.prometheusCA.key) }}
 {{- end }}
 {{- end }}
+{{- if .Values.cluster.enabled }}
+{{- $k := .Values.cluster }}
+{{- $_ := set $c "cluster" (dict "lease" (default (printf "%s-leader" (include "backstop.fullname" .)) $k.lease) "lease_duration" $k.leaseDuration "renew_every" $k.renewEvery "margin" $k.margin "log_topic" $k.logTopic) }}
+{{- end }}
 {{- toYaml $c }}
+{{- end }}
+
+{{/* What cluster mode needs, refused with a message at render time. */}}
+{{- define "backstop.clusterChecks" -}}
+{{- if not .Values.config.kafka }}
+{{- fail "cluster.enabled needs config.kafka: the audit log is replicated through Kafka" }}
+{{- end }}
+{{- if not .Values.persistence.enabled }}
+{{- fail "cluster.enabled needs persistence.enabled: each replica keeps its copy of the audit log on its own volume" }}
+{{- end }}
+{{- if .Values.persistence.existingClaim }}
+{{- fail "cluster.enabled makes a claim per replica: persistence.existingClaim cannot be shared" }}
+{{- end }}
+{{- if ge (int .Values.cluster.podDisruptionBudget.minAvailable) (int .Values.cluster.replicas) }}
+{{- fail "cluster.podDisruptionBudget.minAvailable must be below cluster.replicas, or no drain could ever evict a replica" }}
+{{- end }}
 {{- end }}
 
 {{/* The rules files as a YAML map: the values' `rules`, else the shipped files/rules/*.yaml. */}}
