@@ -81,10 +81,9 @@ impl Pipeline {
     /// guards' state (under its lock, so a snapshot never claims records it has not folded).
     pub async fn apply_replicated(&self, first_seq: u64, lines: Vec<String>) -> Result<audit::Applied, AuditError> {
         let mut state = self.state.lock().await;
-        let skip = self.audit.last().0.saturating_add(1).saturating_sub(first_seq) as usize;
-        let fresh: Vec<String> = lines.iter().skip(skip).cloned().collect();
-        let applied = self.audit.apply(first_seq, lines).await?;
-        for line in fresh.iter().take(applied.written as usize) {
+        let applied = self.audit.apply(first_seq, lines.clone()).await?;
+        // What the log already had (a leader's own batch) was folded when it was written.
+        for line in lines.iter().skip(applied.skipped as usize).take(applied.written as usize) {
             match serde_json::from_str::<Record>(line) {
                 Ok(record) => state.observe(&record),
                 Err(e) => warn!(error = %e, "a replicated record could not be folded into the state"),

@@ -218,6 +218,17 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
     assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
     assert_eq!(cluster.weights(), [100, 0]);
 
+    // On-call pauses another target through the leader.
+    let (status, body) = cluster.replicas[leader]
+        .server()
+        .post(
+            "/v1/pause",
+            "application/json",
+            r#"{"target": "shop/checkout", "reason": "migration", "actor": "oncall"}"#.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
     // Every replica's log becomes the same bytes.
     let leader_dir = cluster.replicas[leader].audit_dir();
     for r in &cluster.replicas {
@@ -251,6 +262,14 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["results"][0]["outcome"], "applied", "acted twice: {body}");
     assert_eq!(cluster.patches(), 1, "one write to the VirtualService in all");
+    // And the pause issued through the old leader holds on the new one.
+    let pauses: Value = reqwest::get(format!("{}/v1/pause", cluster.replicas[new_leader].server().url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(pauses.to_string().contains("shop/checkout") && pauses.to_string().contains("oncall"), "{pauses}");
 
     // The killed replica comes back with its disk, follows, and catches up; every log verifies
     // and all three are the same bytes.

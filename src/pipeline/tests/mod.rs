@@ -11,6 +11,7 @@ mod alerts;
 mod controls;
 mod feedback;
 mod reject;
+mod replica;
 mod restore;
 mod steps;
 mod verify;

@@ -1,0 +1,88 @@
+//! A cluster follower's pipeline: it folds the leader's replicated records into the same guard
+//! state, refuses intake naming the leader, and still answers reads.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::audit::{AuditLog, AuditOptions, Replicate};
+use crate::http::auth::Auth;
+use crate::pipeline::{Gate, Pipeline};
+use crate::target::manifests::Manifests;
+
+/// The replicated log as a list of (first seq, lines).
+#[derive(Default)]
+struct Topic(Mutex<Vec<(u64, Vec<String>)>>);
+
+impl Replicate for Topic {
+    fn replicate(&self, first_seq: u64, _prev: &str, bytes: &[u8]) -> Result<(), String> {
+        let lines = std::str::from_utf8(bytes).unwrap().lines().map(str::to_string).collect();
+        self.0.lock().unwrap().push((first_seq, lines));
+        Ok(())
+    }
+}
+
+/// A harness whose pipeline's audit log is a cluster replica's.
+fn replica(h: &Harness, dir: &str) -> Harness {
+    let audit = h._dir.path().join(dir);
+    let pipeline = Pipeline::new(
+        crate::rules::load(&h.rules).unwrap(),
+        AuditLog::open_replica(&audit, AuditOptions::default()).unwrap(),
+        Arc::new(Manifests::new(&h.manifests)),
+        settings(),
+    )
+    .unwrap();
+    let state = crate::http::AppState {
+        pipeline: Arc::new(pipeline),
+        auth: Auth::none(),
+        max_body_bytes: 1 << 20,
+        kafka_assigned: None,
+    };
+    Harness { _dir: tempfile::tempdir().unwrap(), state, manifests: h.manifests.clone(), audit, rules: h.rules.clone() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_folds_the_leaders_records_into_the_same_state_and_refuses_intake_naming_it() {
+    let base = harness();
+    let leader = replica(&base, "leader");
+    let follower = replica(&base, "follower");
+    let topic = Arc::new(Topic::default());
+    leader.state.pipeline.audit().lead(topic.clone()).await.unwrap();
+    leader.state.pipeline.set_gate(Gate::LeadingUntil(chrono::Utc::now() + chrono::Duration::hours(1)));
+    follower.state.pipeline.set_gate(Gate::Following(Some("backstop-0".into())));
+
+    let (_, body) = leader.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let (status, _) = leader
+        .post_json("/v1/pause", json!({"target": "shop/checkout", "reason": "migration", "actor": "oncall"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = follower.webhook(FIRING).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["leader"], "backstop-0", "{body}");
+
+    let batches = topic.0.lock().unwrap().clone();
+    for (first_seq, lines) in batches.clone() {
+        follower.state.pipeline.apply_replicated(first_seq, lines).await.unwrap();
+    }
+    let snapshot = |h: &Harness| {
+        let p = h.state.pipeline.clone();
+        async move {
+            let mut v = serde_json::to_value(p.state.lock().await.snapshot(p.audit().position())).unwrap();
+            v.as_object_mut().unwrap().remove("written"); // when the snapshot was taken
+            v
+        }
+    };
+    let (l, f) = (snapshot(&leader).await, snapshot(&follower).await);
+    assert!(l["position"]["seq"].as_u64().unwrap() > 0);
+    assert_eq!(f, l, "the follower's guard state is the leader's, record for record");
+    // Reads answer from the follower's own copy.
+    let pauses = follower.state.pipeline.pauses().await;
+    assert!(pauses.to_string().contains("shop/checkout"), "{pauses}");
+    // The leader's own batches, read back from the topic, change nothing there.
+    for (first_seq, lines) in batches {
+        let applied = leader.state.pipeline.apply_replicated(first_seq, lines).await.unwrap();
+        assert_eq!(applied.written, 0);
+    }
+    assert_eq!(snapshot(&leader).await, l);
+}
