@@ -350,3 +350,57 @@ async fn a_leader_paused_past_its_lease_acts_on_nothing_when_it_wakes_and_follow
     );
     assert!(cluster.replicas[old].server().log().contains("term ended"), "{}", cluster.replicas[old].server().log());
 }
+
+/// Kills of the leader in a row (5 here; the 20 and 100 are for a benchmark): one leader
+/// at a time, epochs that only grow, one chain on every replica, one write to the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() {
+    const KILLS: usize = 5;
+    let Some(mut cluster) = Cluster::new(3).await else { return };
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let mut leader = cluster.settled(Duration::from_secs(60)).await;
+    let (status, body) =
+        cluster.replicas[leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    assert_eq!((status, &body["results"][0]["outcome"]), (200, &Value::from("applied")), "{body}");
+    let mut handovers = Vec::new();
+    for _ in 0..KILLS {
+        let killed_at = Instant::now();
+        cluster.replicas[leader].kill();
+        let next = cluster.settled(Duration::from_secs(60)).await;
+        handovers.push(killed_at.elapsed());
+        assert_ne!(next, leader);
+        // Every new leader knows the alert: a redelivery is not acted on again.
+        let (status, body) =
+            cluster.replicas[next].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_ne!(body["results"][0]["outcome"], "applied", "acted twice: {body}");
+        cluster.replicas[leader].start();
+        leader = next;
+    }
+    cluster.settled(Duration::from_secs(60)).await;
+    handovers.sort();
+    eprintln!(
+        "kill -9 to a ready new leader over {KILLS} takeovers (lease 3 s): min {:?}, median {:?}, max {:?}",
+        handovers[0],
+        handovers[KILLS / 2],
+        handovers[KILLS - 1]
+    );
+    assert_eq!(cluster.patches(), 1, "one write to the VirtualService across {KILLS} takeovers");
+    let dir = cluster.replicas[leader].audit_dir();
+    let takeovers: Vec<Value> = records(&dir).into_iter().filter(|r| r["detail"]["control"] == "takeover").collect();
+    assert_eq!(takeovers.len(), KILLS + 1, "the first leader's and one per kill");
+    let epochs: Vec<u64> = takeovers.iter().map(|t| t["detail"]["takeover"]["epoch"].as_u64().unwrap()).collect();
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epochs only grow: {epochs:?}");
+    let handover_ms: Vec<u64> =
+        takeovers.iter().map(|t| t["detail"]["takeover"]["handover_ms"].as_u64().unwrap()).collect();
+    eprintln!("handover (marker, catch-up, resume, record) per takeover, ms: {handover_ms:?}");
+    for r in &cluster.replicas {
+        let other = r.audit_dir();
+        let same = eventually(Duration::from_secs(20), || (segments(&other) == segments(&dir)).then_some(())).await;
+        assert!(same.is_some(), "{} differs from the leader's log", r.name);
+        let out = r.wd.cli(&["audit", "verify"]);
+        assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
+    }
+}
