@@ -72,6 +72,11 @@ impl Cluster {
     /// The emulator with the demo's VirtualService, tansu with the topics, and `n` replicas'
     /// work directories (not started).
     async fn new(n: usize) -> Option<Cluster> {
+        Cluster::with(n, |_| {}).await
+    }
+
+    /// The same, with `setup` applied to each replica's work directory (its rules).
+    async fn with(n: usize, setup: impl Fn(&Workdir)) -> Option<Cluster> {
         let broker = Tansu::try_start().await?;
         let run = uuid::Uuid::now_v7().simple().to_string();
         let (log, alerts, feedback) = (format!("audit-log-{run}"), format!("alerts-{run}"), format!("feedback-{run}"));
@@ -107,6 +112,7 @@ impl Cluster {
                     );
                 assert!(config.contains("kubernetes:"), "the config's target section changed; update this test");
                 std::fs::write(wd.config(), config).unwrap();
+                setup(&wd);
                 Replica { name, wd, server: None, stopped: false }
             })
             .collect();
@@ -403,4 +409,57 @@ async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() 
         let out = r.wd.cli(&["audit", "verify"]);
         assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// A gradual rollback (steps of 25, 10, 0 every 2 s) started by one leader and finished by the
+/// next after a kill -9: each step once, never back up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_down_started_by_a_killed_leader_is_finished_by_the_next_each_step_once() {
+    let gradual = |wd: &Workdir| {
+        std::fs::remove_file(wd.path("rules/canary.yaml")).unwrap();
+        std::fs::remove_file(wd.path("rules/feedback.yaml")).unwrap();
+        std::fs::write(
+            wd.path("rules/gradual.yaml"),
+            r#"rules:
+  - name: gradual-rollback
+    match: ['alertname="CanaryHighErrorRate"']
+    target: { namespace: "{{ $labels.namespace }}", virtualservice: "{{ $labels.virtualservice }}" }
+    action:
+      rollback: { stable: v1, canary: v2, steps: [25, 10, 0], interval: 2s }
+    cooldown: 1h
+"#,
+        )
+        .unwrap();
+    };
+    let Some(mut cluster) = Cluster::with(3, gradual).await else { return };
+    // A canary at 50%: the case the steps are for.
+    cluster.emu.mutate(VS.0, VS.1, VS.2, VS.3, |vs| {
+        for d in vs["spec"]["http"][0]["route"].as_array_mut().unwrap() {
+            d["weight"] = 50.into();
+        }
+    });
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let leader = cluster.settled(Duration::from_secs(60)).await;
+    let (status, body) =
+        cluster.replicas[leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    assert_eq!((status, &body["results"][0]["outcome"]), (200, &Value::from("applied")), "{body}");
+    assert_eq!(cluster.weights(), [75, 25], "the first step is taken before the answer");
+    cluster.replicas[leader].kill();
+
+    let next = cluster.settled(Duration::from_secs(60)).await;
+    let done = eventually(Duration::from_secs(30), || (cluster.weights() == [100, 0]).then_some(())).await;
+    assert!(done.is_some(), "the new leader did not finish the step-down: {:?}", cluster.weights());
+    tokio::time::sleep(Duration::from_secs(3)).await; // a step taken twice would show by now
+    assert_eq!(cluster.patches(), 3, "one write per step across the takeover");
+    let applied: Vec<u64> = records(&cluster.replicas[next].audit_dir())
+        .iter()
+        .filter(|r| r["kind"] == "applied")
+        .map(|r| {
+            let dests = r["after"][0]["destinations"].as_array().unwrap();
+            dests.iter().find(|d| d["subset"] == "v2").unwrap()["weight"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(applied, [25, 10, 0], "each step once, in order");
 }
