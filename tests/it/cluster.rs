@@ -463,3 +463,53 @@ async fn a_step_down_started_by_a_killed_leader_is_finished_by_the_next_each_ste
         .collect();
     assert_eq!(applied, [25, 10, 0], "each step once, in order");
 }
+
+/// `n` request outcomes alternating v1 and v2 (seeded): v1 fails one time in fifty, the canary
+/// v2 one time in three.
+fn outcomes(seed: u64, n: usize) -> Vec<String> {
+    let mut x = seed;
+    (0..n)
+        .map(|i| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            let canary = i % 2 == 1;
+            let success = u >= if canary { 1.0 / 3.0 } else { 0.02 };
+            serde_json::json!({"service": "model-service", "namespace": "sms-app",
+                "version": if canary { "v2" } else { "v1" }, "time": chrono::Utc::now(),
+                "kind": "outcome", "success": success})
+            .to_string()
+        })
+        .collect()
+}
+
+/// A feedback comparison goes on across a takeover: the events the old leader recorded count on
+/// the new one, which acts on a canary that the events it received itself could not condemn
+/// (fewer than the rule's min_samples).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feedback_comparison_goes_on_across_a_takeover() {
+    let Some(mut cluster) = Cluster::new(3).await else { return };
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let leader = cluster.settled(Duration::from_secs(60)).await;
+    let events = outcomes(7, 300);
+    // 100 per arm: min_samples, but not yet the batches the dispersion estimate needs.
+    let (before, after) = events.split_at(200);
+    let (status, body) =
+        cluster.replicas[leader].server().post("/v1/feedback", "application/x-ndjson", before.join("\n")).await;
+    assert_eq!((status, &body["received"]), (200, &Value::from(200)), "{body}");
+    assert_eq!(cluster.patches(), 0, "not enough evidence yet: {body}");
+    cluster.replicas[leader].kill();
+
+    let next = cluster.settled(Duration::from_secs(60)).await;
+    // 50 per arm: alone, below min_samples (100).
+    let (status, body) =
+        cluster.replicas[next].server().post("/v1/feedback", "application/x-ndjson", after.join("\n")).await;
+    assert_eq!((status, &body["received"]), (200, &Value::from(100)), "{body}");
+    assert_eq!(cluster.weights(), [100, 0], "the new leader rolled the canary back: {body}");
+    assert_eq!(cluster.patches(), 1);
+    let matched: Vec<Value> =
+        records(&cluster.replicas[next].audit_dir()).into_iter().filter(|r| r["kind"] == "matched").collect();
+    let n = matched[0]["detail"]["evidence"]["detail"]["canary"]["n"].as_u64().unwrap();
+    assert!(n > 100, "the canary's count includes what the old leader recorded: {n}");
+}
