@@ -513,3 +513,42 @@ async fn a_feedback_comparison_goes_on_across_a_takeover() {
     let n = matched[0]["detail"]["evidence"]["detail"]["canary"]["n"].as_u64().unwrap();
     assert!(n > 100, "the canary's count includes what the old leader recorded: {n}");
 }
+
+/// A follower paused while the leader records, and while the leader then dies, catches up from
+/// the topic when it wakes: both epochs, the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_that_fell_behind_across_a_takeover_catches_up_to_the_same_bytes() {
+    let Some(mut cluster) = Cluster::new(3).await else { return };
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let leader = cluster.settled(Duration::from_secs(60)).await;
+    let lagging = (leader + 1) % 3;
+    cluster.replicas[lagging].signal("-STOP");
+    let control = |pause: bool, i: usize| {
+        let path = if pause { "/v1/pause" } else { "/v1/resume" };
+        (path, format!(r#"{{"target": "shop/checkout", "reason": "drill {i}", "actor": "oncall"}}"#))
+    };
+    for i in 0..20 {
+        let (path, body) = control(i % 2 == 0, i);
+        let (status, answer) = cluster.replicas[leader].server().post(path, "application/json", body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    cluster.replicas[leader].kill();
+    let next = cluster.settled(Duration::from_secs(60)).await;
+    assert_ne!(next, lagging, "a stopped replica cannot take over");
+    for i in 20..30 {
+        let (path, body) = control(i % 2 == 0, i);
+        let (status, answer) = cluster.replicas[next].server().post(path, "application/json", body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    cluster.replicas[lagging].signal("-CONT");
+    let dir = cluster.replicas[next].audit_dir();
+    let behind = cluster.replicas[lagging].audit_dir();
+    let same = eventually(Duration::from_secs(30), || (segments(&behind) == segments(&dir)).then_some(())).await;
+    assert!(same.is_some(), "the lagging follower did not catch up:\n{}", cluster.replicas[lagging].server().log());
+    let drills = records(&behind).iter().filter(|r| r["kind"] == "control" && r.to_string().contains("drill ")).count();
+    assert_eq!(drills, 30, "every pause and resume, from both leaders");
+    let out = cluster.replicas[lagging].wd.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
