@@ -49,15 +49,19 @@ pub struct Applied {
     pub next_seq: u64,
 }
 
-/// The parts of a line the replica needs to place it.
+/// The parts of a line the replica needs to place it (its detail is not read).
 #[derive(Deserialize)]
 struct Head {
     seq: u64,
     prev: String,
     kind: Kind,
-    #[serde(default)]
-    detail: Option<CheckpointDetail>,
     time: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a `checkpoint` line says was deleted, read from checkpoints only.
+#[derive(Deserialize)]
+struct Checkpoint {
+    detail: CheckpointDetail,
 }
 
 #[derive(Deserialize)]
@@ -126,7 +130,10 @@ pub(super) fn apply_lines(
             }
             Kind::Checkpoint => {
                 flush(tail, &mut buf, last_line, &chain_hash)?;
-                let names = head.detail.map(|d| d.deleted).unwrap_or_default();
+                let names = serde_json::from_str::<Checkpoint>(line)
+                    .map_err(|e| corrupt(tail, head.seq, format!("unreadable checkpoint: {e}")))?
+                    .detail
+                    .deleted;
                 delete_segments(tail, shared, names.into_iter().flatten())?;
             }
             _ => {}

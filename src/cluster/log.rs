@@ -22,6 +22,9 @@ use crate::audit::{Applied, AuditError, Replicate};
 use crate::kafka::KafkaConfig;
 use crate::telemetry::metrics::Event as MetricEvent;
 
+/// How often a replica saves its place in the topic (when it has moved).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
 /// How often a replica measures how far behind the topic it is.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
@@ -249,21 +252,32 @@ impl LogFollower {
         self.applied.subscribe()
     }
 
-    /// The epoch and leader of the newest marker read.
-    pub fn epoch(&self) -> Option<u32> {
-        self.reader.epoch
-    }
-
     /// Read and apply until `token` is cancelled. A message that cannot be applied (the local
     /// log refuses it) stops the follower: carrying on would fork the chain.
     pub async fn run(mut self, to: Arc<dyn Apply>, token: CancellationToken) -> Result<(), LogError> {
         let dir = to.dir();
         let mut lag_tick = tokio::time::interval(LAG_EVERY);
+        let mut save_tick = tokio::time::interval(SAVE_EVERY);
+        // The place read up to, not yet saved. It is saved at most every SAVE_EVERY (not an
+        // atomic write per message): resuming from an older place reads again what the log
+        // already has, which the log skips.
+        let mut unsaved: Option<Place> = None;
         loop {
             let message = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
+                _ = token.cancelled() => {
+                    if let Some(place) = unsaved.take() {
+                        write_place(&dir, &place)?;
+                    }
+                    return Ok(());
+                }
                 _ = lag_tick.tick() => {
                     self.report_lag();
+                    continue;
+                }
+                _ = save_tick.tick() => {
+                    if let Some(place) = unsaved.take() {
+                        write_place(&dir, &place)?;
+                    }
                     continue;
                 }
                 m = self.consumer.recv() => m,
@@ -304,7 +318,7 @@ impl LogFollower {
                 next_seq: self.reader.next_seq,
                 last_hash: self.reader.last_hash.clone(),
             };
-            write_place(&dir, &place)?;
+            unsaved = Some(place.clone());
             self.place = Some(place);
             self.applied.send_replace(offset);
         }
