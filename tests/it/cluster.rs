@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::Rng;
 use crate::support::backstop::{Server, Workdir, eventually, repo};
 use crate::support::kube::KubeEmulator;
 use crate::support::tansu::Tansu;
@@ -177,6 +178,27 @@ impl Cluster {
     }
 }
 
+/// Deliver the firing alert.
+async fn fire(server: &Server) -> (u16, Value) {
+    server.post("/v1/alertmanager", "application/json", FIRING.to_string()).await
+}
+
+impl Cluster {
+    /// Every replica's log becomes `leader`'s, byte for byte (and verifies, with `verify`).
+    async fn assert_copies(&self, leader: usize, verify: bool) {
+        let want = self.replicas[leader].audit_dir();
+        for r in &self.replicas {
+            let dir = r.audit_dir();
+            let same = eventually(Duration::from_secs(30), || (segments(&dir) == segments(&want)).then_some(())).await;
+            assert!(same.is_some(), "{} differs from {}'s log", r.name, self.replicas[leader].name);
+            if verify {
+                let out = r.wd.cli(&["audit", "verify"]);
+                assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+}
+
 /// Every segment's name and bytes, in order.
 fn segments(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -211,15 +233,13 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
     );
 
     // A follower refuses intake, naming the leader (Alertmanager retries; the Service routes).
-    let (status, body) =
-        cluster.replicas[follower].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    let (status, body) = fire(cluster.replicas[follower].server()).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["leader"], leader_name.as_str(), "{body}");
     assert_eq!(cluster.patches(), 0);
 
     // The leader acts once.
-    let (status, body) =
-        cluster.replicas[leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    let (status, body) = fire(cluster.replicas[leader].server()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
     assert_eq!(cluster.weights(), [100, 0]);
@@ -236,13 +256,7 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
     assert_eq!(status, 200, "{body}");
 
     // Every replica's log becomes the same bytes.
-    let leader_dir = cluster.replicas[leader].audit_dir();
-    for r in &cluster.replicas {
-        let dir = r.audit_dir();
-        let same =
-            eventually(Duration::from_secs(20), || (segments(&dir) == segments(&leader_dir)).then_some(())).await;
-        assert!(same.is_some(), "{} did not copy the leader's log", r.name);
-    }
+    cluster.assert_copies(leader, false).await;
 
     // kill -9 of the leader: a follower takes over (after the lease expires by its clock).
     let killed_at = Instant::now();
@@ -263,8 +277,7 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
     assert!(takeover["detail"]["takeover"]["epoch"].as_u64().unwrap() >= 1, "{takeover}");
 
     // The new leader folded the same state: the alert its predecessor handled is a duplicate.
-    let (status, body) =
-        cluster.replicas[new_leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    let (status, body) = fire(cluster.replicas[new_leader].server()).await;
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["results"][0]["outcome"], "applied", "acted twice: {body}");
     assert_eq!(cluster.patches(), 1, "one write to the VirtualService in all");
@@ -285,13 +298,7 @@ async fn three_replicas_one_acts_the_others_copy_the_log_and_a_kill_of_the_leade
     let labelled =
         eventually(Duration::from_secs(10), || (cluster.labelled_leaders() == [new_name.clone()]).then_some(())).await;
     assert!(labelled.is_some(), "the returning replica unlabels its Pod: {:?}", cluster.labelled_leaders());
-    for r in &cluster.replicas {
-        let dir = r.audit_dir();
-        let same = eventually(Duration::from_secs(20), || (segments(&dir) == segments(&new_dir)).then_some(())).await;
-        assert!(same.is_some(), "{} differs from the leader's log", r.name);
-        let out = r.wd.cli(&["audit", "verify"]);
-        assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
-    }
+    cluster.assert_copies(new_leader, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,19 +339,14 @@ async fn a_leader_paused_past_its_lease_acts_on_nothing_when_it_wakes_and_follow
     // It steps down and follows; the new leader acts, once.
     let leader = cluster.settled(Duration::from_secs(30)).await;
     assert_eq!(leader, new, "the woken replica does not take the lease back");
-    let (status, body) =
-        cluster.replicas[new].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    let (status, body) = fire(cluster.replicas[new].server()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
     assert_eq!(cluster.patches(), 1);
 
     // Nothing the old leader wrote after the takeover survives: every log is the new leader's.
+    cluster.assert_copies(new, false).await;
     let new_dir = cluster.replicas[new].audit_dir();
-    for r in &cluster.replicas {
-        let dir = r.audit_dir();
-        let same = eventually(Duration::from_secs(20), || (segments(&dir) == segments(&new_dir)).then_some(())).await;
-        assert!(same.is_some(), "{} differs from {new_name}'s log", r.name);
-    }
     let takeover = records(&new_dir)
         .into_iter()
         .position(|r| r["detail"]["control"] == "takeover" && r["detail"]["takeover"]["leader"] == new_name.as_str())
@@ -367,8 +369,7 @@ async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() 
         r.start();
     }
     let mut leader = cluster.settled(Duration::from_secs(60)).await;
-    let (status, body) =
-        cluster.replicas[leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    let (status, body) = fire(cluster.replicas[leader].server()).await;
     assert_eq!((status, &body["results"][0]["outcome"]), (200, &Value::from("applied")), "{body}");
     let mut handovers = Vec::new();
     for _ in 0..KILLS {
@@ -378,8 +379,7 @@ async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() 
         handovers.push(killed_at.elapsed());
         assert_ne!(next, leader);
         // Every new leader knows the alert: a redelivery is not acted on again.
-        let (status, body) =
-            cluster.replicas[next].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+        let (status, body) = fire(cluster.replicas[next].server()).await;
         assert_eq!(status, 200, "{body}");
         assert_ne!(body["results"][0]["outcome"], "applied", "acted twice: {body}");
         cluster.replicas[leader].start();
@@ -402,13 +402,7 @@ async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() 
     let handover_ms: Vec<u64> =
         takeovers.iter().map(|t| t["detail"]["takeover"]["handover_ms"].as_u64().unwrap()).collect();
     eprintln!("handover (marker, catch-up, resume, record) per takeover, ms: {handover_ms:?}");
-    for r in &cluster.replicas {
-        let other = r.audit_dir();
-        let same = eventually(Duration::from_secs(20), || (segments(&other) == segments(&dir)).then_some(())).await;
-        assert!(same.is_some(), "{} differs from the leader's log", r.name);
-        let out = r.wd.cli(&["audit", "verify"]);
-        assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
-    }
+    cluster.assert_copies(leader, true).await;
 }
 
 /// A gradual rollback (steps of 25, 10, 0 every 2 s) started by one leader and finished by the
@@ -442,8 +436,7 @@ async fn a_step_down_started_by_a_killed_leader_is_finished_by_the_next_each_ste
         r.start();
     }
     let leader = cluster.settled(Duration::from_secs(60)).await;
-    let (status, body) =
-        cluster.replicas[leader].server().post("/v1/alertmanager", "application/json", FIRING.to_string()).await;
+    let (status, body) = fire(cluster.replicas[leader].server()).await;
     assert_eq!((status, &body["results"][0]["outcome"]), (200, &Value::from("applied")), "{body}");
     assert_eq!(cluster.weights(), [75, 25], "the first step is taken before the answer");
     cluster.replicas[leader].kill();
@@ -467,13 +460,11 @@ async fn a_step_down_started_by_a_killed_leader_is_finished_by_the_next_each_ste
 /// `n` request outcomes alternating v1 and v2 (seeded): v1 fails one time in fifty, the canary
 /// v2 one time in three.
 fn outcomes(seed: u64, n: usize) -> Vec<String> {
-    let mut x = seed;
+    let mut rng = Rng(seed);
     (0..n)
         .map(|i| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
             let canary = i % 2 == 1;
-            let success = u >= if canary { 1.0 / 3.0 } else { 0.02 };
+            let success = rng.uniform() >= if canary { 1.0 / 3.0 } else { 0.02 };
             serde_json::json!({"service": "model-service", "namespace": "sms-app",
                 "version": if canary { "v2" } else { "v1" }, "time": chrono::Utc::now(),
                 "kind": "outcome", "success": success})

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::Rng;
 use crate::support::backstop::{Workdir, eventually};
 use crate::support::tansu::Tansu;
 
@@ -24,19 +25,6 @@ pub(crate) fn count(wd: &Workdir, kind: &str) -> usize {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| l.contains(&needle)).count())
         .sum()
-}
-
-/// splitmix64, for seeded feedback streams.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// `n` seeded request outcomes of model-service (sms-app): 10% to the canary v2, failing with

@@ -11,21 +11,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::kafka::{count, feedback_workdir, produce, records};
+use crate::support::Rng;
 use crate::support::backstop::{Workdir, eventually};
 use crate::support::tansu::Tansu;
-
-/// splitmix64, for seeded streams.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// `n` outcomes of model-service (sms-app): requests go to the canary v2 one time in ten and
 /// fail with `p_canary` (v1: `p_base`); a failed request is tried 5 times in all, every attempt

@@ -7,6 +7,20 @@ pub mod tansu;
 
 use std::path::{Path, PathBuf};
 
+/// splitmix64, for seeded streams (feedback events, outcomes).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// An external program for a test: `$env_var` if set (it must be executable), else the first of
 /// `names` on PATH.
 pub fn find_binary(env_var: &str, names: &[&str]) -> Option<PathBuf> {
