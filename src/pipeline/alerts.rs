@@ -19,6 +19,9 @@ impl Pipeline {
             received.push(entry.detail_of(&detail)?);
         }
         self.audit.append(received).await?;
+        if let Some(k) = KafkaPosition::read(Some(&context), false) {
+            self.state.lock().await.note_kafka(&k.topic, k.partition, k.offset);
+        }
         // One count per run of alerts from the same source (a payload's are all one source).
         for run in alerts.chunk_by(|a, b| a.source == b.source) {
             MetricEvent::Received { source: run[0].source.as_str(), outcome: "accepted", count: run.len() as u64 }

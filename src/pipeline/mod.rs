@@ -35,7 +35,7 @@ use crate::prometheus::verification::VerifySpec;
 use crate::prometheus::{SharedPrometheus, confirm};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::state::detail::{
-    ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KindPart, ManualPart,
+    ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KafkaPosition, KindPart, ManualPart,
     Part, PlanPart, Recorded, STEP_DOWN_FIELD, StepDownPart, VerifyPart,
 };
 use crate::state::stepdown::{self, StepDown, StepInfo};
@@ -200,6 +200,11 @@ impl Pipeline {
 
     pub async fn pauses(&self) -> Value {
         self.state.lock().await.pauses()
+    }
+
+    /// The highest Kafka offset recorded per topic and partition (where a new leader resumes).
+    pub async fn kafka_positions(&self) -> Vec<KafkaPosition> {
+        self.state.lock().await.kafka_positions()
     }
 
     async fn record(&self, state: &mut GuardState, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {

@@ -65,8 +65,23 @@ impl ConsumerContext for ConsumerState {
     }
 }
 
+/// How a source takes its partitions.
+#[derive(Debug, Clone)]
+pub enum Membership {
+    /// It joins the consumer group (a single process): partitions come with the group's
+    /// assignment, each from its committed offset.
+    Group,
+    /// It is assigned every partition of its topics directly (a cluster's leader; nobody else
+    /// consumes): each from after the highest offset the audit log has recorded for it, else
+    /// from its committed offset. A new leader consumes at once, with no wait for the group to
+    /// notice that the old one died. Offsets are still committed to the group.
+    Leader,
+}
+
 pub struct KafkaSource {
     assigned: Arc<AtomicUsize>,
+    /// A leader's partitions, and the client that looks for new ones (None: group member).
+    leading: Option<Leading>,
     consumer: StreamConsumer<ConsumerState>,
     dead_letters: Option<(FutureProducer, String)>,
     config: KafkaConfig,
@@ -79,7 +94,7 @@ fn source_error(e: impl std::fmt::Display) -> TaskError {
 
 impl KafkaSource {
     pub fn new(config: KafkaConfig, pipeline: Arc<Pipeline>) -> Result<KafkaSource, TaskError> {
-        KafkaSource::counting(config, pipeline, Arc::new(AtomicUsize::new(0)))
+        KafkaSource::counting(config, pipeline, Arc::new(AtomicUsize::new(0)), Membership::Group)
     }
 
     /// A source that counts its assigned partitions in `assigned` (a cluster's leader starts a
@@ -88,6 +103,7 @@ impl KafkaSource {
         config: KafkaConfig,
         pipeline: Arc<Pipeline>,
         assigned: Arc<AtomicUsize>,
+        membership: Membership,
     ) -> Result<KafkaSource, TaskError> {
         assigned.store(0, Ordering::Relaxed);
         let mut client = ClientConfig::new();
@@ -118,12 +134,22 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .create_with_context(ConsumerState { assigned: assigned.clone() })
             .map_err(source_error)?;
-        consumer.subscribe(&[&config.alerts_topic, &config.feedback_topic]).map_err(source_error)?;
+        let leading = match membership {
+            Membership::Group => {
+                consumer.subscribe(&[&config.alerts_topic, &config.feedback_topic]).map_err(source_error)?;
+                None
+            }
+            Membership::Leader => Some(Leading {
+                metadata: Arc::new(client.create::<BaseConsumer>().map_err(source_error)?),
+                partitions: Default::default(),
+                next_look: std::sync::Mutex::new(tokio::time::Instant::now()),
+            }),
+        };
         let dead_letters = match &config.dead_letter_topic {
             Some(t) => Some((client.create::<FutureProducer>().map_err(source_error)?, t.clone())),
             None => None,
         };
-        Ok(KafkaSource { consumer, dead_letters, config, pipeline, assigned })
+        Ok(KafkaSource { consumer, dead_letters, config, pipeline, assigned, leading })
     }
 
     /// Partitions assigned now (0 before the group is joined and during a rebalance).
@@ -235,9 +261,14 @@ impl KafkaSource {
     /// all); None at shutdown.
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<BorrowedMessage<'_>>> {
         let first = loop {
+            let look = self.leading.as_ref().map(Leading::next_look);
             let m = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 m = self.consumer.recv() => m,
+                _ = async { tokio::time::sleep_until(look.unwrap_or_else(tokio::time::Instant::now)).await }, if look.is_some() => {
+                    self.assign_new_partitions(shutdown).await;
+                    continue;
+                }
             };
             match m {
                 Ok(m) => break m,
@@ -269,6 +300,78 @@ impl KafkaSource {
             }
         }
         Some(batch)
+    }
+
+    /// A leader: assign the partitions of its topics not assigned yet (all of them at the start
+    /// of a term; then any added to a topic). Tried again later while the broker does not answer.
+    async fn assign_new_partitions(&self, shutdown: &CancellationToken) {
+        let Some(leading) = &self.leading else { return };
+        let topics = [self.config.alerts_topic.clone(), self.config.feedback_topic.clone()];
+        let client = leading.metadata.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>, String> {
+            let mut found = Vec::new();
+            for topic in &topics {
+                let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(|e| e.to_string())?;
+                for t in metadata.topics() {
+                    if let Some(e) = t.error() {
+                        return Err(format!("topic {}: {:?}", t.name(), rdkafka::types::RDKafkaRespErr::from(e)));
+                    }
+                    found.extend(t.partitions().iter().map(|p| (t.name().to_string(), p.id())));
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let retry = match &found {
+            Ok(_) => LOOK_FOR_PARTITIONS,
+            Err(_) => Duration::from_millis(500),
+        };
+        *leading.next_look.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now() + retry;
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                if !shutdown.is_cancelled() {
+                    warn!(error = %e, "cannot read the topics' partitions; trying again");
+                }
+                return;
+            }
+        };
+        // Read now, after the term's start has applied the whole log.
+        let positions: std::collections::HashMap<(String, i32), i64> =
+            self.pipeline.kafka_positions().await.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect();
+        let mut partitions = leading.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = rdkafka::TopicPartitionList::new();
+        for (topic, partition) in found {
+            if partitions.contains(&(topic.clone(), partition)) {
+                continue;
+            }
+            let offset = match positions.get(&(topic.clone(), partition)) {
+                Some(recorded) => rdkafka::Offset::Offset(recorded + 1),
+                None => rdkafka::Offset::Stored,
+            };
+            if let Err(e) = list.add_partition_offset(&topic, partition, offset) {
+                warn!(error = %e, topic, partition, "cannot assign");
+                continue;
+            }
+            partitions.insert((topic, partition));
+        }
+        if list.count() == 0 {
+            return;
+        }
+        match self.consumer.incremental_assign(&list) {
+            Ok(()) => {
+                self.assigned.store(partitions.len(), Ordering::Relaxed);
+                info!(partitions = list.count(), assigned = partitions.len(), "kafka partitions assigned (leader; from the recorded positions)");
+            }
+            Err(e) => {
+                for e2 in list.elements() {
+                    partitions.remove(&(e2.topic().to_string(), e2.partition()));
+                }
+                warn!(error = %e, "cannot assign the partitions; trying again");
+            }
+        }
     }
 
     async fn flush_feedback(
@@ -316,6 +419,27 @@ impl KafkaSource {
         Ok(())
     }
 }
+
+/// A leader's own assignment.
+struct Leading {
+    /// A client of its own for metadata (blocking calls, made off the runtime's threads).
+    metadata: Arc<BaseConsumer>,
+    /// Assigned so far.
+    partitions: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    /// When to look for partitions again.
+    next_look: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Leading {
+    fn next_look(&self) -> tokio::time::Instant {
+        *self.next_look.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long a metadata request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a leader looks for partitions added to its topics.
+const LOOK_FOR_PARTITIONS: Duration = Duration::from_secs(30);
 
 /// A message as parsed: where it was (`{"kafka": {topic, partition, offset}}`), what it
 /// carried, and its span (none for feedback unless traces are exported).

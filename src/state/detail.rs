@@ -243,3 +243,33 @@ mod tests {
         assert_eq!(v.error.as_deref(), Some("verification query: missing label"));
     }
 }
+
+/// Where a record's message was read from Kafka, as each intake writes it: a received alert under
+/// `delivery.kafka`, a received feedback event under `kafka`, a rejected message at the detail's
+/// top level (its origin merged in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl KafkaPosition {
+    /// From a received or rejected record's detail; `rejected` says which.
+    pub fn read(detail: Option<&Value>, rejected: bool) -> Option<KafkaPosition> {
+        let d = detail?;
+        let at = if rejected {
+            d
+        } else {
+            match d.get("kafka") {
+                Some(k) => k,
+                None => d.get("delivery")?.get("kafka")?,
+            }
+        };
+        Some(KafkaPosition {
+            topic: at.get("topic")?.as_str()?.to_string(),
+            partition: i32::try_from(at.get("partition")?.as_i64()?).ok()?,
+            offset: at.get("offset")?.as_i64()?,
+        })
+    }
+}

@@ -25,6 +25,7 @@ use crate::event::Feedback;
 use crate::feedback::arms::{ArmKey, Arms, ArmsSnapshot, Origin};
 use crate::target::ObjectKind;
 use detail::{
+    KafkaPosition,
     Control, ControlPart, DuplicatePart, FeedbackArmsPart, FeedbackPart, FlaggerHoldPart, KindPart, Part, PlanPart,
     Recorded, StepDownPart, VerifyPart,
 };
@@ -160,6 +161,9 @@ pub struct GuardState {
     flagger: HashMap<String, FlaggerVerdict>,
     /// Gradual rollbacks under way, by target.
     step_downs: std::collections::BTreeMap<String, StepDown>,
+    /// The highest Kafka offset recorded per topic and partition: where a cluster's new leader
+    /// resumes consuming (the next offset), with no wait for a consumer group.
+    kafka: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -184,6 +188,9 @@ pub struct Snapshot {
     flagger: Vec<(String, FlaggerVerdict)>,
     #[serde(default)]
     step_downs: Vec<StepDown>,
+    /// Topic, partition and the highest offset recorded (absent in older snapshots).
+    #[serde(default)]
+    kafka: Vec<(String, i32, i64)>,
 }
 
 /// 2: with the feedback arms.
@@ -211,6 +218,7 @@ impl GuardState {
             verifications: self.verifications.values().cloned().collect(),
             flagger: self.flagger.iter().map(|(t, v)| (t.clone(), v.clone())).collect(),
             step_downs: self.step_downs.values().cloned().collect(),
+            kafka: self.kafka_positions().into_iter().map(|k| (k.topic, k.partition, k.offset)).collect(),
         }
     }
 
@@ -231,6 +239,10 @@ impl GuardState {
             verifications: s.verifications.into_iter().map(|v| (v.action_id.clone(), v)).collect(),
             flagger: s.flagger.into_iter().collect(),
             step_downs: s.step_downs.into_iter().map(|d| (d.target.clone(), d)).collect(),
+            kafka: s.kafka.into_iter().fold(Default::default(), |mut m: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>, (t, p, o)| {
+                m.entry(t).or_default().insert(p, o);
+                m
+            }),
         }
     }
 
@@ -248,6 +260,7 @@ impl GuardState {
             + self.verifications.len()
             + self.flagger.len()
             + self.step_downs.len()
+            + self.kafka.values().map(|p| p.len()).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,6 +310,33 @@ impl GuardState {
     /// `received` record when the log is replayed).
     pub fn observe_feedback(&mut self, time: DateTime<Utc>, feedback: &Feedback, origin: &Origin<'_>) {
         self.arms.observe(time, feedback, origin);
+        if let Some((topic, partition, offset)) = origin.kafka {
+            self.note_kafka(topic, partition, offset);
+        }
+    }
+
+    /// A message read from Kafka is recorded: its partition resumes after it.
+    pub fn note_kafka(&mut self, topic: &str, partition: i32, offset: i64) {
+        let partitions = match self.kafka.get_mut(topic) {
+            Some(p) => p,
+            None => self.kafka.entry(topic.to_string()).or_default(),
+        };
+        let o = partitions.entry(partition).or_insert(offset);
+        *o = (*o).max(offset);
+    }
+
+    /// The highest offset recorded per topic and partition.
+    pub fn kafka_positions(&self) -> Vec<KafkaPosition> {
+        self.kafka
+            .iter()
+            .flat_map(|(topic, p)| {
+                p.iter().map(|(partition, offset)| KafkaPosition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+            })
+            .collect()
     }
 
     /// Whether an idempotency key was used (an action decided, or a dry run recorded).
@@ -314,6 +354,11 @@ impl GuardState {
             && let Some(FeedbackPart { feedback }) = FeedbackPart::read(Some(detail))
         {
             self.arms.observe(r.time, &feedback, &Origin::of(&feedback, detail));
+        }
+        if (e.kind == Kind::Received || (e.kind == Kind::Rejected && e.source.as_deref() == Some("kafka")))
+            && let Some(p) = KafkaPosition::read(e.detail.as_ref(), e.kind == Kind::Rejected)
+        {
+            self.note_kafka(&p.topic, p.partition, p.offset);
         }
         if e.kind == Kind::Applied
             && let Some(v) = PendingVerification::from_record(r)

@@ -207,3 +207,45 @@ fn a_decided_action_without_outcome_is_pending_until_one_is_recorded() {
     s.observe(&Record { seq: 2, time: now, prev: String::new(), entry: applied });
     assert!(s.pending().is_empty());
 }
+
+#[test]
+fn the_highest_kafka_offset_recorded_per_partition_is_folded_from_each_intakes_records_and_snapshotted() {
+    let now = Utc::now();
+    let mut s = GuardState::default();
+    let alert = |offset: i64| {
+        Entry::new(Kind::Received)
+            .source("kafka")
+            .detail(json!({"alert": {}, "delivery": {"kafka": {"topic": "alerts", "partition": 0, "offset": offset}}}))
+    };
+    let feedback = |partition: i32, offset: i64| {
+        Entry::new(Kind::Received).source("kafka").detail(json!({"feedback": {"service": "s", "namespace": "n",
+            "version": "v1", "kind": "outcome", "success": true, "time": now},
+            "kafka": {"topic": "feedback", "partition": partition, "offset": offset}}))
+    };
+    let rejected = |offset: i64| {
+        Entry::new(Kind::Rejected)
+            .source("kafka")
+            .detail(json!({"size": 3, "topic": "feedback", "partition": 1, "offset": offset}))
+    };
+    s.observe(&rec(1, now, alert(4)));
+    s.observe(&rec(2, now, alert(3)));
+    s.observe(&rec(3, now, feedback(0, 10)));
+    s.observe(&rec(4, now, feedback(1, 2)));
+    s.observe(&rec(5, now, rejected(7)));
+    // Over HTTP: no position.
+    s.observe(&rec(6, now, Entry::new(Kind::Received).source("alertmanager").detail(json!({"delivery": {}}))));
+    s.observe(&rec(7, now, Entry::new(Kind::Rejected).source("http").detail(json!({"offset": 99}))));
+    let want = vec![
+        KafkaPosition { topic: "alerts".into(), partition: 0, offset: 4 },
+        KafkaPosition { topic: "feedback".into(), partition: 0, offset: 10 },
+        KafkaPosition { topic: "feedback".into(), partition: 1, offset: 7 },
+    ];
+    assert_eq!(s.kafka_positions(), want);
+    let snap = s.snapshot(crate::audit::Position { seq: 7, hash: "h".into(), segment: "s".into(), offset: 0 });
+    assert_eq!(GuardState::from_snapshot(snap.clone()).kafka_positions(), want, "kept across a snapshot");
+    // A snapshot written before positions were kept loads, with none.
+    let mut old = serde_json::to_value(&snap).unwrap();
+    old.as_object_mut().unwrap().remove("kafka");
+    let old: Snapshot = serde_json::from_value(old).unwrap();
+    assert!(GuardState::from_snapshot(old).kafka_positions().is_empty());
+}

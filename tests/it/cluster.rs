@@ -55,7 +55,9 @@ impl Replica {
 
 struct Cluster {
     emu: KubeEmulator,
-    _broker: Tansu,
+    broker: Tansu,
+    /// The topics the leader consumes: alerts, feedback.
+    topics: (String, String),
     replicas: Vec<Replica>,
 }
 
@@ -117,7 +119,7 @@ impl Cluster {
                 Replica { name, wd, server: None, stopped: false }
             })
             .collect();
-        Some(Cluster { emu, _broker: broker, replicas })
+        Some(Cluster { emu, broker, topics: (alerts, feedback), replicas })
     }
 
     /// Wait until one running replica is the leader and every other running one follows it;
@@ -542,4 +544,109 @@ async fn a_follower_that_fell_behind_across_a_takeover_catches_up_to_the_same_by
     assert_eq!(drills, 30, "every pause and resume, from both leaders");
     let out = cluster.replicas[lagging].wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A kill -9 of the leader while alerts and feedback stream in over Kafka: the new leader
+/// resumes after the last message the log recorded (no consumer-group wait), so every message is
+/// in the survivors' logs exactly once (by topic and offset), the alert acts once however often
+/// it is redelivered, and every copy is the same bytes and verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_of_the_leader_while_kafka_streams_in_records_every_message_once() {
+    const FEEDBACK: usize = 400;
+    const ALERTS: usize = 20;
+    let Some(mut cluster) = Cluster::new(3).await else { return };
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let leader = cluster.settled(Duration::from_secs(60)).await;
+    // Healthy feedback (both versions fail 2%): nothing to roll back on; the alert acts.
+    let feedback: Vec<String> = outcomes(11, FEEDBACK)
+        .into_iter()
+        .map(|e| {
+            let mut v: Value = serde_json::from_str(&e).unwrap();
+            v["success"] = Value::from(v["success"].as_bool().unwrap() || v["version"] == "v2");
+            v.to_string()
+        })
+        .collect();
+    let producer = cluster.broker.producer();
+    let (alerts, feedback_topic) = cluster.topics.clone();
+    let stream = {
+        let broker = cluster.broker.brokers();
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            for (i, event) in feedback.iter().enumerate() {
+                let record = rdkafka::producer::FutureRecord::<(), _>::to(&feedback_topic).payload(event);
+                producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+                if i % (FEEDBACK / ALERTS) == 0 {
+                    let record = rdkafka::producer::FutureRecord::<(), _>::to(&alerts).payload(FIRING);
+                    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            broker
+        })
+    };
+    // Mid-stream, the leader dies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.replicas[leader].kill();
+    let next = cluster.settled(Duration::from_secs(60)).await;
+    stream.await.unwrap();
+
+    let dir = cluster.replicas[next].audit_dir();
+    let (alerts, feedback_topic) = cluster.topics.clone();
+    let offsets = |topic: &str| -> Vec<i64> {
+        let mut o: Vec<i64> = records(&dir)
+            .iter()
+            .filter(|r| r["kind"] == "received")
+            .filter_map(|r| {
+                let k = if r["detail"]["kafka"].is_object() { &r["detail"]["kafka"] } else { &r["detail"]["delivery"]["kafka"] };
+                (k["topic"] == topic).then(|| k["offset"].as_i64().unwrap())
+            })
+            .collect();
+        o.sort();
+        o
+    };
+    let all = eventually(Duration::from_secs(30), || {
+        (offsets(&feedback_topic).len() >= FEEDBACK && offsets(&alerts).len() >= ALERTS).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "not everything recorded: {} feedback, {} alerts\n{}",
+        offsets(&feedback_topic).len(),
+        offsets(&alerts).len(),
+        cluster.replicas[next].server().log()
+    );
+    assert_eq!(offsets(&feedback_topic), (0..FEEDBACK as i64).collect::<Vec<_>>(), "each feedback message once");
+    assert_eq!(offsets(&alerts), (0..ALERTS as i64).collect::<Vec<_>>(), "each alert message once");
+    // Both leaders recorded some of the stream: before and after the new leader's takeover.
+    let all = records(&dir);
+    let takeover = all.iter().rposition(|r| r["detail"]["control"] == "takeover").unwrap();
+    let received = |rs: &[Value]| rs.iter().filter(|r| r["kind"] == "received").count();
+    let (old, new) = (received(&all[..takeover]), received(&all[takeover..]));
+    eprintln!("messages recorded by the killed leader: {old}, by the new one: {new}");
+    assert!(old > 0 && new > 0, "the kill came mid-stream: {old} before, {new} after");
+    assert_eq!(cluster.patches(), 1, "the alert acted once");
+    assert_eq!(cluster.weights(), [100, 0]);
+    // The leader, assigned rather than a group member, still commits to the group (for tools
+    // that watch its lag, and as the fallback for a partition the log has no record of).
+    let group = format!("backstop-{}", alerts.trim_start_matches("alerts-"));
+    let committed = eventually(Duration::from_secs(20), || {
+        use rdkafka::consumer::Consumer as _;
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.broker.brokers())
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(&feedback_topic, 0);
+        let got = consumer.committed_offsets(list, Duration::from_secs(5)).ok()?;
+        let offset = got.elements()[0].offset();
+        (offset == rdkafka::Offset::Offset(FEEDBACK as i64)).then_some(())
+    })
+    .await;
+    assert!(committed.is_some(), "the leader's offsets were not committed to {group}");
+    cluster.replicas[leader].start();
+    cluster.settled(Duration::from_secs(60)).await;
+    cluster.assert_copies(next, true).await;
 }
