@@ -361,11 +361,11 @@ async fn a_leader_paused_past_its_lease_acts_on_nothing_when_it_wakes_and_follow
     assert!(cluster.replicas[old].server().log().contains("term ended"), "{}", cluster.replicas[old].server().log());
 }
 
-/// Kills of the leader in a row (5 here; the 20 and 100 are for a benchmark): one leader
+/// 20 kills of the leader in a row (100 in `cargo bench --bench cluster`): one leader
 /// at a time, epochs that only grow, one chain on every replica, one write to the target.
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() {
-    const KILLS: usize = 5;
+    const KILLS: usize = 20;
     let Some(mut cluster) = Cluster::new(3).await else { return };
     for r in &mut cluster.replicas {
         r.start();
@@ -389,10 +389,13 @@ async fn repeated_kills_of_the_leader_keep_one_leader_at_a_time_and_one_chain() 
     }
     cluster.settled(Duration::from_secs(60)).await;
     handovers.sort();
+    // Nearest rank: with 20 takeovers the p99 is the slowest.
+    let rank = |q: f64| handovers[((q * KILLS as f64).ceil() as usize).clamp(1, KILLS) - 1];
     eprintln!(
-        "kill -9 to a ready new leader over {KILLS} takeovers (lease 3 s): min {:?}, median {:?}, max {:?}",
+        "kill -9 to a ready new leader over {KILLS} takeovers (lease 3 s): min {:?}, p50 {:?}, p99 {:?}, max {:?}",
         handovers[0],
-        handovers[KILLS / 2],
+        rank(0.5),
+        rank(0.99),
         handovers[KILLS - 1]
     );
     assert_eq!(cluster.patches(), 1, "one write to the VirtualService across {KILLS} takeovers");
