@@ -35,8 +35,8 @@ use crate::prometheus::verification::VerifySpec;
 use crate::prometheus::{SharedPrometheus, confirm};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::state::detail::{
-    ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KafkaPosition, KindPart, ManualPart,
-    Part, PlanPart, Recorded, STEP_DOWN_FIELD, StepDownPart, VerifyPart,
+    ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KafkaPosition, KindPart,
+    ManualPart, Part, PlanPart, Recorded, STEP_DOWN_FIELD, StepDownPart, VerifyPart,
 };
 use crate::state::stepdown::{self, StepDown, StepInfo};
 use crate::state::{self, GuardSettings, GuardState, GuardVerdict};

@@ -363,7 +363,11 @@ impl KafkaSource {
         match self.consumer.incremental_assign(&list) {
             Ok(()) => {
                 self.assigned.store(partitions.len(), Ordering::Relaxed);
-                info!(partitions = list.count(), assigned = partitions.len(), "kafka partitions assigned (leader; from the recorded positions)");
+                info!(
+                    partitions = list.count(),
+                    assigned = partitions.len(),
+                    "kafka partitions assigned (leader; from the recorded positions)"
+                );
             }
             Err(e) => {
                 for e2 in list.elements() {

@@ -25,9 +25,8 @@ use crate::event::Feedback;
 use crate::feedback::arms::{ArmKey, Arms, ArmsSnapshot, Origin};
 use crate::target::ObjectKind;
 use detail::{
-    KafkaPosition,
-    Control, ControlPart, DuplicatePart, FeedbackArmsPart, FeedbackPart, FlaggerHoldPart, KindPart, Part, PlanPart,
-    Recorded, StepDownPart, VerifyPart,
+    Control, ControlPart, DuplicatePart, FeedbackArmsPart, FeedbackPart, FlaggerHoldPart, KafkaPosition, KindPart,
+    Part, PlanPart, Recorded, StepDownPart, VerifyPart,
 };
 use stepdown::{StepDown, StepInfo};
 
@@ -239,10 +238,13 @@ impl GuardState {
             verifications: s.verifications.into_iter().map(|v| (v.action_id.clone(), v)).collect(),
             flagger: s.flagger.into_iter().collect(),
             step_downs: s.step_downs.into_iter().map(|d| (d.target.clone(), d)).collect(),
-            kafka: s.kafka.into_iter().fold(Default::default(), |mut m: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>, (t, p, o)| {
-                m.entry(t).or_default().insert(p, o);
-                m
-            }),
+            kafka: s.kafka.into_iter().fold(
+                Default::default(),
+                |mut m: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>, (t, p, o)| {
+                    m.entry(t).or_default().insert(p, o);
+                    m
+                },
+            ),
         }
     }
 

@@ -602,7 +602,11 @@ async fn a_kill_of_the_leader_while_kafka_streams_in_records_every_message_once(
             .iter()
             .filter(|r| r["kind"] == "received")
             .filter_map(|r| {
-                let k = if r["detail"]["kafka"].is_object() { &r["detail"]["kafka"] } else { &r["detail"]["delivery"]["kafka"] };
+                let k = if r["detail"]["kafka"].is_object() {
+                    &r["detail"]["kafka"]
+                } else {
+                    &r["detail"]["delivery"]["kafka"]
+                };
                 (k["topic"] == topic).then(|| k["offset"].as_i64().unwrap())
             })
             .collect();
@@ -652,4 +656,70 @@ async fn a_kill_of_the_leader_while_kafka_streams_in_records_every_message_once(
     cluster.replicas[leader].start();
     cluster.settled(Duration::from_secs(60)).await;
     cluster.assert_copies(next, true).await;
+}
+
+/// Post `events` one per request to whichever replica leads, killing the leader once `kill_after`
+/// have been acknowledged (None: never); the audit log of the replica that leads at the end.
+async fn stream_feedback(events: &[String], kill_after: Option<usize>) -> (Vec<Value>, usize) {
+    let mut cluster = Cluster::new(3).await.expect("tansu");
+    for r in &mut cluster.replicas {
+        r.start();
+    }
+    let mut leader = cluster.settled(Duration::from_secs(60)).await;
+    for (i, event) in events.iter().enumerate() {
+        if Some(i) == kill_after {
+            assert_eq!(cluster.patches(), 0, "acted before the kill: move the kill earlier");
+            cluster.replicas[leader].kill();
+            leader = cluster.settled(Duration::from_secs(60)).await;
+        }
+        let (status, body) =
+            cluster.replicas[leader].server().post("/v1/feedback", "application/x-ndjson", event.clone()).await;
+        assert_eq!((status, &body["received"]), (200, &Value::from(1)), "event {i}: {body}");
+    }
+    assert_eq!(cluster.weights(), [100, 0], "the canary was rolled back");
+    (records(&cluster.replicas[leader].audit_dir()), cluster.patches())
+}
+
+/// A feedback comparison across a takeover acts at exactly the event it acts at without one,
+/// on exactly the same evidence: the new leader's arms are the old one's, record for record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feedback_comparison_acts_at_the_same_event_with_or_without_a_takeover() {
+    if !Tansu::available() {
+        return;
+    }
+    let events: Vec<String> = outcomes(23, 300)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut v: Value = serde_json::from_str(&e).unwrap();
+            v["id"] = Value::from(format!("event-{i}"));
+            v.to_string()
+        })
+        .collect();
+    // Every finding: the event it came at, both arms' counts, the test's figures (statistic,
+    // p-value, dispersion) and which comparison fired; not the clock times it started at.
+    let decision = |records: &[Value]| -> Vec<(Value, Value)> {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "matched")
+            .map(|m| {
+                let e = &m["detail"]["evidence"];
+                let c = &e["comparison"];
+                (
+                    m["event_id"].clone(),
+                    serde_json::json!([e["canary"], e["baseline"], e["detail"], c["fired"], c["generation"]]),
+                )
+            })
+            .collect()
+    };
+    let (without, patches) = stream_feedback(&events, None).await;
+    assert_eq!(patches, 1);
+    let (with, patches) = stream_feedback(&events, Some(120)).await;
+    assert_eq!(patches, 1);
+    let takeovers = |records: &[Value]| records.iter().filter(|r| r["detail"]["control"] == "takeover").count();
+    assert_eq!((takeovers(&without), takeovers(&with)), (1, 2), "the first leader's, and one after the kill");
+    let findings = decision(&without);
+    assert!(!findings.is_empty());
+    eprintln!("acted at {} without a takeover", findings[0].0);
+    assert_eq!(decision(&with), findings, "the same event, the same evidence");
 }
