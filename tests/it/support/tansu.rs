@@ -1,4 +1,5 @@
-//! Run the tansu Kafka-protocol broker (its own process, in-memory storage) from tests.
+//! Run the tansu Kafka-protocol broker (its own process; in-memory storage, or S3 through moto's
+//! server for a broker that restarts) from tests.
 //! Install: `cargo install tansu --version 0.6.0 --features dynostore` (.ci/run does).
 //! Facts measured here (shared FIELD-NOTES): topics are not auto-created; a consumer resuming
 //! inside a record batch gets nothing, so tests produce one record per batch.
@@ -15,6 +16,59 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 pub struct Tansu {
     child: Child,
     port: u16,
+    /// Where it keeps its data, when not in memory: an S3 server of its own (restartable).
+    s3: Option<S3>,
+}
+
+/// moto's S3 server (PyPI `moto[server]`, its own process): storage that outlives the broker, so
+/// a test can restart the broker and find its topics, records and committed offsets again
+/// (tansu 0.6 keeps data in memory, in S3 or in PostgreSQL; not in files).
+pub struct S3 {
+    child: Child,
+    port: u16,
+}
+
+impl S3 {
+    async fn start() -> Option<S3> {
+        let python = super::find_binary("BACKSTOP_PYTHON", &["python3"])?;
+        let probe = Command::new(&python).args(["-c", "import moto.server"]).output().ok()?;
+        if !probe.status.success() {
+            if std::env::var("BACKSTOP_SKIP_EXTERNAL").as_deref() == Ok("1") {
+                eprintln!("skipping: moto not installed");
+                return None;
+            }
+            panic!("moto's S3 server not found: pip install --user 'moto[server]' (./test does)");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s3 = S3 { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The bucket the broker writes to.
+        loop {
+            let created = reqwest::Client::new().put(format!("{}/tansu", s3.url())).send().await;
+            if created.is_ok_and(|r| r.status().is_success()) {
+                return Some(s3);
+            }
+            assert!(Instant::now() < deadline, "moto did not answer on {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `$BACKSTOP_TANSU_BIN`, tansu on PATH, or where `cargo install` puts it.
@@ -53,28 +107,40 @@ impl Tansu {
     /// On a given port (e.g. one that backstop was already pointed at, for outage tests).
     pub async fn try_start_on(port: u16) -> Option<Tansu> {
         let bin = binary_or_skip()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Tansu { child, port };
+        let child = spawn(&bin, port, None);
+        let t = Tansu { child, port, s3: None };
+        t.listening().await;
+        Some(t)
+    }
+
+    /// With its data in an S3 server of its own, so that [`Tansu::restart`] keeps it.
+    pub async fn try_start_persistent() -> Option<Tansu> {
+        let bin = binary_or_skip()?;
+        let s3 = S3::start().await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = spawn(&bin, port, Some(&s3));
+        let t = Tansu { child, port, s3: Some(s3) };
+        t.listening().await;
+        Some(t)
+    }
+
+    /// Stop the broker (kill -9); [`Tansu::start_again`] starts it on the same port and storage.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn start_again(&mut self) {
+        self.child = spawn(&binary().unwrap(), self.port, self.s3.as_ref());
+        self.listening().await;
+    }
+
+    async fn listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.port);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Some(t)
     }
 
     pub fn brokers(&self) -> String {
@@ -109,6 +175,23 @@ impl Tansu {
         let record = FutureRecord::<(), _>::to(topic).payload(payload).headers(h);
         producer.send(record, Duration::from_secs(10)).await.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
     }
+}
+
+fn spawn(bin: &std::path::Path, port: u16, s3: Option<&S3>) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut command = Command::new(bin);
+    command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+    match s3 {
+        None => command.args(["--storage-engine", "memory://tansu/"]),
+        Some(s3) => command.args(["--storage-engine", "s3://tansu/"]).envs([
+            ("AWS_ENDPOINT", s3.url().as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ]),
+    };
+    command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
 }
 
 impl Drop for Tansu {
