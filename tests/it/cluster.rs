@@ -514,8 +514,8 @@ async fn a_feedback_comparison_goes_on_across_a_takeover() {
     assert!(n > 100, "the canary's count includes what the old leader recorded: {n}");
 }
 
-/// A follower paused while the leader records, and while the leader then dies, catches up from
-/// the topic when it wakes: both epochs, the same bytes.
+/// A follower paused while the leader records (controls and 2,000 feedback events), and while
+/// the leader then dies, catches up from the topic when it wakes: both epochs, the same bytes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_that_fell_behind_across_a_takeover_catches_up_to_the_same_bytes() {
     let Some(mut cluster) = Cluster::new(3).await else { return };
@@ -534,6 +534,12 @@ async fn a_follower_that_fell_behind_across_a_takeover_catches_up_to_the_same_by
         let (status, answer) = cluster.replicas[leader].server().post(path, "application/json", body).await;
         assert_eq!(status, 200, "{answer}");
     }
+    // And intake load meanwhile: 2,000 feedback events in batches of 200.
+    for batch in outcomes(5, 2000).chunks(200) {
+        let (status, answer) =
+            cluster.replicas[leader].server().post("/v1/feedback", "application/x-ndjson", batch.join("\n")).await;
+        assert_eq!((status, &answer["received"]), (200, &Value::from(200)), "{answer}");
+    }
     cluster.replicas[leader].kill();
     let next = cluster.settled(Duration::from_secs(60)).await;
     assert_ne!(next, lagging, "a stopped replica cannot take over");
@@ -549,6 +555,8 @@ async fn a_follower_that_fell_behind_across_a_takeover_catches_up_to_the_same_by
     assert!(same.is_some(), "the lagging follower did not catch up:\n{}", cluster.replicas[lagging].server().log());
     let drills = records(&behind).iter().filter(|r| r["kind"] == "control" && r.to_string().contains("drill ")).count();
     assert_eq!(drills, 30, "every pause and resume, from both leaders");
+    let received = records(&behind).iter().filter(|r| r["kind"] == "received").count();
+    assert_eq!(received, 2000, "every feedback event once");
     let out = cluster.replicas[lagging].wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
