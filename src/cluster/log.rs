@@ -311,6 +311,8 @@ impl LogFollower {
                 Ok(Read::Gap { expected_seq, first_seq, .. }) => {
                     warn!(expected_seq, first_seq, offset, "replicated log: a batch off the chain; not applied")
                 }
+                // For replicas that start with an empty disk; this one has its log.
+                Ok(Read::Snapshot) => {}
             }
             let place = Place {
                 offset,

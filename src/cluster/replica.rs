@@ -33,6 +33,11 @@ pub enum Message {
     /// `prev` is the hash of the line before it (of the log's first record: the audit log's
     /// `GENESIS`).
     Batch { epoch: u32, leader: String, first_seq: u64, prev: String, lines: Vec<String> },
+    /// Where a new replica with an empty disk may start: the leader's guard state (`state`, the
+    /// snapshot file's JSON) as of the record `seq`, the `checkpoint` line that starts a segment
+    /// and anchors the chain there (`line`, hashing to `hash`). Published right after the batch
+    /// of that one line, before any other.
+    Snapshot { epoch: u32, leader: String, seq: u64, hash: String, line: String, state: Vec<u8> },
 }
 
 /// What a reader does with one message.
@@ -46,6 +51,8 @@ pub enum Read {
     Stale { epoch: u32, current: u32 },
     /// A batch that does not continue the chain: not applied.
     Gap { expected_seq: u64, expected_prev: String, first_seq: u64, prev: String },
+    /// A snapshot, for replicas that start with an empty disk (nothing to apply).
+    Snapshot,
 }
 
 /// A replica's position in the replicated log.
@@ -75,9 +82,7 @@ impl Reader {
 
     /// Apply the next message of the topic.
     pub fn read(&mut self, message: &Message) -> Read {
-        let epoch = match message {
-            Message::Marker { epoch, .. } | Message::Batch { epoch, .. } => *epoch,
-        };
+        let epoch = message.epoch();
         if let Some(current) = self.epoch
             && epoch < current
         {
@@ -104,7 +109,62 @@ impl Reader {
                 }
                 Read::Append(lines.clone())
             }
+            Message::Snapshot { .. } => Read::Snapshot,
         }
+    }
+}
+
+/// A new replica's first pass over the topic, from its oldest retained message to its end:
+/// which snapshot to start from. Messages are read with the same rule as [`Reader::read`]; a
+/// snapshot counts only if it is of the newest epoch seen and, when the chain before it is known,
+/// continues it exactly. The latest that counts wins: the replica starts after it and applies
+/// only what follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// The chain as read so far: known from the topic's first message (offset 0), or from the
+    /// first snapshot when older messages were deleted.
+    reader: Option<Reader>,
+    /// The newest epoch seen, whether or not the chain is known.
+    epoch: Option<u32>,
+    /// The snapshot to start from: its offset, the message, and the reader after it.
+    found: Option<(i64, Message, Reader)>,
+}
+
+impl Bootstrap {
+    /// `from_start`: the topic's first message is its first ever (offset 0), so the chain is
+    /// known from the genesis.
+    pub fn new(from_start: bool) -> Bootstrap {
+        Bootstrap { reader: from_start.then(Reader::default), epoch: None, found: None }
+    }
+
+    pub fn read(&mut self, offset: i64, message: &Message) {
+        let epoch = message.epoch();
+        if self.epoch.is_some_and(|e| epoch < e) {
+            return;
+        }
+        if let Message::Marker { .. } = message {
+            self.epoch = Some(epoch);
+        }
+        if let Some(reader) = &mut self.reader {
+            reader.read(message);
+        }
+        if let Message::Snapshot { seq, hash, .. } = message {
+            let continues = match &self.reader {
+                Some(r) => r.epoch == Some(epoch) && r.next_seq == seq + 1 && r.last_hash == *hash,
+                None => true,
+            };
+            if continues {
+                let reader = Reader::at(Some(epoch), seq + 1, hash.clone());
+                self.epoch = Some(epoch);
+                self.reader = Some(reader.clone());
+                self.found = Some((offset, message.clone(), reader));
+            }
+        }
+    }
+
+    /// The snapshot to start from (its offset, the message, the reader after it), if any.
+    pub fn found(&self) -> Option<&(i64, Message, Reader)> {
+        self.found.as_ref()
     }
 }
 
@@ -124,6 +184,12 @@ pub struct DecodeError {
 }
 
 impl Message {
+    pub fn epoch(&self) -> u32 {
+        match self {
+            Message::Marker { epoch, .. } | Message::Batch { epoch, .. } | Message::Snapshot { epoch, .. } => *epoch,
+        }
+    }
+
     /// The record as written to the topic: its headers, and its value (a batch's lines, each
     /// ending in a newline, exactly as in the local segments; nothing for a marker).
     pub fn encode(&self) -> (Vec<(&'static str, Vec<u8>)>, Vec<u8>) {
@@ -149,6 +215,23 @@ impl Message {
                         (HEADER_LEADER, leader.clone().into_bytes()),
                         (HEADER_FIRST_SEQ, first_seq.to_string().into_bytes()),
                         (HEADER_PREV, prev.clone().into_bytes()),
+                    ],
+                    value,
+                )
+            }
+            Message::Snapshot { epoch, leader, seq, hash, line, state } => {
+                // The value is the checkpoint's line, a newline, then the state's JSON.
+                let mut value = Vec::with_capacity(line.len() + 1 + state.len());
+                value.extend_from_slice(line.as_bytes());
+                value.push(b'\n');
+                value.extend_from_slice(state);
+                (
+                    vec![
+                        (HEADER_KIND, b"snapshot".to_vec()),
+                        (HEADER_EPOCH, epoch.to_string().into_bytes()),
+                        (HEADER_LEADER, leader.clone().into_bytes()),
+                        (HEADER_FIRST_SEQ, seq.to_string().into_bytes()),
+                        (HEADER_PREV, hash.clone().into_bytes()),
                     ],
                     value,
                 )
@@ -188,9 +271,35 @@ impl Message {
                     lines: body.split('\n').map(str::to_string).collect(),
                 })
             }
-            other => {
-                Err(DecodeError { header: HEADER_KIND, problem: format!("`{other}` is neither marker nor batch") })
+            "snapshot" => {
+                let Some(newline) = value.iter().position(|b| *b == b'\n') else {
+                    return Err(DecodeError {
+                        header: "value",
+                        problem: "a snapshot starts with its checkpoint's line".into(),
+                    });
+                };
+                let line = std::str::from_utf8(&value[..newline])
+                    .map_err(|_| DecodeError { header: "value", problem: "not UTF-8".into() })?;
+                let hash = text(HEADER_PREV)?;
+                if sha256_hex(line.as_bytes()) != hash {
+                    return Err(DecodeError {
+                        header: HEADER_PREV,
+                        problem: "not the hash of the checkpoint's line".into(),
+                    });
+                }
+                Ok(Message::Snapshot {
+                    epoch,
+                    leader,
+                    seq: number(HEADER_FIRST_SEQ)?,
+                    hash,
+                    line: line.to_string(),
+                    state: value[newline + 1..].to_vec(),
+                })
             }
+            other => Err(DecodeError {
+                header: HEADER_KIND,
+                problem: format!("`{other}` is not a marker, a batch or a snapshot"),
+            }),
         }
     }
 }
@@ -329,5 +438,74 @@ mod tests {
             (HEADER_PREV, b""),
         ];
         assert_eq!(Message::decode(headers, b"torn").unwrap_err().header, "value");
+    }
+
+    fn snapshot(epoch: u32, seq: u64, line: &str) -> Message {
+        Message::Snapshot { epoch, leader: "a".into(), seq, hash: h(line), line: line.into(), state: b"{}".to_vec() }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_one_whose_line_does_not_hash_as_said_is_refused() {
+        let m = snapshot(3, 7, r#"{"seq":7,"kind":"checkpoint"}"#);
+        let (pairs, value) = m.encode();
+        let headers: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        assert_eq!(Message::decode(&headers, &value), Ok(m));
+        let mut forged = value.clone();
+        forged[0] = b' ';
+        assert_eq!(Message::decode(&headers, &forged).unwrap_err().header, HEADER_PREV);
+        assert_eq!(Reader::default().read(&snapshot(0, 1, "x")), Read::Snapshot, "nothing to apply");
+    }
+
+    #[test]
+    fn a_new_replica_starts_from_the_latest_snapshot_that_continues_the_chain() {
+        let c1 = "checkpoint at 2";
+        let c2 = "checkpoint at 4";
+        let topic = [
+            marker(0, "a"),
+            batch(0, "a", 1, GENESIS, &["r1"]),
+            batch(0, "a", 2, &h("r1"), &[c1]),
+            snapshot(0, 2, c1),
+            batch(0, "a", 3, &h(c1), &["r3"]),
+            batch(0, "a", 4, &h("r3"), &[c2]),
+            snapshot(0, 4, c2),
+            // Off the chain (says seq 4 again, but the chain is at 5 by now): ignored.
+            snapshot(0, 4, "another line"),
+            batch(0, "a", 5, &h(c2), &["r5"]),
+        ];
+        let mut b = Bootstrap::new(true);
+        for (offset, m) in topic.iter().enumerate() {
+            b.read(offset as i64, m);
+        }
+        let (offset, m, reader) = b.found().unwrap();
+        assert_eq!((*offset, m), (6, &topic[6]));
+        assert_eq!(*reader, Reader::at(Some(0), 5, h(c2)), "the reader resumes after the checkpoint");
+    }
+
+    #[test]
+    fn a_replica_whose_topic_lost_its_oldest_messages_starts_from_a_snapshot_never_a_deposed_leaders() {
+        let c1 = "checkpoint at 10";
+        let late = "a's checkpoint after b took over";
+        let topic = [
+            // The messages before offset 20 are gone (retention).
+            batch(0, "a", 9, &h("r8"), &["r9"]),
+            batch(0, "a", 10, &h("r9"), &[c1]),
+            snapshot(0, 10, c1),
+            marker(1, "b"),
+            // a, paused past its lease, wakes and publishes once more: too late.
+            batch(0, "a", 11, &h(c1), &[late]),
+            snapshot(0, 11, late),
+            batch(1, "b", 11, &h(c1), &["r11"]),
+        ];
+        let mut b = Bootstrap::new(false);
+        for (offset, m) in topic.iter().enumerate() {
+            b.read(20 + offset as i64, m);
+        }
+        let (offset, _, reader) = b.found().unwrap();
+        assert_eq!(*offset, 22);
+        assert_eq!(reader.next_seq, 11);
+        // Without any snapshot there is nowhere to start.
+        let mut none = Bootstrap::new(false);
+        none.read(20, &topic[0]);
+        assert!(none.found().is_none());
     }
 }
