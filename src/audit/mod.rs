@@ -24,9 +24,9 @@ pub use read::{
     RawRecord, export, hash_at, query, raw_records_after, records, records_after, records_after_position, segments,
     tail,
 };
-pub use replica::{Applied, Mode, Replicate};
+pub use replica::{Applied, Mode, Replicate, start_at};
 pub use verify::{VerifyError, VerifyReport, verify, verify_reader};
-pub use writer::AuditLog;
+pub use writer::{AuditLog, StateAt};
 
 /// `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

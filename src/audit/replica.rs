@@ -18,6 +18,11 @@ use super::{AuditError, AuditOptions, Kind};
 /// **and** this replica may still acknowledge it; `Err` says why not.
 pub trait Replicate: Send + Sync {
     fn replicate(&self, first_seq: u64, prev: &str, bytes: &[u8]) -> Result<(), String>;
+
+    /// Publish where a new replica may start: the `checkpoint` record `seq` (its `line`, hashing
+    /// to `hash`) that begins a segment, just replicated as a batch of its own, and the guard
+    /// state as of it (`state`). Called right after that batch, before any other.
+    fn publish_snapshot(&self, seq: u64, hash: &str, line: &[u8], state: Vec<u8>) -> Result<(), String>;
 }
 
 /// Who creates the records of this log.
@@ -160,6 +165,28 @@ fn delete_segments(tail: &Tail, shared: &Shared, names: impl Iterator<Item = Str
     crate::fsutil::sync_dir(&shared.dir).map_err(io("sync", &shared.dir))
 }
 
+/// A replica that joins with an empty disk starts its log at a leader's anchoring `checkpoint`
+/// (see `AuditLog::anchor`): its first segment holds that one line, byte for byte, named as the
+/// leader's segment that begins with it. `audit verify` starts there, anchored by the checkpoint
+/// itself. The position of that record.
+pub fn start_at(dir: &std::path::Path, seq: u64, line: &[u8]) -> Result<super::Position, AuditError> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(super::writer::io("create", dir))?;
+    if !super::read::segments(dir)?.is_empty() {
+        return Err(AuditError::Corrupt {
+            path: dir.to_path_buf(),
+            line: 0,
+            message: format!("a replica starts from a snapshot (at seq {seq}) only with an empty log"),
+        });
+    }
+    let path = dir.join(super::read::segment_name(seq));
+    let mut f = std::fs::File::create(&path).map_err(super::writer::io("create", &path))?;
+    f.write_all(line).and_then(|()| f.write_all(b"\n")).map_err(super::writer::io("write", &path))?;
+    f.sync_all().map_err(super::writer::io("sync", &path))?;
+    crate::fsutil::sync_dir(dir).map_err(super::writer::io("sync", dir))?;
+    Ok(super::Position { seq, hash: super::writer::hash(line), segment: super::writer::file_name(&path), offset: 0 })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -172,6 +199,7 @@ mod tests {
     #[derive(Default)]
     struct Topic {
         batches: Mutex<Vec<(u64, String, Vec<u8>)>>,
+        snapshots: Mutex<Vec<(u64, String, Vec<u8>, Vec<u8>)>>,
         fail: std::sync::atomic::AtomicBool,
     }
 
@@ -181,6 +209,11 @@ mod tests {
                 return Err("broker unreachable".into());
             }
             self.batches.lock().unwrap().push((first_seq, prev.to_string(), bytes.to_vec()));
+            Ok(())
+        }
+
+        fn publish_snapshot(&self, seq: u64, hash: &str, line: &[u8], state: Vec<u8>) -> Result<(), String> {
+            self.snapshots.lock().unwrap().push((seq, hash.to_string(), line.to_vec(), state));
             Ok(())
         }
     }

@@ -30,7 +30,12 @@ enum Request {
     Apply { first_seq: u64, lines: Vec<String>, reply: oneshot::Sender<Result<Applied, AuditError>> },
     /// Lead (replicating every batch before writing it) or follow (creating nothing).
     SetMode { mode: Mode, reply: oneshot::Sender<()> },
+    /// A leader's starting point for new replicas (see [`AuditLog::anchor`]).
+    Anchor { state: StateAt, reply: oneshot::Sender<Result<Position, AuditError>> },
 }
+
+/// The guard state's JSON as of a position, made by the caller (which holds the state still).
+pub type StateAt = Box<dyn FnOnce(&Position) -> Vec<u8> + Send>;
 
 /// An entry and its JSON, serialised by the caller (in parallel, on the caller's thread): the
 /// writer thread, which every record goes through in order, only adds `seq`, `time` and `prev`
@@ -220,6 +225,17 @@ impl AuditLog {
     }
 
     /// Append contiguously; returns once the records are on disk.
+    /// A leader's starting point for replicas that join with an empty disk: seal the open
+    /// segment, begin the next with a `checkpoint` record that anchors the chain there (a batch
+    /// of its own), and publish it with the guard state as of it (`state`, given the checkpoint's
+    /// position) to the replicated log. The caller keeps the state from changing meanwhile.
+    /// Refused unless leading.
+    pub async fn anchor(&self, state: StateAt) -> Result<Position, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Anchor { state, reply })?;
+        rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
         self.submit(entries)?.await.map_err(|_| AuditError::Stopped)?
     }
@@ -405,6 +421,10 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
                     tracing::error!(error = %e, first_seq, "could not apply replicated audit records");
                 }
                 let _ = reply.send(result);
+                continue;
+            }
+            Request::Anchor { state, reply } => {
+                let _ = reply.send(anchor(&mut tail, &opts, &shared, &mut mode, state));
                 continue;
             }
             Request::SetMode { mode: new, reply } => {
@@ -663,6 +683,50 @@ pub(super) fn start_next_segment(tail: &mut Tail, shared: &Shared) {
     tail.seg_first = tail.next_seq;
     tail.len = 0;
     tail.first_time = None;
+}
+
+/// [`AuditLog::anchor`] in the writer's thread: nothing else is written between the checkpoint
+/// and its snapshot.
+fn anchor(
+    tail: &mut Tail,
+    opts: &AuditOptions,
+    shared: &Shared,
+    mode: &mut Mode,
+    state: StateAt,
+) -> Result<Position, AuditError> {
+    let Mode::Leader(replicate) = mode.clone() else { return Err(AuditError::NotLeader) };
+    if tail.len > 0 {
+        rotate(tail, opts, shared, mode)?;
+    }
+    let checkpoint = Entry::new(Kind::Checkpoint)
+        .reason("a starting point for replicas that join with an empty disk (published with the guard state)")
+        .detail(json!({
+            "deleted": [],
+            "anchors": [{ "seq": tail.next_seq, "prev": tail.last_hash }],
+            "kept_from_seq": tail.next_seq,
+            "snapshot": true,
+        }));
+    let start = tail.len;
+    write_records(tail, opts, shared, mode, vec![prepare(checkpoint)?])?;
+    let position = tail.position();
+    let line = read_line(&tail.path, start, tail.len)?;
+    replicate
+        .publish_snapshot(position.seq, &position.hash, &line, state(&position))
+        .map_err(AuditError::Replication)?;
+    Ok(position)
+}
+
+/// The bytes of one line just written (without its newline).
+fn read_line(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, AuditError> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(io("read", path))?;
+    f.seek(std::io::SeekFrom::Start(from)).map_err(io("read", path))?;
+    let mut line = vec![0; usize::try_from(to - from).unwrap_or(0)];
+    f.read_exact(&mut line).map_err(io("read", path))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Ok(line)
 }
 
 /// Delete the oldest sealed segments that retention no longer keeps. First a `checkpoint` record

@@ -175,6 +175,27 @@ impl Replicate for Replicator {
         }
         Ok(())
     }
+
+    fn publish_snapshot(&self, seq: u64, hash: &str, line: &[u8], state: Vec<u8>) -> Result<(), String> {
+        let Some(window) = self.window().filter(|w| !w.is_zero()) else {
+            return Err(format!("not the leader of epoch {} any more", self.epoch));
+        };
+        let line = String::from_utf8(line.to_vec()).map_err(|_| "the checkpoint's line is not UTF-8".to_string())?;
+        let message = Message::Snapshot {
+            epoch: self.epoch,
+            leader: self.leader.clone(),
+            seq,
+            hash: hash.to_string(),
+            line,
+            state,
+        };
+        let (pairs, value) = message.encode();
+        let topic = &self.log.topic;
+        let record = FutureRecord::<(), _>::to(topic).payload(&value).headers(headers(&pairs)).partition(0);
+        futures::executor::block_on(self.log.producer.send(record, window))
+            .map_err(|(e, _)| format!("{topic}: {e}"))?;
+        Ok(())
+    }
 }
 
 /// Where applied lines go: the audit log, or the pipeline (which also folds them into its state).

@@ -18,9 +18,16 @@ impl Pipeline {
             let detail = Delivered { alert: a, delivery: &context };
             received.push(entry.detail_of(&detail)?);
         }
+        // A Kafka position is guard state: recorded and noted under the state's lock, so that no
+        // snapshot falls between the record and the note.
+        let kafka = KafkaPosition::read(Some(&context), false);
+        let held = match &kafka {
+            Some(_) => Some(self.state.lock().await),
+            None => None,
+        };
         self.audit.append(received).await?;
-        if let Some(k) = KafkaPosition::read(Some(&context), false) {
-            self.state.lock().await.note_kafka(&k.topic, k.partition, k.offset);
+        if let (Some(mut state), Some(k)) = (held, kafka) {
+            state.note_kafka(&k.topic, k.partition, k.offset);
         }
         // One count per run of alerts from the same source (a payload's are all one source).
         for run in alerts.chunk_by(|a, b| a.source == b.source) {

@@ -48,7 +48,7 @@ use feedback::FeedbackContext;
 use reject::REJECTION_MEMORY;
 pub use reject::{REJECTED_PREFIX, Rejection};
 pub use replica::{Gate, Takeover};
-pub use restore::{Restored, SNAPSHOT_FILE};
+pub use restore::{Restored, SNAPSHOT_FILE, start_from_snapshot};
 use restore::{longest_cooldown, restore_state};
 use steps::step_outcome;
 use verify::verify_detail;
@@ -105,6 +105,10 @@ pub struct Pipeline {
     state: tokio::sync::Mutex<GuardState>,
     settings: RwLock<Settings>,
     rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
+    /// Held shared by a write that changes the state after it is recorded without the state's
+    /// lock ([`Pipeline::record_unlocked`]), and exclusively while a snapshot is published, so
+    /// that none falls between a checkpoint and its snapshot.
+    unlocked_writes: tokio::sync::RwLock<()>,
     restored: Restored,
     prometheus: Option<SharedPrometheus>,
     /// Feedback findings not to decide again before a time (see [`FEEDBACK_QUIET`]).
@@ -142,6 +146,7 @@ impl Pipeline {
             state: tokio::sync::Mutex::new(state),
             settings: RwLock::new(settings),
             rejections: Default::default(),
+            unlocked_writes: Default::default(),
             restored,
             prometheus: None,
             feedback_quiet: Default::default(),
@@ -227,6 +232,7 @@ impl Pipeline {
     /// without holding the state across the write, so concurrent deliveries share one fsync
     /// (group commit): an alert storm on one held target is not one fsync per alert.
     async fn record_unlocked(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        let _writing = self.unlocked_writes.read().await;
         let records = self.audit.append(entries).await?;
         let mut state = self.state.lock().await;
         for r in &records {

@@ -58,13 +58,18 @@ impl Pipeline {
         }
         let kafka = (r.source == "kafka").then(|| KafkaPosition::read(Some(&detail), true)).flatten();
         let entry = Entry::new(Kind::Rejected).source(r.source).reason(r.reason).detail(detail);
+        // Under the state's lock, as a received alert's position (see `alerts`).
+        let held = match &kafka {
+            Some(_) => Some(self.state.lock().await),
+            None => None,
+        };
         if let Err(e) = self.audit.append(vec![entry]).await {
             // Only a recorded body is remembered: this one is recorded when it comes again.
             self.rejections.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.body_sha256);
             return Err(e);
         }
-        if let Some(k) = kafka {
-            self.state.lock().await.note_kafka(&k.topic, k.partition, k.offset);
+        if let (Some(mut state), Some(k)) = (held, kafka) {
+            state.note_kafka(&k.topic, k.partition, k.offset);
         }
         // The memory is bounded: past its size, expired entries go, and if that is not enough,
         // all but this one (de-duplication is a saving, not a guarantee).

@@ -72,6 +72,32 @@ pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restor
     Ok((state, Restored { snapshot_seq, replayed, note }))
 }
 
+/// A cluster replica with an empty disk starts from a leader's published snapshot: its log
+/// begins with the anchoring checkpoint (`seq`, `line`) and the guard state (`state`, a
+/// snapshot's JSON as of that record) is written beside it, so the start restores it and the
+/// replicated log goes on from there. Refused unless the state is a snapshot of exactly that
+/// record.
+pub fn start_from_snapshot(dir: &std::path::Path, seq: u64, line: &[u8], state: &[u8]) -> Result<(), AuditError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let invalid = |message: String| AuditError::Corrupt { path: path.clone(), line: 0, message };
+    let snapshot: state::Snapshot =
+        serde_json::from_slice(state).map_err(|e| invalid(format!("the published snapshot does not read: {e}")))?;
+    let hash = crate::digest::sha256_hex(line);
+    if snapshot.position.seq != seq || snapshot.position.hash != hash {
+        return Err(invalid(format!(
+            "the published snapshot is of seq {} ({}), not of its checkpoint {seq} ({hash})",
+            snapshot.position.seq, snapshot.position.hash
+        )));
+    }
+    let at = audit::start_at(dir, seq, line)?;
+    debug_assert_eq!(at, snapshot.position);
+    crate::fsutil::write_atomically(&path, state).map_err(|source| AuditError::Io {
+        action: "write snapshot",
+        path: path.clone(),
+        source,
+    })
+}
+
 impl Pipeline {
     /// Write the guards' state beside the log (atomically), so the next start replays only what
     /// comes after it. Expired keys and cooldowns are dropped first.
@@ -98,6 +124,28 @@ impl Pipeline {
         .await
         .map_err(|_| AuditError::Stopped)??;
         Ok(seq)
+    }
+
+    /// A cluster leader: publish a starting point for replicas that join with an empty disk (a
+    /// `checkpoint` record beginning a segment, and the guard state as of it, on the replicated
+    /// log). The state is held still meanwhile: whatever changes it is recorded before the
+    /// checkpoint or after the snapshot. The checkpoint's seq.
+    pub async fn publish_snapshot(&self) -> Result<u64, AuditError> {
+        // Writes recorded without the state's lock finish first (and wait for this).
+        let _no_unlocked_writes = self.unlocked_writes.write().await;
+        let state = self.state.lock().await;
+        let snapshot = state.snapshot(self.audit.position());
+        let position = self
+            .audit
+            .anchor(Box::new(move |at: &audit::Position| {
+                let mut snapshot = snapshot;
+                snapshot.position = at.clone();
+                // Plain data: serialisable.
+                serde_json::to_vec(&snapshot).unwrap_or_default()
+            }))
+            .await?;
+        drop(state);
+        Ok(position.seq)
     }
 
     /// Finish the actions a previous run decided but did not finish (it stopped between the

@@ -9,14 +9,21 @@ use crate::http::auth::Auth;
 use crate::pipeline::{Gate, Pipeline};
 use crate::target::manifests::Manifests;
 
-/// The replicated log as a list of (first seq, lines).
+/// The replicated log as a list of (first seq, lines), and the snapshots published to it (the
+/// number of batches before each, the checkpoint's seq and line, the state).
 #[derive(Default)]
-struct Topic(Mutex<Vec<(u64, Vec<String>)>>);
+struct Topic(Mutex<Vec<(u64, Vec<String>)>>, Mutex<Vec<(usize, u64, String, Vec<u8>)>>);
 
 impl Replicate for Topic {
     fn replicate(&self, first_seq: u64, _prev: &str, bytes: &[u8]) -> Result<(), String> {
         let lines = std::str::from_utf8(bytes).unwrap().lines().map(str::to_string).collect();
         self.0.lock().unwrap().push((first_seq, lines));
+        Ok(())
+    }
+
+    fn publish_snapshot(&self, seq: u64, _hash: &str, line: &[u8], state: Vec<u8>) -> Result<(), String> {
+        let published = self.0.lock().unwrap().len();
+        self.1.lock().unwrap().push((published, seq, String::from_utf8(line.to_vec()).unwrap(), state));
         Ok(())
     }
 }
@@ -85,4 +92,58 @@ async fn a_follower_folds_the_leaders_records_into_the_same_state_and_refuses_in
         assert_eq!(applied.written, 0);
     }
     assert_eq!(snapshot(&leader).await, l);
+}
+
+/// A replica that joins with an empty disk from the leader's published snapshot, applying only
+/// the batches after it, holds the leader's guard state, and its log (which begins at the
+/// snapshot's checkpoint) verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_started_from_a_published_snapshot_folds_to_the_leaders_state() {
+    let base = harness();
+    let leader = replica(&base, "leader");
+    let topic = Arc::new(Topic::default());
+    leader.state.pipeline.audit().lead(topic.clone()).await.unwrap();
+    leader.state.pipeline.set_gate(Gate::LeadingUntil(chrono::Utc::now() + chrono::Duration::hours(1)));
+
+    let (_, body) = leader.webhook(FIRING).await;
+    assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
+    let pause = json!({"target": "shop/checkout", "reason": "migration", "actor": "oncall"});
+    assert_eq!(leader.post_json("/v1/pause", pause).await.0, StatusCode::OK);
+    let seq = leader.state.pipeline.publish_snapshot().await.unwrap();
+    // After the snapshot: a redelivery (a duplicate), a resume and a new pause.
+    leader.webhook(FIRING).await;
+    let resume = json!({"target": "shop/checkout", "reason": "done", "actor": "oncall"});
+    assert_eq!(leader.post_json("/v1/resume", resume).await.0, StatusCode::OK);
+    let pause = json!({"target": "shop/cart", "reason": "drill", "actor": "oncall"});
+    assert_eq!(leader.post_json("/v1/pause", pause).await.0, StatusCode::OK);
+
+    let (published, at, line, state) = topic.1.lock().unwrap().last().cloned().expect("a snapshot published");
+    assert_eq!(at, seq);
+    assert!(line.contains(r#""kind":"checkpoint""#), "{line}");
+    let batches = topic.0.lock().unwrap().clone();
+    assert_eq!(batches[published - 1], (seq, vec![line.clone()]), "the checkpoint is a batch of its own, just before");
+
+    let newcomer = base._dir.path().join("newcomer");
+    crate::pipeline::start_from_snapshot(&newcomer, seq, line.as_bytes(), &state).unwrap();
+    let joined = replica(&base, "newcomer");
+    for (first_seq, lines) in batches[published..].iter().cloned() {
+        joined.state.pipeline.apply_replicated(first_seq, lines).await.unwrap();
+    }
+    let snapshot = |h: &Harness| {
+        let p = h.state.pipeline.clone();
+        async move {
+            let mut v = serde_json::to_value(p.state.lock().await.snapshot(p.audit().position())).unwrap();
+            v.as_object_mut().unwrap().remove("written");
+            v
+        }
+    };
+    assert_eq!(snapshot(&joined).await, snapshot(&leader).await, "the same guard state");
+    let pauses = joined.state.pipeline.pauses().await.to_string();
+    assert!(pauses.contains("shop/cart") && !pauses.contains("shop/checkout"), "{pauses}");
+    let report = crate::audit::verify(&newcomer).unwrap();
+    assert_eq!(report.anchored_by, Some(seq), "verified from the checkpoint it starts at");
+    // Not from the beginning: the newcomer's log starts at the checkpoint.
+    assert!(crate::audit::records(&newcomer).unwrap().next().unwrap().unwrap().seq == seq);
+    // And a second start from a snapshot into that directory is refused.
+    assert!(crate::pipeline::start_from_snapshot(&newcomer, seq, line.as_bytes(), &state).is_err());
 }
