@@ -152,10 +152,27 @@ fn term_starter(
         set.spawn(async move {
             let _ = p.spawn_verifier(t).await.await;
         });
-        let steps = pipeline.spawn_step_downs(token);
+        let steps = pipeline.spawn_step_downs(token.clone());
         set.spawn(async move {
             let _ = steps.await;
         });
+        // A starting point for replicas that join with an empty disk, every `snapshot_every`.
+        if let Some(every) = config.cluster.as_ref().map(|c| c.snapshot_every) {
+            let pipeline = pipeline.clone();
+            set.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tick.tick() => match pipeline.publish_snapshot().await {
+                            Ok(seq) => info!(seq, "snapshot published to the replicated log"),
+                            Err(e) => warn!(error = %e, "could not publish a snapshot to the replicated log"),
+                        },
+                    }
+                }
+            });
+        }
         set
     })
 }
@@ -165,6 +182,13 @@ fn term_starter(
 /// flushed and closed.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let auth = Auth::load(&config.auth).map_err(ServeError::Auth)?;
+    // A cluster replica with an empty disk starts from the replicated log's latest snapshot.
+    if let (Some(cluster), Some(kafka)) = (&config.cluster, &config.kafka) {
+        let joined = crate::cluster::join::join(kafka, &cluster.log_topic, &config.audit_dir(), &cluster.identity)
+            .await
+            .map_err(|e| ServeError::Source(e.to_string()))?;
+        info!(?joined, "replicated log");
+    }
     let pipeline = Arc::new(pipeline(&config).await?);
     if config.cluster.is_none() {
         for report in pipeline.resume_pending().await.map_err(|e| ServeError::Source(e.to_string()))? {

@@ -195,11 +195,14 @@ mod tests {
     use super::super::{AuditLog, Entry, GENESIS, Retention, segments, verify};
     use super::*;
 
+    /// A snapshot published: the checkpoint's seq, hash and line, the state.
+    type Published = (u64, String, Vec<u8>, Vec<u8>);
+
     /// The replicated log as a list: what the leader handed over, in order.
     #[derive(Default)]
     struct Topic {
         batches: Mutex<Vec<(u64, String, Vec<u8>)>>,
-        snapshots: Mutex<Vec<(u64, String, Vec<u8>, Vec<u8>)>>,
+        snapshots: Mutex<Vec<Published>>,
         fail: std::sync::atomic::AtomicBool,
     }
 
@@ -334,5 +337,42 @@ mod tests {
         let replica = AuditLog::open_replica(dir.path(), AuditOptions::default()).unwrap();
         assert_eq!(replica.last().0, 2);
         assert_eq!(std::fs::read(&path).unwrap(), whole, "cut back; no `recovered` record");
+    }
+
+    #[tokio::test]
+    async fn an_anchor_seals_the_segment_writes_its_checkpoint_alone_and_publishes_it_with_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = Arc::new(Topic::default());
+        let leader = AuditLog::open_replica(dir.path(), AuditOptions::default()).unwrap();
+        let state = || -> super::super::StateAt {
+            Box::new(|at: &super::super::Position| format!("state at {}", at.seq).into_bytes())
+        };
+        assert!(matches!(leader.anchor(state()).await, Err(AuditError::NotLeader)), "a follower publishes nothing");
+        leader.lead(topic.clone()).await.unwrap();
+        leader.append(entries(0, 3)).await.unwrap();
+        let at = leader.anchor(state()).await.unwrap();
+        leader.append(entries(3, 2)).await.unwrap();
+
+        let batches = topic.batches.lock().unwrap().clone();
+        let kinds: Vec<Vec<String>> = batches.iter().map(|(_, _, b)| lines(b)).collect();
+        assert!(kinds[1][0].contains(r#""kind":"seal""#), "the open segment sealed: {kinds:?}");
+        assert_eq!(kinds[2].len(), 1, "the checkpoint is a batch of its own");
+        assert!(kinds[2][0].contains(r#""kind":"checkpoint""#));
+        let published = topic.snapshots.lock().unwrap().clone();
+        assert_eq!(
+            published,
+            vec![(at.seq, at.hash.clone(), kinds[2][0].clone().into_bytes(), b"state at 5".to_vec())]
+        );
+        assert_eq!(at.seq, 5);
+        assert_eq!(at.offset, 0, "the first line of its segment");
+        // A copy of the log from that segment on verifies, anchored by the checkpoint.
+        let copy = tempfile::tempdir().unwrap();
+        for (first, path) in segments(dir.path()).unwrap() {
+            if first >= at.seq {
+                std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let report = verify(copy.path()).unwrap();
+        assert_eq!((report.anchored_by, report.last_seq), (Some(5), 7));
     }
 }

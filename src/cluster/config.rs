@@ -39,6 +39,10 @@ pub struct RawCluster {
     pub kubeconfig: Option<PathBuf>,
     #[serde(default)]
     pub context: Option<String>,
+    /// How often the leader publishes a snapshot to the log topic, from which a replica with an
+    /// empty disk starts (default 10m). The topic's retention must keep more than one period.
+    #[serde(default)]
+    pub snapshot_every: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +55,12 @@ pub struct ClusterConfig {
     /// The Pod to label (see [`RawCluster::pod`]).
     pub pod: Option<String>,
     pub kubernetes: KubernetesOptions,
+    /// See [`RawCluster::snapshot_every`].
+    pub snapshot_every: Duration,
 }
+
+/// The default of `cluster.snapshot_every`.
+pub const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(600);
 
 /// A field of `cluster:` and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -109,6 +118,10 @@ impl RawCluster {
         if !name_ok(&lease) {
             return Err(error("lease", format!("`{lease}` is not a Kubernetes name")));
         }
+        let snapshot_every = duration("snapshot_every", &self.snapshot_every, DEFAULT_SNAPSHOT_EVERY)?;
+        if snapshot_every < Duration::from_secs(1) {
+            return Err(error("snapshot_every", "at least 1s"));
+        }
         let log_topic = self.log_topic.unwrap_or_else(|| DEFAULT_LOG_TOPIC.into());
         if log_topic.is_empty() {
             return Err(error("log_topic", "must not be empty"));
@@ -125,6 +138,7 @@ impl RawCluster {
                 context: self.context,
                 ..KubernetesOptions::default()
             },
+            snapshot_every,
         })
     }
 }
@@ -162,5 +176,7 @@ mod tests {
         assert!(err.message.contains("no second try"), "{err}");
         assert_eq!(parse("{}", &[]).unwrap_err().field, "cluster.identity");
         assert_eq!(parse("{identity: a, lease: Bad_Name}", &[]).unwrap_err().field, "cluster.lease");
+        assert_eq!(parse("{identity: a, snapshot_every: 10ms}", &[]).unwrap_err().field, "cluster.snapshot_every");
+        assert_eq!(parse("{identity: a, snapshot_every: 1h}", &[]).unwrap().snapshot_every, Duration::from_secs(3600));
     }
 }

@@ -67,14 +67,14 @@ pub fn read_place(dir: &Path) -> Result<Option<Place>, LogError> {
     }
 }
 
-fn write_place(dir: &Path, place: &Place) -> Result<(), LogError> {
+pub(super) fn write_place(dir: &Path, place: &Place) -> Result<(), LogError> {
     let path = dir.join(READER_FILE);
     let bytes =
         serde_json::to_vec(place).map_err(|e| LogError::Position { path: path.clone(), message: e.to_string() })?;
     crate::fsutil::write_atomically(&path, &bytes).map_err(|e| LogError::Position { path, message: e.to_string() })
 }
 
-fn kafka_error(topic: &str) -> impl Fn(rdkafka::error::KafkaError) -> LogError + '_ {
+pub(super) fn kafka_error(topic: &str) -> impl Fn(rdkafka::error::KafkaError) -> LogError + '_ {
     move |e| LogError::Kafka { topic: topic.to_string(), message: e.to_string() }
 }
 

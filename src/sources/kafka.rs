@@ -314,7 +314,7 @@ impl KafkaSource {
                 let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(|e| e.to_string())?;
                 for t in metadata.topics() {
                     if let Some(e) = t.error() {
-                        return Err(format!("topic {}: {:?}", t.name(), rdkafka::types::RDKafkaRespErr::from(e)));
+                        return Err(format!("topic {}: {e:?}", t.name()));
                     }
                     found.extend(t.partitions().iter().map(|p| (t.name().to_string(), p.id())));
                 }

@@ -95,7 +95,9 @@ async fn a_takeover_read_back_from_the_broker_keeps_one_chain_and_drops_the_depo
     ];
     for m in &topic {
         let leader = match m {
-            LogMessage::Marker { leader, .. } | LogMessage::Batch { leader, .. } => leader,
+            LogMessage::Marker { leader, .. }
+            | LogMessage::Batch { leader, .. }
+            | LogMessage::Snapshot { leader, .. } => leader,
         };
         produce(if leader == "backstop-0" { &a } else { &b }, m).await;
     }
@@ -109,7 +111,7 @@ async fn a_takeover_read_back_from_the_broker_keeps_one_chain_and_drops_the_depo
         match reader.read(m) {
             Read::Append(lines) => log.extend(lines),
             Read::Stale { .. } => stale += 1,
-            Read::Epoch { .. } => {}
+            Read::Epoch { .. } | Read::Snapshot => {}
             gap @ Read::Gap { .. } => panic!("{gap:?}"),
         }
     }

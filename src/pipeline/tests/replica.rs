@@ -12,7 +12,10 @@ use crate::target::manifests::Manifests;
 /// The replicated log as a list of (first seq, lines), and the snapshots published to it (the
 /// number of batches before each, the checkpoint's seq and line, the state).
 #[derive(Default)]
-struct Topic(Mutex<Vec<(u64, Vec<String>)>>, Mutex<Vec<(usize, u64, String, Vec<u8>)>>);
+struct Topic(Mutex<Vec<(u64, Vec<String>)>>, Mutex<Vec<Published>>);
+
+/// Batches before it, the checkpoint's seq and line, the state.
+type Published = (usize, u64, String, Vec<u8>);
 
 impl Replicate for Topic {
     fn replicate(&self, first_seq: u64, _prev: &str, bytes: &[u8]) -> Result<(), String> {
