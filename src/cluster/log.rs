@@ -198,6 +198,16 @@ impl Replicate for Replicator {
     }
 }
 
+/// The replication lag in seconds: 0 when nothing waits; else how long ago the broker took the
+/// last message applied (an upper bound on how stale this replica's state is; unknown before
+/// any message was applied: 0).
+fn lag_seconds(waiting: i64, applied_at_ms: Option<i64>, now: chrono::DateTime<Utc>) -> f64 {
+    match applied_at_ms {
+        Some(at) if waiting > 0 => ((now.timestamp_millis() - at).max(0) as f64) / 1000.0,
+        _ => 0.0,
+    }
+}
+
 /// Where applied lines go: the audit log, or the pipeline (which also folds them into its state).
 pub trait Apply: Send + Sync {
     fn apply(&self, first_seq: u64, lines: Vec<String>) -> futures::future::BoxFuture<'_, Result<Applied, AuditError>>;
@@ -230,6 +240,8 @@ pub struct LogFollower {
     reader: Reader,
     /// The last offset applied (-1 before any): a new leader waits for its marker's.
     applied: watch::Sender<i64>,
+    /// When the broker took the last message applied (ms since the epoch), for the lag.
+    applied_at: Option<i64>,
 }
 
 impl LogFollower {
@@ -253,7 +265,7 @@ impl LogFollower {
         consumer.assign(&tpl).map_err(kafka_error(topic))?;
         let reader = place.as_ref().map(Place::reader).unwrap_or_default();
         let (applied, _) = watch::channel(place.as_ref().map_or(-1, |p| p.offset));
-        Ok(LogFollower { consumer, topic: topic.to_string(), place, reader, applied })
+        Ok(LogFollower { consumer, topic: topic.to_string(), place, reader, applied, applied_at: None })
     }
 
     /// `backstop_replication_lag_records`: messages in the topic not yet applied here.
@@ -264,7 +276,9 @@ impl LogFollower {
         let watermarks = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, Duration::from_secs(1)));
         if let Ok((_, high)) = watermarks {
             let applied = self.place.as_ref().map_or(-1, |p| p.offset);
-            MetricEvent::ReplicationLag { messages: (high - 1 - applied).max(0) }.emit();
+            let messages = (high - 1 - applied).max(0);
+            MetricEvent::ReplicationLag { messages, seconds: lag_seconds(messages, self.applied_at, Utc::now()) }
+                .emit();
         }
     }
 
@@ -312,6 +326,7 @@ impl LogFollower {
                 }
             };
             let offset = m.offset();
+            self.applied_at = m.timestamp().to_millis().or(self.applied_at);
             let pairs: Vec<(&str, &[u8])> = m
                 .headers()
                 .map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
@@ -345,5 +360,19 @@ impl LogFollower {
             self.place = Some(place);
             self.applied.send_replace(offset);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_in_seconds_is_the_age_of_the_last_applied_message_while_others_wait() {
+        let now = chrono::DateTime::<Utc>::from_timestamp_millis(10_000).unwrap();
+        assert_eq!(lag_seconds(0, Some(2_500), now), 0.0, "caught up");
+        assert_eq!(lag_seconds(12, Some(2_500), now), 7.5);
+        assert_eq!(lag_seconds(12, None, now), 0.0, "nothing applied yet: unknown");
+        assert_eq!(lag_seconds(1, Some(11_000), now), 0.0, "a clock behind the broker's");
     }
 }

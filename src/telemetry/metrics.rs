@@ -23,6 +23,7 @@
 //! | `backstop_leader` | gauge | 1 or 0 (cluster mode: this replica leads and may act) |
 //! | `backstop_takeovers_total` | counter | |
 //! | `backstop_replication_lag_records` | gauge | |
+//! | `backstop_replication_lag_seconds` | gauge | how old the last applied record is while records wait; 0 when caught up |
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -97,6 +98,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub takeovers: Counter,
     pub replication_lag: Gauge,
+    pub replication_lag_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -120,6 +122,7 @@ impl Metrics {
             leader: Gauge::default(),
             takeovers: Counter::default(),
             replication_lag: Gauge::default(),
+            replication_lag_seconds: Gauge::default(),
         };
         registry.register("events_received", "Events received, by source and outcome", m.events_received.clone());
         registry.register("rule_matches", "Rules that matched an event", m.rule_matches.clone());
@@ -168,6 +171,11 @@ impl Metrics {
             "replication_lag_records",
             "Records of the replicated audit log this replica has yet to apply",
             m.replication_lag.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "While records wait: how long ago the last record this replica applied was committed (0 when caught up)",
+            m.replication_lag_seconds.clone(),
         );
         let build: Family<Version, Gauge> = Family::default();
         build.get_or_create(&Version { version: env!("CARGO_PKG_VERSION").into() }).set(1);
@@ -252,6 +260,7 @@ pub enum Event<'a> {
     /// Messages of the replicated audit log not yet applied here.
     ReplicationLag {
         messages: i64,
+        seconds: f64,
     },
 }
 
@@ -306,8 +315,9 @@ impl Event<'_> {
             Event::TookOver => {
                 m.takeovers.inc();
             }
-            Event::ReplicationLag { messages } => {
+            Event::ReplicationLag { messages, seconds } => {
                 m.replication_lag.set(messages);
+                m.replication_lag_seconds.set(seconds);
             }
         }
     }
