@@ -126,7 +126,7 @@ fn acting_tasks(
 }
 
 /// A cluster leader's term: the acting tasks under the term's token. One that stops on its own
-/// is logged (the term goes on; a lost Kafka intake shows in `/readyz` and its metrics).
+/// ends the term: the node resigns, so that another replica takes over with everything running.
 fn term_starter(
     config: &Config,
     pipeline: &Arc<Pipeline>,
@@ -146,7 +146,11 @@ fn term_starter(
                     });
                 }
             }
-            Err(e) => tracing::error!(error = %e, "could not start the term's intake"),
+            // A task that ends at once: the node ends the term and resigns (another replica,
+            // or this one in a new term, tries again).
+            Err(e) => {
+                set.spawn(async move { tracing::error!(error = %e, "could not start the term's intake") });
+            }
         }
         let (p, t) = (pipeline.clone(), token.clone());
         set.spawn(async move {

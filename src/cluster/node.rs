@@ -83,8 +83,17 @@ impl Node {
             let role = self.roles.borrow_and_update().clone();
             let now = Utc::now();
             match (&role, term.as_ref()) {
-                (Role::Leader { epoch, until }, Some(t)) if t.epoch == *epoch && now < *until => {
-                    if self.pipeline.audit().creates_records() {
+                (Role::Leader { epoch, until }, Some(_))
+                    if term.as_ref().is_some_and(|t| t.epoch == *epoch) && now < *until =>
+                {
+                    // A task of the term that stopped on its own (the Kafka intake lost, say):
+                    // another replica, or this one in a new term, starts it afresh.
+                    let stopped = term.as_mut().and_then(|t| t.tasks.try_join_next()).is_some();
+                    if stopped {
+                        warn!(epoch, "a task of the term stopped on its own: ending the term and resigning");
+                        self.end(&mut term, Gate::Following(None)).await;
+                        self.resign.notify_one();
+                    } else if self.pipeline.audit().creates_records() {
                         self.pipeline.set_gate(Gate::LeadingUntil(*until));
                     } else {
                         warn!(epoch, "the replicated log did not take a batch: ending the term and resigning");
