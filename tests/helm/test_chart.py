@@ -578,7 +578,7 @@ class ClusterMode(unittest.TestCase):
         self.assertEqual(
             self.config["cluster"],
             {"lease": f"{RELEASE}-leader", "lease_duration": "10s", "renew_every": "2s", "margin": "3s",
-             "log_topic": "backstop.audit-log"},
+             "log_topic": "backstop.audit-log", "snapshot_every": "10m"},
         )
 
     def test_what_cluster_mode_needs_is_refused_with_a_message(self):

@@ -76,6 +76,7 @@ fn helm_chart_renders_lints_and_agrees_with_the_plain_manifests_and_the_dashboar
             let cluster = config.cluster.as_ref().expect("cluster values configure cluster mode");
             assert_eq!((cluster.lease.as_str(), cluster.log_topic.as_str()), ("backstop-leader", "backstop.audit-log"));
             assert_eq!(cluster.timing, backstop::cluster::Timing::default());
+            assert_eq!(cluster.snapshot_every, backstop::cluster::config::DEFAULT_SNAPSHOT_EVERY);
         } else {
             assert!(config.prometheus.is_none() && config.kafka.is_none(), "default values: no Prometheus, no Kafka");
         }

@@ -76,7 +76,7 @@ the paths of mounted secrets).
 {{- end }}
 {{- if .Values.cluster.enabled }}
 {{- $k := .Values.cluster }}
-{{- $_ := set $c "cluster" (dict "lease" (default (printf "%s-leader" (include "backstop.fullname" .)) $k.lease) "lease_duration" $k.leaseDuration "renew_every" $k.renewEvery "margin" $k.margin "log_topic" $k.logTopic) }}
+{{- $_ := set $c "cluster" (dict "lease" (default (printf "%s-leader" (include "backstop.fullname" .)) $k.lease) "lease_duration" $k.leaseDuration "renew_every" $k.renewEvery "margin" $k.margin "log_topic" $k.logTopic "snapshot_every" $k.snapshotEvery) }}
 {{- end }}
 {{- toYaml $c }}
 {{- end }}
