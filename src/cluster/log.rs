@@ -26,7 +26,8 @@ use crate::telemetry::metrics::Event as MetricEvent;
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a replica measures how far behind the topic it is.
-const LAG_EVERY: Duration = Duration::from_secs(5);
+/// (every second: a follower's readiness waits for it to be caught up).
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// The file beside the audit log's segments where a replica keeps its place in the topic.
 pub const READER_FILE: &str = "replica.json";
@@ -199,12 +200,13 @@ impl Replicate for Replicator {
 }
 
 /// The replication lag in seconds: 0 when nothing waits; else how long ago the broker took the
-/// last message applied (an upper bound on how stale this replica's state is; unknown before
-/// any message was applied: 0).
-fn lag_seconds(waiting: i64, applied_at_ms: Option<i64>, now: chrono::DateTime<Utc>) -> f64 {
+/// last message applied (an upper bound on how stale this replica's state is); None (unknown)
+/// while messages wait and none was applied yet.
+fn lag_seconds(waiting: i64, applied_at_ms: Option<i64>, now: chrono::DateTime<Utc>) -> Option<f64> {
     match applied_at_ms {
-        Some(at) if waiting > 0 => ((now.timestamp_millis() - at).max(0) as f64) / 1000.0,
-        _ => 0.0,
+        _ if waiting <= 0 => Some(0.0),
+        Some(at) => Some(((now.timestamp_millis() - at).max(0) as f64) / 1000.0),
+        None => None,
     }
 }
 
@@ -212,6 +214,8 @@ fn lag_seconds(waiting: i64, applied_at_ms: Option<i64>, now: chrono::DateTime<U
 pub trait Apply: Send + Sync {
     fn apply(&self, first_seq: u64, lines: Vec<String>) -> futures::future::BoxFuture<'_, Result<Applied, AuditError>>;
     fn dir(&self) -> PathBuf;
+    /// How far behind the topic this replica is, as just measured.
+    fn lag(&self, _lag: crate::pipeline::ReplicationLag) {}
 }
 
 impl Apply for crate::audit::AuditLog {
@@ -229,6 +233,9 @@ impl Apply for crate::pipeline::Pipeline {
     }
     fn dir(&self) -> PathBuf {
         self.audit().dir().to_path_buf()
+    }
+    fn lag(&self, lag: crate::pipeline::ReplicationLag) {
+        self.set_replication_lag(lag);
     }
 }
 
@@ -269,7 +276,7 @@ impl LogFollower {
     }
 
     /// `backstop_replication_lag_records`: messages in the topic not yet applied here.
-    fn report_lag(&self) {
+    fn report_lag(&self, to: &dyn Apply) {
         let consumer = &self.consumer;
         let topic = &self.topic;
         // A short blocking call to the broker (the multi-threaded runtime lends this thread).
@@ -277,8 +284,10 @@ impl LogFollower {
         if let Ok((_, high)) = watermarks {
             let applied = self.place.as_ref().map_or(-1, |p| p.offset);
             let messages = (high - 1 - applied).max(0);
-            MetricEvent::ReplicationLag { messages, seconds: lag_seconds(messages, self.applied_at, Utc::now()) }
-                .emit();
+            let seconds = lag_seconds(messages, self.applied_at, Utc::now());
+            // Unknown (nothing applied yet) shows as 0 on the gauge; readiness knows better.
+            MetricEvent::ReplicationLag { messages, seconds: seconds.unwrap_or(0.0) }.emit();
+            to.lag(crate::pipeline::ReplicationLag { messages, seconds });
         }
     }
 
@@ -306,7 +315,7 @@ impl LogFollower {
                     return Ok(());
                 }
                 _ = lag_tick.tick() => {
-                    self.report_lag();
+                    self.report_lag(to.as_ref());
                     continue;
                 }
                 _ = save_tick.tick() => {
@@ -370,9 +379,10 @@ mod tests {
     #[test]
     fn the_lag_in_seconds_is_the_age_of_the_last_applied_message_while_others_wait() {
         let now = chrono::DateTime::<Utc>::from_timestamp_millis(10_000).unwrap();
-        assert_eq!(lag_seconds(0, Some(2_500), now), 0.0, "caught up");
-        assert_eq!(lag_seconds(12, Some(2_500), now), 7.5);
-        assert_eq!(lag_seconds(12, None, now), 0.0, "nothing applied yet: unknown");
-        assert_eq!(lag_seconds(1, Some(11_000), now), 0.0, "a clock behind the broker's");
+        assert_eq!(lag_seconds(0, Some(2_500), now), Some(0.0), "caught up");
+        assert_eq!(lag_seconds(0, None, now), Some(0.0), "an empty topic");
+        assert_eq!(lag_seconds(12, Some(2_500), now), Some(7.5));
+        assert_eq!(lag_seconds(12, None, now), None, "nothing applied yet: unknown");
+        assert_eq!(lag_seconds(1, Some(11_000), now), Some(0.0), "a clock behind the broker's");
     }
 }

@@ -29,6 +29,14 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
     {
         problems.push("kafka: no partition assigned yet".to_string());
     }
+    // A follower is ready once caught up with the replicated log: a rolling update waits for it,
+    // so the next replica is not taken down while this one could not yet take over hot.
+    if let Gate::Following(_) = gate {
+        match state.pipeline.replication_lag() {
+            None => problems.push("replicated log: not measured yet".to_string()),
+            Some(lag) => problems.extend(lag.not_caught_up()),
+        }
+    }
     crate::telemetry::metrics::Event::Ready { ready: problems.is_empty() }.emit();
     if problems.is_empty() {
         // A cluster replica says which it is: followers are ready too (rolling updates wait

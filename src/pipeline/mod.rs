@@ -47,7 +47,7 @@ pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;
 use reject::REJECTION_MEMORY;
 pub use reject::{REJECTED_PREFIX, Rejection};
-pub use replica::{Gate, Takeover};
+pub use replica::{Gate, ReplicationLag, Takeover};
 pub use restore::{Restored, SNAPSHOT_FILE, start_from_snapshot};
 use restore::{longest_cooldown, restore_state};
 use steps::step_outcome;
@@ -120,6 +120,7 @@ pub struct Pipeline {
     step_wake: tokio::sync::Notify,
     /// Whether this process may act (always, but in a cluster's follower).
     gate: RwLock<Gate>,
+    replication_lag: RwLock<Option<ReplicationLag>>,
 }
 
 impl Pipeline {
@@ -154,6 +155,7 @@ impl Pipeline {
             verify_rx: std::sync::Mutex::new(Some(verify_rx)),
             step_wake: tokio::sync::Notify::new(),
             gate: RwLock::new(Gate::Always),
+            replication_lag: RwLock::new(None),
         })
     }
 

@@ -77,6 +77,17 @@ impl Pipeline {
         *self.gate.write().unwrap_or_else(|p| p.into_inner()) = gate;
     }
 
+    /// A cluster replica's distance behind the replicated log, as last measured: messages not
+    /// yet applied, and how long ago the last one applied was committed (None before the first
+    /// measurement, and outside cluster mode).
+    pub fn replication_lag(&self) -> Option<ReplicationLag> {
+        *self.replication_lag.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_replication_lag(&self, lag: ReplicationLag) {
+        *self.replication_lag.write().unwrap_or_else(|p| p.into_inner()) = Some(lag);
+    }
+
     /// Write lines of the replicated log to the audit log and fold the new ones into the
     /// guards' state (under its lock, so a snapshot never claims records it has not folded).
     pub async fn apply_replicated(&self, first_seq: u64, lines: Vec<String>) -> Result<audit::Applied, AuditError> {
@@ -108,5 +119,35 @@ mod tests {
         assert!(!leading.acts_at(now + chrono::Duration::seconds(4)));
         assert_eq!(leading.action_deadline(now + chrono::Duration::seconds(5), timeout), None);
         assert!(!Gate::Following(Some("b".into())).acts_at(now));
+    }
+}
+
+/// See [`Pipeline::replication_lag`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicationLag {
+    pub messages: i64,
+    /// None while messages wait and none was applied yet.
+    pub seconds: Option<f64>,
+}
+
+impl ReplicationLag {
+    /// How far behind a follower may be and still count as caught up (Ready): a takeover by it
+    /// would first have to apply the rest.
+    pub const READY_WITHIN_SECONDS: f64 = 10.0;
+
+    /// Why a follower this far behind is not ready, if it is not.
+    pub fn not_caught_up(&self) -> Option<String> {
+        if self.messages <= 0 {
+            return None;
+        }
+        match self.seconds {
+            Some(s) if s <= Self::READY_WITHIN_SECONDS => None,
+            Some(s) => Some(format!(
+                "replicated log: {} messages behind, the last applied committed {s:.0}s ago (caught up within {}s)",
+                self.messages,
+                Self::READY_WITHIN_SECONDS
+            )),
+            None => Some(format!("replicated log: {} messages behind, none applied yet", self.messages)),
+        }
     }
 }

@@ -150,3 +150,41 @@ async fn a_replica_started_from_a_published_snapshot_folds_to_the_leaders_state(
     // And a second start from a snapshot into that directory is refused.
     assert!(crate::pipeline::start_from_snapshot(&newcomer, seq, line.as_bytes(), &state).is_err());
 }
+
+/// A follower is Ready only once caught up with the replicated log (a rolling update waits for
+/// it); the leader's readiness does not depend on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_is_ready_only_when_caught_up_with_the_replicated_log() {
+    let base = harness();
+    let follower = replica(&base, "follower");
+    follower.state.pipeline.set_gate(Gate::Following(Some("backstop-0".into())));
+    let readyz = || async {
+        let (status, body) =
+            follower.send(axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap()).await;
+        (status, body.as_str().unwrap_or_default().to_string())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("replicated log: not measured yet"), "{body}");
+    for (messages, seconds) in [(0, Some(0.0)), (400, Some(2.5)), (0, None)] {
+        follower.state.pipeline.set_replication_lag(crate::pipeline::ReplicationLag { messages, seconds });
+        let (status, body) = readyz().await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "ready: follower of backstop-0\n"),
+            "{messages} {seconds:?}"
+        );
+    }
+    follower
+        .state
+        .pipeline
+        .set_replication_lag(crate::pipeline::ReplicationLag { messages: 5000, seconds: Some(42.0) });
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("5000 messages behind") && body.contains("42s ago"), "{body}");
+    // A replica that has applied nothing yet from a topic with messages: not caught up.
+    follower.state.pipeline.set_replication_lag(crate::pipeline::ReplicationLag { messages: 7, seconds: None });
+    assert!(readyz().await.1.contains("7 messages behind, none applied yet"));
+    follower.state.pipeline.set_gate(Gate::LeadingUntil(chrono::Utc::now() + chrono::Duration::hours(1)));
+    assert_eq!(readyz().await, (StatusCode::OK, "ready: leader\n".to_string()));
+}
