@@ -4,6 +4,7 @@
 
 pub mod arms;
 pub mod dispersion;
+pub mod noninferiority;
 pub mod restarts;
 pub mod rule;
 pub mod sequential;

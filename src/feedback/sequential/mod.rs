@@ -84,10 +84,10 @@ pub struct Tally {
     /// Errors among outcomes in batches, for their dispersion (absent from older snapshots:
     /// such an arm estimates from what it counts next).
     #[serde(default)]
-    error_batches: Batches,
+    pub(crate) error_batches: Batches,
     /// Negative answers among satisfaction events in batches.
     #[serde(default)]
-    negative_batches: Batches,
+    pub(crate) negative_batches: Batches,
 }
 
 impl Tally {
@@ -154,6 +154,16 @@ impl Tally {
 
     fn p95(&self) -> Option<f64> {
         self.latency.as_deref().and_then(|h| latency_quantile(h, self.latency_n, 0.95))
+    }
+
+    /// The p95 of the latencies counted, in seconds (None without any).
+    pub(crate) fn p95_seconds(&self) -> Option<f64> {
+        self.p95()
+    }
+
+    /// Latencies counted in bins above `bin`.
+    pub(crate) fn slower_than_bin(&self, bin: usize) -> u64 {
+        self.slower_than(bin)
     }
 
     /// The bin holding the p95.
