@@ -17,14 +17,16 @@
 //!    `backstop_replication_lag_records` (which the replica measures every 5 s); then, from the
 //!    end of the load, the time until every follower's segments are the leader's byte for byte.
 //! 3. Takeover over BENCH_KILLS kill -9s of the leader (a fresh cluster): an alert acted on first;
-//!    then, each time, kill -9 of the leader, time until another replica's `GET /readyz` answers
+//!    then, each time, after a random delay within the 500 ms renewal cycle (BENCH_SEED), kill
+//!    -9 of the leader, time until another replica's `GET /readyz` answers
 //!    200 `ready: leader` (polled every 25 ms), restart of the killed one, wait until it follows.
 //!    Reported: min, p50, p99, max of kill to ready, the p50 and p99 of the `handover_ms` of the
 //!    takeover records, the writes to the VirtualService (1 expected: the alert acts once across
 //!    all the takeovers), and whether the three logs end up the same bytes.
 //!
-//! Needs tansu (BACKSTOP_TANSU_BIN, on PATH or in ~/.cargo/bin); without it every phase is
-//! skipped with a message. BENCH_KILLS=0 skips phase 3.
+//! Phase 3 runs first, and each phase has a tansu of its own (tansu keeps its topics in memory,
+//! and the intake leaves hundreds of MB there). Needs tansu (BACKSTOP_TANSU_BIN, on PATH or in
+//! ~/.cargo/bin); without it every phase is skipped with a message. BENCH_KILLS=0 skips phase 3.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -525,6 +527,15 @@ async fn bench_intake(broker: &Tansu, warm: Duration, measure: Duration) -> Inta
 // ---------------------------------------------------------------------------------------------
 // Takeovers
 
+/// splitmix64 (as tests/it/support/mod.rs's Rng): uniform in [0, 1).
+fn splitmix(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 struct Takeovers {
     kills: usize,
     /// Kill to `ready: leader`, seconds, sorted.
@@ -554,7 +565,12 @@ async fn bench_takeovers(broker: &Tansu, kills: usize) -> Takeovers {
     println!("  alert acted on by {}: routes {weights}", cluster.replicas[leader].name);
     let mut ready = Vec::new();
     let started = Instant::now();
+    // Each kill comes at a random moment of the leader's 500 ms renewal cycle: without the
+    // delay, the loop's own rhythm (takeover, restart, settle) puts every kill at about the same
+    // moment after a renewal, and the takeover time depends on that moment.
+    let mut seed: u64 = env_or("BENCH_SEED", 1);
     for k in 0..kills {
+        tokio::time::sleep(Duration::from_secs_f64(0.5 * splitmix(&mut seed))).await;
         let killed_at = Instant::now();
         cluster.replicas[leader].kill();
         let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -588,6 +604,15 @@ async fn bench_takeovers(broker: &Tansu, kills: usize) -> Takeovers {
         }
     }
     ready.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut histogram = std::collections::BTreeMap::<u64, usize>::new();
+    for r in &ready {
+        *histogram.entry((r * 10.0).floor() as u64).or_default() += 1;
+    }
+    let histogram: Vec<String> = histogram
+        .iter()
+        .map(|(b, n)| format!("{:.1}-{:.1} s: {n}", *b as f64 / 10.0, (*b + 1) as f64 / 10.0))
+        .collect();
+    println!("  kill -9 to ready: leader, by 100 ms: {}", histogram.join(", "));
     let dir = cluster.replicas[leader].audit_dir();
     let takeovers: Vec<Value> = records(&dir).into_iter().filter(|r| r["detail"]["control"] == "takeover").collect();
     // The first is the first leader's (cold: its producer and consumer connect); then one per kill.
@@ -635,47 +660,20 @@ async fn run(rows: &mut Vec<Row>) {
         rows.push(row("cluster benchmark", format!("skipped: {why}"), "-", None));
         return;
     }
-    let Some(broker) = Tansu::try_start().await else { unreachable!("tansu was found") };
-
-    println!("intake, alerts no rule matches, {CONNECTIONS} connections, {} s each...", measure.as_secs_f64());
-    let intake = bench_intake(&broker, warm, measure).await;
-    for (k, alerts) in [1, 50].into_iter().enumerate() {
-        let (s, c) = (&intake.single[k], &intake.cluster[k]);
-        rows.push(row(
-            format!("intake, {alerts}-alert payloads, no rule matches: leader of 3 vs single mode"),
-            format!("{} req/s = {} alerts/s{}", per_s(c.rate()), per_s(c.rate() * alerts as f64), c.problems()),
-            format!("{} req/s{}", per_s(s.rate()), s.problems()),
-            Some(c.rate() / s.rate()),
-        ));
-    }
-    for (k, alerts) in [1, 50].into_iter().enumerate() {
-        let lag = &intake.lag[k];
-        rows.push(row(
-            format!("follower lag under {alerts}-alert intake: max records behind the leader (last seq, every 100 ms)"),
-            format!("{} records ({} samples)", lag.max_records, lag.samples),
-            format!("backstop_replication_lag_records max {} (measured every 5 s)", lag.max_metric),
-            None,
-        ));
-        rows.push(row(
-            format!("follower catch-up after {alerts}-alert intake: end of load to the same bytes on every replica"),
-            lag.catch_up.map(secs).unwrap_or_else(|| "NOT within 120 s".into()),
-            "-",
-            None,
-        ));
-    }
-    rows.push(row(
-        "audit log written by the cluster's intake (per replica)",
-        format!("{:.0} MB", intake.audit_mb),
-        "-",
-        None,
-    ));
-
+    // The takeovers first, each phase with a broker of its own: tansu keeps its topics in
+    // memory, and the intake leaves hundreds of MB there.
     if kills == 0 {
         println!("takeovers skipped (BENCH_KILLS=0)");
-        return;
+    } else {
+        let Some(broker) = Tansu::try_start().await else { unreachable!("tansu was found") };
+        takeovers(rows, &broker, kills).await;
     }
+    intake(rows, warm, measure).await;
+}
+
+async fn takeovers(rows: &mut Vec<Row>, broker: &Tansu, kills: usize) {
     println!("takeovers: {kills} kill -9s of the leader (lease 3 s, renewed every 500 ms)...");
-    let t = bench_takeovers(&broker, kills).await;
+    let t = bench_takeovers(broker, kills).await;
     let q = |v: &[f64], p: f64| quantile(v, p);
     println!(
         "  kill -9 to ready: leader over {} kills: min {} p50 {} p99 {} max {}; handover_ms p50 {} p99 {} ({} takeover records); \
@@ -724,6 +722,48 @@ async fn run(rows: &mut Vec<Row>) {
         "takeover: the three audit logs after the last kill",
         if t.same_bytes { "the same bytes" } else { "DIFFERENT" },
         format!("{} takeover records (first leader + {} kills)", t.takeover_records, t.kills),
+        None,
+    ));
+}
+
+async fn intake(rows: &mut Vec<Row>, warm: Duration, measure: Duration) {
+    println!("intake, alerts no rule matches, {CONNECTIONS} connections, {} s each...", measure.as_secs_f64());
+    let Some(broker) = Tansu::try_start().await else { unreachable!("tansu was found") };
+    let intake = bench_intake(&broker, warm, measure).await;
+    for (k, alerts) in [1, 50].into_iter().enumerate() {
+        let (s, c) = (&intake.single[k], &intake.cluster[k]);
+        rows.push(row(
+            format!("intake, {alerts}-alert payloads, no rule matches: leader of 3 vs single mode"),
+            format!("{} req/s = {} alerts/s{}", per_s(c.rate()), per_s(c.rate() * alerts as f64), c.problems()),
+            format!("{} req/s{}", per_s(s.rate()), s.problems()),
+            Some(c.rate() / s.rate()),
+        ));
+    }
+    for (k, alerts) in [1, 50].into_iter().enumerate() {
+        let lag = &intake.lag[k];
+        rows.push(row(
+            format!(
+                "follower lag under {alerts}-alert intake: max records behind the leader (last seq, every 100 ms \
+                 until caught up)"
+            ),
+            format!("{} records ({} samples)", lag.max_records, lag.samples),
+            format!(
+                "backstop_replication_lag_records max {} (topic messages, i.e. batches, not records; measured every 5 s)",
+                lag.max_metric
+            ),
+            None,
+        ));
+        rows.push(row(
+            format!("follower catch-up after {alerts}-alert intake: end of load to the same bytes on every replica"),
+            lag.catch_up.map(secs).unwrap_or_else(|| "NOT within 120 s".into()),
+            "-",
+            None,
+        ));
+    }
+    rows.push(row(
+        "audit log written by the cluster's intake (per replica)",
+        format!("{:.0} MB", intake.audit_mb),
+        "-",
         None,
     ));
 }
