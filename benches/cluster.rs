@@ -14,7 +14,7 @@
 //!    acks=all before the answer). Reported: req/s and the ratio cluster / single.
 //! 2. Follower lag under that load: every 100 ms the last seq of the leader's newest audit
 //!    segment against each follower's, and every second each follower's
-//!    `backstop_replication_lag_records` (which the replica measures every 5 s); then, from the
+//!    `backstop_replication_lag_messages` (which the replica measures every second); then, from the
 //!    end of the load, the time until every follower's segments are the leader's byte for byte.
 //! 3. Takeover over BENCH_KILLS kill -9s of the leader (a fresh cluster): an alert acted on first;
 //!    then, each time, after a random delay within the 500 ms renewal cycle (BENCH_SEED), kill
@@ -388,7 +388,7 @@ struct Lag {
     /// The largest (leader's last seq - a follower's last seq) seen, sampled every 100 ms.
     max_records: u64,
     samples: usize,
-    /// The largest `backstop_replication_lag_records` a follower reported (sampled every second).
+    /// The largest `backstop_replication_lag_messages` a follower reported (sampled every second).
     max_metric: f64,
     /// From the end of the load until every follower's segments are the leader's bytes.
     catch_up: Option<f64>,
@@ -431,7 +431,7 @@ async fn cluster_intake(
                 for addr in &follower_addrs {
                     if let Ok(resp) = http.get(format!("http://{addr}/metrics")).send().await
                         && let Ok(text) = resp.text().await
-                        && let Some(v) = metric_value(&text, "backstop_replication_lag_records", &[])
+                        && let Some(v) = metric_value(&text, "backstop_replication_lag_messages", &[])
                     {
                         max = max.max(v);
                     }
@@ -500,7 +500,7 @@ async fn bench_intake(broker: &Tansu, warm: Duration, measure: Duration) -> Inta
     for p in &payloads {
         let (load, lag) = cluster_intake(&cluster, leader, p, warm, measure).await;
         println!(
-            "  {} alert(s): {} req/s{}; follower lag max {} records ({} samples), replication_lag_records max {}, \
+            "  {} alert(s): {} req/s{}; follower lag max {} records ({} samples), replication_lag_messages max {}, \
              caught up {}",
             p.alerts,
             per_s(load.rate()),
@@ -748,7 +748,7 @@ async fn intake(rows: &mut Vec<Row>, warm: Duration, measure: Duration) {
             ),
             format!("{} records ({} samples)", lag.max_records, lag.samples),
             format!(
-                "backstop_replication_lag_records max {} (topic messages, i.e. batches, not records; measured every 5 s)",
+                "backstop_replication_lag_messages max {} (topic messages, i.e. batches; measured every second)",
                 lag.max_metric
             ),
             None,

@@ -260,7 +260,11 @@ impl LogFollower {
             .set("group.id", format!("backstop-replica-{me}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // A new leader waits for its marker to come back: a broker that answers an idle
+            // fetch only when its wait ends (tansu does) would add up to that wait to every
+            // takeover (librdkafka's default is 500 ms).
+            .set("fetch.wait.max.ms", "50");
         for (k, v) in &kafka.properties {
             c.set(k, v);
         }
@@ -275,7 +279,7 @@ impl LogFollower {
         Ok(LogFollower { consumer, topic: topic.to_string(), place, reader, applied, applied_at: None })
     }
 
-    /// `backstop_replication_lag_records`: messages in the topic not yet applied here.
+    /// `backstop_replication_lag_messages`: messages in the topic not yet applied here.
     fn report_lag(&self, to: &dyn Apply) {
         let consumer = &self.consumer;
         let topic = &self.topic;

@@ -22,7 +22,7 @@
 //! | `backstop_ready` | gauge | 1 or 0 |
 //! | `backstop_leader` | gauge | 1 or 0 (cluster mode: this replica leads and may act) |
 //! | `backstop_takeovers_total` | counter | |
-//! | `backstop_replication_lag_records` | gauge | |
+//! | `backstop_replication_lag_messages` | gauge | messages (batches of records) of the replicated log not yet applied |
 //! | `backstop_replication_lag_seconds` | gauge | how old the last applied record is while records wait; 0 when caught up |
 
 use std::sync::OnceLock;
@@ -168,8 +168,8 @@ impl Metrics {
         registry.register("leader", "1 while this cluster replica leads and may act", m.leader.clone());
         registry.register("takeovers", "Times this replica took over as the cluster's leader", m.takeovers.clone());
         registry.register(
-            "replication_lag_records",
-            "Records of the replicated audit log this replica has yet to apply",
+            "replication_lag_messages",
+            "Messages (group-commit batches of records) of the replicated audit log this replica has yet to apply",
             m.replication_lag.clone(),
         );
         registry.register(
