@@ -19,6 +19,7 @@ pub mod http;
 pub mod kafka;
 pub mod pipeline;
 pub mod prometheus;
+pub mod promotion;
 pub mod redact;
 pub mod reload;
 pub mod rules;

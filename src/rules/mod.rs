@@ -145,6 +145,7 @@ impl Rule {
                 steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                 humantime::format_duration(self.step_interval.unwrap_or(DEFAULT_STEP_INTERVAL))
             ),
+            Change::StepUp { stable, canary, to } => format!("promote {canary} from {stable} to weight {to}"),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Pure decisions on an Istio VirtualService's HTTP traffic weights: roll a canary back, switch
-//! blue-green, or set explicit weights. Only `spec.http[*].route[*]` ever changes; every other
+//! Pure decisions on an Istio VirtualService's HTTP traffic weights: roll a canary back (at once
+//! or step by step), promote it a step, switch blue-green, or set explicit weights. Only `spec.http[*].route[*]` ever changes; every other
 //! field of the object is kept exactly as it was.
 
 use std::{fmt, iter, mem};
@@ -85,6 +85,10 @@ pub enum Change {
     /// the first listed step at or below it, and the stable destination absorbs the difference.
     /// A weight is never raised, and applying the same step twice changes nothing.
     StepDown { stable: Dest, canary: Dest, steps: Vec<Weight> },
+    /// One step of a promotion: in every route carrying the canary, its weight rises to `to`,
+    /// taken from the stable destination. A weight is never lowered, and applying the same step
+    /// twice changes nothing.
+    StepUp { stable: Dest, canary: Dest, to: Weight },
 }
 
 /// The first of `steps` (strictly decreasing) at or below `weight`; 0 when none is.
@@ -108,7 +112,7 @@ impl Change {
             Self::Rollback { stable, canary } => iter::once(stable).chain(canary).collect(),
             Self::Switch { from, to } => vec![from, to],
             Self::SetWeights { weights } => weights.iter().map(|(dest, _)| dest).collect(),
-            Self::StepDown { stable, canary, .. } => vec![stable, canary],
+            Self::StepDown { stable, canary, .. } | Self::StepUp { stable, canary, .. } => vec![stable, canary],
         }
     }
 
@@ -179,6 +183,37 @@ impl Change {
                     excess -= take;
                 }
             }
+            Self::StepUp { stable, canary, to } => {
+                if !route.carries(canary) {
+                    return Ok(());
+                }
+                let now: u32 = route.destinations.iter().filter(|d| canary.matches(d)).map(|d| d.weight).sum();
+                let to = u32::from(to.get());
+                if now >= to {
+                    return Ok(());
+                }
+                let is_stable = |d: &DestState| stable.matches(d) && !canary.matches(d);
+                let available: u32 = route.destinations.iter().filter(|d| is_stable(d)).map(|d| d.weight).sum();
+                if available < to - now {
+                    return Err(VsError::StableShort {
+                        object: object.to_owned(),
+                        route: route.route.clone(),
+                        stable: stable.clone(),
+                        canary: canary.clone(),
+                        available,
+                        to,
+                    });
+                }
+                let mut need = to - now;
+                for dest in route.destinations.iter_mut().filter(|d| is_stable(d)) {
+                    let take = dest.weight.min(need);
+                    dest.weight -= take;
+                    need -= take;
+                }
+                if let Some(first) = route.destinations.iter_mut().find(|d| canary.matches(d)) {
+                    first.weight += to - now;
+                }
+            }
         }
         Ok(())
     }
@@ -235,6 +270,10 @@ pub enum VsError {
     NoSuchDestination { object: String, dest: Dest, carried: String },
     #[error("route {route} of {object} carries canary {canary} but not stable {stable}; refusing to roll back")]
     StableMissing { object: String, route: String, stable: Dest, canary: Dest },
+    #[error(
+        "route {route} of {object}: {stable} has {available} to give, not enough to raise {canary} to {to}; refusing to promote"
+    )]
+    StableShort { object: String, route: String, stable: Dest, canary: Dest, available: u32, to: u32 },
     #[error("route {route} of {object}: weights would sum to {sum} after the change; they must sum to 100")]
     BadSum { object: String, route: String, sum: u64 },
     #[error(
@@ -262,7 +301,7 @@ pub fn apply(vs: &Value, plan: &Plan) -> Result<Transformed, VsError> {
         Change::Rollback { canary, .. } => canary.iter().find(|d| !carried(d)),
         Change::Switch { from, to } => (!carried(from) && !carried(to)).then_some(from),
         Change::SetWeights { weights } => weights.iter().map(|(d, _)| d).find(|d| !carried(d)),
-        Change::StepDown { canary, .. } => (!carried(canary)).then_some(canary),
+        Change::StepDown { canary, .. } | Change::StepUp { canary, .. } => (!carried(canary)).then_some(canary),
     };
     if let Some(dest) = missing {
         let carried = carried_list(selected.iter().map(|&i| &before[i]), dest);

@@ -466,3 +466,57 @@ fn step_at_or_below_picks_the_first_listed_step_not_above_the_weight() {
     let steps: Vec<Weight> = [25, 10, 0].into_iter().map(weight).collect();
     assert_eq!([50, 25, 24, 10, 3, 0].map(|w| step_at_or_below(&steps, w)), [25, 25, 10, 10, 0, 0]);
 }
+
+fn step_up(to: u64) -> Plan {
+    everywhere(Change::StepUp { stable: subset("v1"), canary: subset("v2"), to: weight(to) })
+}
+
+#[test]
+fn step_up_raises_the_canary_to_the_step_and_the_stable_gives_the_difference() {
+    let vs = testing::test().weights(90, 10).build();
+    let (object, before, after) = changed(apply(&vs, &step_up(20)));
+    assert_eq!((before[0].destinations[1].weight, after[0].destinations[1].weight), (10, 20));
+    assert_eq!(after[0].destinations[0].weight, 80);
+    let (object, _, after) = changed(apply(&object, &step_up(100)));
+    assert_eq!((after[0].destinations[0].weight, after[0].destinations[1].weight), (0, 100));
+    assert_unchanged(&object, &step_up(100));
+}
+
+#[test]
+fn step_up_applied_twice_changes_nothing_the_second_time_and_never_lowers_the_canary() {
+    let (object, _, _) = changed(apply(&testing::test().weights(90, 10).build(), &step_up(25)));
+    assert_unchanged(&object, &step_up(25));
+    // A step below where the canary already is (someone raised it by hand): left alone.
+    assert_unchanged(&testing::test().weights(40, 60).build(), &step_up(50));
+}
+
+#[test]
+fn step_up_promotes_every_route_carrying_the_canary_from_its_own_weight() {
+    let vs = testing::test()
+        .route(Some("a"), &[("model-service", Some("v1"), Some(95)), ("model-service", Some("v2"), Some(5))])
+        .route(Some("b"), &[("model-service", Some("v1"), Some(70)), ("model-service", Some("v2"), Some(30))])
+        .route(Some("c"), &[("model-service", Some("v1"), None)])
+        .build();
+    let (_, before, after) = changed(apply(&vs, &step_up(25)));
+    assert_eq!(before.iter().map(|r| r.route.as_str()).collect::<Vec<_>>(), ["a"], "b is above 25, c has no canary");
+    assert_eq!((after[0].destinations[0].weight, after[0].destinations[1].weight), (75, 25));
+}
+
+#[test]
+fn step_up_refuses_a_route_whose_stable_cannot_give_enough() {
+    let vs = testing::test()
+        .route(
+            None,
+            &[
+                ("model-service", Some("v1"), Some(10)),
+                ("model-service", Some("v2"), Some(10)),
+                ("model-service", Some("v3"), Some(80)),
+            ],
+        )
+        .build();
+    let err = apply(&vs, &step_up(50)).unwrap_err();
+    assert!(matches!(err, VsError::StableShort { available: 10, to: 50, .. }), "{err}");
+    assert!(err.to_string().contains("refusing to promote"), "{err}");
+    let missing = testing::test().route(None, &[("model-service", Some("v3"), Some(100))]).build();
+    assert!(matches!(apply(&missing, &step_up(50)), Err(VsError::NoSuchDestination { .. })));
+}
