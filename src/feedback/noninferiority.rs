@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::dispersion::{MIN_PAIRS, dispersion};
 use super::sequential::{Msprt, Sequential, Tally};
-use super::window::{ArmSummary, Evidence, Judgement, interval_json, latency_bin, num, rate};
+use super::window::{Evidence, Judgement, interval_json, latency_bin, num, rate};
 
 /// How much worse the canary may be and still count as not worse.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,20 +117,22 @@ pub fn msprt_not_worse(
     Some(Msprt { delta, variance, log_lambda, p_value })
 }
 
-/// Whether `canary` is shown not worse than `baseline` on `signal`: [`Judgement::Act`] when the
-/// evidence holds (promote), else `Hold` with every reason, and the figures for the record
-/// either way.
-pub fn not_worse(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> Judgement {
-    let mut failed: Vec<String> = Vec::new();
-    let need = s.min_samples.max(1);
-    if !(s.alpha > 0.0 && s.alpha < 1.0) {
-        failed.push(format!("invalid alpha {}: must be in (0, 1)", num(s.alpha)));
-    }
-    let (c, b, terms, phi, what, extra) = match signal {
+/// What a comparison is made of, computed without formatting anything.
+struct Inputs {
+    /// Bad events and samples: the canary's, the baseline's (None for latency's fixed share).
+    canary: (u64, u64),
+    baseline: Option<(u64, u64)>,
+    terms: (f64, f64),
+    dispersion: Option<super::dispersion::Dispersion>,
+    /// Latency: the baseline's p95 and the cut (max_ratio times it).
+    latency: Option<(Option<f64>, Option<f64>)>,
+    test: Option<Msprt>,
+}
+
+fn inputs(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> Inputs {
+    let r = |(x, n): (u64, u64)| rate(x, n).unwrap_or(0.0);
+    let (c, b, terms, d, latency) = match signal {
         Signal::ErrorRatio(margin) | Signal::NegativeRatio(margin) => {
-            if !margin.valid() {
-                failed.push(format!("invalid margin {margin:?}"));
-            }
             let errors = matches!(signal, Signal::ErrorRatio(_));
             let (c, b) = if errors {
                 ((canary.errors, canary.outcomes_n), (baseline.errors, baseline.outcomes_n))
@@ -138,87 +140,148 @@ pub fn not_worse(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequentia
                 ((canary.negative, canary.satisfaction_n), (baseline.negative, baseline.satisfaction_n))
             };
             // Each arm's batches with its overall rate, as the rollback test estimates them.
-            let r = |(x, n): (u64, u64)| rate(x, n).unwrap_or(0.0);
             let d = if errors {
                 dispersion((&canary.error_batches, r(c)), (&baseline.error_batches, r(b)))
             } else {
                 dispersion((&canary.negative_batches, r(c)), (&baseline.negative_batches, r(b)))
             };
-            if c.1 >= need && b.1 >= need && d.pairs < MIN_PAIRS {
-                failed
-                    .push(format!("only {} successive batches to estimate the dispersion, need {MIN_PAIRS}", d.pairs));
-            }
-            let margin_json = match margin {
-                Margin::Points(m) => json!({ "points": m }),
-                Margin::Ratio(r) => json!({ "ratio": r }),
-            };
-            let extra = json!({
-                "margin": margin_json,
-                "dispersion": { "estimate": d.estimate, "used": d.used, "pairs": d.pairs },
-            });
-            (c, Some(b), margin.terms(), d.used, if errors { "errors" } else { "negative" }, extra)
+            (c, Some(b), margin.terms(), Some(d), None)
         }
         Signal::LatencyP95 { max_ratio } => {
-            if !(max_ratio.is_finite() && max_ratio >= 1.0) {
-                failed.push(format!("invalid max_ratio {}: must be >= 1", num(max_ratio)));
-            }
             let base_p95 = baseline.p95_seconds();
             let cut = base_p95.map(|p| p * max_ratio);
             let slower = cut.map_or(0, |cut| canary.slower_than_bin(latency_bin(cut)));
-            if baseline.latency_n < need {
-                failed.push(format!("only {} baseline latencies, need {need}", baseline.latency_n));
+            ((slower, canary.latency_n), None, (1.0, LATENCY_SHARE), None, Some((base_p95, cut)))
+        }
+    };
+    let phi = d.map_or(1.0, |d| d.used);
+    let test = msprt_not_worse(c, b, terms, s.tau, phi);
+    Inputs { canary: c, baseline: b, terms, dispersion: d, latency, test }
+}
+
+/// Every condition in order; `why` gets the reason of each that fails (None: stop at the first).
+fn conditions(signal: Signal, i: &Inputs, baseline: &Tally, s: &Sequential, mut why: Option<&mut Vec<String>>) -> bool {
+    let ok = std::cell::Cell::new(true);
+    let mut fail = |reason: &dyn Fn() -> String| {
+        ok.set(false);
+        match why.as_deref_mut() {
+            Some(list) => {
+                list.push(reason());
+                true
             }
-            let extra = json!({
+            None => false,
+        }
+    };
+    let need = s.min_samples.max(1);
+    if !(s.alpha > 0.0 && s.alpha < 1.0) && !fail(&|| format!("invalid alpha {}: must be in (0, 1)", num(s.alpha))) {
+        return false;
+    }
+    let valid = match signal {
+        Signal::ErrorRatio(m) | Signal::NegativeRatio(m) => m.valid(),
+        Signal::LatencyP95 { max_ratio } => max_ratio.is_finite() && max_ratio >= 1.0,
+    };
+    if !valid && !fail(&|| format!("invalid margin {signal:?}")) {
+        return false;
+    }
+    if i.canary.1 < need && !fail(&|| format!("only {} canary samples, need {need}", i.canary.1)) {
+        return false;
+    }
+    let baseline_n = i.baseline.map_or(baseline.latency_n, |b| b.1);
+    let which = if i.baseline.is_some() { "samples" } else { "latencies" };
+    if baseline_n < need && !fail(&|| format!("only {baseline_n} baseline {which}, need {need}")) {
+        return false;
+    }
+    if let Some(d) = i.dispersion
+        && i.canary.1 >= need
+        && baseline_n >= need
+        && d.pairs < MIN_PAIRS
+        && !fail(&|| format!("only {} successive batches to estimate the dispersion, need {MIN_PAIRS}", d.pairs))
+    {
+        return false;
+    }
+    if !ok.get() {
+        return false;
+    }
+    match i.test {
+        None => {
+            fail(&|| "the test is undefined for these counts".into());
+        }
+        Some(t) if t.delta >= 0.0 => {
+            fail(&|| format!("the canary is not within the margin: {} above it", num(t.delta)));
+        }
+        Some(t) if t.p_value > s.alpha => {
+            fail(&|| format!("sequential p = {} > alpha {}", num(t.p_value), num(s.alpha)));
+        }
+        Some(_) => {}
+    }
+    ok.get()
+}
+
+/// Whether the evidence holds: [`not_worse`] without the reasons and the record's figures (for
+/// checking at every event).
+pub fn holds(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> bool {
+    conditions(signal, &inputs(signal, canary, baseline, s), baseline, s, None)
+}
+
+/// Whether `canary` is shown not worse than `baseline` on `signal`: [`Judgement::Act`] when the
+/// evidence holds (promote), else `Hold` with every reason, and the figures for the record
+/// either way.
+pub fn not_worse(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> Judgement {
+    let i = inputs(signal, canary, baseline, s);
+    let mut failed = Vec::new();
+    conditions(signal, &i, baseline, s, Some(&mut failed));
+    let what = match signal {
+        Signal::ErrorRatio(_) => "errors",
+        Signal::NegativeRatio(_) => "negative",
+        Signal::LatencyP95 { .. } => "slower than the cut",
+    };
+    let arm = |(x, n): (u64, u64)| json!({ "n": n, what: x, "rate": rate(x, n), "wilson95": interval_json(x, n) });
+    let t = i.test;
+    let mut detail = json!({
+        "canary": arm(i.canary),
+        "baseline": i.baseline.map(arm),
+        "sequential": {
+            "test": "msprt non-inferiority",
+            "difference_from_margin": t.map(|t| t.delta),
+            "variance": t.map(|t| t.variance),
+            "log_lambda": t.map(|t| t.log_lambda),
+            "p_value": t.map(|t| t.p_value),
+            "alpha": s.alpha,
+            "tau": s.tau,
+            "min_samples": s.min_samples.max(1),
+        },
+    });
+    let extra = match signal {
+        Signal::ErrorRatio(margin) | Signal::NegativeRatio(margin) => {
+            let d = i.dispersion;
+            json!({
+                "margin": match margin {
+                    Margin::Points(m) => json!({ "points": m }),
+                    Margin::Ratio(r) => json!({ "ratio": r }),
+                },
+                "dispersion": {
+                    "estimate": d.map(|d| d.estimate),
+                    "used": d.map(|d| d.used),
+                    "pairs": d.map(|d| d.pairs),
+                },
+            })
+        }
+        Signal::LatencyP95 { max_ratio } => {
+            let (base_p95, cut) = i.latency.unwrap_or((None, None));
+            json!({
                 "baseline_p95": base_p95,
                 "canary_p95": canary.p95_seconds(),
                 "cut_seconds": cut,
                 "max_ratio": max_ratio,
-                "share_allowed": LATENCY_SHARE,
-            });
-            ((slower, canary.latency_n), None, (1.0, LATENCY_SHARE), 1.0, "slower than the cut", extra)
+                "share_allowed": i.terms.1,
+            })
         }
     };
-    if c.1 < need {
-        failed.push(format!("only {} canary samples, need {need}", c.1));
-    }
-    if let Some(b) = b
-        && b.1 < need
-    {
-        failed.push(format!("only {} baseline samples, need {need}", b.1));
-    }
-    let test = msprt_not_worse(c, b, terms, s.tau, phi);
-    if failed.is_empty() {
-        match test {
-            None => failed.push("the test is undefined for these counts".into()),
-            Some(t) if t.delta >= 0.0 => {
-                failed.push(format!("the canary is not within the margin: {} above it", num(t.delta)))
-            }
-            Some(t) if t.p_value > s.alpha => {
-                failed.push(format!("sequential p = {} > alpha {}", num(t.p_value), num(s.alpha)))
-            }
-            Some(_) => {}
-        }
-    }
-    let arm = |(x, n): (u64, u64)| json!({ "n": n, what: x, "rate": rate(x, n), "wilson95": interval_json(x, n) });
-    let mut detail = json!({
-        "canary": arm(c),
-        "baseline": b.map(arm),
-        "sequential": {
-            "test": "msprt non-inferiority",
-            "difference_from_margin": test.map(|t| t.delta),
-            "variance": test.map(|t| t.variance),
-            "log_lambda": test.map(|t| t.log_lambda),
-            "p_value": test.map(|t| t.p_value),
-            "alpha": s.alpha,
-            "tau": s.tau,
-            "min_samples": need,
-        },
-    });
     if let (Some(d), serde_json::Value::Object(e)) = (detail.as_object_mut(), extra) {
         d.extend(e);
     }
-    let summary = |t: &Tally| -> ArmSummary { t.summary() };
-    let evidence = Evidence { test: signal.name(), canary: summary(canary), baseline: Some(summary(baseline)), detail };
+    let evidence =
+        Evidence { test: signal.name(), canary: canary.summary(), baseline: Some(baseline.summary()), detail };
     Judgement::from_failures(failed, evidence)
 }
 

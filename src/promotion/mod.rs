@@ -94,3 +94,6 @@ mod tests {
         assert!(max_weight(0).is_err() && max_weight(101).is_err());
     }
 }
+
+#[cfg(test)]
+pub mod sim;
