@@ -173,7 +173,8 @@ fn conditions(signal: Signal, i: &Inputs, baseline: &Tally, s: &Sequential, mut 
         }
     };
     let need = s.min_samples.max(1);
-    if !(s.alpha > 0.0 && s.alpha < 1.0) && !fail(&|| format!("invalid alpha {}: must be in (0, 1)", num(s.alpha))) {
+    let alpha_ok = s.alpha > 0.0 && s.alpha < 1.0;
+    if !alpha_ok && !fail(&|| format!("invalid alpha {}: must be in (0, 1)", num(s.alpha))) {
         return false;
     }
     let valid = match signal {
