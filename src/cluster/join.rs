@@ -7,12 +7,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::log::{LogError, Place, READER_FILE, kafka_error, write_place};
+use super::log::{LogError, Place, READER_FILE, kafka_error, reader, write_place};
 use super::replica::{Bootstrap, Message};
 use crate::kafka::KafkaConfig;
 
@@ -38,16 +38,7 @@ pub async fn join(kafka: &KafkaConfig, topic: &str, dir: &Path, me: &str) -> Res
     if has_log || dir.join(READER_FILE).exists() {
         return Ok(Joined::Resumed);
     }
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("backstop-replica-{me}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in &kafka.properties {
-        c.set(k, v);
-    }
-    let consumer: StreamConsumer = c.create().map_err(kafka_error(topic))?;
+    let consumer = reader(kafka, topic, me)?;
     let (low, high) = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)))
         .map_err(kafka_error(topic))?;
     if high <= low {

@@ -210,6 +210,25 @@ fn lag_seconds(waiting: i64, applied_at_ms: Option<i64>, now: chrono::DateTime<U
     }
 }
 
+/// A replica's reader of the log topic: no group membership (it assigns the partition itself),
+/// nothing committed (its place is saved beside its audit log).
+pub(super) fn reader(kafka: &KafkaConfig, topic: &str, me: &str) -> Result<StreamConsumer, LogError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("backstop-replica-{me}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A new leader waits for its marker to come back: a broker that answers an idle fetch
+        // only when its wait ends (tansu does) would add up to that wait to every takeover
+        // (librdkafka's default is 500 ms).
+        .set("fetch.wait.max.ms", "50");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.create().map_err(kafka_error(topic))
+}
+
 /// Where applied lines go: the audit log, or the pipeline (which also folds them into its state).
 pub trait Apply: Send + Sync {
     fn apply(&self, first_seq: u64, lines: Vec<String>) -> futures::future::BoxFuture<'_, Result<Applied, AuditError>>;
@@ -255,20 +274,7 @@ impl LogFollower {
     /// Resume from the place saved beside the audit log in `dir`, or read the topic from its
     /// start.
     pub fn new(kafka: &KafkaConfig, topic: &str, dir: &Path, me: &str) -> Result<LogFollower, LogError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", format!("backstop-replica-{me}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // A new leader waits for its marker to come back: a broker that answers an idle
-            // fetch only when its wait ends (tansu does) would add up to that wait to every
-            // takeover (librdkafka's default is 500 ms).
-            .set("fetch.wait.max.ms", "50");
-        for (k, v) in &kafka.properties {
-            c.set(k, v);
-        }
-        let consumer: StreamConsumer = c.create().map_err(kafka_error(topic))?;
+        let consumer = reader(kafka, topic, me)?;
         let place = read_place(dir)?;
         let from = place.as_ref().map_or(Offset::Beginning, |p| Offset::Offset(p.offset + 1));
         let mut tpl = TopicPartitionList::new();
