@@ -23,10 +23,20 @@
 //!    Reported: min, p50, p99, max of kill to ready, the p50 and p99 of the `handover_ms` of the
 //!    takeover records, the writes to the VirtualService (1 expected: the alert acts once across
 //!    all the takeovers), and whether the three logs end up the same bytes.
+//! 4. Kafka feedback: BENCH_KAFKA_MESSAGES (100,000) outcome events (the ones of benches/load.rs)
+//!    on the feedback topic: (a) produced, then one `backstop serve` without a `cluster:` block
+//!    started on it (as in benches/load.rs); (b) three replicas started and settled, then
+//!    produced (the leader consumes them; the producer is several times faster than the leader,
+//!    and the seconds it took are reported). `backstop_events_received_total{source="kafka",
+//!    outcome="accepted"}` of the server (the leader) polled every 20 ms, from the first poll that
+//!    sees events to the one that sees them all. Reported: msg/s, the ratio cluster / single, and
+//!    the time from the leader's last event recorded until every follower's segments are the
+//!    leader's bytes.
 //!
 //! Phase 3 runs first, and each phase has a tansu of its own (tansu keeps its topics in memory,
-//! and the intake leaves hundreds of MB there). Needs tansu (BACKSTOP_TANSU_BIN, on PATH or in
-//! ~/.cargo/bin); without it every phase is skipped with a message. BENCH_KILLS=0 skips phase 3.
+//! and the intake leaves hundreds of MB there; phase 4 has one for each server). Needs tansu
+//! (BACKSTOP_TANSU_BIN, on PATH or in ~/.cargo/bin); without it every phase is skipped with a
+//! message. BENCH_KILLS=0 skips phase 3.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -215,12 +225,8 @@ async fn topics(broker: &Tansu) -> String {
 
 /// One `backstop serve` without a `cluster:` block, on its own emulator and topics; ready.
 async fn single(broker: &Tansu) -> (KubeEmulator, Replica) {
-    let emu = emulator().await;
     let run = topics(broker).await;
-    let mut r = Replica::new("single".into(), "");
-    let kc = emu.write_kubeconfig(r.dir.path());
-    std::fs::write(r.dir.path().join("backstop.yaml"), config(&kc, &broker.brokers(), &run, None)).unwrap();
-    r.start();
+    let (emu, r) = single_on(broker, &run).await;
     let url = format!("http://{}/readyz", r.addr.unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -234,6 +240,17 @@ async fn single(broker: &Tansu) -> (KubeEmulator, Replica) {
     (emu, r)
 }
 
+/// One `backstop serve` without a `cluster:` block, on its own emulator, on the topics of `run`;
+/// started (listening), not waited for.
+async fn single_on(broker: &Tansu, run: &str) -> (KubeEmulator, Replica) {
+    let emu = emulator().await;
+    let mut r = Replica::new("single".into(), "");
+    let kc = emu.write_kubeconfig(r.dir.path());
+    std::fs::write(r.dir.path().join("backstop.yaml"), config(&kc, &broker.brokers(), run, None)).unwrap();
+    r.start();
+    (emu, r)
+}
+
 struct Cluster {
     emu: KubeEmulator,
     replicas: Vec<Replica>,
@@ -243,8 +260,13 @@ struct Cluster {
 impl Cluster {
     /// Three replicas (started), each with its Pod in the emulator, on topics of their own.
     async fn start(broker: &Tansu) -> Cluster {
-        let emu = emulator().await;
         let run = topics(broker).await;
+        Cluster::start_on(broker, &run).await
+    }
+
+    /// Three replicas (started), each with its Pod in the emulator, on the topics of `run`.
+    async fn start_on(broker: &Tansu, run: &str) -> Cluster {
+        let emu = emulator().await;
         let replicas: Vec<Replica> = (0..3)
             .map(|i| {
                 let name = format!("backstop-{i}");
@@ -255,7 +277,7 @@ impl Cluster {
                 }));
                 let mut r = Replica::new(name.clone(), "");
                 let kc = emu.write_kubeconfig(r.dir.path());
-                std::fs::write(r.dir.path().join("backstop.yaml"), config(&kc, &broker.brokers(), &run, Some(&name)))
+                std::fs::write(r.dir.path().join("backstop.yaml"), config(&kc, &broker.brokers(), run, Some(&name)))
                     .unwrap();
                 r.start();
                 r
@@ -332,6 +354,28 @@ fn segment_lengths(dir: &Path) -> Vec<(String, u64)> {
             (n, len)
         })
         .collect()
+}
+
+/// Seconds from `since` until every follower's segments are the leader's bytes (names and
+/// lengths first, cheap, every 20 ms; then the bytes); None after `timeout`.
+async fn caught_up(leader_dir: &Path, follower_dirs: &[PathBuf], since: Instant, timeout: Duration) -> Option<f64> {
+    let deadline = since + timeout;
+    loop {
+        let want = segment_lengths(leader_dir);
+        if follower_dirs.iter().all(|d| segment_lengths(d) == want) {
+            // The segments only grow: equal bytes now, at equal lengths, were equal bytes then
+            // (the comparison itself, hundreds of MB, is not counted).
+            let matched = since.elapsed().as_secs_f64();
+            let bytes = segments(leader_dir);
+            if follower_dirs.iter().all(|d| segments(d) == bytes) && segment_lengths(leader_dir) == want {
+                return Some(matched);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn records(dir: &Path) -> Vec<Value> {
@@ -443,25 +487,7 @@ async fn cluster_intake(
     };
     let addr = cluster.replicas[leader].addr.unwrap();
     let load = drive(addr, payload.clone(), warm, measure).await;
-    let ended = Instant::now();
-    // Catch-up: names and lengths first (cheap), then the bytes.
-    let deadline = ended + Duration::from_secs(120);
-    let catch_up = loop {
-        let want = segment_lengths(&leader_dir);
-        if follower_dirs.iter().all(|d| segment_lengths(d) == want) {
-            // The segments only grow: equal bytes now, at equal lengths, were equal bytes then
-            // (the comparison itself, hundreds of MB, is not counted).
-            let matched = ended.elapsed().as_secs_f64();
-            let bytes = segments(&leader_dir);
-            if follower_dirs.iter().all(|d| segments(d) == bytes) && segment_lengths(&leader_dir) == want {
-                break Some(matched);
-            }
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let catch_up = caught_up(&leader_dir, &follower_dirs, Instant::now(), Duration::from_secs(120)).await;
     stop.store(true, Ordering::Relaxed);
     let (max_records, samples) = seq_sampler.join().unwrap();
     let max_metric = metric_sampler.await.unwrap();
@@ -522,6 +548,88 @@ async fn bench_intake(broker: &Tansu, warm: Duration, measure: Duration) -> Inta
         lag: lags.try_into().unwrap_or_else(|_| unreachable!()),
         audit_mb,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka feedback
+
+/// `backstop_events_received_total{source="kafka",outcome="accepted"}` of the server at `addr`;
+/// 0 when it does not answer.
+async fn kafka_accepted(http: &reqwest::Client, addr: Option<SocketAddr>) -> f64 {
+    let Some(addr) = addr else { return 0.0 };
+    let Ok(resp) = http.get(format!("http://{addr}/metrics")).send().await else { return 0.0 };
+    let (name, labels) = KAFKA_ACCEPTED;
+    resp.text().await.ok().and_then(|text| metric_value(&text, name, &labels)).unwrap_or(0.0)
+}
+
+struct Feedback {
+    n: usize,
+    /// Events recorded a second: one `backstop serve`, the leader of three.
+    single: f64,
+    cluster: f64,
+    /// Seconds the producer took for the cluster's backlog (produced while the leader consumed).
+    produced: f64,
+    /// From the leader's last event recorded (the poll that saw it) to every follower's segments
+    /// being the leader's bytes.
+    catch_up: Option<f64>,
+    audit_mb: f64,
+}
+
+async fn produce(brokers: String, topic: String, lines: Vec<String>) -> f64 {
+    produce_backlog(&brokers, &topic, &lines).await.unwrap_or_else(|e| panic!("the backlog: {e}"))
+}
+
+async fn bench_feedback(n: usize) -> Feedback {
+    let timeout = Duration::from_secs(120);
+    println!("single mode (same Kafka config, no cluster: block): the backlog, then the server...");
+    let single = {
+        let Some(broker) = Tansu::try_start().await else { unreachable!("tansu was found") };
+        let run = topics(&broker).await;
+        let secs = produce(broker.brokers(), format!("feedback-{run}"), outcome_events(n)).await;
+        println!("  produced {n} messages in {secs:.2} s");
+        let (_emu, server) = single_on(&broker, &run).await;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        match drain_rate(n, timeout, async || kafka_accepted(&http, server.addr).await).await {
+            Ok((rate, _)) => rate,
+            Err(seen) => panic!("single mode recorded {seen} of {n} in 120 s; its log:\n{}", server.log_tail()),
+        }
+    };
+    println!("  {} msg/s", per_s(single));
+
+    // The leader consumes as soon as the backlog is produced: the rate is the leader's as long as
+    // the producer is well ahead of it (both times are printed).
+    println!("cluster mode: three replicas settled, then the backlog...");
+    let Some(broker) = Tansu::try_start().await else { unreachable!("tansu was found") };
+    let run = topics(&broker).await;
+    let cluster = Cluster::start_on(&broker, &run).await;
+    let leader = cluster.settled(Duration::from_secs(60)).await;
+    let addr = cluster.replicas[leader].addr;
+    let lines = outcome_events(n);
+    let started = Instant::now();
+    let producing = tokio::spawn(produce(broker.brokers(), format!("feedback-{run}"), lines));
+    let (rate, recorded) = match drain_rate(n, timeout, async || kafka_accepted(&cluster.http, addr).await).await {
+        Ok(done) => done,
+        Err(seen) => {
+            let logs: Vec<String> =
+                cluster.replicas.iter().map(|r| format!("--- {}\n{}", r.name, r.log_tail())).collect();
+            panic!("the leader recorded {seen} of {n} in 120 s\n{}", logs.join("\n"))
+        }
+    };
+    let produced = producing.await.unwrap();
+    let leader_dir = cluster.replicas[leader].audit_dir();
+    let follower_dirs: Vec<PathBuf> =
+        (0..cluster.replicas.len()).filter(|i| *i != leader).map(|i| cluster.replicas[i].audit_dir()).collect();
+    let catch_up = caught_up(&leader_dir, &follower_dirs, recorded, timeout).await;
+    let audit_mb = segment_lengths(&leader_dir).iter().map(|(_, l)| *l).sum::<u64>() as f64 / 1e6;
+    println!(
+        "  leader {}: {} msg/s (produced in {produced:.2} s, all recorded {:.2} s after the first was sent); \
+         followers caught up {} after its last event",
+        cluster.replicas[leader].name,
+        per_s(rate),
+        recorded.duration_since(started).as_secs_f64(),
+        catch_up.map(secs).unwrap_or_else(|| "NOT within 120 s".into())
+    );
+    Feedback { n, single, cluster: rate, produced, catch_up, audit_mb }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,6 +777,7 @@ async fn run(rows: &mut Vec<Row>) {
         takeovers(rows, &broker, kills).await;
     }
     intake(rows, warm, measure).await;
+    feedback(rows, env_or("BENCH_KAFKA_MESSAGES", 100_000)).await;
 }
 
 async fn takeovers(rows: &mut Vec<Row>, broker: &Tansu, kills: usize) {
@@ -768,6 +877,27 @@ async fn intake(rows: &mut Vec<Row>, warm: Duration, measure: Duration) {
     ));
 }
 
+async fn feedback(rows: &mut Vec<Row>, n: usize) {
+    println!("Kafka feedback: a backlog of {} outcome events, each server on a tansu of its own...", per_s(n as f64));
+    let f = bench_feedback(n).await;
+    rows.push(row(
+        format!(
+            "Kafka feedback, a backlog of {} outcome events recorded and judged: leader of 3 vs single mode",
+            per_s(f.n as f64)
+        ),
+        format!("{} msg/s (the backlog produced in {:.2} s)", per_s(f.cluster), f.produced),
+        format!("{} msg/s", per_s(f.single)),
+        Some(f.cluster / f.single),
+    ));
+    rows.push(row(
+        "follower catch-up after the Kafka feedback backlog: the leader's last event recorded to the same bytes on \
+         every replica",
+        f.catch_up.map(secs).unwrap_or_else(|| "NOT within 120 s".into()),
+        format!("{:.0} MB of audit log per replica", f.audit_mb),
+        None,
+    ));
+}
+
 fn main() {
     let started = Instant::now();
     println!("machine: {}", machine());
@@ -777,10 +907,11 @@ fn main() {
     rt.block_on(run(&mut rows));
     println!("\nmachine: {}", machine());
     println!(
-        "run took {:.0} s, BENCH_KILLS={}, BENCH_SECONDS={}\n",
+        "run took {:.0} s, BENCH_KILLS={}, BENCH_SECONDS={}, BENCH_KAFKA_MESSAGES={}\n",
         started.elapsed().as_secs_f64(),
         env_or("BENCH_KILLS", 100),
-        env_or("BENCH_SECONDS", 5.0)
+        env_or("BENCH_SECONDS", 5.0),
+        env_or("BENCH_KAFKA_MESSAGES", 100_000)
     );
     println!("| benchmark | measured | baseline (same run) | ratio |");
     println!("|---|---|---|---|");

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[path = "shared/intake.rs"]
 mod shared;
@@ -789,7 +789,6 @@ async fn bench_kafka(rows: &mut Vec<Row>) -> Result<(), String> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let bin = tansu_binary()?;
     let n: usize = env_or("BENCH_KAFKA_MESSAGES", 200_000);
@@ -827,30 +826,8 @@ async fn bench_kafka(rows: &mut Vec<Row>) -> Result<(), String> {
     for r in admin.create_topics(&topics, &AdminOptions::new()).await.map_err(|e| e.to_string())? {
         r.map_err(|(t, e)| format!("create {t}: {e}"))?;
     }
-    // An A/A stream of request outcomes of model-service (10% to the canary), ~200 bytes each.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            let version = if i % 10 == 0 { "v2" } else { "v1" };
-            json!({"service": "model-service", "namespace": "sms-app", "version": version,
-                   "time": Utc::now(), "kind": "outcome", "success": i % 20 != 7})
-            .to_string()
-        })
-        .collect();
-    let t = Instant::now();
-    for chunk in lines.chunks(2_000) {
-        let sends = chunk
-            .iter()
-            .map(|l| producer.send(FutureRecord::<(), _>::to("bench.feedback").payload(l), Duration::from_secs(30)));
-        for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| format!("produce: {e}"))?;
-        }
-    }
-    println!("  produced {n} messages in {:.1} s", t.elapsed().as_secs_f64());
+    let secs = produce_backlog(&brokers, "bench.feedback", &outcome_events(n)).await?;
+    println!("  produced {n} messages in {secs:.1} s");
 
     // Raw consumer: from its first message to its n-th.
     let consumer: StreamConsumer = ClientConfig::new()
@@ -886,25 +863,11 @@ async fn bench_kafka(rows: &mut Vec<Row>) -> Result<(), String> {
     let dir = workdir("rules: []\n", &[], &extra);
     let server = Backstop::start(dir.path());
     let sampler = RssSampler::start(server.pid());
-    let name = "backstop_events_received_total";
-    let labels = ["source=\"kafka\"", "outcome=\"accepted\""];
-    let mut first: Option<(Instant, f64)> = None;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let ours = loop {
-        let seen = metric_value(&server.metrics().await, name, &labels).unwrap_or(0.0);
-        let now = Instant::now();
-        if seen > 0.0 && first.is_none() {
-            first = Some((now, seen));
-        }
-        if seen >= n as f64 {
-            let (t0, c0) = first.unwrap();
-            let secs = now.duration_since(t0).as_secs_f64();
-            break if secs > 0.0 { (n as f64 - c0) / secs } else { f64::NAN };
-        }
-        if now > deadline {
-            return Err(format!("backstop consumed {seen} of {n} in 120 s; its log:\n{}", server.log_tail()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let (name, labels) = KAFKA_ACCEPTED;
+    let accepted = async || metric_value(&server.metrics().await, name, &labels).unwrap_or(0.0);
+    let ours = match drain_rate(n, Duration::from_secs(120), accepted).await {
+        Ok((rate, _)) => rate,
+        Err(seen) => return Err(format!("backstop consumed {seen} of {n} in 120 s; its log:\n{}", server.log_tail())),
     };
     let peak = sampler.finish();
     server.stop();

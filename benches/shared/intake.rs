@@ -1,8 +1,9 @@
 //! What `benches/load.rs` and `benches/cluster.rs` share (each includes this file with
 //! `#[path = "shared/intake.rs"] mod shared;`; it is under a directory so that cargo does not
 //! take it for a benchmark of its own): realistic Alertmanager v4 payloads, the 64-connection
-//! hyper HTTP/1.1 client that posts them, and small helpers (environment, quantiles, formatting,
-//! the machine's description, a series of `/metrics`).
+//! hyper HTTP/1.1 client that posts them, a backlog of Kafka feedback events and how fast a server
+//! records it, and small helpers (environment, quantiles, formatting, the machine's description, a
+//! series of `/metrics`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -313,4 +314,73 @@ pub fn metric_value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka feedback: a backlog of outcome events, and how fast a server records it
+
+/// An A/A stream of `n` request outcomes of sms-app/model-service (every tenth to the canary v2,
+/// one in twenty a failure, none of them on v2), about 200 bytes each.
+pub fn outcome_events(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let version = if i % 10 == 0 { "v2" } else { "v1" };
+            json!({"service": "model-service", "namespace": "sms-app", "version": version,
+                   "time": Utc::now(), "kind": "outcome", "success": i % 20 != 7})
+            .to_string()
+        })
+        .collect()
+}
+
+/// Produce `lines` to `topic` (linger 5 ms, 2,000 in flight at a time); the seconds it took.
+pub async fn produce_backlog(brokers: &str, topic: &str, lines: &[String]) -> Result<f64, String> {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    for chunk in lines.chunks(2_000) {
+        let sends =
+            chunk.iter().map(|l| producer.send(FutureRecord::<(), _>::to(topic).payload(l), Duration::from_secs(30)));
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| format!("produce: {e}"))?;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The series a server counts the Kafka events it recorded in.
+pub const KAFKA_ACCEPTED: (&str, [&str; 2]) =
+    ("backstop_events_received_total", ["source=\"kafka\"", "outcome=\"accepted\""]);
+
+/// How fast a server records a backlog of `n` events: `accepted()` (its count so far) every 20 ms,
+/// from the first poll that sees events to the one that sees `n`. The rate, and when `n` was seen;
+/// or, after `timeout`, the count then.
+pub async fn drain_rate(
+    n: usize,
+    timeout: Duration,
+    mut accepted: impl AsyncFnMut() -> f64,
+) -> Result<(f64, Instant), f64> {
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = accepted().await;
+        let now = Instant::now();
+        if seen > 0.0 && first.is_none() {
+            first = Some((now, seen));
+        }
+        if seen >= n as f64 {
+            let (t0, c0) = first.unwrap();
+            let secs = now.duration_since(t0).as_secs_f64();
+            return Ok((if secs > 0.0 { (n as f64 - c0) / secs } else { f64::NAN }, now));
+        }
+        if now > deadline {
+            return Err(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
