@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -213,6 +213,10 @@ fn lag_seconds(waiting: i64, applied_at_ms: Option<i64>, now: chrono::DateTime<U
 /// A replica's reader of the log topic: no group membership (it assigns the partition itself),
 /// nothing committed (its place is saved beside its audit log).
 pub(super) fn reader(kafka: &KafkaConfig, topic: &str, me: &str) -> Result<StreamConsumer, LogError> {
+    reader_config(kafka, me).create().map_err(kafka_error(topic))
+}
+
+fn reader_config(kafka: &KafkaConfig, me: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("backstop-replica-{me}"))
@@ -226,7 +230,7 @@ pub(super) fn reader(kafka: &KafkaConfig, topic: &str, me: &str) -> Result<Strea
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
-    c.create().map_err(kafka_error(topic))
+    c
 }
 
 /// Where applied lines go: the audit log, or the pipeline (which also folds them into its state).
@@ -261,6 +265,8 @@ impl Apply for crate::pipeline::Pipeline {
 /// Every replica's side: reads the topic in order and applies what its [`Reader`] accepts.
 pub struct LogFollower {
     consumer: StreamConsumer,
+    /// Reads the topic's newest message while this replica is behind: how many records it is.
+    tail: BaseConsumer,
     topic: String,
     place: Option<Place>,
     reader: Reader,
@@ -275,6 +281,7 @@ impl LogFollower {
     /// start.
     pub fn new(kafka: &KafkaConfig, topic: &str, dir: &Path, me: &str) -> Result<LogFollower, LogError> {
         let consumer = reader(kafka, topic, me)?;
+        let tail: BaseConsumer = reader_config(kafka, me).create().map_err(kafka_error(topic))?;
         let place = read_place(dir)?;
         let from = place.as_ref().map_or(Offset::Beginning, |p| Offset::Offset(p.offset + 1));
         let mut tpl = TopicPartitionList::new();
@@ -282,7 +289,7 @@ impl LogFollower {
         consumer.assign(&tpl).map_err(kafka_error(topic))?;
         let reader = place.as_ref().map(Place::reader).unwrap_or_default();
         let (applied, _) = watch::channel(place.as_ref().map_or(-1, |p| p.offset));
-        Ok(LogFollower { consumer, topic: topic.to_string(), place, reader, applied, applied_at: None })
+        Ok(LogFollower { consumer, tail, topic: topic.to_string(), place, reader, applied, applied_at: None })
     }
 
     /// `backstop_replication_lag_messages`: messages in the topic not yet applied here.
@@ -295,10 +302,25 @@ impl LogFollower {
             let applied = self.place.as_ref().map_or(-1, |p| p.offset);
             let messages = (high - 1 - applied).max(0);
             let seconds = lag_seconds(messages, self.applied_at, Utc::now());
+            let records =
+                if messages == 0 { Some(0) } else { tokio::task::block_in_place(|| self.records_behind(high)) };
             // Unknown (nothing applied yet) shows as 0 on the gauge; readiness knows better.
-            MetricEvent::ReplicationLag { messages, seconds: seconds.unwrap_or(0.0) }.emit();
+            MetricEvent::ReplicationLag { messages, records, seconds: seconds.unwrap_or(0.0) }.emit();
             to.lag(crate::pipeline::ReplicationLag { messages, seconds });
         }
+    }
+
+    /// Records behind the topic's newest message (at `high - 1`), read with the tail consumer;
+    /// None when it cannot be read within a second or is a marker.
+    fn records_behind(&self, high: i64) -> Option<u64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(high - 1)).ok()?;
+        self.tail.assign(&tpl).ok()?;
+        let m = self.tail.poll(Duration::from_secs(1))?.ok()?;
+        let pairs: Vec<(&str, &[u8])> =
+            m.headers().map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect()).unwrap_or_default();
+        let last = Message::decode(&pairs, m.payload().unwrap_or_default()).ok()?;
+        super::replica::records_behind(&last, self.reader.next_seq)
     }
 
     /// The last offset applied, as it moves.

@@ -114,6 +114,17 @@ impl Reader {
     }
 }
 
+/// Records in the topic after the record `next_seq - 1` when `last` is its newest message: a
+/// batch ends at its last line's seq, a snapshot at its checkpoint's; a marker says nothing
+/// (None).
+pub fn records_behind(last: &Message, next_seq: u64) -> Option<u64> {
+    match last {
+        Message::Batch { first_seq, lines, .. } => Some((first_seq + lines.len() as u64).saturating_sub(next_seq)),
+        Message::Snapshot { seq, .. } => Some((seq + 1).saturating_sub(next_seq)),
+        Message::Marker { .. } => None,
+    }
+}
+
 /// A new replica's first pass over the topic, from its oldest retained message to its end:
 /// which snapshot to start from. Messages are read with the same rule as [`Reader::read`]; a
 /// snapshot counts only if it is of the newest epoch seen and, when the chain before it is known,
@@ -507,5 +518,14 @@ mod tests {
         let mut none = Bootstrap::new(false);
         none.read(20, &topic[0]);
         assert!(none.found().is_none());
+    }
+
+    #[test]
+    fn the_records_behind_are_counted_from_the_newest_message() {
+        let last = batch(2, "b", 41, "h", &["r41", "r42", "r43"]);
+        assert_eq!(records_behind(&last, 31), Some(13), "applied up to 30; the topic ends at 43");
+        assert_eq!(records_behind(&last, 44), Some(0), "caught up");
+        assert_eq!(records_behind(&snapshot(2, 50, "c"), 44), Some(7));
+        assert_eq!(records_behind(&marker(3, "c"), 44), None);
     }
 }

@@ -23,6 +23,7 @@
 //! | `backstop_leader` | gauge | 1 or 0 (cluster mode: this replica leads and may act) |
 //! | `backstop_takeovers_total` | counter | |
 //! | `backstop_replication_lag_messages` | gauge | messages (batches of records) of the replicated log not yet applied |
+//! | `backstop_replication_lag_records` | gauge | records not yet applied (counted to the topic's newest message) |
 //! | `backstop_replication_lag_seconds` | gauge | how old the last applied record is while records wait; 0 when caught up |
 
 use std::sync::OnceLock;
@@ -98,6 +99,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub takeovers: Counter,
     pub replication_lag: Gauge,
+    pub replication_lag_records: Gauge,
     pub replication_lag_seconds: Gauge<f64, AtomicU64>,
 }
 
@@ -122,6 +124,7 @@ impl Metrics {
             leader: Gauge::default(),
             takeovers: Counter::default(),
             replication_lag: Gauge::default(),
+            replication_lag_records: Gauge::default(),
             replication_lag_seconds: Gauge::default(),
         };
         registry.register("events_received", "Events received, by source and outcome", m.events_received.clone());
@@ -171,6 +174,11 @@ impl Metrics {
             "replication_lag_messages",
             "Messages (group-commit batches of records) of the replicated audit log this replica has yet to apply",
             m.replication_lag.clone(),
+        );
+        registry.register(
+            "replication_lag_records",
+            "Records of the replicated audit log this replica has yet to apply (to the topic's newest message)",
+            m.replication_lag_records.clone(),
         );
         registry.register(
             "replication_lag_seconds",
@@ -260,6 +268,8 @@ pub enum Event<'a> {
     /// Messages of the replicated audit log not yet applied here.
     ReplicationLag {
         messages: i64,
+        /// None when the newest message could not be read (the gauge keeps its last value).
+        records: Option<u64>,
         seconds: f64,
     },
 }
@@ -315,8 +325,11 @@ impl Event<'_> {
             Event::TookOver => {
                 m.takeovers.inc();
             }
-            Event::ReplicationLag { messages, seconds } => {
+            Event::ReplicationLag { messages, records, seconds } => {
                 m.replication_lag.set(messages);
+                if let Some(r) = records {
+                    m.replication_lag_records.set(i64::try_from(r).unwrap_or(i64::MAX));
+                }
                 m.replication_lag_seconds.set(seconds);
             }
         }

@@ -56,6 +56,7 @@ METRICS = {
     "backstop_leader": "gauge",
     "backstop_takeovers_total": "counter",
     "backstop_replication_lag_messages": "gauge",
+    "backstop_replication_lag_records": "gauge",
     "backstop_replication_lag_seconds": "gauge",
 }
 DECISION_OUTCOMES = {"applied", "noop", "held", "refused", "failed", "dry_run"}

@@ -553,6 +553,18 @@ async fn a_follower_that_fell_behind_across_a_takeover_catches_up_to_the_same_by
     let behind = cluster.replicas[lagging].audit_dir();
     let same = eventually(Duration::from_secs(30), || (segments(&behind) == segments(&dir)).then_some(())).await;
     assert!(same.is_some(), "the lagging follower did not catch up:\n{}", cluster.replicas[lagging].server().log());
+    // Caught up, it says so: no record, no message behind.
+    let metrics_url = format!("{}/metrics", cluster.replicas[lagging].server().url);
+    let mut caught_up = false;
+    for _ in 0..50 {
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        if text.contains("backstop_replication_lag_records 0") && text.contains("backstop_replication_lag_messages 0") {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(caught_up, "the lag gauges do not say caught up");
     let drills = records(&behind).iter().filter(|r| r["kind"] == "control" && r.to_string().contains("drill ")).count();
     assert_eq!(drills, 30, "every pause and resume, from both leaders");
     let received = records(&behind).iter().filter(|r| r["kind"] == "received").count();
