@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::dispersion::{MIN_PAIRS, dispersion};
 use super::sequential::{Msprt, Sequential, Tally};
-use super::window::{Evidence, Judgement, interval_json, latency_bin, num, rate};
+use super::window::{ArmSummary, Evidence, Judgement, interval_json, latency_bin, num, rate};
 
 /// How much worse the canary may be and still count as not worse.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -283,6 +283,52 @@ pub fn not_worse(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequentia
     }
     let evidence =
         Evidence { test: signal.name(), canary: canary.summary(), baseline: Some(baseline.summary()), detail };
+    Judgement::from_failures(failed, evidence)
+}
+
+/// Evidence that the canary's mean score (a model's confidence, in [0, 1]) is above
+/// `threshold` over a window (`canary`, the window's summary): at least `min_samples` scores,
+/// and the mean less Hoeffding's one-sided margin `sqrt(ln(1/alpha) / (2n))` above the threshold,
+/// so one look at a window misleads with probability at most `alpha`. Unlike the not-worse
+/// tests this is per look, not over every look: a promotion also waits `interval` between steps
+/// and needs its not-worse tests, which are. Scores outside [0, 1] do not make a bound.
+pub fn score_above(canary: &ArmSummary, threshold: f64, min_samples: u64, alpha: f64) -> Judgement {
+    let need = min_samples.max(1);
+    let n = canary.scores_n;
+    let margin = (n > 0 && alpha > 0.0 && alpha < 1.0).then(|| ((1.0 / alpha).ln() / (2.0 * n as f64)).sqrt());
+    let lower = canary.score_mean.zip(margin).map(|(m, e)| m - e);
+    let detail = json!({
+        "n": n,
+        "mean": canary.score_mean,
+        "lower_bound": lower,
+        "bound": "hoeffding, one-sided",
+        "threshold": threshold,
+        "alpha": alpha,
+        "min_samples": need,
+    });
+    let evidence = Evidence { test: "score_above", canary: canary.clone(), baseline: None, detail };
+    let mut failed = Vec::new();
+    if !(threshold.is_finite() && (0.0..=1.0).contains(&threshold)) {
+        failed.push(format!("invalid threshold {}: scores are in [0, 1]", num(threshold)));
+    } else if !(alpha > 0.0 && alpha < 1.0) {
+        failed.push(format!("invalid alpha {}: must be in (0, 1)", num(alpha)));
+    } else if n < need {
+        failed.push(format!("only {n} canary scores, need {need}"));
+    } else {
+        match (canary.score_mean, lower) {
+            (Some(mean), _) if !(0.0..=1.0).contains(&mean) => {
+                failed.push(format!("mean score {} is outside [0, 1]: no bound", num(mean)))
+            }
+            (Some(_), Some(lower)) if lower > threshold => {}
+            (Some(mean), Some(lower)) => failed.push(format!(
+                "mean score {} less its margin is {}, not above threshold {}",
+                num(mean),
+                num(lower),
+                num(threshold)
+            )),
+            _ => failed.push("no canary mean score".to_string()),
+        }
+    }
     Judgement::from_failures(failed, evidence)
 }
 

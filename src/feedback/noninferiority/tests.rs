@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::feedback::testing::Rng;
-use crate::feedback::window::Observation;
+use crate::feedback::window::{ArmSummary, Observation};
 
 fn s() -> Sequential {
     Sequential { alpha: 0.05, min_samples: 100, tau: crate::feedback::sequential::DEFAULT_TAU }
@@ -138,4 +138,21 @@ fn a_canary_equal_to_its_baseline_is_promoted_in_most_streams() {
     let median = at[at.len() / 2];
     eprintln!("equal canaries (2% errors, margin 1 point): promoted after a median of {median} events");
     assert!(median < 10_000, "{median}");
+}
+
+#[test]
+fn a_high_confidence_is_evidence_only_with_enough_scores_and_its_margin_above_the_threshold() {
+    let summary = |n: u64, mean: f64| ArmSummary { scores_n: n, score_mean: Some(mean), ..ArmSummary::default() };
+    // 0.9 over 400 scores: margin sqrt(ln 20 / 800) = 0.061, lower bound 0.839 > 0.8.
+    let j = score_above(&summary(400, 0.9), 0.8, 100, 0.05);
+    assert!(j.is_act(), "{j:?}");
+    let lower = j.evidence().detail["lower_bound"].as_f64().unwrap();
+    assert!((lower - (0.9 - ((20f64).ln() / 800.0).sqrt())).abs() < 1e-12, "{lower}");
+    // The same mean over 100 scores: margin 0.122, lower bound 0.778: not yet.
+    let j = score_above(&summary(100, 0.9), 0.8, 100, 0.05);
+    assert!(j.reason().unwrap().contains("not above threshold"), "{j:?}");
+    assert!(score_above(&summary(50, 0.99), 0.8, 100, 0.05).reason().unwrap().contains("only 50 canary scores"));
+    assert!(!score_above(&ArmSummary::default(), 0.8, 1, 0.05).is_act(), "no scores: no evidence");
+    assert!(score_above(&summary(400, 3.0), 0.8, 1, 0.05).reason().unwrap().contains("outside [0, 1]"));
+    assert!(score_above(&summary(400, 0.9), 1.5, 1, 0.05).reason().unwrap().contains("invalid threshold"));
 }
