@@ -57,6 +57,8 @@ METRICS = {
     "backstop_takeovers_total": "counter",
     "backstop_replication_lag_messages": "gauge",
     "backstop_replication_lag_records": "gauge",
+    "backstop_verifications_total": "counter",
+    "backstop_flagger_calls_total": "counter",
     "backstop_replication_lag_seconds": "gauge",
 }
 DECISION_OUTCOMES = {"applied", "noop", "held", "refused", "failed", "dry_run"}
