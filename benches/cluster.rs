@@ -4,7 +4,7 @@
 //!
 //! Three replicas of the release binary (`backstop serve`), tansu as the broker of the replicated
 //! audit log, the project's Kubernetes API emulator (tests/it/support/kube.rs) holding the Lease,
-//! a Pod per replica and the demo's VirtualService; the config is the one of tests/it/cluster.rs
+//! a Pod per replica and the demo's VirtualService; the config is the one of tests/it/cluster/
 //! (lease 3 s, renewed every 500 ms, acted on until 1 s before it ends).
 //!
 //! 1. Intake: `POST /v1/alertmanager` of Alertmanager v4 payloads of 1 and of 50 alerts no rule
@@ -181,7 +181,7 @@ impl Drop for Replica {
     }
 }
 
-/// The config of tests/it/cluster.rs: the repository's backstop.yaml on the emulator, a Kafka
+/// The config of tests/it/cluster/: the repository's backstop.yaml on the emulator, a Kafka
 /// block, and (for a replica) a cluster block.
 fn config(emu_kubeconfig: &Path, brokers: &str, run: &str, cluster: Option<&str>) -> String {
     let mut config = std::fs::read_to_string(repo("backstop.yaml"))
