@@ -207,13 +207,7 @@ fn config(emu_kubeconfig: &Path, brokers: &str, run: &str, cluster: Option<&str>
 
 /// The emulator with the demo's VirtualService.
 async fn emulator() -> KubeEmulator {
-    let emu = KubeEmulator::start().await;
-    let text = std::fs::read_to_string(repo("deploy/local/model-service.yaml")).unwrap();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        emu.seed(v);
-    }
-    emu
+    KubeEmulator::with_demo().await
 }
 
 async fn topics(broker: &Tansu) -> String {

@@ -14,13 +14,7 @@ const VS: (&str, &str, &str, &str) = ("networking.istio.io/v1", "VirtualService"
 
 /// The emulator with the demo's DestinationRule and VirtualService applied.
 async fn cluster() -> KubeEmulator {
-    let emu = KubeEmulator::start().await;
-    let text = std::fs::read_to_string(repo("deploy/local/model-service.yaml")).unwrap();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        emu.seed(v);
-    }
-    emu
+    KubeEmulator::with_demo().await
 }
 
 /// The repository's config, with the kubernetes target on the emulator instead of manifests.

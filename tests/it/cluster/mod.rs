@@ -88,12 +88,7 @@ impl Cluster {
         let run = uuid::Uuid::now_v7().simple().to_string();
         let (log, alerts, feedback) = (format!("audit-log-{run}"), format!("alerts-{run}"), format!("feedback-{run}"));
         broker.create_topics(&[&log, &alerts, &feedback]).await;
-        let emu = KubeEmulator::start().await;
-        let text = std::fs::read_to_string(repo("deploy/local/model-service.yaml")).unwrap();
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-            emu.seed(v);
-        }
+        let emu = KubeEmulator::with_demo().await;
         let replicas = (0..n)
             .map(|i| {
                 let wd = Workdir::new();

@@ -379,6 +379,18 @@ impl KubeEmulator {
 
     /// write, panicking with the server's message if rejected. Returns the object as stored.
     /// As on a real server, `status` is not written this way: set it with [`Self::mutate`].
+    /// An emulator holding the demo's objects (`deploy/local/model-service.yaml`: the
+    /// DestinationRule and the VirtualService), as if `kubectl apply`'d.
+    pub async fn with_demo() -> KubeEmulator {
+        let emu = KubeEmulator::start().await;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/model-service.yaml");
+        let text = std::fs::read_to_string(&path).expect("the demo's manifest");
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            emu.seed(Value::deserialize(doc).expect("the demo's manifest is YAML"));
+        }
+        emu
+    }
+
     pub fn seed(&self, mut obj: Value) -> Value {
         let api_version = obj["apiVersion"].as_str().expect("seed: apiVersion").to_owned();
         let kind = obj["kind"].as_str().expect("seed: kind").to_owned();
