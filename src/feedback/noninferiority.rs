@@ -122,6 +122,8 @@ struct Inputs {
     /// Bad events and samples: the canary's, the baseline's (None for latency's fixed share).
     canary: (u64, u64),
     baseline: Option<(u64, u64)>,
+    /// The baseline's samples the test stands on (its latencies, for latency).
+    baseline_n: u64,
     terms: (f64, f64),
     dispersion: Option<super::dispersion::Dispersion>,
     /// Latency: the baseline's p95 and the cut (max_ratio times it).
@@ -156,11 +158,12 @@ fn inputs(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> I
     };
     let phi = d.map_or(1.0, |d| d.used);
     let test = msprt_not_worse(c, b, terms, s.tau, phi);
-    Inputs { canary: c, baseline: b, terms, dispersion: d, latency, test }
+    let baseline_n = b.map_or(baseline.latency_n, |b| b.1);
+    Inputs { canary: c, baseline: b, baseline_n, terms, dispersion: d, latency, test }
 }
 
 /// Every condition in order; `why` gets the reason of each that fails (None: stop at the first).
-fn conditions(signal: Signal, i: &Inputs, baseline: &Tally, s: &Sequential, mut why: Option<&mut Vec<String>>) -> bool {
+fn conditions(signal: Signal, i: &Inputs, s: &Sequential, mut why: Option<&mut Vec<String>>) -> bool {
     let ok = std::cell::Cell::new(true);
     let mut fail = |reason: &dyn Fn() -> String| {
         ok.set(false);
@@ -187,7 +190,7 @@ fn conditions(signal: Signal, i: &Inputs, baseline: &Tally, s: &Sequential, mut 
     if i.canary.1 < need && !fail(&|| format!("only {} canary samples, need {need}", i.canary.1)) {
         return false;
     }
-    let baseline_n = i.baseline.map_or(baseline.latency_n, |b| b.1);
+    let baseline_n = i.baseline_n;
     let which = if i.baseline.is_some() { "samples" } else { "latencies" };
     if baseline_n < need && !fail(&|| format!("only {baseline_n} baseline {which}, need {need}")) {
         return false;
@@ -221,7 +224,7 @@ fn conditions(signal: Signal, i: &Inputs, baseline: &Tally, s: &Sequential, mut 
 /// Whether the evidence holds: [`not_worse`] without the reasons and the record's figures (for
 /// checking at every event).
 pub fn holds(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> bool {
-    conditions(signal, &inputs(signal, canary, baseline, s), baseline, s, None)
+    conditions(signal, &inputs(signal, canary, baseline, s), s, None)
 }
 
 /// Whether `canary` is shown not worse than `baseline` on `signal`: [`Judgement::Act`] when the
@@ -230,7 +233,7 @@ pub fn holds(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -
 pub fn not_worse(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequential) -> Judgement {
     let i = inputs(signal, canary, baseline, s);
     let mut failed = Vec::new();
-    conditions(signal, &i, baseline, s, Some(&mut failed));
+    conditions(signal, &i, s, Some(&mut failed));
     let what = match signal {
         Signal::ErrorRatio(_) => "errors",
         Signal::NegativeRatio(_) => "negative",
