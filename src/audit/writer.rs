@@ -550,6 +550,17 @@ fn write_records(
     mode: &mut Mode,
     entries: Vec<Prepared>,
 ) -> Result<Vec<Record>, AuditError> {
+    write_lines(tail, opts, shared, mode, entries).map(|(records, _)| records)
+}
+
+/// [`write_records`], also giving back the lines written (each ending in a newline).
+fn write_lines(
+    tail: &mut Tail,
+    opts: &AuditOptions,
+    shared: &Shared,
+    mode: &mut Mode,
+    entries: Vec<Prepared>,
+) -> Result<(Vec<Record>, Vec<u8>), AuditError> {
     let (records, buf, last_hash, last_line) = serialize(tail.next_seq, &tail.last_hash, entries)?;
     if let Mode::Leader(replicate) = mode
         && let Err(reason) = replicate.replicate(tail.next_seq, &tail.last_hash, &buf)
@@ -568,7 +579,7 @@ fn write_records(
     tail.last_hash = last_hash;
     tail.last_at = (file_name(&tail.path), offset + last_line as u64);
     *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = tail.position();
-    Ok(records)
+    Ok((records, buf))
 }
 
 /// The records, their bytes, the last record's hash and the offset of its line in the bytes.
@@ -706,27 +717,13 @@ fn anchor(
             "kept_from_seq": tail.next_seq,
             "snapshot": true,
         }));
-    let start = tail.len;
-    write_records(tail, opts, shared, mode, vec![prepare(checkpoint)?])?;
+    let (_, mut line) = write_lines(tail, opts, shared, mode, vec![prepare(checkpoint)?])?;
+    line.pop(); // its newline
     let position = tail.position();
-    let line = read_line(&tail.path, start, tail.len)?;
     replicate
         .publish_snapshot(position.seq, &position.hash, &line, state(&position))
         .map_err(AuditError::Replication)?;
     Ok(position)
-}
-
-/// The bytes of one line just written (without its newline).
-fn read_line(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, AuditError> {
-    use std::io::Read;
-    let mut f = File::open(path).map_err(io("read", path))?;
-    f.seek(std::io::SeekFrom::Start(from)).map_err(io("read", path))?;
-    let mut line = vec![0; usize::try_from(to - from).unwrap_or(0)];
-    f.read_exact(&mut line).map_err(io("read", path))?;
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    }
-    Ok(line)
 }
 
 /// Delete the oldest sealed segments that retention no longer keeps. First a `checkpoint` record
