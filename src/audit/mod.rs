@@ -52,10 +52,12 @@ pub enum Kind {
     Verified,
     /// After an applied action: traffic was not seen to move within the deadline.
     Unverified,
+    /// A promotion reached its last step (`max`), with the evidence of each stage.
+    Promoted,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Received,
         Kind::Rejected,
         Kind::Matched,
@@ -72,6 +74,7 @@ impl Kind {
         Kind::Checkpoint,
         Kind::Verified,
         Kind::Unverified,
+        Kind::Promoted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +95,7 @@ impl Kind {
             Kind::Checkpoint => "checkpoint",
             Kind::Verified => "verified",
             Kind::Unverified => "unverified",
+            Kind::Promoted => "promoted",
         }
     }
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::arms::{Arm, ArmKey, Arms};
+use super::noninferiority::{Signal, holds, not_worse, score_above};
 use super::restarts::{alpha_share, generation};
 use super::sequential::{Comparison, Sequential, Tally, Test};
 use super::window::mean_score_below;
@@ -29,6 +30,18 @@ pub enum Check {
     Sequential { test: Test, settings: Sequential, threshold: f64 },
     /// The canary's mean score over the last `window` is under `threshold`.
     MeanScoreBelow { threshold: f64, min_samples: u64, window: Duration },
+    /// Promotion: the canary shown not worse on every signal (each at `settings.alpha`), and its
+    /// mean score above a threshold if `score` is set. Each is required: a missing signal holds.
+    NotWorse { signals: Vec<Signal>, settings: Sequential, score: Option<ScoreAbove> },
+}
+
+/// A model's mean confidence to stay above, over a window (see
+/// [`score_above`](super::noninferiority::score_above)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreAbove {
+    pub threshold: f64,
+    pub window: Duration,
+    pub min_samples: u64,
 }
 
 /// A rule's conclusion that the canary is worse.
@@ -57,11 +70,18 @@ impl FeedbackSpec {
         match &self.check {
             Check::Sequential { test, .. } => test.name(),
             Check::MeanScoreBelow { .. } => "mean_score_below",
+            Check::NotWorse { .. } => "not_worse",
         }
     }
 
-    /// Evaluate at `now` for the service in `namespace`: Some when the canary is shown worse.
-    /// The quick check runs first; evidence is built only for a finding.
+    /// Whether the rule promotes (its finding is evidence that the canary is not worse).
+    pub fn promotes(&self) -> bool {
+        matches!(self.check, Check::NotWorse { .. })
+    }
+
+    /// Evaluate at `now` for the service in `namespace`: Some when the canary is shown worse
+    /// (a rollback's test) or shown not worse on everything required (a promotion's). The quick
+    /// check runs first; evidence is built only for a finding.
     pub fn evaluate(&self, arms: &Arms, namespace: &str, now: DateTime<Utc>) -> Option<Finding> {
         let canary_key = ArmKey::new(namespace, &self.service, &self.canary);
         let canary = arms.get(&canary_key)?;
@@ -97,6 +117,79 @@ impl FeedbackSpec {
                         "detail": verdict.evidence().detail,
                     }),
                     arms: vec![canary_key, baseline_key],
+                    labels,
+                })
+            }
+            Check::NotWorse { signals, settings, score } => {
+                let baseline = match self.baseline.as_deref() {
+                    Some(b) => {
+                        let key = ArmKey::new(namespace, &self.service, b);
+                        Some((b, arms.get(&key)?, key))
+                    }
+                    // Only a score: no baseline needed.
+                    None if signals.is_empty() => None,
+                    None => return None,
+                };
+                if let Some((_, b, _)) = &baseline
+                    && !signals.iter().all(|s| holds(*s, &canary.tally, &b.tally, settings))
+                {
+                    return None;
+                }
+                let scored = match score {
+                    Some(sc) => {
+                        let summary = canary.scores.summary_within(now, sc.window);
+                        let judged = score_above(&summary, sc.threshold, sc.min_samples, settings.alpha);
+                        if !judged.is_act() {
+                            return None;
+                        }
+                        Some((sc, judged))
+                    }
+                    None => None,
+                };
+                let started = baseline.as_ref().map_or(canary.started, |(_, b, _)| canary.started.max(b.started));
+                let mut tests = Vec::new();
+                if let Some((_, b, _)) = &baseline {
+                    for signal in signals {
+                        let judged = not_worse(*signal, &canary.tally, &b.tally, settings);
+                        let e = judged.evidence();
+                        tests.push(json!({
+                            "test": e.test,
+                            "canary": e.canary,
+                            "baseline": e.baseline,
+                            "detail": e.detail,
+                        }));
+                    }
+                }
+                if let Some((sc, judged)) = &scored {
+                    let e = judged.evidence();
+                    tests.push(json!({
+                        "test": e.test,
+                        "window": humantime::format_duration(sc.window).to_string(),
+                        "canary": e.canary,
+                        "detail": e.detail,
+                    }));
+                }
+                let comparison = match &baseline {
+                    Some((b, _, _)) => {
+                        labels.insert("baseline".to_string(), b.to_string());
+                        format!("{canary_key}|{b}|{}", started.to_rfc3339())
+                    }
+                    None => format!("{canary_key}|{}", started.to_rfc3339()),
+                };
+                let mut keys = vec![canary_key];
+                keys.extend(baseline.map(|(_, _, k)| k));
+                Some(Finding {
+                    comparison,
+                    evidence: json!({
+                        "test": "not_worse",
+                        "since": started,
+                        "alpha": settings.alpha,
+                        "min_samples": settings.min_samples,
+                        "canary": { "version": self.canary },
+                        "baseline": { "version": self.baseline },
+                        "tests": tests,
+                    }),
+                    arms: keys,
                     labels,
                 })
             }

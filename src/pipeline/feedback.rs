@@ -134,7 +134,10 @@ impl Pipeline {
             fingerprint: finding.comparison.clone(),
             generator_url: String::new(),
         };
-        let decision = match rule.target_for_labels(&finding.labels).and_then(|t| Ok((t, rule.plan(&finding.labels)?)))
+        let decision = match rule
+            .target_for_labels(&finding.labels)
+            .map_err(crate::rules::PlanError::from)
+            .and_then(|t| Ok((t, rule.plan(&finding.labels)?)))
         {
             Ok((target, plan)) => {
                 Decision::Act { rule: rule.name.clone(), key: key.clone(), target, plan, dry_run: rule.dry_run }

@@ -3,12 +3,16 @@
 
 mod loading;
 pub mod matcher;
+mod promote;
 mod raw;
 mod validate;
 
 #[cfg(test)]
 use loading::*;
 pub use loading::{RuleError, RuleErrors, load, parse_file};
+pub use promote::{
+    DEFAULT_ERROR_MARGIN, DEFAULT_LATENCY_RATIO, DEFAULT_NEGATIVE_MARGIN, DEFAULT_PROMOTE_INTERVAL, Promote,
+};
 use raw::*;
 use validate::*;
 
@@ -102,12 +106,17 @@ impl Rule {
         Ok(ObjectRef { kind: self.kind, namespace: self.namespace.render(labels)?, name: self.object.render(labels)? })
     }
 
-    /// The change to make; route names may be templated from the alert's labels.
-    pub fn plan(&self, labels: &BTreeMap<String, String>) -> Result<ActionPlan, template::MissingLabel> {
-        let routes = match &self.routes {
-            None => None,
-            Some(ts) => Some(ts.iter().map(|t| t.render(labels)).collect::<Result<_, _>>()?),
-        };
+    fn render_routes(&self, labels: &BTreeMap<String, String>) -> Result<Option<Vec<String>>, template::MissingLabel> {
+        match &self.routes {
+            None => Ok(None),
+            Some(ts) => Ok(Some(ts.iter().map(|t| t.render(labels)).collect::<Result<_, _>>()?)),
+        }
+    }
+
+    /// The change to make; route names may be templated from the alert's labels. A promotion's
+    /// step depends on the canary's weight at the time: see [`Rule::step_plan`].
+    pub fn plan(&self, labels: &BTreeMap<String, String>) -> Result<ActionPlan, PlanError> {
+        let routes = self.render_routes(labels)?;
         Ok(match &self.action {
             RuleAction::Traffic(change) => ActionPlan::Traffic(Plan { change: change.clone(), routes }),
             RuleAction::Selector(sw) => ActionPlan::Selector(sw.clone()),
@@ -115,7 +124,31 @@ impl Rule {
             RuleAction::FlaggerRollback { hold } => {
                 ActionPlan::FlaggerRollback { hold_ms: u64::try_from(hold.as_millis()).unwrap_or(u64::MAX) }
             }
+            RuleAction::Promote(_) => return Err(PlanError::Promotion(self.name.clone())),
         })
+    }
+
+    /// A promotion's step from the canary's weight `from` to `to` (None: not a promotion rule).
+    pub fn step_plan(
+        &self,
+        labels: &BTreeMap<String, String>,
+        from: Weight,
+        to: Weight,
+    ) -> Option<Result<ActionPlan, PlanError>> {
+        let RuleAction::Promote(p) = &self.action else { return None };
+        Some(
+            self.render_routes(labels)
+                .map(|routes| ActionPlan::Traffic(Plan { change: p.step(from, to), routes }))
+                .map_err(PlanError::from),
+        )
+    }
+
+    /// The promotion this rule makes, if it is a promotion rule.
+    pub fn promotion(&self) -> Option<&Promote> {
+        match &self.action {
+            RuleAction::Promote(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// A short human description of the action, for tables and logs.
@@ -127,6 +160,21 @@ impl Rule {
                 return format!(
                     "answer the Flagger Canary's rollback webhook with yes for {}",
                     humantime::format_duration(*hold)
+                );
+            }
+            RuleAction::Promote(p) => {
+                let steps = match &p.schedule {
+                    crate::promotion::Schedule::Default => "+10 below 50, then +5".to_string(),
+                    crate::promotion::Schedule::Steps(s) => {
+                        s.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    }
+                };
+                return format!(
+                    "promote {} from {} on evidence, steps {steps} up to {}, at most one every {}",
+                    p.canary,
+                    p.stable,
+                    p.max,
+                    humantime::format_duration(p.interval)
                 );
             }
             RuleAction::Traffic(change) => change,
@@ -145,7 +193,9 @@ impl Rule {
                 steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                 humantime::format_duration(self.step_interval.unwrap_or(DEFAULT_STEP_INTERVAL))
             ),
-            Change::StepUp { stable, canary, to } => format!("promote {canary} from {stable} to weight {to}"),
+            Change::StepUp { stable, canary, from, to } => {
+                format!("promote {canary} from {stable}: weight {from} -> {to}")
+            }
         }
     }
 }
@@ -161,6 +211,20 @@ pub enum RuleAction {
     Abort,
     /// Answer a Flagger Canary's rollback webhook with "roll back", for `hold`.
     FlaggerRollback { hold: Duration },
+    /// Raise a healthy canary step by step, on evidence (a feedback rule's `not_worse`).
+    Promote(Promote),
+}
+
+/// Why a rule's plan cannot be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Missing(#[from] template::MissingLabel),
+    #[error(
+        "rule {0} promotes step by step from the canary's current weight: use `backstop promote TARGET` to take \
+         its next step by hand"
+    )]
+    Promotion(String),
 }
 
 /// What the engine concludes for one rule that matched one alert. Guards vet `Act` afterwards.
@@ -257,7 +321,8 @@ impl RuleSet {
 }
 
 fn decide_one(rule: &Rule, alert: &Alert, now: DateTime<Utc>) -> Decision {
-    let target_and_plan = rule.target_for(alert).and_then(|t| Ok((t, rule.plan(&alert.labels)?)));
+    let target_and_plan =
+        rule.target_for(alert).map_err(PlanError::from).and_then(|t| Ok((t, rule.plan(&alert.labels)?)));
     let (target, plan) = match target_and_plan {
         Ok(tp) => tp,
         Err(missing) => {

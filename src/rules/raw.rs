@@ -57,7 +57,13 @@ pub(super) struct RawFeedback {
     pub(super) canary: String,
     #[serde(default)]
     pub(super) baseline: Option<String>,
-    pub(super) test: RawTest,
+    /// A rollback's test; a promotion names `not_worse` and/or `score_above` instead.
+    #[serde(default)]
+    pub(super) test: Option<RawTest>,
+    #[serde(default)]
+    pub(super) not_worse: Option<super::promote::RawNotWorse>,
+    #[serde(default)]
+    pub(super) score_above: Option<super::promote::RawScoreAbove>,
     #[serde(default)]
     pub(super) alpha: Option<f64>,
     #[serde(default)]
@@ -124,6 +130,7 @@ pub(super) struct RawAction {
     pub(super) switch_selector: Option<SelectorSwitch>,
     pub(super) abort: Option<RawAbort>,
     pub(super) flagger_rollback: Option<RawFlaggerRollback>,
+    pub(super) promote: Option<super::promote::RawPromote>,
 }
 
 /// `flagger-rollback: {hold: 30m}`: answer a Flagger Canary's rollback webhook.

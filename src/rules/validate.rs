@@ -12,16 +12,34 @@ pub(super) fn feedback_spec(f: RawFeedback, problems: &mut Vec<(String, String)>
             problem(field, "must not be empty".into());
         }
     }
-    let sequential = f.test != RawTest::MeanScoreBelow;
+    let promotion = f.not_worse.is_some() || f.score_above.is_some();
+    let test = match (f.test, promotion) {
+        (Some(_), true) => {
+            problem("test", "either `test` (to roll back) or `not_worse`/`score_above` (to promote), not both".into());
+            return None;
+        }
+        (None, false) => {
+            problem(
+                "test",
+                "name a `test` to roll back (error-ratio, negative-ratio, latency-p95, mean-score-below), or the \
+                 evidence a promotion needs: `not_worse` and/or `score_above`"
+                    .into(),
+            );
+            return None;
+        }
+        (Some(test), false) => test,
+        (None, true) => return promotion_spec(f, problems),
+    };
+    let sequential = test != RawTest::MeanScoreBelow;
     let only = |field: &str, set: bool, tests: &str, problem: &mut dyn FnMut(&str, String)| {
         if set {
             problem(field, format!("applies only to test {tests}"));
         }
     };
-    only("min_effect", f.min_effect.is_some() && f.test != RawTest::NegativeRatio, "negative-ratio", &mut problem);
+    only("min_effect", f.min_effect.is_some() && test != RawTest::NegativeRatio, "negative-ratio", &mut problem);
     only(
         "max_ratio",
-        f.max_ratio.is_some() && !matches!(f.test, RawTest::ErrorRatio | RawTest::LatencyP95),
+        f.max_ratio.is_some() && !matches!(test, RawTest::ErrorRatio | RawTest::LatencyP95),
         "error-ratio or latency-p95",
         &mut problem,
     );
@@ -51,7 +69,7 @@ pub(super) fn feedback_spec(f: RawFeedback, problems: &mut Vec<(String, String)>
     if min_samples == 0 {
         problem("min_samples", "must be at least 1".into());
     }
-    let threshold = match f.test {
+    let threshold = match test {
         RawTest::NegativeRatio => f.min_effect.unwrap_or(0.0),
         RawTest::ErrorRatio | RawTest::LatencyP95 => f.max_ratio.unwrap_or(1.5),
         RawTest::MeanScoreBelow => match f.threshold {
@@ -63,7 +81,7 @@ pub(super) fn feedback_spec(f: RawFeedback, problems: &mut Vec<(String, String)>
         },
     };
     if !threshold.is_finite() || (sequential && threshold < 0.0) {
-        let name = match f.test {
+        let name = match test {
             RawTest::NegativeRatio => "min_effect",
             RawTest::MeanScoreBelow => "threshold",
             _ => "max_ratio",
@@ -83,7 +101,7 @@ pub(super) fn feedback_spec(f: RawFeedback, problems: &mut Vec<(String, String)>
             Duration::ZERO
         }
     };
-    let test = match f.test {
+    let test = match test {
         RawTest::NegativeRatio => Some(Test::NegativeRatio),
         RawTest::ErrorRatio => Some(Test::ErrorRatio),
         RawTest::LatencyP95 => Some(Test::LatencyP95),
@@ -99,6 +117,49 @@ pub(super) fn feedback_spec(f: RawFeedback, problems: &mut Vec<(String, String)>
         canary: f.canary,
         baseline: f.baseline,
         check,
+    })
+}
+
+/// Validate a promotion's `feedback:` block (`not_worse`, `score_above`).
+fn promotion_spec(f: RawFeedback, problems: &mut Vec<(String, String)>) -> Option<FeedbackSpec> {
+    let before = problems.len();
+    let mut problem = |field: &str, message: String| problems.push((format!("feedback.{field}"), message));
+    for (field, set) in [
+        ("min_effect", f.min_effect.is_some()),
+        ("max_ratio", f.max_ratio.is_some()),
+        ("threshold", f.threshold.is_some()),
+        ("window", f.window.is_some()),
+    ] {
+        if set {
+            problem(field, "belongs to a rollback's test; a promotion's margins are under `not_worse`".into());
+        }
+    }
+    let needs_baseline = f.not_worse.is_some();
+    match &f.baseline {
+        None if needs_baseline => problem("baseline", "name the version the canary is shown not worse than".into()),
+        Some(b) if *b == f.canary => problem("baseline", format!("the canary {b} cannot be its own baseline")),
+        _ => {}
+    }
+    let alpha = f.alpha.unwrap_or(0.05);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        problem("alpha", format!("{alpha} is not in (0, 0.5): the chance of promoting a canary worse by the margin"));
+    }
+    let tau = f.tau.unwrap_or(DEFAULT_TAU);
+    if !(tau > 0.0 && tau <= 1.0) {
+        problem("tau", format!("{tau} is not in (0, 1]: the difference of proportions the test is tuned for"));
+    }
+    let min_samples = f.min_samples.unwrap_or(200);
+    if min_samples == 0 {
+        problem("min_samples", "must be at least 1".into());
+    }
+    let settings = Sequential { alpha, min_samples, tau };
+    let check = promote::evidence(f.not_worse, f.score_above, settings, problems);
+    (problems.len() == before).then_some(FeedbackSpec {
+        service: f.service,
+        namespace: f.namespace,
+        canary: f.canary,
+        baseline: f.baseline,
+        check: check?,
     })
 }
 
@@ -118,11 +179,12 @@ pub(super) fn parse_duration(
 }
 
 /// Turn a raw rule into a typed one, collecting every problem.
-pub(super) fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
+pub(super) fn validate(mut raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, String)>> {
     let mut problems = Vec::new();
     if raw.name.trim().is_empty() || raw.name.contains(char::is_whitespace) {
         problems.push(("name".into(), "must be non-empty, without spaces".into()));
     }
+    let feedback_present = raw.feedback.is_some();
     let feedback = match raw.feedback {
         Some(f) => {
             if !raw.matchers.is_empty() {
@@ -196,7 +258,21 @@ pub(super) fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, S
         raw.action.switch_selector.is_some(),
         raw.action.abort.is_some() && raw.action.flagger_rollback.is_some(),
     ];
-    let action = if let Some(f) = &raw.action.flagger_rollback {
+    let promote = raw.action.promote.take();
+    let action = if let Some(p) = promote {
+        let others = [
+            raw.action.rollback.is_some(),
+            raw.action.switch.is_some(),
+            raw.action.set_weights.is_some(),
+            raw.action.switch_selector.is_some(),
+            raw.action.abort.is_some(),
+            raw.action.flagger_rollback.is_some(),
+        ];
+        if others.iter().any(|b| *b) {
+            problems.push(("action".into(), "`promote` is an action of its own: remove the others".into()));
+        }
+        promote::promote(p, &mut problems).map(RuleAction::Promote)
+    } else if let Some(f) = &raw.action.flagger_rollback {
         if others_than_abort.iter().any(|b| *b) {
             problems.push((
                 "action".into(),
@@ -259,6 +335,27 @@ pub(super) fn validate(raw: RawRule, file: &Path) -> Result<Rule, Vec<(String, S
             problems.push(("action.switch-selector".into(), "switch-selector acts on a `service` target".into()))
         }
         _ => {}
+    }
+    let promotes = feedback.as_ref().map(|f| matches!(f.check, Check::NotWorse { .. }));
+    match (&action, promotes) {
+        // Its `feedback:` block had problems of its own, already said.
+        (Some(RuleAction::Promote(_)), None) if feedback_present => {}
+        (Some(RuleAction::Promote(_)), None) => problems.push((
+            "action.promote".into(),
+            "a promotion acts on feedback: give the rule a `feedback:` block with `not_worse`/`score_above`".into(),
+        )),
+        (Some(RuleAction::Promote(_)), Some(false)) => problems.push((
+            "action.promote".into(),
+            "a rollback's `test` rolls back; evidence that the canary is not worse (`not_worse`) promotes".into(),
+        )),
+        (Some(a), Some(true)) if !matches!(a, RuleAction::Promote(_)) => problems.push((
+            "feedback.not_worse".into(),
+            "evidence that the canary is not worse promotes it: the action is `promote:`".into(),
+        )),
+        _ => {}
+    }
+    if matches!(action, Some(RuleAction::Promote(_))) && !matches!(object, Some((ObjectKind::VirtualService, _))) {
+        problems.push(("target".into(), "a promotion raises weights on a `virtualservice` target".into()));
     }
     if matches!(object, Some((ObjectKind::Service, _))) && routes.is_some() {
         problems.push(("target.routes".into(), "routes belong to a virtualservice target".into()));

@@ -85,10 +85,11 @@ pub enum Change {
     /// the first listed step at or below it, and the stable destination absorbs the difference.
     /// A weight is never raised, and applying the same step twice changes nothing.
     StepDown { stable: Dest, canary: Dest, steps: Vec<Weight> },
-    /// One step of a promotion: in every route carrying the canary, its weight rises to `to`,
-    /// taken from the stable destination. A weight is never lowered, and applying the same step
-    /// twice changes nothing.
-    StepUp { stable: Dest, canary: Dest, to: Weight },
+    /// One step of a promotion, decided when the canary's weight was `from`: in every route
+    /// carrying the canary, its weight rises to `to`, taken from the stable destination. A weight
+    /// is never lowered, and applying the same step twice changes nothing. Conditional: refused
+    /// when the canary's weight is below `from` (something, a rollback, lowered it since).
+    StepUp { stable: Dest, canary: Dest, from: Weight, to: Weight },
 }
 
 /// The first of `steps` (strictly decreasing) at or below `weight`; 0 when none is.
@@ -183,7 +184,7 @@ impl Change {
                     excess -= take;
                 }
             }
-            Self::StepUp { stable, canary, to } => {
+            Self::StepUp { stable, canary, to, .. } => {
                 if !route.carries(canary) {
                     return Ok(());
                 }
@@ -274,6 +275,11 @@ pub enum VsError {
         "route {route} of {object}: {stable} has {available} to give, not enough to raise {canary} to {to}; refusing to promote"
     )]
     StableShort { object: String, route: String, stable: Dest, canary: Dest, available: u32, to: u32 },
+    #[error(
+        "{canary} of {object} has weight {now}, below the {from} the promotion step was decided at \
+         (lowered since, by a rollback?); refusing to promote"
+    )]
+    CanaryLowered { object: String, canary: Dest, from: u32, now: u32 },
     #[error("route {route} of {object}: weights would sum to {sum} after the change; they must sum to 100")]
     BadSum { object: String, route: String, sum: u64 },
     #[error(
@@ -306,6 +312,12 @@ pub fn apply(vs: &Value, plan: &Plan) -> Result<Transformed, VsError> {
     if let Some(dest) = missing {
         let carried = carried_list(selected.iter().map(|&i| &before[i]), dest);
         return Err(VsError::NoSuchDestination { object, dest: dest.clone(), carried });
+    }
+    if let Change::StepUp { canary, from, .. } = &plan.change {
+        let now = canary_weight(&selected.iter().map(|&i| before[i].clone()).collect::<Vec<_>>(), canary);
+        if now < u32::from(from.get()) {
+            return Err(VsError::CanaryLowered { object, canary: canary.clone(), from: from.get().into(), now });
+        }
     }
     let named = plan.change.named();
     let scope: Vec<usize> = selected.into_iter().filter(|&i| named.iter().any(|d| before[i].carries(d))).collect();

@@ -468,7 +468,24 @@ fn step_at_or_below_picks_the_first_listed_step_not_above_the_weight() {
 }
 
 fn step_up(to: u64) -> Plan {
-    everywhere(Change::StepUp { stable: subset("v1"), canary: subset("v2"), to: weight(to) })
+    everywhere(Change::StepUp { stable: subset("v1"), canary: subset("v2"), from: weight(0), to: weight(to) })
+}
+
+fn step_up_from(from: u64, to: u64) -> Plan {
+    everywhere(Change::StepUp { stable: subset("v1"), canary: subset("v2"), from: weight(from), to: weight(to) })
+}
+
+/// A rollback between the step's decision and its write: the canary is below where the step was
+/// decided, and the step must not raise it again.
+#[test]
+fn step_up_refuses_a_canary_lowered_since_the_step_was_decided() {
+    let rolled_back = testing::test().weights(100, 0).build();
+    let err = apply(&rolled_back, &step_up_from(10, 20)).unwrap_err();
+    assert!(matches!(err, VsError::CanaryLowered { from: 10, now: 0, .. }), "{err}");
+    assert!(err.to_string().contains("refusing to promote"), "{err}");
+    // At the weight decided from: raised; already at the step (a resumed write): unchanged.
+    let (object, _, _) = changed(apply(&testing::test().weights(90, 10).build(), &step_up_from(10, 20)));
+    assert_unchanged(&object, &step_up_from(10, 20));
 }
 
 #[test]
