@@ -102,6 +102,26 @@ enum Command {
         #[command(flatten)]
         who: Who,
     },
+    /// Take the next step of a target's promotion now, on your word (it also resumes a
+    /// promotion held, or stopped by a rollback).
+    Promote {
+        /// The VirtualService, `namespace/name`.
+        target: String,
+        /// The promotion rule, when several act on the target.
+        #[arg(long)]
+        rule: Option<String>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Hold a target's promotion where it is (`--release` lets it go on when its evidence holds).
+    HoldPromotion {
+        /// The VirtualService, `namespace/name`.
+        target: String,
+        #[arg(long)]
+        release: bool,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -326,6 +346,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Resume { target, who } => {
             let body = json!({ "target": target, "reason": who.reason, "actor": who.actor });
             runtime.block_on(call(&cfg, &who, "/v1/resume", body))
+        }
+        Command::Promote { target, rule, who } => {
+            let body = json!({ "target": target, "rule": rule, "reason": who.reason, "actor": who.actor });
+            runtime.block_on(call(&cfg, &who, "/v1/promote", body))
+        }
+        Command::HoldPromotion { target, release, who } => {
+            let body = json!({ "target": target, "reason": who.reason, "actor": who.actor });
+            let path = if release { "/v1/promotions/release" } else { "/v1/promotions/hold" };
+            runtime.block_on(call(&cfg, &who, path, body))
         }
         Command::Audit(cmd) => audit_command(&cfg, cmd),
     }

@@ -83,6 +83,59 @@ pub(super) async fn resume(
     control(state, req, false).await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PromoteRequest {
+    pub(super) target: String,
+    pub(super) reason: String,
+    /// The promotion rule, when several act on the target.
+    #[serde(default)]
+    pub(super) rule: Option<String>,
+    #[serde(default)]
+    pub(super) actor: Option<String>,
+}
+
+/// The next step of a target's promotion, by hand (it also resumes a held or stopped one).
+pub(super) async fn promote(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<PromoteRequest>,
+) -> Result<Response, ApiError> {
+    require_reason(&req.reason)?;
+    let target = parse_target(&req.target)?;
+    let report = state.pipeline.promote_by_hand(&target, req.rule.as_deref(), &actor(req.actor), &req.reason).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Hold (or release) a target's promotion.
+async fn hold_or_release(state: AppState, req: ControlRequest, hold: bool) -> Result<Response, ApiError> {
+    require_reason(&req.reason)?;
+    let Some(target) = req.target.as_deref() else {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "a target is required: `namespace/name`"));
+    };
+    let target = parse_target(target)?;
+    let record = state.pipeline.hold_promotion(&target, hold, &actor(req.actor), &req.reason).await?;
+    Ok(Json(json!({ "recorded": record, "promotions": state.pipeline.promotions().await })).into_response())
+}
+
+pub(super) async fn hold_promotion(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ControlRequest>,
+) -> Result<Response, ApiError> {
+    hold_or_release(state, req, true).await
+}
+
+pub(super) async fn release_promotion(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ControlRequest>,
+) -> Result<Response, ApiError> {
+    hold_or_release(state, req, false).await
+}
+
+pub(super) async fn promotions(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_auth(&state, &headers)?;
+    Ok(Json(state.pipeline.promotions().await).into_response())
+}
+
 pub(super) async fn pauses(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_auth(&state, &headers)?;
     Ok(Json(state.pipeline.pauses().await).into_response())

@@ -74,9 +74,16 @@ impl Pipeline {
         if let Some(f) = feedback {
             matched = matched.detail(json!({ "evidence": f.evidence }));
         }
-        // An action on feedback, once applied (or found done), ends the comparison.
+        // An action on feedback, once applied (or found done), ends the comparison; a
+        // promotion's step says where the canary goes.
         let ends_comparison = |entry: Entry| match feedback {
-            Some(f) => entry.detail(FeedbackArmsPart { feedback_arms: f.arms.clone() }.value()),
+            Some(f) => {
+                let entry = entry.detail(FeedbackArmsPart { feedback_arms: f.arms.clone() }.value());
+                match &f.promotion {
+                    Some(step) => entry.detail(PromotionPart { promotion: step.clone() }.value()),
+                    None => entry,
+                }
+            }
             None => entry,
         };
         let report =
@@ -123,7 +130,14 @@ impl Pipeline {
         }
         // Prometheus is asked without holding the state (other events go on meanwhile); what
         // changed while it answered is vetted again after.
-        let mut verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now);
+        let rules = self.rules();
+        let rule_cooldown =
+            |name: &str| rules.get(name).and_then(|r| r.cooldown).unwrap_or(settings.guards.default_cooldown);
+        let vet = |state: &GuardState, now| match rule.promotion() {
+            Some(p) => state.vet_promotion(&key, &target_name, p.canary_name(), p.interval, &rule_cooldown, now),
+            None => state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, now),
+        };
+        let mut verdict = vet(&state, now);
         let mut confirmed = None;
         if verdict == GuardVerdict::Proceed
             && let Some(confirm) = &rule.confirm
@@ -131,7 +145,7 @@ impl Pipeline {
             drop(state);
             confirmed = Some(self.confirm(confirm, alert).await);
             state = self.state.lock().await;
-            verdict = state.vet(&rule.name, &key, &target_name, cooldown, &settings.guards, Utc::now());
+            verdict = vet(&state, Utc::now());
         }
         match verdict {
             GuardVerdict::Duplicate { action_id } => {
@@ -205,8 +219,11 @@ impl Pipeline {
                 if dry {
                     let outcome = self.run(&target, &decide, &action_id, &rule.name, false).await;
                     let reason = format!("dry run: would be {}", outcome_word(&outcome));
-                    let entry =
+                    let mut entry =
                         outcome_entry(base(Kind::DryRun).action_id(&action_id), &outcome, target.kind).reason(&reason);
+                    if let Some(step) = feedback.and_then(|f| f.promotion.as_ref()) {
+                        entry = entry.detail(PromotionPart { promotion: step.clone() }.value());
+                    }
                     self.record(&mut state, vec![matched, entry]).await?;
                     return Ok(report(Kind::DryRun, Some(&target), Some(&action_id), Some(reason)));
                 }

@@ -15,14 +15,15 @@ impl Pipeline {
     ) -> Result<Report, PipelineError> {
         let rules = self.rules();
         let rule = rules.get(rule_name).ok_or_else(|| PipelineError::UnknownRule(rule_name.into()))?;
-        let plan = rule.plan(&Default::default()).map_err(|e| {
-            PipelineError::NeedsAlert(format!(
+        let plan = rule.plan(&Default::default()).map_err(|e| match e {
+            crate::rules::PlanError::Missing(e) => PipelineError::NeedsAlert(format!(
                 "rule {rule_name} takes its route names from an alert's labels ({e}); it cannot be fired by hand"
-            ))
+            )),
+            e @ crate::rules::PlanError::Promotion(_) => PipelineError::NeedsAlert(e.to_string()),
         })?;
         let decide = |obj: &Value| plan.decide(obj);
         let target = ObjectRef { kind: rule.kind, ..target.clone() };
-        self.manual(Control::Act, &rule.name, &target, actor, reason, &decide, None).await
+        self.manual(Control::Act, &rule.name, &target, actor, reason, &decide, None, None).await
     }
 
     /// Put back the state recorded before `action_id`, if the object is still as that action left it.
@@ -46,7 +47,7 @@ impl Pipeline {
         };
         let decide = |obj: &Value| actions::undo(kind, obj, &before, &after, &target, action_id);
         let rule = e.rule.clone().unwrap_or_default();
-        self.manual(Control::Undo, &rule, &target, actor, reason, &decide, Some(action_id)).await
+        self.manual(Control::Undo, &rule, &target, actor, reason, &decide, Some(action_id), None).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -59,6 +60,7 @@ impl Pipeline {
         reason: &str,
         decide: &Decide<'_>,
         undoes: Option<&str>,
+        extra: Option<Value>,
     ) -> Result<Report, PipelineError> {
         let mut state = self.state.lock().await;
         let action_id = uuid::Uuid::now_v7().to_string();
@@ -74,11 +76,21 @@ impl Pipeline {
                 .actor(actor)
         };
         let detail = ManualPart { control, undoes: undoes.map(str::to_string), target: self.target.describe() }.value();
-        self.record(&mut state, vec![base(Kind::Control).reason(reason).detail(detail)]).await?;
+        let with_extra = |entry: Entry| match &extra {
+            Some(extra) => entry.detail(extra.clone()),
+            None => entry,
+        };
+        self.record(&mut state, vec![with_extra(base(Kind::Control).reason(reason).detail(detail))]).await?;
         drop(state);
         let outcome = self.run(target, decide, &action_id, rule, true).await;
         let mut state = self.state.lock().await;
         let entry = outcome_entry(base(outcome.kind()), &outcome, target.kind);
+        // What the control carries (a promotion's step, the arms it ends) goes with its outcome,
+        // where the state reads it, only when it took effect.
+        let entry = match outcome {
+            Outcome::Applied { .. } | Outcome::NoOp { .. } => with_extra(entry),
+            _ => entry,
+        };
         let why = entry.reason.clone();
         self.record(&mut state, vec![entry]).await?;
         log_outcome(&outcome, &target_name, &action_id);

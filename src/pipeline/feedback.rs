@@ -7,6 +7,8 @@ use super::*;
 pub(super) struct FeedbackContext {
     pub(super) evidence: Value,
     pub(super) arms: Vec<ArmKey>,
+    /// A promotion's step: where the canary goes.
+    pub(super) promotion: Option<StepUp>,
 }
 
 /// After a feedback rule's finding was held, refused or failed, the same finding is not
@@ -96,6 +98,15 @@ impl Pipeline {
                 state.observe_feedback(record.time, f, &Origin::of(f, origin));
                 for rule in rules.feedback_rules(&f.namespace, &f.service, &f.version) {
                     let Some(spec) = &rule.feedback else { continue };
+                    if rule.promotion().is_some() {
+                        let labels = [("namespace", &f.namespace), ("service", &spec.service)]
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect();
+                        if Self::promotion_not_due(&state, rule, &labels, record.time) {
+                            continue;
+                        }
+                    }
                     let Some(finding) = spec.evaluate(state.arms(), &f.namespace, record.time) else { continue };
                     let key = format!("{}|{}", rule.name, finding.comparison);
                     let quieted = quiet.get(&key).is_some_and(|until| *until > record.time);
@@ -106,9 +117,22 @@ impl Pipeline {
                 }
             }
         }
+        // Rollback wins: rollbacks are decided first, so a promotion found at the same event
+        // sees its target stopped.
+        findings.sort_by_key(|(_, rule, _, _)| rule.promotion().is_some());
         for (i, rule, key, finding) in findings {
-            let report = self.act_on_finding(&out[i].event_id, source, &rule, key, finding).await?;
-            out[i].reports.push(report);
+            let report = match rule.promotion() {
+                Some(_) => self.act_on_promotion(&out[i].event_id, source, &rule, key.clone(), finding).await?,
+                None => Some(self.act_on_finding(&out[i].event_id, source, &rule, key.clone(), finding).await?),
+            };
+            match report {
+                Some(report) => {
+                    self.quiet_unless_done(&report, key);
+                    out[i].reports.push(report);
+                }
+                // Nothing to do (the canary is at its max): not looked at again for a while.
+                None => self.quiet(key),
+            }
         }
         Ok(out)
     }
@@ -144,19 +168,26 @@ impl Pipeline {
             }
             Err(missing) => Decision::Refuse { rule: rule.name.clone(), reason: missing.to_string() },
         };
-        let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms };
-        let report = self.decided(&alert, rule, decision, Some(&context)).await?;
+        let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms, promotion: None };
+        self.decided(&alert, rule, decision, Some(&context)).await
+    }
+
+    /// Held, refused or failed: the next events would find the same; say it again only after a
+    /// while rather than at every event.
+    fn quiet_unless_done(&self, report: &Report, key: String) {
         if !matches!(report.outcome, Kind::Applied | Kind::Noop | Kind::DryRun | Kind::Decided) {
-            // Held, refused or failed: the next events would find the same; say it again only
-            // after a while rather than at every event.
-            let until = Utc::now() + chrono::Duration::from_std(FEEDBACK_QUIET).unwrap_or_default();
-            let mut quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
-            if quiet.len() >= REJECTION_MEMORY {
-                let now = Utc::now();
-                quiet.retain(|_, t| *t > now);
-            }
-            quiet.insert(key, until);
+            self.quiet(key);
         }
-        Ok(report)
+    }
+
+    /// Do not decide the finding `key` again for [`FEEDBACK_QUIET`].
+    fn quiet(&self, key: String) {
+        let until = Utc::now() + chrono::Duration::from_std(FEEDBACK_QUIET).unwrap_or_default();
+        let mut quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
+        if quiet.len() >= REJECTION_MEMORY {
+            let now = Utc::now();
+            quiet.retain(|_, t| *t > now);
+        }
+        quiet.insert(key, until);
     }
 }

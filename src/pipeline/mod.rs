@@ -9,6 +9,7 @@
 mod alerts;
 mod controls;
 mod feedback;
+mod promote;
 mod reject;
 mod replica;
 mod restore;
@@ -38,6 +39,7 @@ use crate::state::detail::{
     ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KafkaPosition, KindPart,
     ManualPart, Part, PlanPart, Recorded, STEP_DOWN_FIELD, StepDownPart, VerifyPart,
 };
+use crate::state::promotion::{PromotionPart, StepUp};
 use crate::state::stepdown::{self, StepDown, StepInfo};
 use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
@@ -217,15 +219,22 @@ impl Pipeline {
     async fn record(&self, state: &mut GuardState, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
         let records = self.audit.append(entries).await?;
         let mut reschedule = false;
+        let mut promotions = false;
         for r in &records {
+            let promoting =
+                r.entry.target.as_deref().and_then(|t| state.promotions().under_way(t)).map(|p| p.canary.clone());
             state.observe(r);
             count_decision(r);
+            promotions |= count_promotion(r, promoting, state);
             // A step's decision or outcome changes the schedule (a key lookup, not a parse).
             reschedule |= r.entry.kind == Kind::Unverified
                 || r.entry.detail.as_ref().is_some_and(|d| d.get(STEP_DOWN_FIELD).is_some());
         }
         if reschedule {
             self.step_wake.notify_one();
+        }
+        if promotions {
+            self.record_promoted(state).await?;
         }
         Ok(records)
     }
@@ -300,6 +309,24 @@ fn count_decision(r: &Record) {
         }
         _ => {}
     }
+}
+
+/// Count a promotion's step, or its stop by a rollback (`promoting`: the canary the target was
+/// being promoted before the record). True when a promotion may have reached its end.
+fn count_promotion(r: &Record, promoting: Option<String>, state: &GuardState) -> bool {
+    let Some(target) = r.entry.target.as_deref() else { return false };
+    let now = state.promotions().under_way(target);
+    if matches!(r.entry.kind, Kind::Applied | Kind::Noop)
+        && let Some(p) = now
+        && p.stages.last().is_some_and(|s| Some(&s.action_id) == r.entry.action_id.as_ref())
+    {
+        MetricEvent::PromotionStep { rule: &p.rule, target, canary: &p.canary, weight: p.weight() }.emit();
+        return p.complete();
+    }
+    if let (Some(canary), None, false) = (&promoting, now, r.entry.kind == Kind::Promoted) {
+        MetricEvent::PromotionStopped { target, canary }.emit();
+    }
+    false
 }
 
 fn outcome_word(o: &Outcome) -> &'static str {

@@ -185,6 +185,9 @@ impl Pipeline {
             {
                 entry = entry.detail(FeedbackArmsPart { feedback_arms: arms.clone() }.value());
             }
+            if let Some(step) = &p.promotion {
+                entry = entry.detail(PromotionPart { promotion: step.clone() }.value());
+            }
             let why = entry.reason.take().map(|r| format!(": {r}")).unwrap_or_default();
             entry.reason = Some(format!("resumed after a restart (the previous run stopped during this action){why}"));
             let reason = entry.reason.clone();

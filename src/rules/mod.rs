@@ -106,7 +106,11 @@ impl Rule {
         Ok(ObjectRef { kind: self.kind, namespace: self.namespace.render(labels)?, name: self.object.render(labels)? })
     }
 
-    fn render_routes(&self, labels: &BTreeMap<String, String>) -> Result<Option<Vec<String>>, template::MissingLabel> {
+    /// The route names the rule acts on, rendered (None: every route).
+    pub fn plan_routes(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<Vec<String>>, template::MissingLabel> {
         match &self.routes {
             None => Ok(None),
             Some(ts) => Ok(Some(ts.iter().map(|t| t.render(labels)).collect::<Result<_, _>>()?)),
@@ -116,7 +120,7 @@ impl Rule {
     /// The change to make; route names may be templated from the alert's labels. A promotion's
     /// step depends on the canary's weight at the time: see [`Rule::step_plan`].
     pub fn plan(&self, labels: &BTreeMap<String, String>) -> Result<ActionPlan, PlanError> {
-        let routes = self.render_routes(labels)?;
+        let routes = self.plan_routes(labels)?;
         Ok(match &self.action {
             RuleAction::Traffic(change) => ActionPlan::Traffic(Plan { change: change.clone(), routes }),
             RuleAction::Selector(sw) => ActionPlan::Selector(sw.clone()),
@@ -137,7 +141,7 @@ impl Rule {
     ) -> Option<Result<ActionPlan, PlanError>> {
         let RuleAction::Promote(p) = &self.action else { return None };
         Some(
-            self.render_routes(labels)
+            self.plan_routes(labels)
                 .map(|routes| ActionPlan::Traffic(Plan { change: p.step(from, to), routes }))
                 .map_err(PlanError::from),
         )

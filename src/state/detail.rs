@@ -125,6 +125,11 @@ pub enum Control {
     ReloadRefused,
     /// A cluster replica took over as the leader (no state: who leads is the Lease's).
     Takeover,
+    /// A promotion's next step taken by hand (it also resumes a held or stopped promotion).
+    Promote,
+    /// A target's promotion held by hand, and released.
+    HoldPromotion,
+    ReleasePromotion,
     /// Anything else (the audit log's own controls, such as its recovery): no state.
     #[serde(other)]
     Other,

@@ -10,6 +10,7 @@
 //! same types.
 
 pub mod detail;
+pub mod promotion;
 pub mod stepdown;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +29,7 @@ use detail::{
     Control, ControlPart, DuplicatePart, FeedbackArmsPart, FeedbackPart, FlaggerHoldPart, KafkaPosition, KindPart,
     Part, PlanPart, Recorded, StepDownPart, VerifyPart,
 };
+use promotion::{PROMOTION_FIELD, Promotions};
 use stepdown::{StepDown, StepInfo};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +145,9 @@ pub struct Pending {
     /// For a step of a gradual rollback: its `step_down` information (see [`stepdown`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_down: Option<StepInfo>,
+    /// For a promotion's step: where the canary goes (see [`promotion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<promotion::StepUp>,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +168,8 @@ pub struct GuardState {
     /// The highest Kafka offset recorded per topic and partition: where a cluster's new leader
     /// resumes consuming (the next offset), with no wait for a consumer group.
     kafka: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>,
+    /// Promotions under way, stopped by a rollback, or held by hand.
+    promotions: Promotions,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -190,6 +197,9 @@ pub struct Snapshot {
     /// Topic, partition and the highest offset recorded (absent in older snapshots).
     #[serde(default)]
     kafka: Vec<(String, i32, i64)>,
+    /// Promotions (absent in older snapshots).
+    #[serde(default)]
+    promotions: Promotions,
 }
 
 /// 2: with the feedback arms.
@@ -218,6 +228,7 @@ impl GuardState {
             flagger: self.flagger.iter().map(|(t, v)| (t.clone(), v.clone())).collect(),
             step_downs: self.step_downs.values().cloned().collect(),
             kafka: self.kafka_positions().into_iter().map(|k| (k.topic, k.partition, k.offset)).collect(),
+            promotions: self.promotions.clone(),
         }
     }
 
@@ -245,6 +256,7 @@ impl GuardState {
                     m
                 },
             ),
+            promotions: s.promotions,
         }
     }
 
@@ -263,6 +275,7 @@ impl GuardState {
             + self.flagger.len()
             + self.step_downs.len()
             + self.kafka.values().map(|p| p.len()).sum::<usize>()
+            + self.promotions.entries()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,6 +314,11 @@ impl GuardState {
         if let Some(d) = self.step_downs.get_mut(target) {
             d.due = until;
         }
+    }
+
+    /// Promotions under way, stopped and held.
+    pub fn promotions(&self) -> &Promotions {
+        &self.promotions
     }
 
     /// The feedback arms.
@@ -395,6 +413,9 @@ impl GuardState {
         {
             self.verifications.remove(id);
         }
+        if matches!(e.kind, Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Promoted) {
+            self.promotions.observe(r, control);
+        }
         // A step's outcome: the next step of its step-down, or its end.
         // Only decisions and outcomes carry these parts: other records (most of a replay) are
         // not deserialised for them.
@@ -451,6 +472,7 @@ impl GuardState {
                 plan,
                 feedback_arms: feedback_arms.clone(),
                 step_down: step.clone(),
+                promotion: promotion::PromotionPart::read(e.detail.as_ref()).map(|p| p.promotion),
             };
             self.pending.insert(id.clone(), pending);
         }
@@ -470,8 +492,11 @@ impl GuardState {
                 if let (Some(rule), Some(target)) = (&e.rule, &e.target) {
                     self.last_applied.insert((rule.clone(), target.clone()), r.time);
                 }
-                // A gradual rollback counts once against the cap: its first step.
-                if step.as_ref().is_none_or(|s| s.step <= 1) {
+                // A gradual rollback counts once against the cap: its first step. A promotion's
+                // steps do not count: the cap is there to stop runaway rollbacks, and a promotion
+                // must never use up what a rollback needs.
+                let promotion_step = e.detail.as_ref().is_some_and(|d| d.get(PROMOTION_FIELD).is_some());
+                if step.as_ref().is_none_or(|s| s.step <= 1) && !promotion_step {
                     self.applied.push_back(r.time);
                 }
             }
@@ -509,6 +534,41 @@ impl GuardState {
         }
         self.arms.prune(now);
         self.flagger.retain(|_, v| v.until > now);
+        self.promotions.prune(cooldown_before);
+    }
+
+    /// Vet a promotion's step of `canary` on `target`: a repeated comparison, a pause, an action
+    /// under way on the target (a promotion's or any other), a gradual rollback, a hold, a
+    /// rollback that stopped it or its cooldown (`cooldown` of the rollback's rule), and the
+    /// interval since the last step. The cap on actions does not apply: steps do not count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vet_promotion(
+        &self,
+        key: &str,
+        target: &str,
+        canary: &str,
+        interval: Duration,
+        cooldown: &dyn Fn(&str) -> Duration,
+        now: DateTime<Utc>,
+    ) -> GuardVerdict {
+        if let Some((action_id, _)) = self.keys.get(key) {
+            return GuardVerdict::Duplicate { action_id: action_id.clone() };
+        }
+        if let Some(reason) = self.paused(target) {
+            return GuardVerdict::Held { reason };
+        }
+        if let Some(p) = self.pending.values().find(|p| p.target == target) {
+            return GuardVerdict::Held {
+                reason: format!("action {} of rule {} on {target} is under way", p.action_id, p.rule),
+            };
+        }
+        if let Some(d) = self.step_downs.get(target) {
+            return GuardVerdict::Held { reason: format!("a gradual rollback (action {}) is under way", d.origin) };
+        }
+        match self.promotions.vet(target, canary, interval, cooldown, now) {
+            Some(reason) => GuardVerdict::Held { reason },
+            None => GuardVerdict::Proceed,
+        }
     }
 
     /// Vet an automatic action.

@@ -15,6 +15,9 @@
 //! | `backstop_kafka_consumer_lag` | gauge | `topic`, `partition` |
 //! | `backstop_verifications_total` | counter | `rule`, `outcome` (verified, unverified) |
 //! | `backstop_flagger_calls_total` | counter | `result` (rollback, continue) |
+//! | `backstop_promotion_steps_total` | counter | `rule` (a promotion's steps applied or found done) |
+//! | `backstop_promotions_total` | counter | `rule` (promotions that reached their `max`) |
+//! | `backstop_canary_weight` | gauge | `target`, `canary`: the weight a promotion step left, 0 after a rollback stopped it |
 //! | `backstop_rules_loaded` | gauge | |
 //! | `backstop_rules_last_reload_success` | gauge | 1 or 0 |
 //! | `backstop_rules_last_reload_timestamp_seconds` | gauge | |
@@ -66,6 +69,12 @@ pub struct TargetLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetCanary {
+    pub target: String,
+    pub canary: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Partition {
     pub topic: String,
     pub partition: String,
@@ -92,6 +101,9 @@ pub struct Metrics {
     pub kafka_lag: Family<Partition, Gauge>,
     pub verifications: Family<RuleOutcome, Counter>,
     pub flagger_calls: Family<ResultLabel, Counter>,
+    pub promotion_steps: Family<RuleLabel, Counter>,
+    pub promotions: Family<RuleLabel, Counter>,
+    pub canary_weight: Family<TargetCanary, Gauge>,
     pub rules_loaded: Gauge,
     pub reload_success: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
@@ -117,6 +129,9 @@ impl Metrics {
             kafka_lag: Family::default(),
             verifications: Family::default(),
             flagger_calls: Family::default(),
+            promotion_steps: Family::default(),
+            promotions: Family::default(),
+            canary_weight: Family::default(),
             rules_loaded: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
@@ -155,6 +170,17 @@ impl Metrics {
             "flagger_calls",
             "Calls of Flagger's rollback webhook, by answer (rollback, continue)",
             m.flagger_calls.clone(),
+        );
+        registry.register(
+            "promotion_steps",
+            "Steps of promotions taken (applied, or found done), by rule",
+            m.promotion_steps.clone(),
+        );
+        registry.register("promotions", "Promotions that reached their last step, by rule", m.promotions.clone());
+        registry.register(
+            "canary_weight",
+            "A promoted canary's weight after its last step (0 once a rollback stopped its promotion)",
+            m.canary_weight.clone(),
         );
         registry.register("rules_loaded", "Rules in force", m.rules_loaded.clone());
         registry.register(
@@ -248,6 +274,22 @@ pub enum Event<'a> {
     FlaggerCall {
         result: &'a str,
     },
+    /// A promotion's step taken: the canary's weight is now `weight`.
+    PromotionStep {
+        rule: &'a str,
+        target: &'a str,
+        canary: &'a str,
+        weight: u8,
+    },
+    /// A promotion reached its last step.
+    Promoted {
+        rule: &'a str,
+    },
+    /// A rollback stopped a promotion: the canary's weight is 0.
+    PromotionStopped {
+        target: &'a str,
+        canary: &'a str,
+    },
     /// Rules loaded (at start or on reload).
     RulesLoaded {
         rules: usize,
@@ -297,6 +339,19 @@ impl Event<'_> {
             }
             Event::FlaggerCall { result } => {
                 m.flagger_calls.get_or_create(&ResultLabel { result: result.into() }).inc();
+            }
+            Event::PromotionStep { rule, target, canary, weight } => {
+                m.promotion_steps.get_or_create(&RuleLabel { rule: rule.into() }).inc();
+                let key = TargetCanary { target: target.into(), canary: canary.into() };
+                m.canary_weight.get_or_create(&key).set(i64::from(weight));
+                info!(rule, target, canary, weight, "promotion step");
+            }
+            Event::Promoted { rule } => {
+                m.promotions.get_or_create(&RuleLabel { rule: rule.into() }).inc();
+            }
+            Event::PromotionStopped { target, canary } => {
+                let key = TargetCanary { target: target.into(), canary: canary.into() };
+                m.canary_weight.get_or_create(&key).set(0);
             }
             Event::AuditAppended { took } => m.audit_append.observe(took.as_secs_f64()),
             Event::AuditFsynced { took } => m.audit_fsync.observe(took.as_secs_f64()),

@@ -16,6 +16,11 @@ impl Weight {
     pub fn get(self) -> u8 {
         self.0
     }
+
+    /// `w`, or 100 above it.
+    pub fn at_most_100(w: u8) -> Weight {
+        Weight(w.min(100))
+    }
 }
 
 impl TryFrom<u64> for Weight {

@@ -10,6 +10,7 @@ use crate::testing::*;
 mod alerts;
 mod controls;
 mod feedback;
+mod promote;
 mod reject;
 mod replica;
 mod restore;
