@@ -192,7 +192,12 @@ impl Pipeline {
                 let action_id = uuid::Uuid::now_v7().to_string();
                 let decide = |obj: &Value| plan.decide(obj);
                 let dry = dry_run || settings.dry_run;
-                let verify = rule.verify.as_ref().map(|v| verify_detail(v, &alert.labels));
+                let verify = rule.verify.as_ref().map(|v| verify_detail(v, &alert.labels)).map(|v| {
+                    match feedback.and_then(|f| f.promotion.as_ref()) {
+                        Some(step) => v.for_promotion(step.from, step.to),
+                        None => v,
+                    }
+                });
                 let step = stepdown::is_step(&plan).then(|| StepInfo {
                     origin: action_id.clone(),
                     step: 1,

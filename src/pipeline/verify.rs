@@ -19,6 +19,7 @@ pub(super) fn verify_detail(
         deadline_ms: v.limits.deadline.as_millis() as u64,
         interval_ms: v.limits.interval.as_millis() as u64,
         step_weight: None,
+        min_share: None,
     }
 }
 
@@ -71,6 +72,7 @@ impl Pipeline {
             max_share: p.max_share,
             deadline: Duration::from_millis(p.deadline_ms),
             interval: Duration::from_millis(p.interval_ms),
+            min_share: p.min_share,
         };
         let mut last = None;
         let step = loop {
@@ -111,7 +113,7 @@ impl Pipeline {
         entry.event_id = p.event_id.clone();
         MetricEvent::Verification { rule: &p.rule, result: kind.as_str() }.emit();
         if kind == Kind::Unverified {
-            tracing::error!(target_object = %p.target, action_id = %p.action_id, %reason, "rollback not verified: traffic did not move");
+            tracing::error!(target_object = %p.target, action_id = %p.action_id, %reason, "action not verified: traffic did not move");
             if let Ok(obj) = p.target.parse::<ObjectRef>() {
                 let notice = Notice {
                     warning: true,
@@ -121,7 +123,7 @@ impl Pipeline {
                 self.target.notify(&obj, &notice).await;
             }
         } else {
-            info!(target_object = %p.target, action_id = %p.action_id, %reason, "rollback verified");
+            info!(target_object = %p.target, action_id = %p.action_id, %reason, "action verified");
         }
         let mut state = self.state.lock().await;
         if let Err(e) = self.record(&mut state, vec![entry]).await {

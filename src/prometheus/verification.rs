@@ -32,6 +32,9 @@ pub struct Limits {
     pub deadline: Duration,
     /// Time between queries (default 10 s).
     pub interval: Duration,
+    /// A promotion's step: verified when the share is *at least* this (traffic moved up), and
+    /// `max_share` is not used. None for a rollback.
+    pub min_share: Option<f64>,
 }
 
 pub const DEFAULT_MAX_SHARE: f64 = 0.01;
@@ -68,13 +71,21 @@ pub enum Step {
 pub fn judge(v: &Limits, answer: &Answer, last: Option<f64>, started: DateTime<Utc>, now: DateTime<Utc>) -> Step {
     let waited = (now - started).to_std().unwrap_or_default();
     let after_seconds = waited.as_secs_f64();
-    let (last, why) = match answer {
-        Answer::Share(share) if share.is_finite() && *share <= v.max_share => {
+    let (last, why) = match (answer, v.min_share) {
+        (Answer::Share(share), Some(min)) if share.is_finite() && *share >= min => {
             return Step::Verified { share: *share, after_seconds };
         }
-        Answer::Share(share) => (Some(*share), format!("canary share {share} is above {} of the route", v.max_share)),
-        Answer::NoData => (last, "the verification query returned no data".to_string()),
-        Answer::Error(e) => (last, format!("Prometheus: {e}")),
+        (Answer::Share(share), None) if share.is_finite() && *share <= v.max_share => {
+            return Step::Verified { share: *share, after_seconds };
+        }
+        (Answer::Share(share), Some(min)) => {
+            (Some(*share), format!("canary share {share} is below {min} of the route (the step's midpoint)"))
+        }
+        (Answer::Share(share), None) => {
+            (Some(*share), format!("canary share {share} is above {} of the route", v.max_share))
+        }
+        (Answer::NoData, _) => (last, "the verification query returned no data".to_string()),
+        (Answer::Error(e), _) => (last, format!("Prometheus: {e}")),
     };
     if waited >= v.deadline {
         let why = format!(
@@ -103,6 +114,18 @@ pub struct VerifySpec {
     /// For a step of a gradual rollback: the canary weight the step left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_weight: Option<u32>,
+    /// For a promotion's step: the share the canary must reach (see [`Limits::min_share`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_share: Option<f64>,
+}
+
+impl VerifySpec {
+    /// For a promotion's step from `from` to `to`: verified once the canary's share reaches the
+    /// midpoint, so a share still at `from` (nothing moved) never verifies.
+    pub fn for_promotion(mut self, from: u8, to: u8) -> VerifySpec {
+        self.min_share = Some((f64::from(from) + f64::from(to)) / 200.0);
+        self
+    }
 }
 
 fn default_max_share() -> f64 {
@@ -121,7 +144,33 @@ mod tests {
     use chrono::TimeZone;
 
     fn v() -> Limits {
-        Limits { max_share: DEFAULT_MAX_SHARE, deadline: DEFAULT_DEADLINE, interval: DEFAULT_INTERVAL }
+        Limits { max_share: DEFAULT_MAX_SHARE, deadline: DEFAULT_DEADLINE, interval: DEFAULT_INTERVAL, min_share: None }
+    }
+
+    /// A promotion's step from 20 to 50: verified at the midpoint or above, never at the old share.
+    #[test]
+    fn a_promotion_step_is_verified_when_the_share_moved_up_past_the_midpoint() {
+        let spec = VerifySpec {
+            query: None,
+            error: None,
+            max_share: DEFAULT_MAX_SHARE,
+            deadline_ms: 1,
+            interval_ms: 1,
+            step_weight: None,
+            min_share: None,
+        }
+        .for_promotion(20, 50);
+        let up = Limits { min_share: spec.min_share, ..v() };
+        assert_eq!(spec.min_share, Some(0.35));
+        assert_eq!(
+            judge(&up, &Answer::Share(0.49), None, t(0), t(20)),
+            Step::Verified { share: 0.49, after_seconds: 20.0 }
+        );
+        match judge(&up, &Answer::Share(0.2), None, t(0), t(119)) {
+            Step::Wait { why, .. } => assert!(why.contains("is below 0.35"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(judge(&up, &Answer::Share(0.2), None, t(0), t(120)), Step::Unverified { .. }));
     }
 
     fn t(secs: i64) -> DateTime<Utc> {

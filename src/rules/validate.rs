@@ -432,7 +432,10 @@ pub(super) fn validate(mut raw: RawRule, file: &Path) -> Result<Rule, Vec<(Strin
             if interval.is_zero() || interval > deadline {
                 problems.push(("verify.interval".into(), "must be more than 0 and at most the deadline".into()));
             }
-            query.map(|query| Verification { query, limits: verification::Limits { max_share, deadline, interval } })
+            query.map(|query| Verification {
+                query,
+                limits: verification::Limits { max_share, deadline, interval, min_share: None },
+            })
         }
     };
     match (namespace, object, action) {

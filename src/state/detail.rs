@@ -209,6 +209,7 @@ mod tests {
             deadline_ms: 1000,
             interval_ms: 100,
             step_weight: None,
+            min_share: None,
         };
         assert_eq!(
             serde_json::to_string(&VerifyPart { verify }.value()).unwrap(),

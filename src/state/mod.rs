@@ -84,6 +84,9 @@ pub struct PendingVerification {
     /// The PromQL query as rendered for the event (None: it could not be rendered; why).
     pub query: Result<String, String>,
     pub max_share: f64,
+    /// A promotion's step: the share to reach instead (see `VerifySpec::min_share`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_share: Option<f64>,
     pub deadline_ms: u64,
     pub interval_ms: u64,
     /// When the action was applied.
@@ -107,6 +110,7 @@ impl PendingVerification {
             event_id: e.event_id.clone(),
             query,
             max_share: v.max_share,
+            min_share: v.min_share,
             deadline_ms: v.deadline_ms,
             interval_ms: v.interval_ms,
             started: r.time,
@@ -413,7 +417,10 @@ impl GuardState {
         {
             self.verifications.remove(id);
         }
-        if matches!(e.kind, Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Promoted) {
+        if matches!(
+            e.kind,
+            Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Promoted | Kind::Unverified
+        ) {
             self.promotions.observe(r, control);
         }
         // A step's outcome: the next step of its step-down, or its end.

@@ -186,6 +186,14 @@ impl Promotions {
                 };
                 self.held.insert(target.clone(), pause);
             }
+            // Traffic did not move up after a step: something is wrong; stop where it is.
+            (Kind::Unverified, _, _)
+                if self.under_way.get(target).and_then(|p| p.stages.last()).map(|s| &s.action_id)
+                    == e.action_id.as_ref() =>
+            {
+                let canary = self.under_way.get(target).map(|p| p.canary.clone()).into_iter().collect();
+                self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, canary);
+            }
             (Kind::Promoted, _, _) => {
                 self.under_way.remove(target);
             }
@@ -369,6 +377,17 @@ mod tests {
             Entry::new(Kind::Control).target(VS).detail(ControlPart { control: Control::ReleasePromotion }.value());
         p.observe(&record(700, release), Some(Control::ReleasePromotion));
         assert_eq!(p.vet(VS, "v2", Duration::ZERO, &cooldown, t(700)), None);
+    }
+
+    #[test]
+    fn a_step_whose_traffic_did_not_move_up_stops_the_promotion() {
+        let mut p = Promotions::default();
+        p.observe(&record(0, step("A1", 10, 20)), None);
+        p.observe(&record(130, Entry::new(Kind::Unverified).target(VS).rule("promote").action_id("OTHER")), None);
+        assert!(p.under_way(VS).is_some(), "another action's verification is not this step's");
+        p.observe(&record(130, Entry::new(Kind::Unverified).target(VS).rule("promote").action_id("A1")), None);
+        assert!(p.under_way(VS).is_none());
+        assert!(p.vet(VS, "v2", Duration::ZERO, &no_cooldown, t(200)).unwrap().contains("stopped by action A1"));
     }
 
     #[test]
