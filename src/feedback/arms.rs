@@ -183,6 +183,11 @@ type RequestKey = (String, String, String);
 #[derive(Debug, Default)]
 pub struct Arms {
     arms: HashMap<ArmKey, Arm>,
+    /// The same counts per stage of a promotion: reset by each promotion step (each stage is
+    /// judged on its own traffic), while `arms` (the rollback rules' comparisons) go on across
+    /// steps, so that a promotion does not restart, and multiply the false alarms of, the tests
+    /// that roll a canary back.
+    stages: HashMap<ArmKey, Arm>,
     offsets: HashMap<(String, i32), i64>,
     ids: HashSet<String>,
     id_order: VecDeque<(DateTime<Utc>, String)>,
@@ -196,6 +201,9 @@ pub struct Arms {
 #[serde(deny_unknown_fields)]
 pub struct ArmsSnapshot {
     arms: Vec<(ArmKey, Arm)>,
+    /// Absent before promotion stages (issue #18).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stages: Vec<(ArmKey, Arm)>,
     offsets: Vec<(String, i32, i64)>,
     ids: Vec<(DateTime<Utc>, String)>,
     /// Failed requests remembered for their retries, oldest first (absent before issue #21).
@@ -265,6 +273,10 @@ impl Arms {
                         return;
                     }
                     let (counted, was) = (before.counted, outcome_of(before));
+                    self.stages
+                        .entry(key.clone())
+                        .or_insert_with(|| Arm::new(now))
+                        .replace(now, counted, was, observed);
                     let arm = self.arms.entry(key).or_insert_with(|| Arm::new(now));
                     arm.replace(now, counted, was, observed);
                     self.requests.insert(rkey, this);
@@ -287,6 +299,7 @@ impl Arms {
                 None => {}
             }
         }
+        self.stages.entry(key.clone()).or_insert_with(|| Arm::new(now)).observe(now, feedback.time, observed);
         let arm = self.arms.entry(key).or_insert_with(|| Arm::new(now));
         arm.observe(now, feedback.time, observed);
     }
@@ -295,10 +308,23 @@ impl Arms {
         self.arms.get(key)
     }
 
-    /// End these arms' comparisons: their next events start new ones.
+    /// The arm's counts since the last promotion step that ended its stage.
+    pub fn stage(&self, key: &ArmKey) -> Option<&Arm> {
+        self.stages.get(key)
+    }
+
+    /// End these arms' comparisons, and their stages: their next events start new ones.
     pub fn reset(&mut self, keys: &[ArmKey]) {
         for key in keys {
             self.arms.remove(key);
+            self.stages.remove(key);
+        }
+    }
+
+    /// End these arms' promotion stages only (a promotion's step).
+    pub fn reset_stage(&mut self, keys: &[ArmKey]) {
+        for key in keys {
+            self.stages.remove(key);
         }
     }
 
@@ -306,6 +332,7 @@ impl Arms {
     pub fn prune(&mut self, now: DateTime<Utc>) {
         let idle = chrono::Duration::from_std(ARM_IDLE).unwrap_or_default();
         self.arms.retain(|_, arm| now - arm.last < idle);
+        self.stages.retain(|_, arm| now - arm.last < idle);
         while let Some((t, _)) = self.id_order.front()
             && now - *t >= idle
         {
@@ -325,16 +352,23 @@ impl Arms {
 
     /// Arms, Kafka partitions and ids held (memory follows activity).
     pub fn len(&self) -> (usize, usize, usize) {
+        // Stages have the arms' keys: as many at most.
         (self.arms.len(), self.offsets.len(), self.ids.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.arms.is_empty() && self.offsets.is_empty() && self.ids.is_empty() && self.requests.is_empty()
+        self.arms.is_empty()
+            && self.stages.is_empty()
+            && self.offsets.is_empty()
+            && self.ids.is_empty()
+            && self.requests.is_empty()
     }
 
     pub fn snapshot(&self) -> ArmsSnapshot {
         let mut arms: Vec<_> = self.arms.iter().map(|(k, a)| (k.clone(), a.clone())).collect();
         arms.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut stages: Vec<_> = self.stages.iter().map(|(k, a)| (k.clone(), a.clone())).collect();
+        stages.sort_by(|a, b| a.0.cmp(&b.0));
         let mut offsets: Vec<_> = self.offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
         offsets.sort();
         let requests = self
@@ -342,12 +376,13 @@ impl Arms {
             .iter()
             .filter_map(|(t, k)| self.requests.get(k).map(|r| (*t, k.clone(), r.clone())))
             .collect();
-        ArmsSnapshot { arms, offsets, ids: self.id_order.iter().cloned().collect(), requests }
+        ArmsSnapshot { arms, stages, offsets, ids: self.id_order.iter().cloned().collect(), requests }
     }
 
     pub fn from_snapshot(s: ArmsSnapshot) -> Arms {
         Arms {
             arms: s.arms.into_iter().collect(),
+            stages: s.stages.into_iter().collect(),
             offsets: s.offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
             ids: s.ids.iter().map(|(_, id)| id.clone()).collect(),
             id_order: s.ids.into(),
@@ -404,6 +439,24 @@ mod tests {
         let v2 = arms.get(&ArmKey::new("sms-app", "model-service", "v2")).unwrap();
         assert_eq!((v2.tally.satisfaction_n, v2.tally.negative), (1, 1));
         assert_eq!(arms.len(), (2, 1, 1));
+    }
+
+    /// A promotion's step starts a new stage; the rollback rules' comparison goes on.
+    #[test]
+    fn a_stage_reset_keeps_the_comparison_and_a_reset_ends_both() {
+        let mut arms = Arms::default();
+        let key = ArmKey::new("sms-app", "model-service", "v2");
+        let none = Origin { id: None, kafka: None };
+        arms.observe(t0(), &feedback("v2", sat(false), None), &none);
+        arms.reset_stage(std::slice::from_ref(&key));
+        assert!(arms.stage(&key).is_none());
+        arms.observe(t0(), &feedback("v2", sat(true), None), &none);
+        assert_eq!(arms.get(&key).unwrap().tally.satisfaction_n, 2, "the comparison goes on");
+        assert_eq!(arms.stage(&key).unwrap().tally.satisfaction_n, 1, "the stage counts since the step");
+        let restored = Arms::from_snapshot(arms.snapshot());
+        assert_eq!(restored.stage(&key).unwrap().tally.satisfaction_n, 1);
+        arms.reset(std::slice::from_ref(&key));
+        assert!(arms.get(&key).is_none() && arms.stage(&key).is_none());
     }
 
     #[test]

@@ -83,8 +83,11 @@ impl FeedbackSpec {
     /// (a rollback's test) or shown not worse on everything required (a promotion's). The quick
     /// check runs first; evidence is built only for a finding.
     pub fn evaluate(&self, arms: &Arms, namespace: &str, now: DateTime<Utc>) -> Option<Finding> {
+        // A promotion judges each stage on its own traffic; a rollback's comparison goes on
+        // across a promotion's steps.
+        let get = |key: &ArmKey| if self.promotes() { arms.stage(key) } else { arms.get(key) };
         let canary_key = ArmKey::new(namespace, &self.service, &self.canary);
-        let canary = arms.get(&canary_key)?;
+        let canary = get(&canary_key)?;
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("namespace".to_string(), namespace.to_string());
         labels.insert("service".to_string(), self.service.clone());
@@ -124,7 +127,7 @@ impl FeedbackSpec {
                 let baseline = match self.baseline.as_deref() {
                     Some(b) => {
                         let key = ArmKey::new(namespace, &self.service, b);
-                        Some((b, arms.get(&key)?, key))
+                        Some((b, get(&key)?, key))
                     }
                     // Only a score: no baseline needed.
                     None if signals.is_empty() => None,

@@ -233,10 +233,17 @@ impl Pipeline {
                     return Ok(report(Kind::DryRun, Some(&target), Some(&action_id), Some(reason)));
                 }
                 self.record(&mut state, vec![matched, decided]).await?;
+                let promotion = feedback.is_some_and(|f| f.promotion.is_some());
+                if promotion {
+                    crate::failpoint::crash_point("promotion.decided");
+                }
                 // The target is read and written without holding the state: the `decided` record
                 // marks the action in flight (the guards hold this rule on this target meanwhile).
                 drop(state);
                 let outcome = self.run(&target, &decide, &action_id, &rule.name, true).await;
+                if promotion {
+                    crate::failpoint::crash_point("promotion.written");
+                }
                 let mut state = self.state.lock().await;
                 let entry = outcome_entry(base(outcome.kind()).action_id(&action_id), &outcome, target.kind);
                 let entry = if matches!(outcome, Outcome::Applied { .. } | Outcome::NoOp { .. }) {

@@ -455,7 +455,11 @@ impl GuardState {
         if matches!(e.kind, Kind::Applied | Kind::Noop)
             && let Some(arms) = &feedback_arms
         {
-            self.arms.reset(arms);
+            // A promotion's step ends its stage only: rollback rules' comparisons go on.
+            match e.detail.as_ref().is_some_and(|d| d.get(PROMOTION_FIELD).is_some()) {
+                true => self.arms.reset_stage(arms),
+                false => self.arms.reset(arms),
+            }
         }
         // An outcome ends its action; a duplicate delivery's no-op names the action it repeats,
         // which may still be under way.

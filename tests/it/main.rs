@@ -19,6 +19,7 @@ mod lease;
 mod lifecycle;
 mod module_graph;
 mod otlp;
+mod promote;
 mod promtool;
 mod replication;
 mod retries;
