@@ -60,6 +60,9 @@ METRICS = {
     "backstop_verifications_total": "counter",
     "backstop_flagger_calls_total": "counter",
     "backstop_replication_lag_seconds": "gauge",
+    "backstop_promotion_steps_total": "counter",
+    "backstop_promotions_total": "counter",
+    "backstop_canary_weight": "gauge",
 }
 DECISION_OUTCOMES = {"applied", "noop", "held", "refused", "failed", "dry_run"}
 
@@ -819,6 +822,7 @@ class Dashboard(unittest.TestCase):
     def test_expressions_parse_with_promtool(self):
         def concrete(expr):
             expr = expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+            expr = expr.replace("$promotion_rules", ".*promot.*")
             return expr.replace("$namespace", ".*").replace("$job", ".*")
 
         rules = [{"record": f"dashboard:panel{n}", "expr": concrete(e)} for n, (_, e) in enumerate(self.exprs)]
