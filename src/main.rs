@@ -167,7 +167,7 @@ enum AuditCommand {
         event: Option<String>,
         #[arg(long)]
         action: Option<String>,
-        /// Record kinds, comma-separated: received,rejected,matched,decided,held,applied,noop,refused,failed,dry_run,control
+        /// Record kinds, comma-separated: received,rejected,matched,decided,held,applied,noop,refused,failed,dry_run,control,verified,unverified,promoted
         #[arg(long)]
         outcome: Option<String>,
         #[arg(long)]

@@ -112,9 +112,18 @@ impl Pipeline {
         let now = Utc::now();
         let settings = self.settings();
         let cooldown = rule.cooldown.unwrap_or(settings.guards.default_cooldown);
-        state.prune(now, &settings.guards, cooldown);
+        // What any rule's cooldown still needs is kept, not only this rule's.
+        state.prune(now, &settings.guards, longest_cooldown(&self.rules()));
         let target_name = target.to_string();
-        let base = |kind: Kind| Entry::new(kind).event_id(&alert.id).rule(&rule.name).target(&target_name).key(&key);
+        let base = |kind: Kind| {
+            let e = Entry::new(kind).event_id(&alert.id).rule(&rule.name).target(&target_name).key(&key);
+            // A promotion's held step says which: a held record without one is a rollback held,
+            // which stops promotions on the target (see `state::promotion`).
+            match (kind, feedback.and_then(|f| f.promotion.as_ref())) {
+                (Kind::Held, Some(step)) => e.detail(PromotionPart { promotion: step.clone() }.value()),
+                _ => e,
+            }
+        };
         // A new alert for a target this rule is stepping down: straight to 0, at once (no
         // cooldown or cap: the action is under way), unless on-call paused the target.
         if let Some(sd) = state.step_down(&target_name).filter(|d| d.rule == rule.name).cloned()

@@ -344,6 +344,12 @@ rules:
         let test = PROMOTE.replace("baseline: v1\n", "baseline: v1\n      test: error-ratio\n");
         let err = rules(&test).unwrap_err();
         assert!(err.contains("either `test` (to roll back) or `not_worse`/`score_above`"), "{err}");
+        let mismatched =
+            PROMOTE.replace("canary: v2, steps", "canary: v3, steps").replace("{stable: v1", "{stable: v0");
+        let err = rules(&mismatched).unwrap_err();
+        assert!(err.contains("action.promote.canary") && err.contains("action.promote.stable"), "{err}");
+        let cooled = PROMOTE.replace("    action:\n", "    cooldown: 1h\n    action:\n");
+        assert!(rules(&cooled).unwrap_err().contains("a cooldown does not apply"), "{}", rules(&cooled).unwrap_err());
         let rollback = PROMOTE.replace(
             "promote: {stable: v1, canary: v2, steps: [25, 50, 100], interval: 10m, max: 50}",
             "rollback: {stable: v1, canary: v2}",

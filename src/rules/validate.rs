@@ -354,6 +354,30 @@ pub(super) fn validate(mut raw: RawRule, file: &Path) -> Result<Rule, Vec<(Strin
         )),
         _ => {}
     }
+    if let (Some(RuleAction::Promote(p)), Some(f)) = (&action, &feedback) {
+        if let Dest::Subset(c) = &p.canary
+            && *c != f.canary
+        {
+            problems.push((
+                "action.promote.canary".into(),
+                format!("promotes subset {c}, but the evidence is about `feedback.canary` {}", f.canary),
+            ));
+        }
+        if let (Dest::Subset(s), Some(b)) = (&p.stable, &f.baseline)
+            && s != b
+        {
+            problems.push((
+                "action.promote.stable".into(),
+                format!("takes weight from subset {s}, but the canary is compared with `feedback.baseline` {b}"),
+            ));
+        }
+    }
+    if matches!(action, Some(RuleAction::Promote(_))) && raw.cooldown.is_some() {
+        problems.push((
+            "cooldown".into(),
+            "a promotion waits `action.promote.interval` between steps; a cooldown does not apply".into(),
+        ));
+    }
     if matches!(action, Some(RuleAction::Promote(_))) && !matches!(object, Some((ObjectKind::VirtualService, _))) {
         problems.push(("target".into(), "a promotion raises weights on a `virtualservice` target".into()));
     }

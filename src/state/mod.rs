@@ -576,6 +576,12 @@ impl GuardState {
         if let Some(d) = self.step_downs.get(target) {
             return GuardVerdict::Held { reason: format!("a gradual rollback (action {}) is under way", d.origin) };
         }
+        // The last step's traffic is still being checked: the next waits for the verdict.
+        if let Some(v) = self.verifications.values().find(|v| v.target == target) {
+            return GuardVerdict::Held {
+                reason: format!("the traffic of action {} on {target} is still being verified", v.action_id),
+            };
+        }
         match self.promotions.vet(target, canary, interval, cooldown, now) {
             Some(reason) => GuardVerdict::Held { reason },
             None => GuardVerdict::Proceed,

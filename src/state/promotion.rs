@@ -129,7 +129,7 @@ impl Promotions {
     pub fn observe(&mut self, r: &Record, control: Option<Control>) {
         let e = &r.entry;
         let Some(target) = &e.target else { return };
-        let step = matches!(e.kind, Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control)
+        let step = matches!(e.kind, Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Held)
             .then(|| PromotionPart::read(e.detail.as_ref()))
             .flatten()
             .map(|p| p.promotion);
@@ -144,6 +144,12 @@ impl Promotions {
                 self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, canaries);
             }
             (Kind::Control, None, Some(Control::Act | Control::Undo)) => {
+                self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, Vec::new());
+            }
+            // A rollback the guards held (pause, cooldown, cap, its confirmation) still says the
+            // canary should not go up: it stops the promotion as a decided one would. A
+            // promotion's own held steps carry their step.
+            (Kind::Held, None, _) => {
                 self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, Vec::new());
             }
             (Kind::Applied, None, _) => {
@@ -172,9 +178,13 @@ impl Promotions {
                     });
                 }
                 promotion.max = step.max;
+                // A step by hand that took effect: a person resumes a stopped or held promotion.
+                if e.actor.is_some() {
+                    self.stopped.remove(target);
+                    self.held.remove(target);
+                }
             }
-            // A step by hand: a person resumes a stopped or held promotion.
-            (Kind::Control, Some(_), _) | (Kind::Control, None, Some(Control::ReleasePromotion)) => {
+            (Kind::Control, None, Some(Control::ReleasePromotion)) => {
                 self.stopped.remove(target);
                 self.held.remove(target);
             }
@@ -201,14 +211,29 @@ impl Promotions {
         }
     }
 
+    /// Stop promotions of `canaries` (empty: every version) on `target`. A target stopped
+    /// before for other versions stays stopped for them too.
     fn stop(&mut self, target: &str, action_id: Option<&str>, rule: Option<&str>, at: DateTime<Utc>, c: Vec<String>) {
-        self.under_way.remove(target);
-        let stop = Stop {
+        let mut stop = Stop {
             action_id: action_id.unwrap_or_default().to_string(),
             rule: rule.unwrap_or_default().to_string(),
             at,
             canaries: c,
         };
+        if self.under_way.get(target).is_some_and(|p| stop.concerns(&p.canary)) {
+            self.under_way.remove(target);
+        }
+        if let Some(before) = self.stopped.get(target) {
+            if before.canaries.is_empty() {
+                stop.canaries.clear();
+            } else if !stop.canaries.is_empty() {
+                for c in &before.canaries {
+                    if !stop.canaries.contains(c) {
+                        stop.canaries.push(c.clone());
+                    }
+                }
+            }
+        }
         self.stopped.insert(target.to_string(), stop);
     }
 
@@ -377,6 +402,28 @@ mod tests {
             Entry::new(Kind::Control).target(VS).detail(ControlPart { control: Control::ReleasePromotion }.value());
         p.observe(&record(700, release), Some(Control::ReleasePromotion));
         assert_eq!(p.vet(VS, "v2", Duration::ZERO, &cooldown, t(700)), None);
+    }
+
+    #[test]
+    fn stops_of_several_versions_add_up_and_a_held_rollback_stops_too() {
+        let mut p = Promotions::default();
+        p.observe(&record(0, step("A1", 10, 20)), None);
+        p.observe(&record(1, rollback_decided("v3")), None);
+        assert!(p.under_way(VS).is_some(), "a rollback of v3 leaves v2's promotion alone");
+        p.observe(&record(2, rollback_decided("v2")), None);
+        assert!(p.under_way(VS).is_none());
+        let view = p.view();
+        assert_eq!(view["stopped"][VS]["canaries"], serde_json::json!(["v2", "v3"]), "{view}");
+        let mut p = Promotions::default();
+        p.observe(&record(0, Entry::new(Kind::Held).target(VS).rule("errors").reason("action cap")), None);
+        assert!(p.vet(VS, "v2", Duration::ZERO, &no_cooldown, t(1)).is_some(), "a held rollback stops it");
+        let held_step = Entry::new(Kind::Held).target(VS).rule("promote").detail(
+            PromotionPart { promotion: StepUp { canary: "v2".into(), from: 10, to: 20, max: 30, evidence: None } }
+                .value(),
+        );
+        let mut q = Promotions::default();
+        q.observe(&record(0, held_step), None);
+        assert_eq!(q.vet(VS, "v2", Duration::ZERO, &no_cooldown, t(1)), None, "a promotion's own hold does not");
     }
 
     #[test]
