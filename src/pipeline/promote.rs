@@ -43,9 +43,28 @@ impl Pipeline {
     async fn read_step(&self, rule: &Rule, target: &ObjectRef, routes: Option<&[String]>) -> Result<Reading, String> {
         let Some(p) = rule.promotion() else { return Err(format!("rule {} does not promote", rule.name)) };
         let fetched = self.target.get(target).await.map_err(|e| e.to_string())?;
-        let all = virtualservice::routes(&fetched.object).map_err(|e| e.to_string())?;
-        let chosen: Vec<_> = all.into_iter().filter(|r| routes.is_none_or(|names| names.contains(&r.route))).collect();
-        let weight = virtualservice::canary_weight(&chosen, &p.canary);
+        let weight = match &p.selector {
+            // Blue-green: the canary has all the traffic once the selector selects it.
+            Some(sw) => match fetched.object.pointer("/spec/selector").and_then(|s| s.get(&sw.label)) {
+                Some(v) if *v == sw.to.as_str() => 100,
+                Some(v) if *v == sw.from.as_str() => 0,
+                found => {
+                    return Err(format!(
+                        "Service {target} selects {}={}, neither {} nor {}",
+                        sw.label,
+                        found.map_or("nothing".to_string(), ToString::to_string),
+                        sw.from,
+                        sw.to
+                    ));
+                }
+            },
+            None => {
+                let all = virtualservice::routes(&fetched.object).map_err(|e| e.to_string())?;
+                let chosen: Vec<_> =
+                    all.into_iter().filter(|r| routes.is_none_or(|names| names.contains(&r.route))).collect();
+                virtualservice::canary_weight(&chosen, &p.canary)
+            }
+        };
         let from = u8::try_from(weight.min(100)).unwrap_or(100);
         Ok(match p.schedule.next(from, p.max) {
             Some(to) => Reading::Step { from, to },
@@ -175,7 +194,7 @@ impl Pipeline {
         let Some(promote) = rule.promotion() else { return Err(PipelineError::UnknownRule(rule.name.clone())) };
         let labels = promotion_labels(&rule, target);
         let routes = rule.plan_routes(&labels).map_err(|e| PipelineError::NeedsAlert(e.to_string()))?;
-        let target = ObjectRef { kind: ObjectKind::VirtualService, ..target.clone() };
+        let target = ObjectRef { kind: rule.kind, ..target.clone() };
         let (from, to) = match self.read_step(&rule, &target, routes.as_deref()).await {
             Ok(Reading::Step { from, to }) => (from, to),
             Ok(Reading::Done) => {

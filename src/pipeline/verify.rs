@@ -113,7 +113,14 @@ impl Pipeline {
         entry.event_id = p.event_id.clone();
         MetricEvent::Verification { rule: &p.rule, result: kind.as_str() }.emit();
         if kind == Kind::Unverified {
-            tracing::error!(target_object = %p.target, action_id = %p.action_id, %reason, "action not verified: traffic did not move");
+            match p.min_share {
+                Some(_) => {
+                    tracing::error!(target_object = %p.target, action_id = %p.action_id, %reason, "promotion step not verified: traffic did not move up")
+                }
+                None => {
+                    tracing::error!(target_object = %p.target, action_id = %p.action_id, %reason, "rollback not verified: traffic did not move")
+                }
+            }
             if let Ok(obj) = p.target.parse::<ObjectRef>() {
                 let notice = Notice {
                     warning: true,
@@ -123,7 +130,7 @@ impl Pipeline {
                 self.target.notify(&obj, &notice).await;
             }
         } else {
-            info!(target_object = %p.target, action_id = %p.action_id, %reason, "action verified");
+            info!(target_object = %p.target, action_id = %p.action_id, %reason, "traffic verified");
         }
         let mut state = self.state.lock().await;
         if let Err(e) = self.record(&mut state, vec![entry]).await {

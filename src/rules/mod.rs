@@ -140,11 +140,7 @@ impl Rule {
         to: Weight,
     ) -> Option<Result<ActionPlan, PlanError>> {
         let RuleAction::Promote(p) = &self.action else { return None };
-        Some(
-            self.plan_routes(labels)
-                .map(|routes| ActionPlan::Traffic(Plan { change: p.step(from, to), routes }))
-                .map_err(PlanError::from),
-        )
+        Some(self.plan_routes(labels).map(|routes| p.step(from, to, routes)).map_err(PlanError::from))
     }
 
     /// The promotion this rule makes, if it is a promotion rule.
@@ -164,6 +160,15 @@ impl Rule {
                 return format!(
                     "answer the Flagger Canary's rollback webhook with yes for {}",
                     humantime::format_duration(*hold)
+                );
+            }
+            RuleAction::Promote(Promote { selector: Some(sw), interval, .. }) => {
+                return format!(
+                    "promote by switch-selector {}: {} -> {} on evidence, at most one switch every {}",
+                    sw.label,
+                    sw.from,
+                    sw.to,
+                    humantime::format_duration(*interval)
                 );
             }
             RuleAction::Promote(p) => {

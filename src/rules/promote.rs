@@ -60,12 +60,17 @@ pub(super) struct RawScoreAbove {
     pub(super) min_samples: Option<u64>,
 }
 
-/// `promote: {stable, canary, steps?, interval?, max?}`.
+/// `promote: {stable, canary, steps?, interval?, max?}` on a VirtualService, or
+/// `promote: {switch-selector: {label, from, to}, interval?}` on a Service (blue-green).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPromote {
-    pub(super) stable: RawDest,
-    pub(super) canary: RawDest,
+    #[serde(default)]
+    pub(super) stable: Option<RawDest>,
+    #[serde(default)]
+    pub(super) canary: Option<RawDest>,
+    #[serde(default, rename = "switch-selector")]
+    pub(super) switch_selector: Option<SelectorSwitch>,
     #[serde(default)]
     pub(super) steps: Option<Vec<u64>>,
     #[serde(default)]
@@ -92,12 +97,22 @@ pub struct Promote {
     pub interval: Duration,
     /// The canary's last weight (100: a full rollout; 50: an A/B test that stops there).
     pub max: u8,
+    /// Blue-green by a Service's selector: one step, the switch from `stable` (`from`) to
+    /// `canary` (`to`), read as the canary at 0 before it and at 100 after.
+    pub selector: Option<SelectorSwitch>,
 }
 
 impl Promote {
-    /// The VirtualService change of the step from `from` to `to`.
-    pub fn step(&self, from: Weight, to: Weight) -> Change {
-        Change::StepUp { stable: self.stable.clone(), canary: self.canary.clone(), from, to }
+    /// The change of the step from `from` to `to`: the VirtualService's weights, or the
+    /// Service's selector switched.
+    pub fn step(&self, from: Weight, to: Weight, routes: Option<Vec<String>>) -> ActionPlan {
+        match &self.selector {
+            Some(sw) => ActionPlan::Selector(sw.clone()),
+            None => ActionPlan::Traffic(Plan {
+                change: Change::StepUp { stable: self.stable.clone(), canary: self.canary.clone(), from, to },
+                routes,
+            }),
+        }
     }
 
     /// The canary's version as the promotion's records name it (`v2`, or a host).
@@ -221,8 +236,34 @@ pub(super) fn promote(raw: RawPromote, problems: &mut Vec<(String, String)>) -> 
             None
         }
     };
-    let stable = dest("action.promote.stable", raw.stable);
-    let canary = dest("action.promote.canary", raw.canary);
+    if let Some(sw) = raw.switch_selector {
+        let mut problem = |field: &str, m: &str| problems.push((format!("action.promote.{field}"), m.to_string()));
+        if [&sw.label, &sw.from, &sw.to].iter().any(|v| v.is_empty()) || sw.from == sw.to {
+            problem("switch-selector", "label, from and to must be set, from and to different");
+        }
+        if raw.stable.is_some() || raw.canary.is_some() || raw.steps.is_some() || raw.max.is_some() {
+            problem("switch-selector", "a switch is one step: no stable, canary, steps or max beside it");
+        }
+        let interval =
+            parse_duration("action.promote.interval", raw.interval, problems).unwrap_or(DEFAULT_PROMOTE_INTERVAL);
+        return (problems.len() == before).then(|| Promote {
+            stable: Dest::Subset(sw.from.clone()),
+            canary: Dest::Subset(sw.to.clone()),
+            schedule: Schedule::Steps(vec![100]),
+            interval,
+            max: 100,
+            selector: Some(sw),
+        });
+    }
+    let (Some(stable), Some(canary)) = (raw.stable, raw.canary) else {
+        problems.push((
+            "action.promote".into(),
+            "name `stable` and `canary` (a VirtualService's destinations), or `switch-selector` (a Service's)".into(),
+        ));
+        return None;
+    };
+    let stable = dest("action.promote.stable", stable);
+    let canary = dest("action.promote.canary", canary);
     let schedule = match Schedule::new(raw.steps.as_deref()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -248,7 +289,7 @@ pub(super) fn promote(raw: RawPromote, problems: &mut Vec<(String, String)>) -> 
         problems.push(("action.promote".into(), format!("{s} is both stable and canary")));
     }
     let (stable, canary, schedule, max) = (stable?, canary?, schedule?, max?);
-    (problems.len() == before).then_some(Promote { stable, canary, schedule, interval, max })
+    (problems.len() == before).then_some(Promote { stable, canary, schedule, interval, max, selector: None })
 }
 
 #[cfg(test)]
@@ -308,6 +349,27 @@ rules:
         let rule = rules(&yaml).unwrap().remove(0);
         let Some(FeedbackSpec { check: Check::NotWorse { signals, .. }, .. }) = &rule.feedback else { panic!() };
         assert_eq!(signals, &[Signal::ErrorRatio(Margin::Points(0.01)), Signal::NegativeRatio(Margin::Points(0.05))]);
+    }
+
+    #[test]
+    fn a_blue_green_service_is_promoted_by_its_selector_switch_in_one_step() {
+        let yaml = PROMOTE
+            .replace("canary: v2\n      baseline: v1", "canary: green\n      baseline: blue")
+            .replace("virtualservice: model-service", "service: checkout")
+            .replace(
+                "promote: {stable: v1, canary: v2, steps: [25, 50, 100], interval: 10m, max: 50}",
+                "promote: {switch-selector: {label: version, from: blue, to: green}, interval: 10m}",
+            );
+        let rule = rules(&yaml).unwrap().remove(0);
+        let p = rule.promotion().unwrap();
+        assert_eq!((p.max, p.schedule.path(0, p.max)), (100, vec![100]));
+        assert_eq!(p.selector.as_ref().map(|s| s.to.as_str()), Some("green"));
+        let plan = p.step(Weight::at_most_100(0), Weight::at_most_100(100), None);
+        assert!(matches!(plan, ActionPlan::Selector(_)), "{plan:?}");
+        let on_vs = yaml.replace("service: checkout", "virtualservice: checkout");
+        assert!(rules(&on_vs).unwrap_err().contains("target"), "{}", rules(&on_vs).unwrap_err());
+        let both = yaml.replace("{switch-selector:", "{stable: blue, switch-selector:");
+        assert!(rules(&both).unwrap_err().contains("a switch is one step"), "{}", rules(&both).unwrap_err());
     }
 
     /// Every problem at once, each with its field.

@@ -378,8 +378,19 @@ pub(super) fn validate(mut raw: RawRule, file: &Path) -> Result<Rule, Vec<(Strin
             "a promotion waits `action.promote.interval` between steps; a cooldown does not apply".into(),
         ));
     }
-    if matches!(action, Some(RuleAction::Promote(_))) && !matches!(object, Some((ObjectKind::VirtualService, _))) {
-        problems.push(("target".into(), "a promotion raises weights on a `virtualservice` target".into()));
+    match (&action, &object) {
+        (Some(RuleAction::Promote(p)), Some((ObjectKind::VirtualService, _))) if p.selector.is_some() => problems
+            .push(("target".into(), "a promotion by `switch-selector` acts on a `service` target (blue-green)".into())),
+        (Some(RuleAction::Promote(p)), Some((ObjectKind::Service, _))) if p.selector.is_none() => problems.push((
+            "target".into(),
+            "a Service is promoted by `switch-selector: {label, from, to}`; weights are a virtualservice's".into(),
+        )),
+        (Some(RuleAction::Promote(_)), Some((kind, _)))
+            if !matches!(kind, ObjectKind::VirtualService | ObjectKind::Service) =>
+        {
+            problems.push(("target".into(), "a promotion acts on a `virtualservice` or a `service` target".into()))
+        }
+        _ => {}
     }
     if matches!(object, Some((ObjectKind::Service, _))) && routes.is_some() {
         problems.push(("target.routes".into(), "routes belong to a virtualservice target".into()));

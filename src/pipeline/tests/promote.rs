@@ -39,12 +39,18 @@ rules:
 /// Seeded outcomes, 30% to the canary (so each stage fills quickly), failing with `p_canary`
 /// and `p_base`; ids unique per `seed`.
 fn traffic(seed: u64, n: usize, p_canary: f64, p_base: f64) -> Vec<String> {
+    traffic_of(("sms-app", "model-service", "v2", "v1"), seed, n, p_canary, p_base)
+}
+
+/// The same for any `(namespace, service, canary, baseline)`.
+fn traffic_of(of: (&str, &str, &str, &str), seed: u64, n: usize, p_canary: f64, p_base: f64) -> Vec<String> {
+    let (namespace, service, canary_version, baseline_version) = of;
     let mut rng = crate::feedback::testing::Rng(seed);
     (0..n)
         .map(|i| {
             let canary = rng.uniform() < 0.3;
-            let (version, p) = if canary { ("v2", p_canary) } else { ("v1", p_base) };
-            json!({"id": format!("p-{seed}-{i}"), "service": "model-service", "namespace": "sms-app",
+            let (version, p) = if canary { (canary_version, p_canary) } else { (baseline_version, p_base) };
+            json!({"id": format!("p-{seed}-{i}"), "service": service, "namespace": namespace,
                 "version": version, "time": chrono::Utc::now(), "kind": "outcome",
                 "success": rng.uniform() >= p, "latency_ms": 40.0})
             .to_string()
@@ -236,4 +242,41 @@ async fn a_step_decided_before_a_crash_is_finished_once_and_never_taken_twice() 
     let view = h.state.pipeline.promotions().await;
     let stages = view["under_way"][0]["stages"].as_array().unwrap();
     assert_eq!(stages.iter().map(|s| s["to"].as_u64().unwrap()).collect::<Vec<_>>(), [20, 50], "{view}");
+}
+
+/// Blue-green by a Service's selector: the evidence that green is not worse than blue switches
+/// the selector, in one step, recorded as a promotion from 0 to 100.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blue_green_service_is_promoted_by_switching_its_selector_on_evidence() {
+    let rules = r#"
+rules:
+  - name: promote-green
+    feedback:
+      service: checkout
+      namespace: shop
+      canary: green
+      baseline: blue
+      not_worse: [error-ratio]
+      min_samples: 200
+    target: {namespace: shop, service: checkout-active}
+    action:
+      promote: {switch-selector: {label: version, from: blue, to: green}, interval: 1ms}
+"#;
+    let h = harness_confirming(rules, None);
+    let file = h.manifests.join("checkout.yaml");
+    let blue =
+        std::fs::read_to_string(&file).unwrap().replace("version: green # the new colour went live", "version: blue");
+    std::fs::write(&file, blue).unwrap();
+    for b in 0..30 {
+        h.feedback_batches(&traffic_of(("shop", "checkout", "green", "blue"), 900 + b, 1000, 0.001, 0.001)).await;
+        if !h.records(Kind::Promoted).is_empty() {
+            break;
+        }
+    }
+    let promoted = &h.records(Kind::Promoted)[0].entry;
+    assert_eq!(promoted.target.as_deref(), Some("shop/checkout-active"));
+    assert!(promoted.reason.as_deref().unwrap().contains("green promoted to weight 100 in 1 steps"), "{promoted:?}");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("version: green"));
+    let applied = &h.records(Kind::Applied)[0].entry;
+    assert_eq!(applied.after.as_ref().unwrap()["version"], "green", "{applied:?}");
 }
