@@ -223,3 +223,26 @@ async fn a_pause_holds_the_next_step_until_resumed() {
     assert!(control.iter().any(|r| r["actor"] == "ana" && r["detail"]["control"] == "promote"), "{control:?}");
     assert_verifies(&wd);
 }
+
+/// The README's demo: the shipped rules, the feedback script's healthy traffic, and the shipped
+/// promotion rule records the step it would take, as a dry run, without writing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_feedback_script_shows_the_shipped_promotion_rule_as_a_dry_run() {
+    let wd = Workdir::new();
+    let server = wd.serve();
+    let before = wd.read("deploy/local/model-service.yaml");
+    let out = std::process::Command::new("sh")
+        .arg(crate::support::backstop::repo("fixtures/feedback/healthy.sh"))
+        .args([server.url.as_str(), "30000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dry = records(&wd, "dry_run");
+    let step = dry.iter().find(|r| r["rule"] == "feedback-canary-promote").unwrap_or_else(|| panic!("{dry:?}"));
+    assert_eq!(
+        (step["detail"]["promotion"]["from"].as_u64(), step["detail"]["promotion"]["to"].as_u64()),
+        (Some(10), Some(20))
+    );
+    assert_eq!(wd.read("deploy/local/model-service.yaml"), before, "a dry run writes nothing");
+    assert!(records(&wd, "applied").is_empty(), "and no rollback rule fired on healthy traffic");
+}
