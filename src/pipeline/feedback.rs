@@ -15,6 +15,28 @@ pub(super) struct FeedbackContext {
 /// decided again for this long (each event would otherwise record it again).
 pub const FEEDBACK_QUIET: Duration = Duration::from_secs(60);
 
+/// A feedback rule's finding as the alert its records name: `feedback:RULE`, firing, with the
+/// finding's labels, its comparison as the fingerprint.
+pub(super) fn finding_alert(
+    event_id: &str,
+    source: SourceKind,
+    rule: &Rule,
+    finding: &crate::feedback::rule::Finding,
+) -> Alert {
+    Alert {
+        id: event_id.to_string(),
+        source,
+        name: format!("feedback:{}", rule.name),
+        status: AlertStatus::Firing,
+        labels: finding.labels.clone(),
+        annotations: Default::default(),
+        starts_at: Utc::now(),
+        ends_at: None,
+        fingerprint: finding.comparison.clone(),
+        generator_url: String::new(),
+    }
+}
+
 impl Pipeline {
     /// Record a feedback event durably, count it in its arm, and act for every feedback rule
     /// that now finds the canary worse. `origin` says where it came from (`{"kafka": {topic,
@@ -146,18 +168,7 @@ impl Pipeline {
         key: String,
         finding: crate::feedback::rule::Finding,
     ) -> Result<Report, PipelineError> {
-        let alert = Alert {
-            id: event_id.to_string(),
-            source,
-            name: format!("feedback:{}", rule.name),
-            status: AlertStatus::Firing,
-            labels: finding.labels.clone(),
-            annotations: Default::default(),
-            starts_at: Utc::now(),
-            ends_at: None,
-            fingerprint: finding.comparison.clone(),
-            generator_url: String::new(),
-        };
+        let alert = finding_alert(event_id, source, rule, &finding);
         let decision = match rule
             .target_for_labels(&finding.labels)
             .map_err(crate::rules::PlanError::from)

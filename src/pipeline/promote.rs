@@ -83,18 +83,7 @@ impl Pipeline {
         finding: Finding,
     ) -> Result<Option<Report>, PipelineError> {
         let Some(promote) = rule.promotion() else { return Ok(None) };
-        let alert = Alert {
-            id: event_id.to_string(),
-            source,
-            name: format!("feedback:{}", rule.name),
-            status: AlertStatus::Firing,
-            labels: finding.labels.clone(),
-            annotations: Default::default(),
-            starts_at: Utc::now(),
-            ends_at: None,
-            fingerprint: finding.comparison.clone(),
-            generator_url: String::new(),
-        };
+        let alert = super::feedback::finding_alert(event_id, source, rule, &finding);
         let planned = match rule.target_for_labels(&finding.labels) {
             Err(missing) => Err(missing.to_string()),
             Ok(target) => {
