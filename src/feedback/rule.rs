@@ -36,7 +36,7 @@ pub enum Check {
 }
 
 /// A model's mean confidence to stay above, over a window (see
-/// [`score_above`](super::noninferiority::score_above)).
+/// [`noninferiority::score_above`](super::noninferiority::score_above)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreAbove {
     pub threshold: f64,
