@@ -151,6 +151,16 @@ enum AuditCommand {
         n: usize,
         #[arg(long, default_value = "table")]
         format: String,
+        /// Keep printing records as they are recorded, from the running server
+        /// (`GET /v1/audit/stream`), until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// The running server, with --follow (default: the config's listen address).
+        #[arg(long, env = "BACKSTOP_SERVER")]
+        server: Option<String>,
+        /// Bearer token for the server, if it requires one.
+        #[arg(long, env = "BACKSTOP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Records by time, rule, target, event, action and outcome.
     Query {
@@ -523,7 +533,15 @@ async fn call(cfg: &ConfigSource, who: &Who, path: &str, body: Value) -> Result<
 fn audit_command(cfg: &ConfigSource, cmd: AuditCommand) -> Result<ExitCode> {
     let dir = || -> Result<PathBuf> { Ok(cfg.load()?.audit_dir()) };
     match cmd {
-        AuditCommand::Tail { n, format } => print_records(&audit::tail(&dir()?, n)?, &format),
+        AuditCommand::Tail { n, format, follow: false, .. } => print_records(&audit::tail(&dir()?, n)?, &format),
+        AuditCommand::Tail { n, format, follow: true, server, token } => {
+            let base = match server {
+                Some(s) => s.trim_end_matches('/').to_string(),
+                None => format!("http://{}", cfg.load()?.listen),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(follow(&base, token.as_deref(), n, &format))
+        }
         AuditCommand::Query { since, until, rule, target, event, action, outcome, limit, format } => {
             let params = AuditParams { since, until, rule, target, event, action, outcome, limit };
             let filter = params.to_filter().map_err(|e| anyhow::anyhow!(e))?;
@@ -588,33 +606,93 @@ fn describe(r: &Record) -> String {
 }
 
 fn print_records(records: &[Record], format: &str) -> Result<ExitCode> {
-    match format {
-        "json" => {
-            for r in records {
-                println!("{}", serde_json::to_string(r)?);
-            }
-        }
-        "table" => {
-            println!(
-                "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  REASON",
-                "SEQ", "TIME", "KIND", "RULE", "TARGET", "EVENT / ACTION"
-            );
-            for r in records {
-                let e = &r.entry;
-                let id = e.action_id.as_deref().or(e.event_id.as_deref()).unwrap_or("-");
-                println!(
-                    "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  {}",
-                    r.seq,
-                    r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    e.kind.to_string(),
-                    e.rule.as_deref().unwrap_or("-"),
-                    e.target.as_deref().unwrap_or("-"),
-                    id,
-                    describe(r)
-                );
-            }
-        }
-        other => bail!("unknown format `{other}`: table or json"),
+    print_header(format)?;
+    for r in records {
+        print_record(r, format)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_header(format: &str) -> Result<()> {
+    match format {
+        "json" => {}
+        "table" => println!(
+            "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  REASON",
+            "SEQ", "TIME", "KIND", "RULE", "TARGET", "EVENT / ACTION"
+        ),
+        other => bail!("unknown format `{other}`: table or json"),
+    }
+    Ok(())
+}
+
+fn print_record(r: &Record, format: &str) -> Result<()> {
+    if format == "json" {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    let e = &r.entry;
+    let id = e.action_id.as_deref().or(e.event_id.as_deref()).unwrap_or("-");
+    println!(
+        "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  {}",
+        r.seq,
+        r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        e.kind.to_string(),
+        e.rule.as_deref().unwrap_or("-"),
+        e.target.as_deref().unwrap_or("-"),
+        id,
+        describe(r)
+    );
+    Ok(())
+}
+
+/// `audit tail --follow`: the last `n` records from the server, then each one as it is recorded
+/// (server-sent events). Reconnects after the last record printed when the stream breaks.
+async fn follow(base: &str, token: Option<&str>, n: usize, format: &str) -> Result<ExitCode> {
+    use std::io::Write;
+    let client = reqwest::Client::new();
+    let get = |url: String| match token {
+        Some(t) => client.get(url).bearer_auth(t),
+        None => client.get(url),
+    };
+    let reach = || format!("cannot reach backstop at {base} (is `backstop serve` running?)");
+    let resp = get(format!("{base}/v1/audit?limit={n}")).send().await.with_context(reach)?;
+    if !resp.status().is_success() {
+        bail!("server answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let last: Value = resp.json().await?;
+    let records: Vec<Record> = serde_json::from_value(last["records"].clone())?;
+    print_header(format)?;
+    for r in &records {
+        print_record(r, format)?;
+    }
+    let mut after = records.last().map(|r| r.seq);
+    loop {
+        let url = match after {
+            Some(seq) => format!("{base}/v1/audit/stream?after={seq}"),
+            None => format!("{base}/v1/audit/stream"),
+        };
+        let mut resp = match get(url).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => bail!("server answered {}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => {
+                eprintln!("{}: {e}; retrying", reach());
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+                let r: Record = serde_json::from_str(data.trim_start())?;
+                after = Some(r.seq);
+                print_record(&r, format)?;
+                std::io::stdout().flush()?;
+            }
+        }
+        // The server went away (a restart): pick up where the last record printed left off.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use read::{
-    RawRecord, export, hash_at, query, raw_records_after, records, records_after, records_after_position, segments,
-    tail,
+    RawRecord, export, first_after, hash_at, query, raw_records_after, records, records_after, records_after_position,
+    segments, tail,
 };
 pub use replica::{Applied, Mode, Replicate, start_at};
 pub use verify::{VerifyError, VerifyReport, verify, verify_reader};

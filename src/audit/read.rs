@@ -368,6 +368,36 @@ pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
     Ok(out.into())
 }
 
+/// The first `n` records after seq `after` (or since `since`), in order: a reader that follows
+/// the log reads a bounded batch at a time, skipping the segments before its place.
+pub fn first_after(
+    dir: &Path,
+    after: Option<u64>,
+    since: Option<DateTime<Utc>>,
+    n: usize,
+) -> Result<Vec<Record>, AuditError> {
+    let segs = segments(dir)?;
+    let mut out = Vec::new();
+    let first = first_segment_since(&segs, since)?;
+    for (i, (_, path)) in segs.iter().enumerate().skip(first) {
+        if let (Some(after), Some((next_first, _))) = (after, segs.get(i + 1))
+            && *next_first <= after + 1
+        {
+            continue;
+        }
+        read_segment(path, |r| {
+            if after.is_none_or(|a| r.seq > a) && since.is_none_or(|s| r.time >= s) {
+                out.push(r);
+            }
+            out.len() < n
+        })?;
+        if out.len() >= n {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// The last `n` records, reading segments from the newest back.
 pub fn tail(dir: &Path, n: usize) -> Result<Vec<Record>, AuditError> {
     let mut out: Vec<Record> = Vec::new();

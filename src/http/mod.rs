@@ -12,6 +12,7 @@ mod controls;
 mod error;
 mod health;
 mod intake;
+mod stream;
 
 use body::*;
 pub use connections::{ServerLimits, serve};
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/promotions/release", post(release_promotion))
         .route_layer(gated)
         .route("/v1/audit", get(audit_query))
+        .route("/v1/audit/stream", get(stream::audit_stream))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_endpoint))

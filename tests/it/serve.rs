@@ -121,3 +121,46 @@ async fn bad_requests_get_clear_errors_from_the_process() {
     assert_eq!(json_lines(&out.stdout).len(), 3);
     let _ = repo("");
 }
+
+/// `audit tail --follow`: the last records from the server, then each new one as it is recorded
+/// (the server's `GET /v1/audit/stream`), and on after the server restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_tail_follow_prints_records_as_they_are_recorded_and_across_a_server_restart() {
+    use std::io::{BufRead, BufReader};
+    let wd = Workdir::new();
+    let server = wd.serve();
+    let (status, _) = server.post("/v1/alertmanager", "application/json", FIRING).await;
+    assert_eq!(status, 200);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let mut child = std::process::Command::new(crate::support::backstop::BIN)
+        .arg("--config")
+        .arg(wd.config())
+        .args(["audit", "tail", "--follow", "-n", "2", "--format", "json", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+    });
+    let next = || rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a record printed");
+    let (first, second) = (next(), next());
+    assert_eq!((first["kind"].as_str(), second["kind"].as_str()), (Some("decided"), Some("applied")));
+    // Recorded after it started: printed as it happens.
+    server.post("/v1/alertmanager", "application/json", FIRING).await;
+    let live: Vec<serde_json::Value> = (0..3).map(|_| next()).collect();
+    assert_eq!(live.iter().map(|r| r["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["received", "matched", "noop"]);
+    assert_eq!(live[0]["seq"], second["seq"].as_u64().unwrap() + 1, "nothing skipped");
+    // The server restarts on the same port: the follower picks up after the last record it printed.
+    drop(server);
+    let server = wd.serve_on(&format!("127.0.0.1:{port}"), &[]);
+    server.post("/v1/alertmanager", "application/json", FIRING).await;
+    let after: Vec<serde_json::Value> = (0..3).map(|_| next()).collect();
+    assert_eq!(after[0]["seq"], live[2]["seq"].as_u64().unwrap() + 1, "{after:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
