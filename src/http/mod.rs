@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod intake;
 mod stream;
+mod ui;
 
 use body::*;
 pub use connections::{ServerLimits, serve};
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(gated)
         .route("/v1/audit", get(audit_query))
         .route("/v1/audit/stream", get(stream::audit_stream))
+        .merge(ui::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_endpoint))

@@ -211,6 +211,11 @@ impl Pipeline {
         self.state.lock().await.pauses()
     }
 
+    /// The on-call page's overview (see `GuardState::overview`).
+    pub async fn overview(&self) -> Value {
+        self.state.lock().await.overview()
+    }
+
     /// The highest Kafka offset recorded per topic and partition (where a new leader resumes).
     pub async fn kafka_positions(&self) -> Vec<KafkaPosition> {
         self.state.lock().await.kafka_positions()

@@ -12,6 +12,7 @@
 pub mod detail;
 pub mod promotion;
 pub mod stepdown;
+pub mod targets;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -174,6 +175,8 @@ pub struct GuardState {
     kafka: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>,
     /// Promotions under way, stopped by a rollback, or held by hand.
     promotions: Promotions,
+    /// Each target's last action (for the on-call page).
+    targets: targets::Targets,
 }
 
 /// The guards' state as written beside the audit log, valid up to the record `seq` whose line
@@ -204,6 +207,9 @@ pub struct Snapshot {
     /// Promotions (absent in older snapshots).
     #[serde(default)]
     promotions: Promotions,
+    /// Each target's last action (absent in older snapshots).
+    #[serde(default)]
+    targets: targets::Targets,
 }
 
 /// 2: with the feedback arms.
@@ -233,6 +239,7 @@ impl GuardState {
             step_downs: self.step_downs.values().cloned().collect(),
             kafka: self.kafka_positions().into_iter().map(|k| (k.topic, k.partition, k.offset)).collect(),
             promotions: self.promotions.clone(),
+            targets: self.targets.clone(),
         }
     }
 
@@ -261,6 +268,7 @@ impl GuardState {
                 },
             ),
             promotions: s.promotions,
+            targets: s.targets,
         }
     }
 
@@ -280,6 +288,7 @@ impl GuardState {
             + self.step_downs.len()
             + self.kafka.values().map(|p| p.len()).sum::<usize>()
             + self.promotions.entries()
+            + self.targets.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -318,6 +327,19 @@ impl GuardState {
         if let Some(d) = self.step_downs.get_mut(target) {
             d.due = until;
         }
+    }
+
+    /// What the on-call page's overview shows, from the state alone (no read of the log): each
+    /// target's last action, pauses, promotions, gradual rollbacks and verifications under way.
+    pub fn overview(&self) -> serde_json::Value {
+        json!({
+            "last_actions": self.targets.last_actions(),
+            "pauses": self.pauses(),
+            "promotions": self.promotions.view(),
+            "step_downs": self.step_downs.values().collect::<Vec<_>>(),
+            "verifying": self.verifications(),
+            "pending": self.pending.values().collect::<Vec<_>>(),
+        })
     }
 
     /// Promotions under way, stopped and held.
@@ -422,6 +444,12 @@ impl GuardState {
             Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Promoted | Kind::Unverified
         ) {
             self.promotions.observe(r, control);
+        }
+        if matches!(
+            e.kind,
+            Kind::Applied | Kind::Noop | Kind::Refused | Kind::Failed | Kind::Verified | Kind::Unverified
+        ) {
+            self.targets.observe(r);
         }
         // A step's outcome: the next step of its step-down, or its end.
         // Only decisions and outcomes carry these parts: other records (most of a replay) are

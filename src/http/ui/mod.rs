@@ -1,0 +1,339 @@
+//! The on-call page (issue #19), served by the binary itself: server-rendered HTML, its style
+//! embedded at build time, nothing fetched from elsewhere. Read-only so far: the overview (from
+//! the state, never a scan of the log), a target's timeline and an action's page (a permalink by
+//! the id the object's `backstop.io/action-id` annotation and its Kubernetes Event carry).
+//!
+//! Behind the API's credentials (a browser sends basic auth: a 401 here asks for it). Every page
+//! carries a Content-Security-Policy that allows nothing but this server's own style, and every
+//! text from outside is escaped ([`html::esc`]).
+
+mod html;
+
+use axum::http::HeaderValue;
+
+use super::*;
+use html::{esc, page, seg, table};
+
+const CSS: &str = include_str!("ui.css");
+
+/// Nothing runs, nothing loads from elsewhere, nothing frames the page.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(|| async { axum::response::Redirect::permanent("/ui/") }))
+        .route("/ui/", get(overview))
+        .route("/ui/targets/{namespace}/{name}", get(target))
+        .route("/ui/actions/{id}", get(action))
+        .route("/ui/assets/ui.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
+}
+
+/// An HTML answer with the page's security headers.
+fn respond(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Without the API's credentials, the answer that asks a browser for basic auth.
+fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    if check_auth(state, headers).is_ok() {
+        return None;
+    }
+    let mut resp = respond(StatusCode::UNAUTHORIZED, page("Sign in", "", "<p>backstop needs its credentials.</p>"));
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"backstop\""));
+    Some(resp)
+}
+
+/// The log's place, on every page.
+fn chain(state: &AppState) -> String {
+    let (seq, hash) = state.pipeline.audit().last();
+    format!("audit log at seq {seq}, last hash {}", hash.get(..12).unwrap_or(&hash))
+}
+
+fn action_link(id: &str) -> String {
+    format!("<a href=\"/ui/actions/{}\">{}</a>", seg(id), esc(id.get(..13).unwrap_or(id)))
+}
+
+fn target_link(target: &str) -> String {
+    match target.split_once('/') {
+        Some((ns, name)) => format!("<a href=\"/ui/targets/{}/{}\">{}</a>", seg(ns), seg(name), esc(target)),
+        None => esc(target),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => esc(s),
+        Value::Null => String::new(),
+        v => esc(&v.to_string()),
+    }
+}
+
+async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(resp) = refused(&state, &headers) {
+        return resp;
+    }
+    let o = state.pipeline.overview().await;
+    let mut body = String::from("<h1>Overview</h1>");
+    let pauses = &o["pauses"];
+    if !pauses["global"].is_null() {
+        body.push_str(&format!(
+            "<p class=\"loud\">All automatic actions are paused by {}: {}</p>",
+            text(&pauses["global"]["actor"]),
+            text(&pauses["global"]["reason"])
+        ));
+    }
+    let mut rows = Vec::new();
+    if let Some(last) = o["last_actions"].as_object() {
+        for (t, a) in last {
+            let verification = match a["verification"].as_str() {
+                Some("unverified") => "<span class=\"loud\">UNVERIFIED: traffic did not move</span>".to_string(),
+                Some(v) => esc(v),
+                None => String::new(),
+            };
+            let paused = match pauses["targets"].get(t) {
+                Some(p) => format!("paused by {}: {}", text(&p["actor"]), text(&p["reason"])),
+                None => String::new(),
+            };
+            rows.push(vec![
+                target_link(t),
+                format!("<span class=\"kind {0}\">{0}</span>", text(&a["outcome"])),
+                text(&a["rule"]),
+                text(&a["at"]),
+                action_link(a["action_id"].as_str().unwrap_or_default()),
+                verification,
+                paused,
+                text(&a["reason"]),
+            ]);
+        }
+    }
+    body.push_str("<h2>Targets</h2>");
+    body.push_str(&if rows.is_empty() {
+        "<p>No action on any target yet.</p>".to_string()
+    } else {
+        table("targets", &["target", "last", "rule", "at", "action", "traffic", "pause", "reason"], &rows)
+    });
+    let promotions = &o["promotions"];
+    let mut rows = Vec::new();
+    for p in promotions["under_way"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            target_link(p["target"].as_str().unwrap_or_default()),
+            "under way".into(),
+            text(&p["canary"]),
+            format!(
+                "{} of {}",
+                p["stages"].as_array().and_then(|s| s.last()).map_or(0, |s| s["to"].as_u64().unwrap_or(0)),
+                text(&p["max"])
+            ),
+            text(&p["rule"]),
+        ]);
+    }
+    for (t, s) in promotions["stopped"].as_object().into_iter().flatten() {
+        let why = format!(
+            "stopped by {} (rule {})",
+            action_link(s["action_id"].as_str().unwrap_or_default()),
+            text(&s["rule"])
+        );
+        rows.push(vec![target_link(t), why, text(&s["canaries"]), String::new(), String::new()]);
+    }
+    for (t, h) in promotions["held"].as_object().into_iter().flatten() {
+        rows.push(vec![
+            target_link(t),
+            format!("held by {}: {}", text(&h["actor"]), text(&h["reason"])),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    if !rows.is_empty() {
+        body.push_str("<h2>Promotions</h2>");
+        body.push_str(&table("promotions", &["target", "state", "canary", "weight", "rule"], &rows));
+    }
+    let rows: Vec<Vec<String>> = o["pending"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                target_link(p["target"].as_str().unwrap_or_default()),
+                action_link(p["action_id"].as_str().unwrap_or_default()),
+                text(&p["rule"]),
+            ]
+        })
+        .chain(o["verifying"].as_array().into_iter().flatten().map(|v| {
+            vec![
+                target_link(v["target"].as_str().unwrap_or_default()),
+                action_link(v["action_id"].as_str().unwrap_or_default()),
+                format!("verifying traffic ({})", text(&v["rule"])),
+            ]
+        }))
+        .collect();
+    if !rows.is_empty() {
+        body.push_str("<h2>Under way</h2>");
+        body.push_str(&table("pending", &["target", "action", "what"], &rows));
+    }
+    respond(StatusCode::OK, page("Overview", &chain(&state), &body))
+}
+
+/// A record as one row of a timeline.
+fn record_row(r: &audit::Record) -> Vec<String> {
+    let e = &r.entry;
+    let alert = e.detail.as_ref().and_then(|d| d.get("alert"));
+    let change = match (&e.before, &e.after, alert) {
+        (Some(b), Some(a), _) => format!("<code>{}</code> → <code>{}</code>", esc(&weights(b)), esc(&weights(a))),
+        // A received alert: its labels and where it came from, as text.
+        (_, _, Some(alert)) => {
+            let labels: Vec<String> = alert["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            format!(
+                "<code>{}</code> {} <span class=\"url\">{}</span>",
+                esc(&labels.join(" ")),
+                text(&alert["status"]),
+                text(&alert["generator_url"])
+            )
+        }
+        _ => String::new(),
+    };
+    vec![
+        r.seq.to_string(),
+        esc(&r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        format!("<span class=\"kind {0}\">{0}</span>", esc(e.kind.as_str())),
+        esc(e.rule.as_deref().unwrap_or("")),
+        e.action_id.as_deref().map(action_link).unwrap_or_else(|| esc(e.event_id.as_deref().unwrap_or(""))),
+        change,
+        esc(e.reason.as_deref().unwrap_or("")),
+    ]
+}
+
+/// A VirtualService's routes as `v1=90 v2=10` (anything else as compact JSON).
+fn weights(v: &Value) -> String {
+    let Some(routes) = v.as_array() else { return v.to_string() };
+    let dests = routes.iter().flat_map(|r| r["destinations"].as_array().into_iter().flatten());
+    let parts: Vec<String> = dests
+        .map(|d| format!("{}={}", d["subset"].as_str().or(d["host"].as_str()).unwrap_or("?"), d["weight"]))
+        .collect();
+    if parts.is_empty() { v.to_string() } else { parts.join(" ") }
+}
+
+const HEAD: [&str; 7] = ["seq", "time", "kind", "rule", "action / event", "change", "reason"];
+
+async fn target(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(resp) = refused(&state, &headers) {
+        return resp;
+    }
+    let target = format!("{namespace}/{name}");
+    let params = params.map(|Query(p)| p).unwrap_or_default();
+    let since = params.since.clone().unwrap_or_else(|| "24h".into());
+    let filter = AuditParams {
+        since: Some(since.clone()),
+        target: Some(target.clone()),
+        limit: Some(params.limit.unwrap_or(500)),
+        ..params
+    }
+    .to_filter();
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                page("Bad filter", &chain(&state), &format!("<p>{}</p>", esc(&e))),
+            );
+        }
+    };
+    let dir = state.pipeline.audit().dir().to_path_buf();
+    let records = match tokio::task::spawn_blocking(move || audit::query(&dir, &filter)).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                page("Error", &chain(&state), "<p>the audit log could not be read</p>"),
+            );
+        }
+    };
+    let rows: Vec<Vec<String>> = records.iter().rev().map(record_row).collect();
+    let body = format!(
+        "<h1>{}</h1><p>Newest first, since {}: {} records.</p>{}",
+        esc(&target),
+        esc(&since),
+        rows.len(),
+        table("timeline", &HEAD, &rows)
+    );
+    respond(StatusCode::OK, page(&target, &chain(&state), &body))
+}
+
+async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(resp) = refused(&state, &headers) {
+        return resp;
+    }
+    let dir = state.pipeline.audit().dir().to_path_buf();
+    let wanted = id.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let mine = audit::query(&dir, &audit::Filter { action_id: Some(wanted), ..Default::default() })?;
+        // The event that led to it: its records (the match and its evidence) before the action's.
+        let event = mine.iter().find_map(|r| r.entry.event_id.clone());
+        let first = mine.first().map(|r| r.seq);
+        let lead = match (event, first) {
+            (Some(event_id), Some(first)) => {
+                audit::query(&dir, &audit::Filter { event_id: Some(event_id), ..Default::default() })?
+                    .into_iter()
+                    .filter(|r| r.seq < first && r.entry.action_id.is_none())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        Ok::<_, audit::AuditError>((lead, mine))
+    })
+    .await;
+    let Ok(Ok((lead, mine))) = records else {
+        return respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            page("Error", &chain(&state), "<p>the audit log could not be read</p>"),
+        );
+    };
+    if mine.is_empty() {
+        return respond(
+            StatusCode::NOT_FOUND,
+            page(
+                "No such action",
+                &chain(&state),
+                &format!("<p>No action with id <code>{}</code> in the audit log.</p>", esc(&id)),
+            ),
+        );
+    }
+    let target = mine.iter().find_map(|r| r.entry.target.clone()).unwrap_or_default();
+    let rows: Vec<Vec<String>> = lead.iter().chain(&mine).map(record_row).collect();
+    let mut body = format!(
+        "<h1>Action <code>{}</code></h1><p>On {}.</p>{}",
+        esc(&id),
+        target_link(&target),
+        table("action", &HEAD, &rows)
+    );
+    for r in lead.iter().chain(&mine) {
+        if let Some(evidence) = r.entry.detail.as_ref().and_then(|d| d.get("evidence")) {
+            let pretty = serde_json::to_string_pretty(evidence).unwrap_or_default();
+            body.push_str(&format!("<h2>Evidence (record {})</h2><pre>{}</pre>", r.seq, esc(&pretty)));
+        }
+        if let Some(c) = r.entry.detail.as_ref().and_then(|d| d.get("confirmation")).filter(|c| !c.is_null()) {
+            body.push_str(&format!("<h2>Confirmation (record {})</h2><pre>{}</pre>", r.seq, esc(&c.to_string())));
+        }
+    }
+    respond(StatusCode::OK, page(&format!("Action {id}"), &chain(&state), &body))
+}
+
+#[cfg(test)]
+mod tests;
