@@ -256,7 +256,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             }
         })
     };
-    let mut background = Vec::new();
+    let mut background = vec![pipeline.spawn_chain_checks(token.clone())];
     match &config.cluster {
         None => {
             background.push(pipeline.spawn_verifier(token.clone()).await);

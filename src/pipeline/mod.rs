@@ -7,6 +7,7 @@
 //! holds the value, the recording of records and the execution of one action.
 
 mod alerts;
+mod chain;
 mod controls;
 mod feedback;
 mod promote;
@@ -45,6 +46,7 @@ use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
 
+pub use chain::{CHAIN_CHECK_EVERY, ChainCheck};
 pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;
 use reject::REJECTION_MEMORY;
@@ -123,6 +125,8 @@ pub struct Pipeline {
     /// Whether this process may act (always, but in a cluster's follower).
     gate: RwLock<Gate>,
     replication_lag: RwLock<Option<ReplicationLag>>,
+    /// The last verification of the whole log (see `chain`).
+    chain: RwLock<Option<ChainCheck>>,
 }
 
 impl Pipeline {
@@ -158,6 +162,7 @@ impl Pipeline {
             step_wake: tokio::sync::Notify::new(),
             gate: RwLock::new(Gate::Always),
             replication_lag: RwLock::new(None),
+            chain: RwLock::new(None),
         })
     }
 

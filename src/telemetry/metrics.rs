@@ -17,6 +17,7 @@
 //! | `backstop_flagger_calls_total` | counter | `result` (rollback, continue) |
 //! | `backstop_promotion_steps_total` | counter | `rule` (a promotion's steps applied or found done) |
 //! | `backstop_promotions_total` | counter | `rule` (promotions that reached their `max`) |
+//! | `backstop_audit_chain_ok` | gauge | 1 when the last verification of the whole audit log (at start, then every 15 minutes) found the chain intact, 0 when broken |
 //! | `backstop_canary_weight` | gauge | `target`, `canary`: the weight a promotion step left, 0 after a rollback stopped it |
 //! | `backstop_rules_loaded` | gauge | |
 //! | `backstop_rules_last_reload_success` | gauge | 1 or 0 |
@@ -104,6 +105,7 @@ pub struct Metrics {
     pub promotion_steps: Family<RuleLabel, Counter>,
     pub promotions: Family<RuleLabel, Counter>,
     pub canary_weight: Family<TargetCanary, Gauge>,
+    pub chain_ok: Gauge,
     pub rules_loaded: Gauge,
     pub reload_success: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
@@ -132,6 +134,7 @@ impl Metrics {
             promotion_steps: Family::default(),
             promotions: Family::default(),
             canary_weight: Family::default(),
+            chain_ok: Gauge::default(),
             rules_loaded: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
@@ -181,6 +184,11 @@ impl Metrics {
             "canary_weight",
             "A promoted canary's weight after its last step (0 once a rollback stopped its promotion)",
             m.canary_weight.clone(),
+        );
+        registry.register(
+            "audit_chain_ok",
+            "1 when the last verification of the whole audit log found its chain intact, 0 when broken",
+            m.chain_ok.clone(),
         );
         registry.register("rules_loaded", "Rules in force", m.rules_loaded.clone());
         registry.register(
@@ -290,6 +298,10 @@ pub enum Event<'a> {
         target: &'a str,
         canary: &'a str,
     },
+    /// The whole audit log was verified.
+    ChainChecked {
+        intact: bool,
+    },
     /// Rules loaded (at start or on reload).
     RulesLoaded {
         rules: usize,
@@ -352,6 +364,9 @@ impl Event<'_> {
             Event::PromotionStopped { target, canary } => {
                 let key = TargetCanary { target: target.into(), canary: canary.into() };
                 m.canary_weight.get_or_create(&key).set(0);
+            }
+            Event::ChainChecked { intact } => {
+                m.chain_ok.set(i64::from(intact));
             }
             Event::AuditAppended { took } => m.audit_append.observe(took.as_secs_f64()),
             Event::AuditFsynced { took } => m.audit_fsync.observe(took.as_secs_f64()),

@@ -31,6 +31,8 @@ pub(super) fn router() -> Router<AppState> {
 
 /// An HTML answer with the page's security headers.
 fn respond(status: StatusCode, body: String) -> Response {
+    // A broken chain is said loudly on every page (the header's line starts with it).
+    let body = body.replacen("<span class=\"chain\">CHAIN BROKEN", "<span class=\"chain loud\">CHAIN BROKEN", 1);
     let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
@@ -50,10 +52,11 @@ fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     Some(resp)
 }
 
-/// The log's place, on every page.
+/// The chain's last verdict and the log's place, on every page.
 fn chain(state: &AppState) -> String {
     let (seq, hash) = state.pipeline.audit().last();
-    format!("audit log at seq {seq}, last hash {}", hash.get(..12).unwrap_or(&hash))
+    let verdict = state.pipeline.chain_check().map_or_else(|| "chain not verified yet".to_string(), |c| c.line());
+    format!("{verdict} · log at seq {seq}, last hash {}", hash.get(..12).unwrap_or(&hash))
 }
 
 fn action_link(id: &str) -> String {

@@ -82,3 +82,25 @@ async fn without_credentials_the_page_asks_for_basic_auth() {
     let resp = crate::http::router(h.state.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "oncall:pw");
 }
+
+/// Every page says whether the chain was verified, and a broken one loudly.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_page_carries_the_chain_verdict_and_a_broken_chain_is_loud() {
+    let h = harness();
+    h.webhook(FIRING).await;
+    let (_, _, html) = get_page(&h, "/ui/").await;
+    assert!(html.contains("chain not verified yet"), "{html}");
+    let check = h.state.pipeline.check_chain().await;
+    assert!(check.intact, "{check:?}");
+    let (_, _, html) = get_page(&h, "/ui/targets/sms-app/model-service").await;
+    assert!(html.contains("chain intact (4 records, seq 1..4), verified"), "{html}");
+    // Someone edits a record in place: the next check finds it.
+    let (_, segment) = crate::audit::segments(&h.audit).unwrap().remove(0);
+    let text = std::fs::read_to_string(&segment).unwrap();
+    std::fs::write(&segment, text.replacen("canary-high-error-rate", "canary-high-error-ratE", 1)).unwrap();
+    let check = h.state.pipeline.check_chain().await;
+    assert!(!check.intact, "{check:?}");
+    let (_, _, html) = get_page(&h, "/ui/").await;
+    assert!(html.contains("<span class=\"chain loud\">CHAIN BROKEN: "), "{html}");
+    assert!(crate::telemetry::metrics::render().contains("backstop_audit_chain_ok"));
+}
