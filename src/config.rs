@@ -57,6 +57,17 @@ struct RawConfig {
     kafka: Option<RawKafka>,
     #[serde(default)]
     cluster: Option<crate::cluster::RawCluster>,
+    #[serde(default)]
+    ui: RawUi,
+}
+
+/// `ui:`: the on-call page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUi {
+    /// Show no controls (pause, resume, undo, act) and refuse them.
+    #[serde(default)]
+    read_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +267,8 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// Several replicas, one acting (`docs/cluster.md`); None: one process.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The on-call page shows no controls and refuses them (`ui.read_only`).
+    pub ui_read_only: bool,
 }
 
 impl Config {
@@ -492,6 +505,7 @@ impl Config {
             shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(20))?,
             reload_interval: duration("reload_interval", &raw.reload_interval, Duration::from_secs(2))?,
             max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
+            ui_read_only: raw.ui.read_only,
             server_limits,
             auth,
             guards,

@@ -213,6 +213,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         auth: auth.clone(),
         max_body_bytes: config.max_body_bytes,
         kafka_assigned: kafka_assigned.clone(),
+        ui_read_only: config.ui_read_only,
     });
     sources.insert(0, Box::new(HttpSource { listener, app, pipeline: pipeline.clone(), limits: config.server_limits }));
     MetricEvent::RulesLoaded { rules: pipeline.rules().rules().len() }.emit();

@@ -52,7 +52,13 @@ pub(crate) fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
     let pipeline = Pipeline::new(rules, audit, Arc::new(Manifests::new(&manifests)), settings()).unwrap();
     Harness {
         _dir: dir,
-        state: AppState { pipeline: Arc::new(pipeline), auth, max_body_bytes, kafka_assigned: None },
+        state: AppState {
+            pipeline: Arc::new(pipeline),
+            auth,
+            max_body_bytes,
+            kafka_assigned: None,
+            ui_read_only: false,
+        },
         manifests,
         audit: audit_dir,
         rules: vec![repo("rules")],
@@ -112,6 +118,7 @@ impl Harness {
             auth: Auth::none(),
             max_body_bytes: 1 << 20,
             kafka_assigned: None,
+            ui_read_only: false,
         };
         Harness { _dir, state, manifests, audit, rules }
     }

@@ -53,6 +53,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Partitions assigned to the Kafka consumer, when there is one (for `/readyz`).
     pub kafka_assigned: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// The on-call page shows and takes no controls (`ui.read_only`).
+    pub ui_read_only: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -69,10 +71,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/promotions", get(promotions))
         .route("/v1/promotions/hold", post(hold_promotion))
         .route("/v1/promotions/release", post(release_promotion))
+        .merge(ui::controls())
         .route_layer(gated)
         .route("/v1/audit", get(audit_query))
         .route("/v1/audit/stream", get(stream::audit_stream))
-        .merge(ui::router())
+        .merge(ui::pages())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_endpoint))

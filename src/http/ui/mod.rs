@@ -7,6 +7,7 @@
 //! carries a Content-Security-Policy that allows nothing but this server's own style, and every
 //! text from outside is escaped ([`html::esc`]).
 
+mod controls;
 mod html;
 
 use axum::http::HeaderValue;
@@ -20,13 +21,23 @@ const CSS: &str = include_str!("ui.css");
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
 
-pub(super) fn router() -> Router<AppState> {
+/// The pages (read-only: served by every replica).
+pub(super) fn pages() -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { axum::response::Redirect::permanent("/ui/") }))
         .route("/ui/", get(overview))
         .route("/ui/targets/{namespace}/{name}", get(target))
         .route("/ui/actions/{id}", get(action))
         .route("/ui/assets/ui.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
+}
+
+/// The controls (gated like the API's: only a replica that may act takes them).
+pub(super) fn controls() -> Router<AppState> {
+    Router::new()
+        .route("/ui/actions/{id}/undo", post(controls::undo))
+        .route("/ui/pause", post(controls::pause))
+        .route("/ui/resume", post(controls::resume))
+        .route("/ui/act", post(controls::act))
 }
 
 /// An HTML answer with the page's security headers.
@@ -92,6 +103,8 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
             text(&pauses["global"]["reason"])
         ));
     }
+    body.push_str(&controls::form(&state, "/ui/pause", "Pause all automatic actions", &[]));
+    body.push_str(&controls::form(&state, "/ui/resume", "Resume all", &[]));
     let mut rows = Vec::new();
     if let Some(last) = o["last_actions"].as_object() {
         for (t, a) in last {
@@ -269,9 +282,21 @@ async fn target(
         }
     };
     let rows: Vec<Vec<String>> = records.iter().rev().map(record_row).collect();
+    let rules = state.pipeline.rules();
+    let acts: String = rules
+        .rules()
+        .iter()
+        .filter(|r| r.promotion().is_none())
+        .map(|r| {
+            controls::form(&state, "/ui/act", &format!("Act: {}", r.name), &[("rule", &r.name), ("target", &target)])
+        })
+        .collect();
     let body = format!(
-        "<h1>{}</h1><p>Newest first, since {}: {} records.</p>{}",
+        "<h1>{}</h1>{}{}<details><summary>Act by hand (the kill switch)</summary>{acts}</details>\
+         <p>Newest first, since {}: {} records.</p>{}",
         esc(&target),
+        controls::form(&state, "/ui/pause", "Pause this target", &[("target", &target)]),
+        controls::form(&state, "/ui/resume", "Resume this target", &[("target", &target)]),
         esc(&since),
         rows.len(),
         table("timeline", &HEAD, &rows)
@@ -320,8 +345,12 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
     }
     let target = mine.iter().find_map(|r| r.entry.target.clone()).unwrap_or_default();
     let rows: Vec<Vec<String>> = lead.iter().chain(&mine).map(record_row).collect();
+    let undo = match mine.iter().any(|r| r.entry.kind == Kind::Applied) {
+        true => controls::form(&state, &format!("/ui/actions/{}/undo", seg(&id)), "Undo this action", &[]),
+        false => String::new(),
+    };
     let mut body = format!(
-        "<h1>Action <code>{}</code></h1><p>On {}.</p>{}",
+        "<h1>Action <code>{}</code></h1><p>On {}.</p>{undo}{}",
         esc(&id),
         target_link(&target),
         table("action", &HEAD, &rows)

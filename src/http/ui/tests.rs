@@ -104,3 +104,108 @@ async fn every_page_carries_the_chain_verdict_and_a_broken_chain_is_loud() {
     assert!(html.contains("<span class=\"chain loud\">CHAIN BROKEN: "), "{html}");
     assert!(crate::telemetry::metrics::render().contains("backstop_audit_chain_ok"));
 }
+
+/// A form as the page rendered it: its action and hidden fields.
+fn form_of(html: &str, button: &str) -> (String, Vec<(String, String)>) {
+    let end = html.find(&format!(">{button}</button>")).unwrap_or_else(|| panic!("no {button} in {html}"));
+    let start = html[..end].rfind("<form").unwrap();
+    let form = &html[start..end];
+    let attr = |tag: &str, name: &str| {
+        let i = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        tag[i..i + tag[i..].find('"').unwrap()].to_string()
+    };
+    let hidden = form
+        .split("<input type=\"hidden\"")
+        .skip(1)
+        .map(|t| (attr(t, "name"), attr(t, "value").replace("&quot;", "\"")))
+        .collect();
+    (attr(form, "action"), hidden)
+}
+
+async fn submit(
+    h: &crate::testing::Harness,
+    action: &str,
+    fields: &[(String, String)],
+    origin: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let body: String = fields.iter().map(|(k, v)| format!("{k}={}", url_encode(v))).collect::<Vec<_>>().join("&");
+    let req = Request::post(action)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("host", "backstop.local")
+        .header("origin", origin)
+        .body(Body::from(body))
+        .unwrap();
+    let resp = crate::http::router(h.state.clone()).oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&bytes).into())
+}
+
+fn url_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn with(mut fields: Vec<(String, String)>, more: &[(&str, &str)]) -> Vec<(String, String)> {
+    fields.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    fields
+}
+
+/// Pause from the page holds the next alert; undo from the action's page puts the weights back;
+/// each recorded with who and why; forms from elsewhere, stale or unconfirmed are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_pauses_and_undoes_with_reason_and_actor_and_refuses_forged_forms() {
+    let h = harness();
+    let (_, body) = h.webhook(FIRING).await;
+    let id = body["results"][0]["action_id"].as_str().unwrap().to_string();
+    let (_, _, html) = get_page(&h, &format!("/ui/actions/{id}")).await;
+    let (action, hidden) = form_of(&html, "Undo this action");
+    let me = "http://backstop.local";
+    // Refused: from another site, without the token, unconfirmed.
+    let (status, _, _) =
+        submit(&h, &action, &with(hidden.clone(), &[("reason", "x"), ("confirm", "yes")]), "http://evil.example").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let forged: Vec<(String, String)> =
+        vec![("csrf".into(), "0".repeat(64)), ("reason".into(), "x".into()), ("confirm".into(), "yes".into())];
+    let (status, _, page) = submit(&h, &action, &forged, me).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    let (status, _, _) = submit(&h, &action, &with(hidden.clone(), &[("reason", "x")]), me).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(h.vs().contains("weight: 100 # stable"), "nothing was undone");
+    // Done: undone, recorded, and on to the undo's own page.
+    let (status, headers, _) =
+        submit(&h, &action, &with(hidden, &[("reason", "false alarm"), ("confirm", "yes")]), me).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(headers[header::LOCATION].to_str().unwrap().starts_with("/ui/actions/"));
+    assert!(h.vs().contains("weight: 90 # stable"), "{}", h.vs());
+    let control = h.records(Kind::Control).into_iter().last().unwrap().entry;
+    assert_eq!((control.actor.as_deref(), control.reason.as_deref()), (Some("ui"), Some("false alarm")));
+    // Pause the target from its page: the next alert is held.
+    let (_, _, html) = get_page(&h, "/ui/targets/sms-app/model-service").await;
+    let (action, hidden) = form_of(&html, "Pause this target");
+    let (status, _, _) = submit(&h, &action, &with(hidden, &[("reason", "looking"), ("confirm", "yes")]), me).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let again = FIRING.replace("1795550591", "1795550592").replace("2026-11-24T20:03:11", "2026-11-24T20:09:11");
+    let (_, body) = h.webhook(&again).await;
+    assert_eq!(body["results"][0]["outcome"], "held", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap().contains("paused"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_page_shows_no_controls_and_refuses_them() {
+    let mut h = harness();
+    h.webhook(FIRING).await;
+    let (_, _, html) = get_page(&h, "/ui/targets/sms-app/model-service").await;
+    let (action, hidden) = form_of(&html, "Pause this target");
+    h.state.ui_read_only = true;
+    let (_, _, html) = get_page(&h, "/ui/targets/sms-app/model-service").await;
+    assert!(!html.contains("<form"), "{html}");
+    let (status, _, _) =
+        submit(&h, &action, &with(hidden, &[("reason", "x"), ("confirm", "yes")]), "http://backstop.local").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(h.records(Kind::Control).is_empty());
+}

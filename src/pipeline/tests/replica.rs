@@ -46,6 +46,7 @@ fn replica(h: &Harness, dir: &str) -> Harness {
         auth: Auth::none(),
         max_body_bytes: 1 << 20,
         kafka_assigned: None,
+        ui_read_only: false,
     };
     Harness { _dir: tempfile::tempdir().unwrap(), state, manifests: h.manifests.clone(), audit, rules: h.rules.clone() }
 }
