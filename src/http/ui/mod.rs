@@ -9,6 +9,7 @@
 
 mod controls;
 mod html;
+mod svg;
 
 use axum::http::HeaderValue;
 
@@ -358,7 +359,8 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
     for r in lead.iter().chain(&mine) {
         if let Some(evidence) = r.entry.detail.as_ref().and_then(|d| d.get("evidence")) {
             let pretty = serde_json::to_string_pretty(evidence).unwrap_or_default();
-            body.push_str(&format!("<h2>Evidence (record {})</h2><pre>{}</pre>", r.seq, esc(&pretty)));
+            let chart = svg::evidence(evidence).unwrap_or_default();
+            body.push_str(&format!("<h2>Evidence (record {})</h2>{chart}<pre>{}</pre>", r.seq, esc(&pretty)));
         }
         if let Some(c) = r.entry.detail.as_ref().and_then(|d| d.get("confirmation")).filter(|c| !c.is_null()) {
             body.push_str(&format!("<h2>Confirmation (record {})</h2><pre>{}</pre>", r.seq, esc(&c.to_string())));

@@ -209,3 +209,16 @@ async fn a_read_only_page_shows_no_controls_and_refuses_them() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(h.records(Kind::Control).is_empty());
 }
+
+/// A feedback rollback's action page draws its evidence: both rates with their intervals, p
+/// against alpha.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feedback_decision_page_draws_the_rates_and_p_against_alpha() {
+    let h = harness();
+    let results = h.feedback_batches(&crate::testing::outcomes(1, 6000, 0.2, 0.05)).await;
+    let id = results[0]["action_id"].as_str().unwrap_or_else(|| panic!("{results:?}")).to_string();
+    let (_, _, page) = get_page(&h, &format!("/ui/actions/{id}")).await;
+    assert!(page.contains("<svg class=\"evidence\""), "{page}");
+    assert_eq!(page.matches("class=\"interval\"").count(), 2, "{page}");
+    assert!(page.contains("at or below alpha"), "{page}");
+}
