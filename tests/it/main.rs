@@ -3,6 +3,7 @@
 mod support;
 
 mod audit_topic;
+mod browser;
 mod chain;
 mod cli;
 mod cluster;

@@ -37,12 +37,25 @@ pub fn seg(text: &str) -> String {
 
 /// A whole page: the title, the chain's line, the body.
 pub fn page(title: &str, chain: &str, body: &str) -> String {
+    live_page(title, chain, body, None)
+}
+
+/// A page whose `table.live` gets the records the stream sends: `stream` is the query string
+/// (already encoded) and the seq to start after.
+pub fn live_page(title: &str, chain: &str, body: &str, stream: Option<(&str, u64)>) -> String {
+    let (attrs, script) = match stream {
+        Some((filter, after)) => (
+            format!(" data-stream=\"{}\" data-after=\"{after}\"", esc(filter)),
+            "<script src=\"/ui/assets/ui.js\"></script>",
+        ),
+        None => (String::new(), ""),
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · backstop</title><link rel=\"stylesheet\" href=\"/ui/assets/ui.css\"></head>\
-         <body><header><a class=\"home\" href=\"/ui/\">backstop</a><span class=\"chain\">{}</span></header>\
-         <main>{body}</main></body></html>\n",
+         <body><header><a class=\"home\" href=\"/ui/\">backstop</a><span class=\"chain\">{}</span>\
+         <span id=\"live\"></span></header><main{attrs}>{body}</main>{script}</body></html>\n",
         esc(title),
         esc(chain),
     )

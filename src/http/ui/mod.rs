@@ -14,13 +14,15 @@ mod svg;
 use axum::http::HeaderValue;
 
 use super::*;
-use html::{esc, page, seg, table};
+use html::{esc, live_page, page, seg, table};
 
 const CSS: &str = include_str!("ui.css");
+const JS: &str = include_str!("ui.js");
 
-/// Nothing runs, nothing loads from elsewhere, nothing frames the page.
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
+/// Only this server's own script and style run; nothing loads from elsewhere (the live stream is
+/// this server's too), nothing frames the page.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The pages (read-only: served by every replica).
 pub(super) fn pages() -> Router<AppState> {
@@ -30,6 +32,7 @@ pub(super) fn pages() -> Router<AppState> {
         .route("/ui/targets/{namespace}/{name}", get(target))
         .route("/ui/actions/{id}", get(action))
         .route("/ui/assets/ui.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
+        .route("/ui/assets/ui.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS) }))
 }
 
 /// The controls (gated like the API's: only a replica that may act takes them).
@@ -49,7 +52,7 @@ fn respond(status: StatusCode, body: String) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -157,7 +160,9 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
             action_link(s["action_id"].as_str().unwrap_or_default()),
             text(&s["rule"])
         );
-        rows.push(vec![target_link(t), why, text(&s["canaries"]), String::new(), String::new()]);
+        let canaries: Vec<&str> = s["canaries"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let canaries = if canaries.is_empty() { "every version".to_string() } else { canaries.join(", ") };
+        rows.push(vec![target_link(t), why, esc(&canaries), String::new(), String::new()]);
     }
     for (t, h) in promotions["held"].as_object().into_iter().flatten() {
         rows.push(vec![
@@ -195,7 +200,11 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
         body.push_str("<h2>Under way</h2>");
         body.push_str(&table("pending", &["target", "action", "what"], &rows));
     }
-    respond(StatusCode::OK, page("Overview", &chain(&state), &body))
+    // Records as they are recorded, newest first, while the page is open.
+    let after = state.pipeline.audit().last().0;
+    body.push_str("<h2>Latest records</h2>");
+    body.push_str(&table("recent live", &HEAD, &[]));
+    respond(StatusCode::OK, live_page("Overview", &chain(&state), &body, Some(("", after))))
 }
 
 /// A record as one row of a timeline.
@@ -273,6 +282,8 @@ async fn target(
         }
     };
     let dir = state.pipeline.audit().dir().to_path_buf();
+    // Read before the query: a record appended meanwhile is sent live (maybe shown twice, never missed).
+    let after = state.pipeline.audit().last().0;
     let records = match tokio::task::spawn_blocking(move || audit::query(&dir, &filter)).await {
         Ok(Ok(r)) => r,
         _ => {
@@ -300,9 +311,10 @@ async fn target(
         controls::form(&state, "/ui/resume", "Resume this target", &[("target", &target)]),
         esc(&since),
         rows.len(),
-        table("timeline", &HEAD, &rows)
+        table("timeline live", &HEAD, &rows)
     );
-    respond(StatusCode::OK, page(&target, &chain(&state), &body))
+    let stream = format!("target={}", seg(&target));
+    respond(StatusCode::OK, live_page(&target, &chain(&state), &body, Some((&stream, after))))
 }
 
 async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {

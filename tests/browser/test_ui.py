@@ -1,0 +1,119 @@
+"""The on-call page in a real browser (Debian's chromium and chromedriver, driven by PyPI's
+selenium): run by tests/it/browser.rs against a `backstop serve` that has just rolled the demo
+canary back on an alert whose labels carry script and markup.
+
+Environment: BACKSTOP_URL (the server), BACKSTOP_ACTION_ID (the rollback's id, as the object's
+backstop.io/action-id annotation carries it), BACKSTOP_MANIFEST (the VirtualService file),
+BACKSTOP_FIRING (a second alert's JSON body), BACKSTOP_SCREENSHOTS (a folder for the pictures).
+Prints one line per check; exits non-zero on the first that fails.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+URL = os.environ["BACKSTOP_URL"]
+ACTION = os.environ["BACKSTOP_ACTION_ID"]
+MANIFEST = os.environ["BACKSTOP_MANIFEST"]
+FIRING = os.environ["BACKSTOP_FIRING"]
+SHOTS = os.environ["BACKSTOP_SCREENSHOTS"]
+
+
+def check(what, ok, detail=""):
+    print(("ok: " if ok else "FAILED: ") + what + ("" if ok else f" ({detail})"), flush=True)
+    if not ok:
+        sys.exit(1)
+
+
+def post_alert(body):
+    req = urllib.request.Request(URL + "/v1/alertmanager", data=body.encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def canary_weight():
+    for line in open(MANIFEST):
+        if line.rstrip().endswith("# canary"):
+            return int(line.split("weight:")[1].split("#")[0])
+    raise AssertionError("no canary line")
+
+
+def submit(driver, button, reason):
+    form = driver.find_element(By.XPATH, f"//form[button[normalize-space()='{button}']]")
+    form.find_element(By.NAME, "reason").send_keys(reason)
+    form.find_element(By.NAME, "confirm").click()
+    form.find_element(By.TAG_NAME, "button").click()
+
+
+def main():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="backstop-chromium-")
+    for arg in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,860", f"--user-data-dir={profile}"]:
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    wait = WebDriverWait(driver, 15)
+    try:
+        # The overview, after the rollback: the target and its last action.
+        driver.get(URL + "/ui/")
+        link = driver.find_elements(By.CSS_SELECTOR, f'a[href="/ui/actions/{ACTION}"]')
+        check("the overview lists the rollback, linked by its action id", len(link) >= 1, driver.page_source[:2000])
+        check("the overview names the target", "sms-app/model-service" in driver.page_source)
+        driver.save_screenshot(os.path.join(SHOTS, "ui-overview.png"))
+
+        # The permalink the object's annotation carries.
+        driver.get(URL + f"/ui/actions/{ACTION}")
+        text = driver.find_element(By.TAG_NAME, "main").text
+        check("the action page shows the decision and the weights moved", "applied" in text and "v1=90 v2=10" in text and "v1=100 v2=0" in text, text[:1500])
+        # The labels carried script and markup: shown as text, never run.
+        check("a <script> label is shown as text", "note=<script>window.__pwned=1</script>" in text, text[:1500])
+        check("an <img onerror> label is shown as text", "<img src=x onerror=window.__pwned=2>" in text, text[:1500])
+        check("no script from the labels ran", driver.execute_script("return typeof window.__pwned") == "undefined")
+        check("the page has no element the labels tried to inject",
+              not driver.find_elements(By.CSS_SELECTOR, "main img, main script"))
+        driver.save_screenshot(os.path.join(SHOTS, "ui-action.png"))
+
+        # A target's timeline, live: a record arriving while the page is open.
+        driver.get(URL + "/ui/targets/sms-app/model-service")
+        wait.until(lambda d: d.find_element(By.ID, "live").text == "live")
+        answer = post_alert(FIRING)
+        check("the second alert is held by the cooldown", answer["results"][0]["outcome"] == "held", json.dumps(answer))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.live tr.new"))
+        row = driver.find_elements(By.CSS_SELECTOR, "table.live tr.new")[0].text
+        check("the held record appeared live, with its reason", "held" in row and "cooldown" in row, row)
+
+        # Pause from the page: the next alert is held for it.
+        submit(driver, "Pause this target", "investigating from the page")
+        try:
+            wait.until(lambda d: d.current_url.endswith("/ui/targets/sms-app/model-service") and "paused" not in d.title)
+        except Exception:
+            check("Pause from the page goes back to the target", False, driver.current_url + " " + driver.page_source[:600])
+        answer = post_alert(FIRING)
+        check("after Pause, the next alert is held because the target is paused",
+              answer["results"][0]["outcome"] == "held" and "paused" in answer["results"][0]["reason"], json.dumps(answer))
+
+        # Undo from the action's page: the weights are back.
+        driver.get(URL + f"/ui/actions/{ACTION}")
+        submit(driver, "Undo this action", "false alarm, from the page")
+        wait.until(lambda d: "/ui/actions/" in d.current_url and ACTION not in d.current_url)
+        deadline = time.time() + 5
+        while canary_weight() != 10 and time.time() < deadline:
+            time.sleep(0.1)
+        check("after Undo, the canary has its weight back", canary_weight() == 10, str(canary_weight()))
+        check("the undo's page says it was applied", "applied" in driver.find_element(By.TAG_NAME, "main").text)
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()
