@@ -308,6 +308,11 @@ impl Arms {
         self.arms.get(key)
     }
 
+    /// Every arm, by key (for the on-call page's live comparisons).
+    pub fn iter(&self) -> impl Iterator<Item = (&ArmKey, &Arm)> {
+        self.arms.iter()
+    }
+
     /// The arm's counts since the last promotion step that ended its stage.
     pub fn stage(&self, key: &ArmKey) -> Option<&Arm> {
         self.stages.get(key)

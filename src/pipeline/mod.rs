@@ -216,9 +216,36 @@ impl Pipeline {
         self.state.lock().await.pauses()
     }
 
-    /// The on-call page's overview (see `GuardState::overview`).
+    /// The on-call page's overview (see `GuardState::overview`), with the feedback comparisons
+    /// under way: per feedback rule and namespace, the canary's and the baseline's counts so far.
     pub async fn overview(&self) -> Value {
-        self.state.lock().await.overview()
+        let rules = self.rules();
+        let state = self.state.lock().await;
+        let mut overview = state.overview();
+        let mut comparisons = Vec::new();
+        for rule in rules.rules() {
+            let Some(spec) = &rule.feedback else { continue };
+            let Some(baseline) = &spec.baseline else { continue };
+            for (key, canary) in state.arms().iter() {
+                let concerned = key.service == spec.service
+                    && key.version == spec.canary
+                    && spec.namespace.as_deref().is_none_or(|n| n == key.namespace);
+                if !concerned {
+                    continue;
+                }
+                let base = state.arms().get(&ArmKey::new(&key.namespace, &key.service, baseline));
+                comparisons.push(json!({
+                    "rule": rule.name,
+                    "test": spec.test_name(),
+                    "namespace": key.namespace,
+                    "service": key.service,
+                    "canary": { "version": spec.canary, "since": canary.started, "summary": canary.tally.summary() },
+                    "baseline": base.map(|b| json!({ "version": baseline, "since": b.started, "summary": b.tally.summary() })),
+                }));
+            }
+        }
+        overview["comparisons"] = Value::Array(comparisons);
+        overview
     }
 
     /// The highest Kafka offset recorded per topic and partition (where a new leader resumes).

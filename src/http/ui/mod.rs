@@ -200,6 +200,41 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
         body.push_str("<h2>Under way</h2>");
         body.push_str(&table("pending", &["target", "action", "what"], &rows));
     }
+    let rate = |s: &Value, bad: &str, n: &str| match (s[bad].as_u64(), s[n].as_u64()) {
+        (Some(b), Some(n)) if n > 0 => format!("{b}/{n} ({:.2}%)", 100.0 * b as f64 / n as f64),
+        _ => "-".to_string(),
+    };
+    let p95 = |s: &Value| s["latency_p95"].as_f64().map_or("-".to_string(), |v| format!("{:.0} ms", v * 1000.0));
+    let rows: Vec<Vec<String>> = o["comparisons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let (cs, bs) = (&c["canary"]["summary"], &c["baseline"]["summary"]);
+            vec![
+                esc(&format!("{}/{}", c["namespace"].as_str().unwrap_or(""), c["service"].as_str().unwrap_or(""))),
+                text(&c["rule"]),
+                text(&c["test"]),
+                format!("{} vs {}", text(&c["canary"]["version"]), text(&c["baseline"]["version"])),
+                format!("{} vs {}", esc(&rate(cs, "errors", "outcomes_n")), esc(&rate(bs, "errors", "outcomes_n"))),
+                format!(
+                    "{} vs {}",
+                    esc(&rate(cs, "negative", "satisfaction_n")),
+                    esc(&rate(bs, "negative", "satisfaction_n"))
+                ),
+                format!("{} vs {}", esc(&p95(cs)), esc(&p95(bs))),
+                text(&c["canary"]["since"]),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        body.push_str("<h2>Feedback comparisons under way</h2>");
+        body.push_str(&table(
+            "comparisons",
+            &["service", "rule", "test", "canary vs baseline", "errors", "negative", "p95", "since"],
+            &rows,
+        ));
+    }
     // Records as they are recorded, newest first, while the page is open.
     let after = state.pipeline.audit().last().0;
     body.push_str("<h2>Latest records</h2>");

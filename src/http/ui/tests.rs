@@ -222,3 +222,13 @@ async fn a_feedback_decision_page_draws_the_rates_and_p_against_alpha() {
     assert_eq!(page.matches("class=\"interval\"").count(), 2, "{page}");
     assert!(page.contains("at or below alpha"), "{page}");
 }
+
+/// The overview shows the feedback comparisons under way, canary against baseline.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_shows_the_feedback_comparisons_under_way() {
+    let h = harness();
+    h.feedback_batches(&crate::testing::outcomes(2, 2000, 0.05, 0.05)).await;
+    let (_, _, html) = get_page(&h, "/ui/").await;
+    assert!(html.contains("Feedback comparisons under way"), "{html}");
+    assert!(html.contains("<td>feedback-canary-errors</td><td>error_ratio</td><td>v2 vs v1</td>"), "{html}");
+}
