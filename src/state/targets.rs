@@ -25,6 +25,10 @@ pub struct LastAction {
     /// `verified` or `unverified` once its traffic check ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Kind>,
+    /// The object's state as last seen by an action: what an applied action left, or what a
+    /// no-op found (the routes of a VirtualService, a Service's selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<serde_json::Value>,
 }
 
 /// Per target (`namespace/name`).
@@ -49,6 +53,12 @@ impl Targets {
                     reason: e.reason.clone(),
                     actor: e.actor.clone(),
                     verification: None,
+                    seen: match e.kind {
+                        Kind::Applied => e.after.clone(),
+                        Kind::Noop => e.before.clone(),
+                        // Refused or failed: nothing new was seen; keep what was.
+                        _ => self.last.get(target).and_then(|l| l.seen.clone()),
+                    },
                 };
                 self.last.insert(target.clone(), last);
             }
@@ -102,5 +112,11 @@ mod tests {
         assert_eq!(t.last_actions()["sms-app/model-service"].outcome, Kind::Applied, "a duplicate is not an action");
         t.observe(&at(Kind::Applied, "A2"));
         assert_eq!(t.last_actions()["sms-app/model-service"].verification, None);
+        let mut applied = at(Kind::Applied, "A3");
+        applied.entry = applied.entry.after(serde_json::json!({"version": "blue"}));
+        t.observe(&applied);
+        t.observe(&at(Kind::Failed, "A4"));
+        let last = &t.last_actions()["sms-app/model-service"];
+        assert_eq!((last.outcome, last.seen.clone()), (Kind::Failed, Some(serde_json::json!({"version": "blue"}))));
     }
 }

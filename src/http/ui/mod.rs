@@ -121,8 +121,13 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
                 Some(p) => format!("paused by {}: {}", text(&p["actor"]), text(&p["reason"])),
                 None => String::new(),
             };
+            let seen = match &a["seen"] {
+                Value::Null => String::new(),
+                v => format!("<code>{}</code>", esc(&weights(v))),
+            };
             rows.push(vec![
                 target_link(t),
+                seen,
                 format!("<span class=\"kind {0}\">{0}</span>", text(&a["outcome"])),
                 text(&a["rule"]),
                 text(&a["at"]),
@@ -137,7 +142,11 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
     body.push_str(&if rows.is_empty() {
         "<p>No action on any target yet.</p>".to_string()
     } else {
-        table("targets", &["target", "last", "rule", "at", "action", "traffic", "pause", "reason"], &rows)
+        table(
+            "targets",
+            &["target", "as last seen", "last", "rule", "at", "action", "traffic", "pause", "reason"],
+            &rows,
+        )
     });
     let promotions = &o["promotions"];
     let mut rows = Vec::new();

@@ -28,6 +28,7 @@ async fn the_overview_shows_the_demo_rollback_and_its_action_page_the_evidence_t
     assert!(html.contains("href=\"/ui/targets/sms-app/model-service\""), "{html}");
     assert!(html.contains(&format!("href=\"/ui/actions/{id}\"")), "{html}");
     assert!(html.contains("canary-high-error-rate") && html.contains("kind applied"), "{html}");
+    assert!(html.contains("<td><code>v1=100 v2=0</code></td>"), "the weights as last seen: {html}");
     let (status, _, page) = get_page(&h, &format!("/ui/actions/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     for kind in ["received", "matched", "decided", "applied"] {
