@@ -590,11 +590,8 @@ impl GuardState {
         cooldown: &dyn Fn(&str) -> Duration,
         now: DateTime<Utc>,
     ) -> GuardVerdict {
-        if let Some((action_id, _)) = self.keys.get(key) {
-            return GuardVerdict::Duplicate { action_id: action_id.clone() };
-        }
-        if let Some(reason) = self.paused(target) {
-            return GuardVerdict::Held { reason };
+        if let Some(v) = self.repeated_or_paused(key, target) {
+            return v;
         }
         if let Some(p) = self.pending.values().find(|p| p.target == target) {
             return GuardVerdict::Held {
@@ -626,11 +623,8 @@ impl GuardState {
         settings: &GuardSettings,
         now: DateTime<Utc>,
     ) -> GuardVerdict {
-        if let Some((action_id, _)) = self.keys.get(key) {
-            return GuardVerdict::Duplicate { action_id: action_id.clone() };
-        }
-        if let Some(reason) = self.paused(target) {
-            return GuardVerdict::Held { reason };
+        if let Some(v) = self.repeated_or_paused(key, target) {
+            return v;
         }
         // Decided, not yet finished (the target is being written): one action at a time.
         if let Some(p) = self.pending.values().find(|p| p.rule == rule && p.target == target) {
@@ -663,6 +657,14 @@ impl GuardState {
             };
         }
         GuardVerdict::Proceed
+    }
+
+    /// The first checks of every automatic action: a key used before, then a pause.
+    fn repeated_or_paused(&self, key: &str, target: &str) -> Option<GuardVerdict> {
+        if let Some((action_id, _)) = self.keys.get(key) {
+            return Some(GuardVerdict::Duplicate { action_id: action_id.clone() });
+        }
+        self.paused(target).map(|reason| GuardVerdict::Held { reason })
     }
 
     /// Why automatic actions on `target` are paused, if they are.

@@ -49,6 +49,24 @@ fn cap_counts_applied_actions_in_the_window() {
     assert_eq!(s.vet("c", "k", "x/3", TEN_MIN, &settings(), t0 + chrono::Duration::minutes(61)), GuardVerdict::Proceed);
 }
 
+/// A promotion's steps leave the whole cap to rollbacks.
+#[test]
+fn promotion_steps_do_not_count_against_the_cap() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    for (i, to) in [20u8, 30, 40, 50, 55].into_iter().enumerate() {
+        let step = promotion::StepUp { canary: "v2".into(), from: to - 10, to, max: 100, evidence: None };
+        let entry = Entry::new(Kind::Applied)
+            .rule("promote")
+            .target("x/1")
+            .action_id(format!("p{i}"))
+            .detail(promotion::PromotionPart { promotion: step }.value());
+        s.observe(&rec(i as u64 + 1, t0, entry));
+    }
+    assert_eq!(s.promotions().under_way("x/1").map(|p| p.weight()), Some(55));
+    assert_eq!(s.vet("rollback", "k", "x/1", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "cap of 2 untouched");
+}
+
 #[test]
 fn pause_and_resume_per_target_and_global() {
     let now = Utc::now();

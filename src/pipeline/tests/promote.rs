@@ -106,9 +106,8 @@ async fn a_canary_not_worse_is_promoted_step_by_step_to_its_max_each_stage_on_it
         assert!(test["canary_n"].as_u64().unwrap() >= 200, "{s}");
     }
     assert!(promoted.reason.as_deref().unwrap().contains("v2 promoted to weight 100 in 3 steps"), "{promoted:?}");
-    // Steps are not counted against the action cap (5 an hour): rollbacks keep all of it.
-    let text = crate::telemetry::metrics::render();
-    assert!(text.contains(r#"backstop_promotions_total{rule="promote"}"#), "{text}");
+    // (Steps leave the action cap to rollbacks: `state::tests`; the metrics' exact values: the
+    // binary test, whose process counts only its own.)
     // At its max, more good evidence changes nothing and records nothing.
     let before = h.kinds().iter().filter(|k| **k != Kind::Received).count();
     until(&h, 2, 10, |_| false).await;
