@@ -6,6 +6,8 @@
 //! record's exact line bytes; 64 zeros for the first record of the log), then the entry's
 //! fields. A full segment is sealed with a `seal` record and the chain continues in the next.
 
+mod index;
+mod lookup;
 mod read;
 mod replica;
 mod verify;
@@ -20,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use lookup::{query_indexed, received_before};
 pub use read::{
     RawRecord, export, first_after, hash_at, query, raw_records_after, records, records_after, records_after_position,
     segments, tail,
@@ -305,15 +308,30 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, r: &Record) -> bool {
         let e = &r.entry;
+        self.matches_parts(r.seq, r.time, e.kind, &e.rule, &e.target, &e.event_id, &e.action_id)
+    }
+
+    /// [`Filter::matches`] on the fields it reads (a segment index has them without the record).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn matches_parts(
+        &self,
+        seq: u64,
+        time: DateTime<Utc>,
+        kind: Kind,
+        rule: &Option<String>,
+        target: &Option<String>,
+        event_id: &Option<String>,
+        action_id: &Option<String>,
+    ) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
-        self.since.is_none_or(|t| r.time >= t)
-            && self.until.is_none_or(|t| r.time <= t)
-            && self.after_seq.is_none_or(|s| r.seq > s)
-            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
-            && eq(&self.rule, &e.rule)
-            && eq(&self.target, &e.target)
-            && eq(&self.event_id, &e.event_id)
-            && eq(&self.action_id, &e.action_id)
+        self.since.is_none_or(|t| time >= t)
+            && self.until.is_none_or(|t| time <= t)
+            && self.after_seq.is_none_or(|s| seq > s)
+            && (self.kinds.is_empty() || self.kinds.contains(&kind))
+            && eq(&self.rule, rule)
+            && eq(&self.target, target)
+            && eq(&self.event_id, event_id)
+            && eq(&self.action_id, action_id)
     }
 }
 

@@ -77,7 +77,7 @@ impl Lines {
     }
 }
 
-fn parse(path: &Path, line: usize, bytes: &[u8]) -> Result<Record, AuditError> {
+pub(super) fn parse(path: &Path, line: usize, bytes: &[u8]) -> Result<Record, AuditError> {
     serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
         path: path.to_path_buf(),
         line,
@@ -334,7 +334,7 @@ pub(super) fn first_record(path: &Path) -> Result<Option<Record>, AuditError> {
     }
 }
 
-fn first_time(path: &Path) -> Result<Option<DateTime<Utc>>, AuditError> {
+pub(super) fn first_time(path: &Path) -> Result<Option<DateTime<Utc>>, AuditError> {
     Ok(first_record(path)?.map(|r| r.time))
 }
 
@@ -462,7 +462,7 @@ pub fn export(
 
 /// Index of the first segment that can hold records at or after `since`: a binary search on the
 /// segments' first record times, so the cost does not grow with the number of older segments.
-fn first_segment_since(segs: &[(u64, PathBuf)], since: Option<DateTime<Utc>>) -> Result<usize, AuditError> {
+pub(super) fn first_segment_since(segs: &[(u64, PathBuf)], since: Option<DateTime<Utc>>) -> Result<usize, AuditError> {
     let Some(since) = since else { return Ok(0) };
     // The first segment whose first record is after `since`; the one before it may straddle.
     let (mut lo, mut hi) = (0, segs.len());

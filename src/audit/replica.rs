@@ -160,6 +160,7 @@ fn delete_segments(tail: &Tail, shared: &Shared, names: impl Iterator<Item = Str
         }
         if let Some((_, path)) = segs.iter().find(|(first, p)| file_name(p) == name && *first < tail.seg_first) {
             std::fs::remove_file(path).map_err(io("remove", path))?;
+            super::index::remove(path);
         }
     }
     crate::fsutil::sync_dir(&shared.dir).map_err(io("sync", &shared.dir))

@@ -551,3 +551,5 @@ async fn reopening_reads_the_tail_backwards_and_keeps_the_position() {
     let wrong = Position { hash: GENESIS.into(), ..pos };
     assert!(records_after_position(dir.path(), &wrong).unwrap().is_none());
 }
+
+mod index;

@@ -96,6 +96,8 @@ pub(super) struct Tail {
     pub(super) last_hash: String,
     /// Segment file name and offset of the last record's line (for snapshots).
     pub(super) last_at: (String, u64),
+    /// The open segment's index (see `index`).
+    pub(super) index: super::index::IndexWriter,
     _lock: File,
 }
 
@@ -305,6 +307,7 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
             next_seq: 1,
             last_hash: GENESIS.into(),
             last_at: (String::new(), 0),
+            index: super::index::IndexWriter::fresh(&dir.join(segment_name(1))),
             _lock: lock,
         };
         return Ok((tail, None));
@@ -348,6 +351,7 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
         drop(file);
         if scan.last.is_none() {
             std::fs::remove_file(&path).map_err(io("remove", &path))?;
+            super::index::remove(&path);
         }
         let tail = Tail {
             file: None,
@@ -358,11 +362,13 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
             next_seq,
             last_hash,
             last_at,
+            index: super::index::IndexWriter::fresh(&dir.join(segment_name(next_seq))),
             _lock: lock,
         };
         return Ok((tail, torn));
     }
     let first_time = super::read::first_record(&path)?.map(|r| r.time);
+    let index = super::index::IndexWriter::open(&path, scan.complete_len);
     let tail = Tail {
         file: Some(file),
         path,
@@ -372,6 +378,7 @@ fn open_tail(dir: &Path, lock: File) -> Result<(Tail, Option<serde_json::Value>)
         next_seq,
         last_hash,
         last_at,
+        index,
         _lock: lock,
     };
     Ok((tail, torn))
@@ -655,6 +662,7 @@ pub(super) fn append_bytes(
     })();
     match result {
         Ok(()) => {
+            tail.index.note(tail.len, buf);
             tail.len += buf.len() as u64;
             shared.healthy.store(true, Ordering::Relaxed);
             Ok(())
@@ -694,6 +702,7 @@ pub(super) fn start_next_segment(tail: &mut Tail, shared: &Shared) {
     tail.seg_first = tail.next_seq;
     tail.len = 0;
     tail.first_time = None;
+    tail.index = super::index::IndexWriter::fresh(&tail.path);
 }
 
 /// [`AuditLog::anchor`] in the writer's thread: nothing else is written between the checkpoint
@@ -784,6 +793,7 @@ fn apply_retention(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, mode: 
         // After the checkpoint, before each removal: every state a crash here can leave must verify.
         crate::failpoint::crash_point("audit.retention");
         std::fs::remove_file(path).map_err(io("remove", path))?;
+        super::index::remove(path);
     }
     crate::fsutil::sync_dir(&shared.dir).map_err(io("sync", &shared.dir))?;
     tracing::info!(deleted = delete.len(), "audit retention removed old segments");

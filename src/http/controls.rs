@@ -142,7 +142,7 @@ pub(super) async fn pauses(State(state): State<AppState>, headers: HeaderMap) ->
 }
 
 /// Query parameters of `GET /v1/audit`, the same as `backstop audit query`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     pub since: Option<String>,

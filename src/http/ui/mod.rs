@@ -10,6 +10,7 @@
 mod controls;
 mod html;
 mod svg;
+mod timeline;
 
 use axum::http::HeaderValue;
 
@@ -307,18 +308,27 @@ async fn target(
         return resp;
     }
     let target = format!("{namespace}/{name}");
-    let params = params.map(|Query(p)| p).unwrap_or_default();
+    let mut params = params.map(|Query(p)| p).unwrap_or_default();
+    // The page's filter form sends its empty fields too: an empty field filters nothing.
+    for v in [&mut params.since, &mut params.rule, &mut params.outcome] {
+        if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            *v = None;
+        }
+    }
     let since = params.since.clone().unwrap_or_else(|| "24h".into());
+    // The outcome filter picks whole actions (by what they came to), not single records.
+    let outcomes = AuditParams { outcome: params.outcome.clone(), ..Default::default() }.to_filter();
     let filter = AuditParams {
         since: Some(since.clone()),
         target: Some(target.clone()),
-        limit: Some(params.limit.unwrap_or(500)),
-        ..params
+        limit: Some(params.limit.unwrap_or(2000)),
+        outcome: None,
+        ..params.clone()
     }
     .to_filter();
-    let filter = match filter {
-        Ok(f) => f,
-        Err(e) => {
+    let (filter, outcomes) = match (filter, outcomes) {
+        (Ok(f), Ok(o)) => (f, o.kinds),
+        (Err(e), _) | (_, Err(e)) => {
             return respond(
                 StatusCode::BAD_REQUEST,
                 page("Bad filter", &chain(&state), &format!("<p>{}</p>", esc(&e))),
@@ -328,7 +338,8 @@ async fn target(
     let dir = state.pipeline.audit().dir().to_path_buf();
     // Read before the query: a record appended meanwhile is sent live (maybe shown twice, never missed).
     let after = state.pipeline.audit().last().0;
-    let records = match tokio::task::spawn_blocking(move || audit::query(&dir, &filter)).await {
+    // Through the segments' indexes: the target's decisions and actions, not the intake around them.
+    let records = match tokio::task::spawn_blocking(move || audit::query_indexed(&dir, &filter)).await {
         Ok(Ok(r)) => r,
         _ => {
             return respond(
@@ -337,7 +348,8 @@ async fn target(
             );
         }
     };
-    let rows: Vec<Vec<String>> = records.iter().rev().map(record_row).collect();
+    let groups: Vec<timeline::Group> =
+        timeline::group(&records).into_iter().filter(|g| timeline::wanted(g, &outcomes)).collect();
     let rules = state.pipeline.rules();
     let acts: String = rules
         .rules()
@@ -347,15 +359,27 @@ async fn target(
             controls::form(&state, "/ui/act", &format!("Act: {}", r.name), &[("rule", &r.name), ("target", &target)])
         })
         .collect();
+    let field = |name: &str, value: &str, hint: &str| {
+        format!("<label>{name} <input name=\"{name}\" value=\"{}\" placeholder=\"{}\"></label> ", esc(value), esc(hint))
+    };
+    let filters = format!(
+        "<form class=\"filters\" method=\"get\">{}{}{}<button>Filter</button></form>",
+        field("since", &since, "24h or RFC 3339"),
+        field("rule", params.rule.as_deref().unwrap_or(""), "any rule"),
+        field("outcome", params.outcome.as_deref().unwrap_or(""), "applied,held,unverified,..."),
+    );
     let body = format!(
         "<h1>{}</h1>{}{}<details><summary>Act by hand (the kill switch)</summary>{acts}</details>\
-         <p>Newest first, since {}: {} records.</p>{}",
+         <h2>Live</h2>{}<h2>Since {}</h2>{filters}<p>Newest first: {} actions and runs of decisions \
+         ({} records).</p>{}",
         esc(&target),
         controls::form(&state, "/ui/pause", "Pause this target", &[("target", &target)]),
         controls::form(&state, "/ui/resume", "Resume this target", &[("target", &target)]),
+        table("live", &HEAD, &[]),
         esc(&since),
-        rows.len(),
-        table("timeline live", &HEAD, &rows)
+        groups.len(),
+        records.len(),
+        timeline::render(&groups)
     );
     let stream = format!("target={}", seg(&target));
     respond(StatusCode::OK, live_page(&target, &chain(&state), &body, Some((&stream, after))))
@@ -368,19 +392,25 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
     let dir = state.pipeline.audit().dir().to_path_buf();
     let wanted = id.clone();
     let records = tokio::task::spawn_blocking(move || {
-        let mine = audit::query(&dir, &audit::Filter { action_id: Some(wanted), ..Default::default() })?;
-        // The event that led to it: its records (the match and its evidence) before the action's.
+        let mine = audit::query_indexed(&dir, &audit::Filter { action_id: Some(wanted), ..Default::default() })?;
+        // The event that led to it: its records (the match and its evidence, the alert as
+        // received) just before the action's.
         let event = mine.iter().find_map(|r| r.entry.event_id.clone());
-        let first = mine.first().map(|r| r.seq);
-        let lead = match (event, first) {
-            (Some(event_id), Some(first)) => {
-                audit::query(&dir, &audit::Filter { event_id: Some(event_id), ..Default::default() })?
-                    .into_iter()
-                    .filter(|r| r.seq < first && r.entry.action_id.is_none())
-                    .collect()
-            }
-            _ => Vec::new(),
+        let Some((event_id, first)) = event.zip(mine.first()) else { return Ok((Vec::new(), mine)) };
+        let near = audit::Filter {
+            event_id: Some(event_id.clone()),
+            since: Some(first.time - chrono::Duration::hours(1)),
+            until: Some(first.time),
+            ..Default::default()
         };
+        let mut lead: Vec<audit::Record> = audit::query_indexed(&dir, &near)?
+            .into_iter()
+            .filter(|r| r.seq < first.seq && r.entry.action_id.is_none())
+            .collect();
+        let before = lead.first().map_or(first.seq, |r| r.seq);
+        if let Some(received) = audit::received_before(&dir, &event_id, before)? {
+            lead.insert(0, received);
+        }
         Ok::<_, audit::AuditError>((lead, mine))
     })
     .await;

@@ -1,0 +1,349 @@
+//! Each segment's index: a sidecar `seg-….idx` listing where its decisions and actions are, so
+//! that a target's timeline or an action's page reads a few lines of the log, not the log.
+//!
+//! What is indexed: every record but intake (`received`, `rejected`) and housekeeping (`seal`,
+//! `checkpoint`): matches, decisions, holds, actions, verifications, controls. An index line is
+//! a [`Posting`] (the record's seq, byte offset, time, kind, rule, target, action and event) or
+//! a mark `{"covered":{"from","to","next_seq"}}`: the postings since the previous mark are every
+//! indexed record of the segment's bytes `from..to`.
+//!
+//! The index is a cache, never the record: it is written by the writer after the segment's bytes
+//! are durable, without fsync, and a reader trusts it only as far as its marks cover the segment
+//! without a gap, then reads the rest of the segment itself. A missing, short or torn index
+//! (a crash, a log from before indexes, a replica's first segment) gives the same answers,
+//! slower. The writer completes the open segment's index at start.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{AuditError, Filter, Kind};
+
+/// A mark is written at least every this many bytes of intake, so that a reader never has much
+/// of a segment to read itself.
+const MARK_EVERY: u64 = 4 << 20;
+
+/// Where a reader can start reading the segment: a record's seq and its line's byte offset.
+pub(super) type Anchor = (u64, u64);
+
+/// One indexed record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Posting {
+    pub seq: u64,
+    /// Byte offset of the record's line in its segment.
+    pub at: u64,
+    pub time: DateTime<Utc>,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl Posting {
+    pub(super) fn matches(&self, f: &Filter) -> bool {
+        f.matches_parts(self.seq, self.time, self.kind, &self.rule, &self.target, &self.event_id, &self.action_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Covered {
+    from: u64,
+    to: u64,
+    /// The seq of the record at `to` (the next one).
+    next_seq: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum IndexLine {
+    Mark { covered: Covered },
+    Posting(Posting),
+}
+
+#[derive(Serialize)]
+struct MarkLine {
+    covered: Covered,
+}
+
+/// Whether records of this kind are indexed.
+pub(super) fn indexed(kind: Kind) -> bool {
+    !matches!(kind, Kind::Received | Kind::Rejected | Kind::Seal | Kind::Checkpoint)
+}
+
+pub(super) fn path_of(segment: &Path) -> PathBuf {
+    segment.with_extension("idx")
+}
+
+/// Remove a segment's index with the segment (nothing to do if it has none).
+pub(super) fn remove(segment: &Path) {
+    let _ = std::fs::remove_file(path_of(segment));
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A line's kind, read from its bytes without parsing the line (`kind` is the first field after
+/// `prev`, and nothing before it can hold the text `"kind":"`).
+fn kind_of(line: &[u8]) -> Option<Kind> {
+    const KEY: &[u8] = b"\"kind\":\"";
+    let start = find(&line[..line.len().min(200)], KEY)? + KEY.len();
+    let len = line[start..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&line[start..start + len]).ok()?.parse().ok()
+}
+
+/// The posting of the line at `at`, if its kind is indexed.
+fn posting(line: &[u8], at: u64) -> Option<Posting> {
+    #[derive(Deserialize)]
+    struct Head {
+        seq: u64,
+        time: DateTime<Utc>,
+        kind: Kind,
+        rule: Option<String>,
+        target: Option<String>,
+        action_id: Option<String>,
+        event_id: Option<String>,
+    }
+    if !kind_of(line).is_some_and(indexed) {
+        return None;
+    }
+    let h: Head = serde_json::from_slice(line).ok()?;
+    Some(Posting {
+        seq: h.seq,
+        at,
+        time: h.time,
+        kind: h.kind,
+        rule: h.rule,
+        target: h.target,
+        action_id: h.action_id,
+        event_id: h.event_id,
+    })
+}
+
+/// The postings of whole lines in `buf`, which starts at byte `offset` of its segment; and
+/// whether it holds anything but intake (which closes a group with a mark).
+fn postings(buf: &[u8], offset: u64) -> (Vec<Posting>, bool) {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut notable = false;
+    for line in buf.split_inclusive(|b| *b == b'\n') {
+        if line.ends_with(b"\n") {
+            let line = &line[..line.len() - 1];
+            if let Some(k) = kind_of(line)
+                && !matches!(k, Kind::Received | Kind::Rejected)
+            {
+                notable = true;
+                out.extend(posting(line, offset + start as u64));
+            }
+        }
+        start += line.len();
+    }
+    (out, notable)
+}
+
+/// What a reader knows of a segment: every posting, and places to start reading it.
+#[derive(Debug, Default)]
+pub(super) struct Loaded {
+    pub postings: Vec<Posting>,
+    pub anchors: Vec<Anchor>,
+}
+
+/// What the index file itself says, as far as it can be trusted for a segment of `seg_len` bytes:
+/// the postings, anchors, the bytes of the segment covered, and the bytes of the index that hold
+/// them (what follows is a torn or stray write).
+fn read_index(segment: &Path, seg_len: u64) -> (Loaded, u64, u64) {
+    let mut loaded = Loaded::default();
+    let (mut covered, mut valid) = (0u64, 0u64);
+    let Ok(f) = File::open(path_of(segment)) else { return (loaded, 0, 0) };
+    let mut reader = BufReader::new(f);
+    let mut group = Vec::new();
+    let mut line = Vec::new();
+    let mut read = 0u64;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => read += n as u64,
+            _ => break,
+        }
+        match serde_json::from_slice::<IndexLine>(&line[..line.len() - 1]) {
+            Ok(IndexLine::Posting(p)) => group.push(p),
+            Ok(IndexLine::Mark { covered: c }) if c.from == covered && c.to <= seg_len && c.from <= c.to => {
+                loaded.anchors.extend(group.iter().map(|p: &Posting| (p.seq, p.at)));
+                loaded.anchors.push((c.next_seq, c.to));
+                loaded.postings.append(&mut group);
+                covered = c.to;
+                valid = read;
+            }
+            _ => break,
+        }
+    }
+    (loaded, covered, valid)
+}
+
+/// Read the segment's whole lines from `from`, adding their postings (and an anchor every so
+/// many lines).
+fn scan(segment: &Path, from: u64, loaded: &mut Loaded) -> Result<u64, AuditError> {
+    let io = |action| {
+        let path = segment.to_path_buf();
+        move |source| AuditError::Io { action, path, source }
+    };
+    let mut f = File::open(segment).map_err(io("open"))?;
+    f.seek(SeekFrom::Start(from)).map_err(io("seek"))?;
+    let mut reader = BufReader::with_capacity(256 << 10, f);
+    let (mut at, mut line, mut n) = (from, Vec::new(), 0u64);
+    loop {
+        line.clear();
+        let len = reader.read_until(b'\n', &mut line).map_err(io("read"))?;
+        if len == 0 || !line.ends_with(b"\n") {
+            return Ok(at);
+        }
+        let body = &line[..len - 1];
+        if n % 1024 == 0
+            && let Some(seq) = seq_of(body)
+        {
+            loaded.anchors.push((seq, at));
+        }
+        loaded.postings.extend(posting(body, at));
+        at += len as u64;
+        n += 1;
+    }
+}
+
+fn seq_of(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// The seq after the last whole line of `buf`.
+fn next_seq_after(buf: &[u8]) -> u64 {
+    let last = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let last = last.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+    seq_of(last).map_or(0, |s| s + 1)
+}
+
+/// Everything indexed in a segment, from its index as far as that covers it and from the
+/// segment's own lines after that.
+pub(super) fn load(segment: &Path) -> Result<Loaded, AuditError> {
+    let seg_len = std::fs::metadata(segment)
+        .map_err(|source| AuditError::Io { action: "stat", path: segment.to_path_buf(), source })?
+        .len();
+    let (mut loaded, covered, _) = read_index(segment, seg_len);
+    if covered < seg_len {
+        scan(segment, covered, &mut loaded)?;
+    }
+    Ok(loaded)
+}
+
+/// The writer's side: appends postings and marks as segment bytes become durable.
+pub(super) struct IndexWriter {
+    path: PathBuf,
+    file: Option<File>,
+    /// The segment's bytes the index covers; a write at another offset is left to readers.
+    covered: u64,
+    unmarked: u64,
+    /// A write failed: the rest of this segment is read by readers themselves.
+    broken: bool,
+}
+
+impl IndexWriter {
+    /// The index of a segment about to be started.
+    pub(super) fn fresh(segment: &Path) -> IndexWriter {
+        remove(segment);
+        IndexWriter { path: path_of(segment), file: None, covered: 0, unmarked: 0, broken: false }
+    }
+
+    /// The index of the open segment, `seg_len` bytes long, at start: what it lacks (a crash
+    /// between a write and its index, a log from before indexes) is read from the segment and
+    /// added now, so readers need not.
+    pub(super) fn open(segment: &Path, seg_len: u64) -> IndexWriter {
+        let (_, covered, valid) = read_index(segment, seg_len);
+        let mut w = IndexWriter { path: path_of(segment), file: None, covered, unmarked: 0, broken: false };
+        let result = (|| -> Result<(), std::io::Error> {
+            // Appending: what follows the trusted part (a torn write) is cut first.
+            let f = OpenOptions::new().create(true).append(true).open(&w.path)?;
+            f.set_len(valid)?;
+            w.file = Some(f);
+            if covered < seg_len {
+                let mut rest = Vec::new();
+                let mut f = File::open(segment)?;
+                f.seek(SeekFrom::Start(covered))?;
+                f.take(seg_len - covered).read_to_end(&mut rest)?;
+                let (postings, _) = postings(&rest, covered);
+                w.write(&postings, seg_len, next_seq_after(&rest))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            w.fail(&e);
+        }
+        w
+    }
+
+    fn fail(&mut self, e: &std::io::Error) {
+        tracing::warn!(index = %self.path.display(), error = %e, "the segment index could not be written: readers read the segment instead");
+        self.broken = true;
+        self.file = None;
+    }
+
+    fn write(&mut self, postings: &[Posting], to: u64, next_seq: u64) -> Result<(), std::io::Error> {
+        let mut buf = Vec::with_capacity(64 + postings.len() * 160);
+        for p in postings {
+            serde_json::to_writer(&mut buf, p)?;
+            buf.push(b'\n');
+        }
+        serde_json::to_writer(&mut buf, &MarkLine { covered: Covered { from: self.covered, to, next_seq } })?;
+        buf.push(b'\n');
+        if self.file.is_none() {
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&buf)?;
+        }
+        self.covered = to;
+        self.unmarked = 0;
+        Ok(())
+    }
+
+    /// `buf` (whole lines) was written at `offset` and is durable.
+    pub(super) fn note(&mut self, offset: u64, buf: &[u8]) {
+        if self.broken || offset != self.covered + self.unmarked {
+            self.broken = true;
+            return;
+        }
+        let (postings, notable) = postings(buf, offset);
+        self.unmarked += buf.len() as u64;
+        if notable || self.unmarked >= MARK_EVERY {
+            let next_seq = next_seq_after(buf);
+            let to = self.covered + self.unmarked;
+            if let Err(e) = self.write(&postings, to, next_seq) {
+                self.fail(&e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_is_read_from_the_bytes_of_a_line() {
+        let line = br#"{"seq":7,"time":"2026-12-02T00:00:00Z","prev":"00","kind":"dry_run","rule":"kind"}"#;
+        assert_eq!(kind_of(line), Some(Kind::DryRun));
+        assert_eq!(seq_of(line), Some(7));
+        assert_eq!(kind_of(br#"{"seq":1}"#), None);
+        let p = posting(line, 40).unwrap();
+        assert_eq!((p.seq, p.at, p.kind, p.rule.as_deref()), (7, 40, Kind::DryRun, Some("kind")));
+        let received = br#"{"seq":8,"time":"2026-12-02T00:00:00Z","prev":"00","kind":"received","target":"a/b"}"#;
+        assert_eq!(posting(received, 0), None);
+    }
+}
