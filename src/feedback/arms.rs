@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::restarts::{RECENT_KEPT, restart_point};
 use super::sequential::Tally;
+use super::series::History;
 use super::window::{ArmWindow, Observation};
 use crate::event::{Feedback, FeedbackKind};
 
@@ -72,6 +73,10 @@ pub struct Arm {
     /// [`restarts`](super::restarts)); absent from older snapshots, filled from the next event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<Recent>,
+    /// Its counts over time, for the evidence (see [`series`](super::series)); absent from
+    /// older snapshots, started by the next event.
+    #[serde(default, skip_serializing_if = "History::is_empty")]
+    pub history: History,
 }
 
 /// An arm's tally since a restart point.
@@ -90,6 +95,7 @@ impl Arm {
             tally: Tally::default(),
             scores: ArmWindow::new(SCORE_WINDOW, SCORE_BUCKET),
             recent: Vec::new(),
+            history: History::default(),
         }
     }
 
@@ -97,11 +103,13 @@ impl Arm {
     /// tally since the start, and in the recent tallies since the restart points.
     pub fn observe(&mut self, now: DateTime<Utc>, at: DateTime<Utc>, observation: Observation) {
         self.last = self.last.max(now);
-        self.tally.add(observation);
         if matches!(observation, Observation::Score { .. }) {
+            self.tally.add(observation);
             self.scores.record(now, at, observation);
             return;
         }
+        self.history.before(now, &self.tally);
+        self.tally.add(observation);
         for recent in self.recent_at(now) {
             recent.tally.add(observation);
         }
@@ -124,6 +132,7 @@ impl Arm {
     /// a tally started since (a new comparison, a restart) counts `after` as its own.
     pub fn replace(&mut self, now: DateTime<Utc>, counted: DateTime<Utc>, before: Observation, after: Observation) {
         self.last = self.last.max(now);
+        self.history.before(now, &self.tally);
         if self.started <= counted {
             self.tally.replace_outcome(before, after);
         } else {

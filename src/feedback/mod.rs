@@ -8,6 +8,7 @@ pub mod noninferiority;
 pub mod restarts;
 pub mod rule;
 pub mod sequential;
+pub mod series;
 pub mod stats;
 #[cfg(test)]
 pub mod testing;

@@ -24,10 +24,13 @@
 //! A missing signal is never evidence: an arm with fewer than `min_samples` (canary events,
 //! baseline events, or latencies) holds the promotion, whatever the other arm shows.
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::arms::Arm;
 use super::dispersion::{MIN_PAIRS, dispersion};
 use super::sequential::{Msprt, Sequential, Tally};
+use super::series::{Measure, Scale, Series};
 use super::window::{ArmSummary, Evidence, Judgement, interval_json, latency_bin, num, rate};
 
 /// How much worse the canary may be and still count as not worse.
@@ -287,6 +290,25 @@ pub fn not_worse(signal: Signal, canary: &Tally, baseline: &Tally, s: &Sequentia
     let evidence =
         Evidence { test: signal.name(), canary: canary.summary(), baseline: Some(baseline.summary()), detail };
     Judgement::from_failures(failed, evidence)
+}
+
+/// The comparison of a promotion's stage over time (see [`series`](super::series)): both
+/// arms' rates with the p-value of the counts at each point (with the decision's dispersion),
+/// or both p95s with `max_ratio`.
+pub fn not_worse_series(signal: Signal, canary: &Arm, baseline: &Arm, s: &Sequential, now: DateTime<Utc>) -> Series {
+    let i = inputs(signal, &canary.tally, &baseline.tally, s);
+    let (measure, max_ratio) = match signal {
+        Signal::ErrorRatio(_) => (Measure::Errors, None),
+        Signal::NegativeRatio(_) => (Measure::Negative, None),
+        Signal::LatencyP95 { max_ratio } => (Measure::Latency, Some(max_ratio)),
+    };
+    let phi = i.dispersion.map(|d| d.used);
+    let (terms, tau) = (i.terms, s.tau);
+    let p =
+        |c: (u64, u64), b: (u64, u64)| msprt_not_worse(c, Some(b), terms, tau, phi.unwrap_or(1.0)).map(|m| m.p_value);
+    let scale =
+        Scale { measure, alpha: max_ratio.is_none().then_some(s.alpha), dispersion: phi, max_ratio, p_value: &p };
+    Series::pair(canary, baseline, now, &scale)
 }
 
 /// Evidence that the canary's mean score (a model's confidence, in [0, 1]) is above

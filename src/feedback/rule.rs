@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::arms::{Arm, ArmKey, Arms};
-use super::noninferiority::{Signal, holds, not_worse, score_above};
+use super::noninferiority::{Signal, holds, not_worse, not_worse_series, score_above};
 use super::restarts::{alpha_share, generation};
-use super::sequential::{Comparison, Sequential, Tally, Test};
+use super::sequential::{Comparison, Sequential, Tally, Test, msprt_dispersed};
+use super::series::{Measure, Scale, Series};
 use super::window::mean_score_below;
 
 /// Which feedback a rule watches and how it judges it.
@@ -98,6 +99,7 @@ impl FeedbackSpec {
                 let baseline_key = ArmKey::new(namespace, &self.service, baseline_version);
                 let baseline = arms.get(&baseline_key)?;
                 let fired = judge(*test, settings, *threshold, canary, baseline)?;
+                let series = sequential_series(*test, settings, *threshold, &fired.comparison, (canary, baseline), now);
                 let (c, b) = fired.tallies;
                 let verdict = fired.comparison.verdict(c, b);
                 let started = canary.started.max(baseline.started);
@@ -118,6 +120,7 @@ impl FeedbackSpec {
                         "canary": { "version": self.canary, "summary": verdict.evidence().canary },
                         "baseline": { "version": baseline_version, "summary": verdict.evidence().baseline },
                         "detail": verdict.evidence().detail,
+                        "series": series,
                     }),
                     arms: vec![canary_key, baseline_key],
                     labels,
@@ -160,6 +163,7 @@ impl FeedbackSpec {
                             "canary": e.canary,
                             "baseline": e.baseline,
                             "detail": e.detail,
+                            "series": not_worse_series(*signal, canary, b, settings, now),
                         }));
                     }
                 }
@@ -216,6 +220,37 @@ impl FeedbackSpec {
             }
         }
     }
+}
+
+/// The comparison since the start over time (see [`series`](super::series)): both arms' rates
+/// with the p-value of the counts at each point (at the level of the comparison since the start,
+/// with the decision's dispersion), or both p95s.
+fn sequential_series(
+    test: Test,
+    settings: &Sequential,
+    threshold: f64,
+    comparison: &Comparison,
+    (canary, baseline): (&Arm, &Arm),
+    now: DateTime<Utc>,
+) -> Series {
+    let (measure, latency) = match test {
+        Test::NegativeRatio => (Measure::Negative, false),
+        Test::ErrorRatio => (Measure::Errors, false),
+        Test::LatencyP95 => (Measure::Latency, true),
+    };
+    let phi = comparison.dispersion_used();
+    let tau = settings.tau;
+    let p = |(xc, nc): (u64, u64), (xb, nb): (u64, u64)| {
+        msprt_dispersed(xc, nc, xb, nb, tau, phi.unwrap_or(1.0)).map(|m| m.p_value)
+    };
+    let scale = Scale {
+        measure,
+        alpha: (!latency).then(|| alpha_share(settings.alpha, 0)),
+        dispersion: phi,
+        max_ratio: latency.then_some(threshold),
+        p_value: &p,
+    };
+    Series::pair(canary, baseline, now, &scale)
 }
 
 /// A comparison that showed the canary worse, and which one it was.
@@ -364,6 +399,92 @@ mod tests {
         assert!(c["alpha"].as_f64().unwrap() <= 0.05 * 0.25 / 2.0, "{c}");
         // The comparison key is still the one since the start: one action per comparison.
         assert_eq!(found.comparison, format!("sms-app/model-service@v2|v1|{}", started.to_rfc3339()));
+    }
+
+    /// Events at `ms` apart: one in ten to the canary, failing with `canary_p` (latency
+    /// `canary_s`), the others to the baseline with `base_p` (`base_s`); the first finding of
+    /// `rule`, and the arms then.
+    fn over_time(
+        rule: &FeedbackSpec,
+        ms: i64,
+        (canary_p, canary_s): (f64, f64),
+        (base_p, base_s): (f64, f64),
+    ) -> Finding {
+        let mut arms = Arms::default();
+        let mut rng = crate::feedback::testing::Rng(7);
+        for i in 0..200_000u64 {
+            let now = t0() + chrono::Duration::milliseconds(i as i64 * ms);
+            let canary = i.is_multiple_of(10);
+            let (p, s) = if canary { (canary_p, canary_s) } else { (base_p, base_s) };
+            let f = Feedback {
+                id: None,
+                namespace: "sms-app".into(),
+                service: "model-service".into(),
+                version: if canary { "v2" } else { "v1" }.into(),
+                time: now,
+                request_id: None,
+                attempt: None,
+                kind: FeedbackKind::Outcome { success: rng.uniform() >= p, latency_ms: Some(s * 1000.0) },
+            };
+            arms.observe(now, &f, &Origin { id: None, kafka: None });
+            if let Some(finding) = rule.evaluate(&arms, "sms-app", now) {
+                return finding;
+            }
+        }
+        panic!("nothing found");
+    }
+
+    #[test]
+    fn a_finding_carries_its_comparison_over_time() {
+        let rule = spec(Check::Sequential { test: Test::ErrorRatio, settings: Sequential::default(), threshold: 1.5 });
+        let found = over_time(&rule, 200, (0.12, 0.05), (0.02, 0.05));
+        let e = &found.evidence;
+        assert_eq!(e["comparison"]["generation"], 0, "{e}");
+        let series: Series = serde_json::from_value(e["series"].clone()).unwrap();
+        // Tested at the level of the comparison since the start (this one).
+        assert_eq!((series.measure.as_str(), series.alpha), ("errors", e["comparison"]["alpha"].as_f64()));
+        assert_eq!(series.dispersion, e["detail"]["sequential"]["dispersion"]["used"].as_f64());
+        let points = &series.points;
+        assert!(points.len() >= 10 && points.len() <= crate::feedback::series::SERIES_POINTS, "{}", points.len());
+        // From the start (nothing counted) to the decision (what the detail says), in order.
+        let (first, last) = (points[0], points[points.len() - 1]);
+        assert_eq!((first.canary.n, first.baseline.n), (0, 0));
+        let started: DateTime<Utc> = serde_json::from_value(e["comparison"]["started"].clone()).unwrap();
+        assert!(first.at <= started, "{first:?}");
+        let d = &e["detail"];
+        assert_eq!(Some(last.canary.n), d["canary"]["n"].as_u64());
+        assert_eq!(last.canary.bad, d["canary"]["errors"].as_u64());
+        assert_eq!(Some(last.baseline.n), d["baseline"]["n"].as_u64());
+        assert_eq!(last.p_value, d["sequential"]["p_value"].as_f64());
+        assert!(points.windows(2).all(|w| w[0].at < w[1].at && w[0].canary.n <= w[1].canary.n));
+
+        let rule = spec(Check::Sequential { test: Test::LatencyP95, settings: Sequential::default(), threshold: 1.5 });
+        let found = over_time(&rule, 200, (0.0, 0.4), (0.0, 0.1));
+        let series: Series = serde_json::from_value(found.evidence["series"].clone()).unwrap();
+        assert_eq!((series.measure.as_str(), series.max_ratio, series.alpha), ("latency_p95", Some(1.5), None));
+        let last = series.points.last().unwrap();
+        assert_eq!(last.canary.p95, found.evidence["detail"]["canary_p95"].as_f64());
+        assert!(last.baseline.p95.is_some() && last.p_value.is_none() && last.canary.bad.is_none(), "{last:?}");
+    }
+
+    #[test]
+    fn a_promotion_carries_each_tests_comparison_over_time() {
+        use crate::feedback::noninferiority::Margin;
+        let settings = Sequential { alpha: 0.05, min_samples: 100, tau: 0.05 };
+        let rule = spec(Check::NotWorse {
+            signals: vec![Signal::ErrorRatio(Margin::Points(0.05)), Signal::LatencyP95 { max_ratio: 1.5 }],
+            settings,
+            score: None,
+        });
+        let found = over_time(&rule, 200, (0.01, 0.05), (0.01, 0.05));
+        let tests = found.evidence["tests"].as_array().unwrap();
+        let errors: Series = serde_json::from_value(tests[0]["series"].clone()).unwrap();
+        assert_eq!((errors.measure.as_str(), errors.alpha), ("errors", Some(0.05)));
+        let last = errors.points.last().unwrap();
+        assert_eq!(last.p_value, tests[0]["detail"]["sequential"]["p_value"].as_f64());
+        assert_eq!(Some(last.canary.n), tests[0]["detail"]["canary"]["n"].as_u64());
+        let latency: Series = serde_json::from_value(tests[1]["series"].clone()).unwrap();
+        assert_eq!((latency.measure.as_str(), latency.max_ratio), ("latency_p95", Some(1.5)));
     }
 
     #[test]

@@ -358,6 +358,11 @@ impl Test {
 }
 
 impl Comparison {
+    /// The dispersion the test used (None for latency, which is not batched).
+    pub fn dispersion_used(&self) -> Option<f64> {
+        self.dispersion.map(|d| d.used)
+    }
+
     /// Whether the canary is shown worse: the hot path, formatting nothing.
     pub fn acts(&self) -> bool {
         self.conditions(&mut Failures { list: None, ok: true })

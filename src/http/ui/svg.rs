@@ -1,7 +1,8 @@
 //! The evidence of a feedback decision drawn as inline SVG by the server (no script, no library):
 //! the canary's and the baseline's rates with their 95% intervals and the sequential p-value
-//! against alpha; for latency, both p95s. Only numbers from the record go into the drawing, and
-//! every label is escaped.
+//! against alpha; for latency, both p95s; at the decision, and over time when the evidence has a
+//! series ([`over_time`]). Only numbers from the record go into the drawing, and every label is
+//! escaped.
 
 use std::fmt::Write;
 
@@ -21,8 +22,19 @@ fn num(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.001 { format!("{v:.2e}") } else { format!("{v:.4}") }
 }
 
-/// A chart for a record's `evidence` (a rollback's test or a promotion's), if it has figures to draw.
+mod over_time;
+
+/// The charts for a record's `evidence` (a rollback's test or a promotion's), if it has figures
+/// to draw: at the decision, then over time when the evidence has a `series`.
 pub fn evidence(evidence: &Value) -> Option<String> {
+    match (at_decision(evidence), over_time::chart(evidence)) {
+        (None, None) => None,
+        (now, over) => Some(now.unwrap_or_default() + &over.unwrap_or_default()),
+    }
+}
+
+/// The evidence at the decision: both rates with their intervals and p against alpha, or both p95s.
+fn at_decision(evidence: &Value) -> Option<String> {
     let detail = evidence.get("detail").or_else(|| evidence.pointer("/tests/0/detail"))?;
     if let (Some(c), Some(b)) = (detail["canary_p95"].as_f64(), detail["baseline_p95"].as_f64()) {
         return Some(p95s(c, b, detail["max_ratio"].as_f64()));
