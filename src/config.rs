@@ -68,6 +68,10 @@ struct RawUi {
     /// Show no controls (pause, resume, undo, act) and refuse them.
     #[serde(default)]
     read_only: bool,
+    /// The page's address as people reach it (`https://backstop.example.com`): Kubernetes Events
+    /// about an action end with a link to its page under it.
+    #[serde(default)]
+    url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +273,8 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// The on-call page shows no controls and refuses them (`ui.read_only`).
     pub ui_read_only: bool,
+    /// The on-call page's address as people reach it (`ui.url`), without a trailing slash.
+    pub ui_url: Option<String>,
 }
 
 impl Config {
@@ -506,6 +512,7 @@ impl Config {
             reload_interval: duration("reload_interval", &raw.reload_interval, Duration::from_secs(2))?,
             max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
             ui_read_only: raw.ui.read_only,
+            ui_url: raw.ui.url.as_deref().map(ui_url).transpose().map_err(|e| invalid("ui.url", e))?,
             server_limits,
             auth,
             guards,
@@ -519,6 +526,31 @@ impl Config {
             )?,
         })
     }
+}
+
+/// `ui.url`: an absolute http(s) URL with a host and no credentials, query or fragment (it is
+/// the start of the links Kubernetes Events carry, which anyone who can read Events sees);
+/// returned without its trailing slashes.
+fn ui_url(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!("`{url}` is not an absolute URL ({e}): give the page's address as people reach it, e.g. https://backstop.example.com")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("`{url}`: only http:// or https:// URLs"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "`{url}` carries credentials; Kubernetes Events would show them to anyone who reads Events"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("`{url}`: no query or fragment (the action's path is appended to it)"));
+    }
+    // As parsed (host in lower case, anything unsafe in the path percent-encoded).
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]
@@ -628,5 +660,33 @@ mod tests {
         assert_eq!(c.kafka.unwrap().audit_topic, None);
         let c = Config::parse(Path::new("b.yaml"), &format!("{base}  audit_topic: backstop.audit\n")).unwrap();
         assert_eq!(c.kafka.unwrap().audit_topic.as_deref(), Some("backstop.audit"));
+    }
+
+    #[test]
+    fn ui_url_is_an_absolute_http_url_kept_without_its_trailing_slash() {
+        let file = Path::new("/etc/b.yaml");
+        let parse =
+            |url: &str| Config::parse(file, &format!("target: {{manifests: {{dir: x}}}}\nui: {{url: '{url}'}}\n"));
+        assert_eq!(Config::parse(file, "target: {manifests: {dir: x}}\n").unwrap().ui_url, None, "optional");
+        for (given, kept) in [
+            ("https://backstop.example.com", "https://backstop.example.com"),
+            ("https://backstop.example.com/", "https://backstop.example.com"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("https://ops.example.com/backstop/", "https://ops.example.com/backstop"),
+        ] {
+            assert_eq!(parse(given).unwrap().ui_url.as_deref(), Some(kept), "{given}");
+        }
+        for (given, says) in [
+            ("backstop.example.com", "is not an absolute URL"),
+            ("/ui/", "is not an absolute URL"),
+            ("ftp://backstop.example.com", "only http:// or https://"),
+            ("javascript:alert(1)", "only http:// or https://"),
+            ("https://admin:s3cret@backstop.example.com", "carries credentials"),
+            ("https://backstop.example.com/?a=1", "no query or fragment"),
+        ] {
+            let err = parse(given).unwrap_err().to_string();
+            assert!(err.starts_with("/etc/b.yaml: field `ui.url`: "), "{given}: {err}");
+            assert!(err.contains(says), "{given}: {err}");
+        }
     }
 }

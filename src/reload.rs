@@ -92,6 +92,7 @@ impl Reloader {
                     dry_run: config.dry_run || self.started.dry_run,
                     action_timeout: config.action_timeout,
                     guards: config.guards.clone(),
+                    ui_url: config.ui_url.clone(),
                 };
                 self.pipeline.reload(rules, settings);
                 self.current = config;

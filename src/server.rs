@@ -85,8 +85,12 @@ pub async fn pipeline(config: &Config) -> Result<Pipeline, ServeError> {
         None => AuditLog::open(&config.audit_dir(), config.audit.clone())?,
         Some(_) => AuditLog::open_replica(&config.audit_dir(), config.audit.clone())?,
     };
-    let settings =
-        Settings { dry_run: config.dry_run, action_timeout: config.action_timeout, guards: config.guards.clone() };
+    let settings = Settings {
+        dry_run: config.dry_run,
+        action_timeout: config.action_timeout,
+        guards: config.guards.clone(),
+        ui_url: config.ui_url.clone(),
+    };
     let pipeline = Pipeline::new(rules, audit, target, settings)?;
     if config.cluster.is_some() {
         pipeline.set_gate(Gate::Following(None));

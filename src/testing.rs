@@ -66,7 +66,12 @@ pub(crate) fn harness_with(auth: Auth, max_body_bytes: usize) -> Harness {
 }
 
 pub(crate) fn settings() -> Settings {
-    Settings { dry_run: false, action_timeout: std::time::Duration::from_secs(5), guards: GuardSettings::default() }
+    Settings {
+        dry_run: false,
+        action_timeout: std::time::Duration::from_secs(5),
+        guards: GuardSettings::default(),
+        ui_url: None,
+    }
 }
 
 /// A harness whose rules are `rules` (YAML) and whose Prometheus always answers `value`.

@@ -75,6 +75,19 @@ pub struct Settings {
     pub dry_run: bool,
     pub action_timeout: Duration,
     pub guards: GuardSettings,
+    /// The on-call page's address as people reach it (`ui.url`): the Events about an action
+    /// link to its page under it.
+    pub ui_url: Option<String>,
+}
+
+/// The message of the Kubernetes Event about an action: its id, its rule, what happened and,
+/// with `ui.url`, the link to the action's page (`/ui/actions/ID`; ids are UUIDs, safe in a path).
+pub(crate) fn notice_message(action_id: &str, rule: &str, what: &str, ui_url: Option<&str>) -> String {
+    let message = format!("backstop action {action_id} (rule {rule}): {what}");
+    match ui_url {
+        Some(url) => format!("{message} — see {}/ui/actions/{action_id}", url.trim_end_matches('/')),
+        None => message,
+    }
 }
 
 /// What happened to one alert under one rule (or to an alert no rule matched).
@@ -309,10 +322,11 @@ impl Pipeline {
         let kind = described.split(':').next().unwrap_or_default();
         MetricEvent::ActionFinished { target: kind, took: started.elapsed() }.emit();
         if write {
+            let ui_url = self.settings().ui_url;
             let notice = |warning, reason, what: String| Notice {
                 warning,
                 reason,
-                message: format!("backstop action {action_id} (rule {rule}): {what}"),
+                message: notice_message(action_id, rule, &what, ui_url.as_deref()),
             };
             let notice = match &outcome {
                 Outcome::Applied { before, after } => {

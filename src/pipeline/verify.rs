@@ -125,7 +125,7 @@ impl Pipeline {
                 let notice = Notice {
                     warning: true,
                     reason: "BackstopUnverified",
-                    message: format!("backstop action {} (rule {}): {reason}", p.action_id, p.rule),
+                    message: notice_message(&p.action_id, &p.rule, &reason, self.settings().ui_url.as_deref()),
                 };
                 self.target.notify(&obj, &notice).await;
             }

@@ -1,13 +1,21 @@
 """The on-call page in a real browser (Debian's chromium and chromedriver, driven by PyPI's
 selenium): run by tests/it/browser.rs against a `backstop serve` that has just rolled the demo
-canary back on an alert whose labels carry script and markup.
+canary back, in one of two modes.
 
-Environment: BACKSTOP_URL (the server), BACKSTOP_ACTION_ID (the rollback's id, as the object's
-backstop.io/action-id annotation carries it), BACKSTOP_MANIFEST (the VirtualService file),
-BACKSTOP_FIRING (a second alert's JSON body), BACKSTOP_SCREENSHOTS (a folder for the pictures).
+The demo (the manifests target, an alert whose labels carry script and markup): BACKSTOP_URL
+(the server), BACKSTOP_ACTION_ID (the rollback's id, as the object's backstop.io/action-id
+annotation carries it), BACKSTOP_MANIFEST (the VirtualService file), BACKSTOP_FIRING (a second
+alert's JSON body), BACKSTOP_SCREENSHOTS (a folder for the pictures).
+
+The Kubernetes Event's link (the kubernetes target, with `ui.url`): BACKSTOP_PERMALINK (the URL
+taken out of the Event's message), BACKSTOP_ACTION_ID (the object's annotation), BACKSTOP_TARGET
+(namespace/name), BACKSTOP_BASIC_AUTH (user:password, sent as a browser sends them once asked),
+BACKSTOP_SCREENSHOTS.
+
 Prints one line per check; exits non-zero on the first that fails.
 """
 
+import base64
 import json
 import os
 import sys
@@ -20,11 +28,16 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-URL = os.environ["BACKSTOP_URL"]
 ACTION = os.environ["BACKSTOP_ACTION_ID"]
-MANIFEST = os.environ["BACKSTOP_MANIFEST"]
-FIRING = os.environ["BACKSTOP_FIRING"]
 SHOTS = os.environ["BACKSTOP_SCREENSHOTS"]
+PERMALINK = os.environ.get("BACKSTOP_PERMALINK")
+if PERMALINK:
+    TARGET = os.environ["BACKSTOP_TARGET"]
+    AUTH = os.environ.get("BACKSTOP_BASIC_AUTH")
+else:
+    URL = os.environ["BACKSTOP_URL"]
+    MANIFEST = os.environ["BACKSTOP_MANIFEST"]
+    FIRING = os.environ["BACKSTOP_FIRING"]
 
 
 def check(what, ok, detail=""):
@@ -53,6 +66,33 @@ def submit(driver, button, reason):
     form.find_element(By.TAG_NAME, "button").click()
 
 
+def follow_the_event_link(driver):
+    """Open the link a Kubernetes Event carries: the action's page, the rollback on it."""
+    if AUTH:
+        # As a browser sends them on every request once the user answered its basic-auth prompt.
+        token = base64.b64encode(AUTH.encode()).decode()
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": "Basic " + token}})
+    driver.get(PERMALINK)
+    check("the browser is at the Event's link", driver.current_url == PERMALINK, driver.current_url)
+    heading = driver.find_element(By.TAG_NAME, "h1").text
+    check("the page is the action's, by the id the object's annotation carries", ACTION in heading,
+          heading + " " + driver.page_source[:1500])
+    page = driver.find_element(By.TAG_NAME, "main")
+    check("the action page names the target", f"On {TARGET}." in page.text, page.text[:1500])
+    check("the target is a link to its timeline",
+          len(page.find_elements(By.CSS_SELECTOR, f'a[href="/ui/targets/{TARGET}"]')) >= 1, driver.page_source[:2000])
+    table = page.find_element(By.TAG_NAME, "table")
+    head = [th.text.strip() for th in table.find_elements(By.TAG_NAME, "th")]
+    kind, change = head.index("kind"), head.index("change")
+    rows = [[td.text.strip() for td in tr.find_elements(By.TAG_NAME, "td")] for tr in table.find_elements(By.TAG_NAME, "tr")]
+    applied = [r for r in rows if len(r) == len(head) and r[kind] == "applied"]
+    check("the action page has one applied row", len(applied) == 1, json.dumps(rows))
+    check("the applied row shows the weights before and after",
+          applied[0][change] == "v1=90 v2=10 \u2192 v1=100 v2=0", json.dumps(applied[0]))
+    driver.save_screenshot(os.path.join(SHOTS, "ui-action-from-event.png"))
+
+
 def main():
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
@@ -64,6 +104,9 @@ def main():
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     wait = WebDriverWait(driver, 15)
     try:
+        if PERMALINK:
+            follow_the_event_link(driver)
+            return
         # The overview, after the rollback: the target and its last action.
         driver.get(URL + "/ui/")
         link = driver.find_elements(By.CSS_SELECTOR, f'a[href="/ui/actions/{ACTION}"]')

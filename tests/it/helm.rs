@@ -72,6 +72,11 @@ fn helm_chart_renders_lints_and_agrees_with_the_plain_manifests_and_the_dashboar
                 Some(Secret::File("/etc/backstop/secrets/prometheus-token/token".into()))
             );
             assert!(config.kafka.is_some(), "full values configure Kafka");
+            assert_eq!(
+                (config.ui_read_only, config.ui_url.as_deref()),
+                (true, Some("https://backstop.example.com")),
+                "full values configure the on-call page"
+            );
         } else if name == "cluster" {
             let cluster = config.cluster.as_ref().expect("cluster values configure cluster mode");
             assert_eq!((cluster.lease.as_str(), cluster.log_topic.as_str()), ("backstop-leader", "backstop.audit-log"));

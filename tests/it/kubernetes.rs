@@ -18,7 +18,7 @@ async fn cluster() -> KubeEmulator {
 }
 
 /// The repository's config, with the kubernetes target on the emulator instead of manifests.
-fn workdir(emu: &KubeEmulator, kubernetes: &str, action_timeout: &str) -> Workdir {
+pub(crate) fn workdir(emu: &KubeEmulator, kubernetes: &str, action_timeout: &str) -> Workdir {
     let wd = Workdir::new();
     let kc = emu.write_kubeconfig(wd.dir.path());
     let config = std::fs::read_to_string(repo("backstop.yaml"))

@@ -10,6 +10,7 @@ use crate::testing::*;
 mod alerts;
 mod controls;
 mod feedback;
+mod notices;
 mod promote;
 mod reject;
 mod replica;

@@ -45,6 +45,7 @@ async fn setup(interval: &str, extra: &str, share: f64) -> Setup {
         dry_run: false,
         action_timeout: Duration::from_secs(5),
         guards: crate::state::GuardSettings::default(),
+        ui_url: None,
     };
     let pipeline = Pipeline::new(
         crate::rules::load(&[rules]).unwrap(),
