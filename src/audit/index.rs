@@ -88,7 +88,21 @@ pub(super) fn remove(segment: &Path) {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
+}
+
+/// What a posting line holds when `filter` can match it, to skip the others unparsed: the most
+/// selective field the filter names, as the record's JSON spells it.
+pub(super) fn needle(filter: &Filter) -> Option<Vec<u8>> {
+    let (key, value) = [
+        ("action_id", &filter.action_id),
+        ("event_id", &filter.event_id),
+        ("target", &filter.target),
+        ("rule", &filter.rule),
+    ]
+    .into_iter()
+    .find_map(|(k, v)| Some((k, v.as_ref()?)))?;
+    Some(format!("\"{key}\":{}", serde_json::Value::from(value.as_str())).into_bytes())
 }
 
 /// A line's kind, read from its bytes without parsing the line (`kind` is the first field after
@@ -159,7 +173,7 @@ pub(super) struct Loaded {
 /// What the index file itself says, as far as it can be trusted for a segment of `seg_len` bytes:
 /// the postings, anchors, the bytes of the segment covered, and the bytes of the index that hold
 /// them (what follows is a torn or stray write).
-fn read_index(segment: &Path, seg_len: u64) -> (Loaded, u64, u64) {
+fn read_index(segment: &Path, seg_len: u64, needle: Option<&[u8]>) -> (Loaded, u64, u64) {
     let mut loaded = Loaded::default();
     let (mut covered, mut valid) = (0u64, 0u64);
     let Ok(f) = File::open(path_of(segment)) else { return (loaded, 0, 0) };
@@ -173,7 +187,15 @@ fn read_index(segment: &Path, seg_len: u64) -> (Loaded, u64, u64) {
             Ok(n) if n > 0 && line.ends_with(b"\n") => read += n as u64,
             _ => break,
         }
-        match serde_json::from_slice::<IndexLine>(&line[..line.len() - 1]) {
+        let body = &line[..line.len() - 1];
+        // A posting that cannot be wanted is not parsed (a mark always is).
+        if let Some(needle) = needle
+            && !body.starts_with(b"{\"covered\"")
+            && memchr::memmem::find(body, needle).is_none()
+        {
+            continue;
+        }
+        match serde_json::from_slice::<IndexLine>(body) {
             Ok(IndexLine::Posting(p)) => group.push(p),
             Ok(IndexLine::Mark { covered: c }) if c.from == covered && c.to <= seg_len && c.from <= c.to => {
                 loaded.anchors.extend(group.iter().map(|p: &Posting| (p.seq, p.at)));
@@ -190,7 +212,7 @@ fn read_index(segment: &Path, seg_len: u64) -> (Loaded, u64, u64) {
 
 /// Read the segment's whole lines from `from`, adding their postings (and an anchor every so
 /// many lines).
-fn scan(segment: &Path, from: u64, loaded: &mut Loaded) -> Result<u64, AuditError> {
+fn scan(segment: &Path, from: u64, loaded: &mut Loaded, needle: Option<&[u8]>) -> Result<u64, AuditError> {
     let io = |action| {
         let path = segment.to_path_buf();
         move |source| AuditError::Io { action, path, source }
@@ -211,7 +233,9 @@ fn scan(segment: &Path, from: u64, loaded: &mut Loaded) -> Result<u64, AuditErro
         {
             loaded.anchors.push((seq, at));
         }
-        loaded.postings.extend(posting(body, at));
+        if needle.is_none_or(|n| memchr::memmem::find(body, n).is_some()) {
+            loaded.postings.extend(posting(body, at));
+        }
         at += len as u64;
         n += 1;
     }
@@ -232,13 +256,16 @@ fn next_seq_after(buf: &[u8]) -> u64 {
 
 /// Everything indexed in a segment, from its index as far as that covers it and from the
 /// segment's own lines after that.
-pub(super) fn load(segment: &Path) -> Result<Loaded, AuditError> {
+///
+/// With a `needle` (e.g. `"target":"ns/name"`, as the record's JSON spells it), only the
+/// postings whose line holds it are read: the others cannot match a filter on that field.
+pub(super) fn load(segment: &Path, needle: Option<&[u8]>) -> Result<Loaded, AuditError> {
     let seg_len = std::fs::metadata(segment)
         .map_err(|source| AuditError::Io { action: "stat", path: segment.to_path_buf(), source })?
         .len();
-    let (mut loaded, covered, _) = read_index(segment, seg_len);
+    let (mut loaded, covered, _) = read_index(segment, seg_len, needle);
     if covered < seg_len {
-        scan(segment, covered, &mut loaded)?;
+        scan(segment, covered, &mut loaded, needle)?;
     }
     Ok(loaded)
 }
@@ -265,7 +292,8 @@ impl IndexWriter {
     /// between a write and its index, a log from before indexes) is read from the segment and
     /// added now, so readers need not.
     pub(super) fn open(segment: &Path, seg_len: u64) -> IndexWriter {
-        let (_, covered, valid) = read_index(segment, seg_len);
+        // Only the marks are wanted here: no posting holds a newline, so none is parsed.
+        let (_, covered, valid) = read_index(segment, seg_len, Some(b"\n"));
         let mut w = IndexWriter { path: path_of(segment), file: None, covered, unmarked: 0, broken: false };
         let result = (|| -> Result<(), std::io::Error> {
             // Appending: what follows the trusted part (a torn write) is cut first.

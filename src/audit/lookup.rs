@@ -19,6 +19,7 @@ pub fn query_indexed(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditEr
     let segs = segments(dir)?;
     let mut found: VecDeque<(usize, u64)> = VecDeque::new();
     let first = first_segment_since(&segs, filter.since)?;
+    let needle = index::needle(filter);
     for (i, (_, path)) in segs.iter().enumerate().skip(first) {
         if let (Some(after), Some((next_first, _))) = (filter.after_seq, segs.get(i + 1))
             && *next_first <= after + 1
@@ -30,7 +31,7 @@ pub fn query_indexed(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditEr
         {
             break;
         }
-        for p in index::load(path)?.postings.iter().filter(|p| p.matches(filter)) {
+        for p in index::load(path, needle.as_deref())?.postings.iter().filter(|p| p.matches(filter)) {
             found.push_back((i, p.at));
             if filter.limit.is_some_and(|l| found.len() > l) {
                 found.pop_front();
@@ -77,8 +78,14 @@ pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option
     let segs = segments(dir)?;
     let Some((_, path)) = segs.iter().rev().find(|(first, _)| *first <= before) else { return Ok(None) };
     let from = before.saturating_sub(RECEIVED_WINDOW);
-    let start = index::load(path)?.anchors.into_iter().filter(|(seq, _)| *seq <= from).map(|(_, at)| at).max();
+    // Only the anchors are wanted: the event's postings, and the marks.
     let needle = format!("\"event_id\":{}", serde_json::Value::from(event_id));
+    let start = index::load(path, Some(needle.as_bytes()))?
+        .anchors
+        .into_iter()
+        .filter(|(seq, _)| *seq <= from)
+        .map(|(_, at)| at)
+        .max();
     let mut lines = Lines::open_at(path, start.unwrap_or(0))?;
     while let Some((n, bytes)) = lines.next_line()? {
         if !contains(bytes, needle.as_bytes()) {
@@ -99,7 +106,7 @@ pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 fn seq_at_least(line: &[u8], seq: u64) -> bool {

@@ -385,14 +385,25 @@ async fn target(
     respond(StatusCode::OK, live_page(&target, &chain(&state), &body, Some((&stream, after))))
 }
 
+/// When an action id was made, if it says (backstop's are UUIDv7: milliseconds since the epoch
+/// first), so that its page reads only the segments from then on. Every record of an action
+/// comes after its id is made, in the same process.
+fn minted_at(id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
 async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Some(resp) = refused(&state, &headers) {
         return resp;
     }
     let dir = state.pipeline.audit().dir().to_path_buf();
     let wanted = id.clone();
+    let since = minted_at(&id).map(|t| t - chrono::Duration::minutes(1));
     let records = tokio::task::spawn_blocking(move || {
-        let mine = audit::query_indexed(&dir, &audit::Filter { action_id: Some(wanted), ..Default::default() })?;
+        let filter = audit::Filter { action_id: Some(wanted), since, ..Default::default() };
+        let mine = audit::query_indexed(&dir, &filter)?;
         // The event that led to it: its records (the match and its evidence, the alert as
         // received) just before the action's.
         let event = mine.iter().find_map(|r| r.entry.event_id.clone());

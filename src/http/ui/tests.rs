@@ -234,3 +234,13 @@ async fn the_overview_shows_the_feedback_comparisons_under_way() {
     assert!(html.contains("Feedback comparisons under way"), "{html}");
     assert!(html.contains("<td>feedback-canary-errors</td><td>error_ratio</td><td>v2 vs v1</td>"), "{html}");
 }
+
+#[test]
+fn an_action_id_says_when_it_was_made() {
+    let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+    let at = minted_at(&uuid::Uuid::now_v7().to_string()).unwrap();
+    assert!(at >= before && at <= chrono::Utc::now(), "{at}");
+    // Not a UUIDv7 (a v4, or no UUID at all): no bound, every segment is looked at.
+    assert_eq!(minted_at("6f1c1ad4-4a5e-4b8f-9c0d-1e2f3a4b5c6d"), None);
+    assert_eq!(minted_at("no-such-action"), None);
+}
