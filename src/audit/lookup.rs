@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
 
-use super::read::{Lines, first_segment_since, first_time, parse, segments};
+use super::read::{Lines, parse, segments, segments_for};
 use super::{AuditError, Filter, Kind, Record, index};
 
 /// How far before an action's first record its alert's `received` record is looked for.
@@ -18,19 +18,9 @@ const RECEIVED_WINDOW: u64 = 4096;
 pub fn query_indexed(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
     let segs = segments(dir)?;
     let mut found: VecDeque<(usize, u64)> = VecDeque::new();
-    let first = first_segment_since(&segs, filter.since)?;
     let needle = index::needle(filter);
-    for (i, (_, path)) in segs.iter().enumerate().skip(first) {
-        if let (Some(after), Some((next_first, _))) = (filter.after_seq, segs.get(i + 1))
-            && *next_first <= after + 1
-        {
-            continue;
-        }
-        if let Some(until) = filter.until
-            && first_time(path)?.is_some_and(|t| t > until)
-        {
-            break;
-        }
+    for i in segments_for(&segs, filter)? {
+        let path = &segs[i].1;
         for p in index::load(path, needle.as_deref())?.postings.iter().filter(|p| p.matches(filter)) {
             found.push_back((i, p.at));
             if filter.limit.is_some_and(|l| found.len() > l) {

@@ -343,19 +343,8 @@ pub(super) fn first_time(path: &Path) -> Result<Option<DateTime<Utc>>, AuditErro
 pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
     let segs = segments(dir)?;
     let mut out = std::collections::VecDeque::new();
-    let first = first_segment_since(&segs, filter.since)?;
-    for (i, (_, path)) in segs.iter().enumerate().skip(first) {
-        if let (Some(after), Some((next_first, _))) = (filter.after_seq, segs.get(i + 1))
-            && *next_first <= after + 1
-        {
-            continue;
-        }
-        if let Some(until) = filter.until
-            && first_time(path)?.is_some_and(|t| t > until)
-        {
-            break;
-        }
-        read_segment(path, |r| {
+    for i in segments_for(&segs, filter)? {
+        read_segment(&segs[i].1, |r| {
             if filter.matches(&r) {
                 out.push_back(r);
                 if filter.limit.is_some_and(|l| out.len() > l) {
@@ -366,6 +355,26 @@ pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
         })?;
     }
     Ok(out.into())
+}
+
+/// The indexes in `segs` of the segments that can hold records `filter` wants, by their
+/// sequence range or their time range (a segment ends where the next one starts).
+pub(super) fn segments_for(segs: &[(u64, PathBuf)], filter: &Filter) -> Result<Vec<usize>, AuditError> {
+    let mut out = Vec::new();
+    for (i, (_, path)) in segs.iter().enumerate().skip(first_segment_since(segs, filter.since)?) {
+        if let (Some(after), Some((next_first, _))) = (filter.after_seq, segs.get(i + 1))
+            && *next_first <= after + 1
+        {
+            continue;
+        }
+        if let Some(until) = filter.until
+            && first_time(path)?.is_some_and(|t| t > until)
+        {
+            break;
+        }
+        out.push(i);
+    }
+    Ok(out)
 }
 
 /// The first `n` records after seq `after` (or since `since`), in order: a reader that follows
