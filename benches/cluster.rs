@@ -329,7 +329,7 @@ fn segment_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
         .unwrap_or_default();
-    names.retain(|n| n.starts_with("seg-"));
+    names.retain(|n| n.starts_with("seg-") && n.ends_with(".jsonl"));
     names.sort();
     names
 }

@@ -10,6 +10,7 @@ mod index;
 mod lookup;
 mod read;
 mod replica;
+mod retention;
 mod verify;
 mod writer;
 

@@ -205,7 +205,7 @@ fn segments(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
         .unwrap_or_default();
-    names.retain(|n: &String| n.starts_with("seg-"));
+    names.retain(|n: &String| n.starts_with("seg-") && n.ends_with(".jsonl"));
     names.sort();
     names.into_iter().map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap())).collect()
 }
