@@ -114,8 +114,8 @@ fn kind_of(line: &[u8]) -> Option<Kind> {
     std::str::from_utf8(&line[start..start + len]).ok()?.parse().ok()
 }
 
-/// The posting of the line at `at`, if its kind is indexed.
-fn posting(line: &[u8], at: u64) -> Option<Posting> {
+/// The posting of the line at `at`, if its kind (read by [`kind_of`]) is indexed.
+fn posting(line: &[u8], at: u64, kind: Option<Kind>) -> Option<Posting> {
     #[derive(Deserialize)]
     struct Head {
         seq: u64,
@@ -126,7 +126,7 @@ fn posting(line: &[u8], at: u64) -> Option<Posting> {
         action_id: Option<String>,
         event_id: Option<String>,
     }
-    if !kind_of(line).is_some_and(indexed) {
+    if !kind.is_some_and(indexed) {
         return None;
     }
     let h: Head = serde_json::from_slice(line).ok()?;
@@ -151,12 +151,9 @@ fn postings(buf: &[u8], offset: u64) -> (Vec<Posting>, bool) {
     for line in buf.split_inclusive(|b| *b == b'\n') {
         if line.ends_with(b"\n") {
             let line = &line[..line.len() - 1];
-            if let Some(k) = kind_of(line)
-                && !matches!(k, Kind::Received | Kind::Rejected)
-            {
-                notable = true;
-                out.extend(posting(line, offset + start as u64));
-            }
+            let kind = kind_of(line);
+            notable |= kind.is_some_and(|k| !matches!(k, Kind::Received | Kind::Rejected));
+            out.extend(posting(line, offset + start as u64, kind));
         }
         start += line.len();
     }
@@ -234,17 +231,25 @@ fn scan(segment: &Path, from: u64, loaded: &mut Loaded, needle: Option<&[u8]>) -
             loaded.anchors.push((seq, at));
         }
         if needle.is_none_or(|n| memchr::memmem::find(body, n).is_some()) {
-            loaded.postings.extend(posting(body, at));
+            loaded.postings.extend(posting(body, at, kind_of(body)));
         }
         at += len as u64;
         n += 1;
     }
 }
 
-fn seq_of(line: &[u8]) -> Option<u64> {
+/// A line's seq, read from its first bytes.
+pub(super) fn seq_of(line: &[u8]) -> Option<u64> {
     let rest = line.strip_prefix(b"{\"seq\":")?;
     let end = rest.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// How many bytes of the segment its index covers (the rest a reader reads itself).
+#[cfg(test)]
+pub(super) fn covered(segment: &Path) -> u64 {
+    let len = std::fs::metadata(segment).map_or(0, |m| m.len());
+    read_index(segment, len, None).1
 }
 
 /// The seq after the last whole line of `buf`.
@@ -369,9 +374,9 @@ mod tests {
         assert_eq!(kind_of(line), Some(Kind::DryRun));
         assert_eq!(seq_of(line), Some(7));
         assert_eq!(kind_of(br#"{"seq":1}"#), None);
-        let p = posting(line, 40).unwrap();
+        let p = posting(line, 40, kind_of(line)).unwrap();
         assert_eq!((p.seq, p.at, p.kind, p.rule.as_deref()), (7, 40, Kind::DryRun, Some("kind")));
         let received = br#"{"seq":8,"time":"2026-12-02T00:00:00Z","prev":"00","kind":"received","target":"a/b"}"#;
-        assert_eq!(posting(received, 0), None);
+        assert_eq!(posting(received, 0, kind_of(received)), None);
     }
 }

@@ -79,7 +79,7 @@ pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option
     let mut lines = Lines::open_at(path, start.unwrap_or(0))?;
     while let Some((n, bytes)) = lines.next_line()? {
         if !contains(bytes, needle.as_bytes()) {
-            if seq_at_least(bytes, before) {
+            if index::seq_of(bytes).is_some_and(|s| s >= before) {
                 break;
             }
             continue;
@@ -97,9 +97,4 @@ pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
-}
-
-fn seq_at_least(line: &[u8], seq: u64) -> bool {
-    let digits = line.strip_prefix(b"{\"seq\":").map(|r| r.iter().take_while(|b| b.is_ascii_digit()).count());
-    digits.and_then(|d| std::str::from_utf8(&line[7..7 + d]).ok()?.parse::<u64>().ok()).is_some_and(|s| s >= seq)
 }

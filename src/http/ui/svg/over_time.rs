@@ -125,22 +125,7 @@ fn rates(series: &Series, time: &Time) -> String {
     let clipped = series.points.iter().flat_map(|p| [rate(&p.canary), rate(&p.baseline)]).flatten().any(|r| r.0 > max);
     let measure = format!("{} rate", series.measure);
     let mut s = open(&format!("canary and baseline {measure} over time with 95% intervals"), 320.0);
-    let _ = write!(
-        s,
-        "<text x=\"4\" y=\"{:.1}\" font-size=\"12\">{}</text>\
-         <text x=\"{:.1}\" y=\"{TOP}\" font-size=\"10\" text-anchor=\"end\">{}</text>\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">0</text>\
-         <line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\"/>",
-        TOP + PLOT / 2.0,
-        esc(&measure),
-        LEFT - 4.0,
-        esc(&num(max)),
-        LEFT - 4.0,
-        TOP + PLOT,
-        W - RIGHT,
-        TOP + PLOT,
-        TOP + PLOT,
-    );
+    axes(&mut s, &measure, &num(max));
     for (name, arm, colour) in arms() {
         let points: Vec<(f64, (f64, f64, f64))> =
             series.points.iter().filter_map(|p| Some((time.x(p.at), rate(arm(p))?))).collect();
@@ -241,21 +226,7 @@ fn p95s(series: &Series, time: &Time) -> String {
         * 1.15;
     let max = max.max(1e-9);
     let mut s = open("canary and baseline p95 latencies over time", 220.0);
-    let _ = write!(
-        s,
-        "<text x=\"4\" y=\"{:.1}\" font-size=\"12\">p95 (s)</text>\
-         <text x=\"{:.1}\" y=\"{TOP}\" font-size=\"10\" text-anchor=\"end\">{}s</text>\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">0</text>\
-         <line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\"/>",
-        TOP + PLOT / 2.0,
-        LEFT - 4.0,
-        esc(&num(max)),
-        LEFT - 4.0,
-        TOP + PLOT,
-        W - RIGHT,
-        TOP + PLOT,
-        TOP + PLOT,
-    );
+    axes(&mut s, "p95 (s)", &format!("{}s", num(max)));
     let ys = |v: f64| y(v, max, TOP, PLOT);
     for (name, arm, colour) in arms() {
         let line: Vec<(f64, f64)> =
@@ -290,6 +261,26 @@ fn p95s(series: &Series, time: &Time) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+/// The plot's label on the left, its top value and 0 on the value axis, and the time axis.
+fn axes(s: &mut String, label: &str, top: &str) {
+    let _ = write!(
+        s,
+        "<text x=\"4\" y=\"{:.1}\" font-size=\"12\">{}</text>\
+         <text x=\"{:.1}\" y=\"{TOP}\" font-size=\"10\" text-anchor=\"end\">{}</text>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">0</text>\
+         <line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\"/>",
+        TOP + PLOT / 2.0,
+        esc(label),
+        LEFT - 4.0,
+        esc(top),
+        LEFT - 4.0,
+        TOP + PLOT,
+        W - RIGHT,
+        TOP + PLOT,
+        TOP + PLOT,
+    );
 }
 
 #[cfg(test)]
