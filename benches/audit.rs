@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backstop::audit::{self, AuditLog, AuditOptions, Entry, Filter, GENESIS, Kind, Record};
+use backstop::event::{Alert, AlertStatus, AlertsRecord, SourceKind};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -38,16 +39,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Alert `i`'s delivery as the binary records it: one `received` record with the one alert.
 fn received(i: u64) -> Entry {
-    Entry::new(Kind::Received).event_id(format!("{:016x}-1795550591", i)).source("alertmanager").detail(json!({
-        "alert": {
-            "name": "CanaryHighErrorRate", "status": "firing", "fingerprint": format!("{:016x}", i),
-            "labels": { "alertname": "CanaryHighErrorRate", "namespace": "sms-app", "virtualservice": "model-service", "severity": "critical", "canary": "v2" },
-            "annotations": { "summary": "Canary v2 of model-service is failing" },
-            "starts_at": "2026-11-24T20:03:11Z",
-        },
-        "delivery": { "receiver": "backstop", "groupKey": "{}:{namespace=\"sms-app\"}", "truncatedAlerts": 0 },
-    }))
+    let labels = [
+        ("alertname", "CanaryHighErrorRate"),
+        ("namespace", "sms-app"),
+        ("virtualservice", "model-service"),
+        ("severity", "critical"),
+        ("canary", "v2"),
+    ];
+    let starts_at = chrono::DateTime::parse_from_rfc3339("2026-11-24T20:03:11Z").unwrap().to_utc();
+    let alert = Alert {
+        id: format!("{:016x}-{}", i, starts_at.timestamp()),
+        source: SourceKind::Alertmanager,
+        name: "CanaryHighErrorRate".into(),
+        status: AlertStatus::Firing,
+        labels: labels.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: [("summary".to_string(), "Canary v2 of model-service is failing".to_string())].into(),
+        starts_at,
+        ends_at: None,
+        fingerprint: format!("{:016x}", i),
+        generator_url: String::new(),
+    };
+    let delivery = json!({ "receiver": "backstop", "groupKey": "{}:{namespace=\"sms-app\"}", "truncatedAlerts": 0 });
+    // As a value (not `detail_of`'s text): `year_of_segments` serialises whole records itself.
+    Entry::new(Kind::Received).source("alertmanager").detail(json!(AlertsRecord::of(&delivery, &[alert])))
 }
 
 fn fill(dir: &Path, n: u64) {

@@ -64,6 +64,8 @@ struct RawConfig {
 /// Records appended between snapshots at most, by default: a start replays about 300,000
 /// records a second here, so a restart after a crash stays well under a second.
 pub const DEFAULT_SNAPSHOT_RECORDS: u64 = 100_000;
+/// The log's growth (bytes) after which the guards' state is written again (`audit.snapshot_bytes`).
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
 
 /// `ui:`: the on-call page.
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +241,7 @@ struct RawAudit {
     segment_max_age: Option<String>,
     snapshot_interval: Option<String>,
     snapshot_records: Option<u64>,
+    snapshot_bytes: Option<u64>,
     #[serde(default)]
     retention: RawRetention,
 }
@@ -272,6 +275,8 @@ pub struct Config {
     /// A snapshot is also written once this many records were appended since the last one, so
     /// a restart after a crash replays at most about this many, however busy the log.
     pub snapshot_records: u64,
+    /// Or once this many bytes were appended: a restart reads at most about this much.
+    pub snapshot_bytes: u64,
     /// How often the rule files and this file are checked for changes (0: only on SIGHUP).
     pub reload_interval: Duration,
     pub prometheus: Option<PrometheusConfig>,
@@ -536,6 +541,13 @@ impl Config {
                 Some(0) => return Err(invalid("audit.snapshot_records", "must be at least 1".into())),
                 Some(n) => n,
                 None => DEFAULT_SNAPSHOT_RECORDS,
+            },
+            snapshot_bytes: match raw.audit.snapshot_bytes {
+                Some(n) if n < 1 << 20 => {
+                    return Err(invalid("audit.snapshot_bytes", "must be at least 1048576 (1 MiB)".into()));
+                }
+                Some(n) => n,
+                None => DEFAULT_SNAPSHOT_BYTES,
             },
         })
     }

@@ -591,17 +591,24 @@ fn audit_command(cfg: &ConfigSource, cmd: AuditCommand) -> Result<ExitCode> {
     }
 }
 
-/// The last column of the table: the reason, or for a received alert its name and status.
+/// The last column of the table: the reason, or for received alerts their names and statuses.
 fn describe(r: &Record) -> String {
     if let Some(reason) = &r.entry.reason {
         return reason.clone();
     }
-    let alert = r.entry.detail.as_ref().map(|d| &d["alert"]);
-    match alert {
-        Some(a) if a.is_object() => {
-            format!("{} {}", a["name"].as_str().unwrap_or("?"), a["status"].as_str().unwrap_or("?"))
+    if r.entry.kind != audit::Kind::Received {
+        return String::new();
+    }
+    let alerts = backstop::event::alerts_received(r.entry.detail.as_ref(), r.entry.source.as_deref());
+    match alerts.as_deref() {
+        None | Some([]) => String::new(),
+        Some([a]) => format!("{} {}", a.name, a.status),
+        Some(all) => {
+            let first: Vec<String> = all.iter().take(3).map(|a| format!("{} {}", a.name, a.status)).collect();
+            let more = all.len().saturating_sub(3);
+            let more = if more > 0 { format!(", and {more} more") } else { String::new() };
+            format!("{} alerts: {}{more}", all.len(), first.join(", "))
         }
-        _ => String::new(),
     }
 }
 

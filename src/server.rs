@@ -242,27 +242,31 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         tasks.spawn(async move { (name, source.run(token).await) });
     }
     // The guards' state is written beside the log every `snapshot_interval`, or sooner once
-    // `snapshot_records` records were appended since the last one (a busy log: a restart after
-    // a crash replays a bounded tail), and once more at the end. Written from this task, off
+    // `snapshot_records` records or `snapshot_bytes` bytes were appended since the last one (a
+    // busy log: a restart after a crash replays a bounded tail), and once more at the end. Written from this task, off
     // the path of intake, which only waits for the state's lock while it is copied.
     let snapshots = {
         let pipeline = pipeline.clone();
         let token = token.clone();
-        let (every, records) = (config.snapshot_interval, config.snapshot_records);
+        let (every, records, bytes) = (config.snapshot_interval, config.snapshot_records, config.snapshot_bytes);
         tokio::spawn(async move {
             let poll = every.min(std::time::Duration::from_millis(250));
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut last_seq, mut last_at) = (pipeline.audit().last().0, tokio::time::Instant::now());
+            let mut last_bytes = pipeline.audit().bytes_appended();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tick.tick() => {
-                        let seq = pipeline.audit().last().0;
-                        if seq.saturating_sub(last_seq) < records && last_at.elapsed() < every {
+                        let (seq, appended) = (pipeline.audit().last().0, pipeline.audit().bytes_appended());
+                        if seq.saturating_sub(last_seq) < records
+                            && appended.saturating_sub(last_bytes) < bytes
+                            && last_at.elapsed() < every
+                        {
                             continue;
                         }
-                        last_at = tokio::time::Instant::now();
+                        (last_at, last_bytes) = (tokio::time::Instant::now(), appended);
                         match pipeline.save_snapshot().await {
                             Ok(saved) => last_seq = saved,
                             Err(e) => warn!(error = %e, "could not write the state snapshot"),

@@ -68,8 +68,9 @@ pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option
     let segs = segments(dir)?;
     let Some((_, path)) = segs.iter().rev().find(|(first, _)| *first <= before) else { return Ok(None) };
     let from = before.saturating_sub(RECEIVED_WINDOW);
-    // Only the anchors are wanted: the event's postings, and the marks.
-    let needle = format!("\"event_id\":{}", serde_json::Value::from(event_id));
+    // Only the anchors are wanted: the event's postings, and the marks. The id as a JSON
+    // string: a format 1 record's `event_id`, or an alert's `id` in a delivery's record.
+    let needle = serde_json::Value::from(event_id).to_string();
     let start = index::load(path, Some(needle.as_bytes()))?
         .anchors
         .into_iter()
@@ -88,7 +89,7 @@ pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option
         if r.seq >= before {
             break;
         }
-        if r.entry.kind == Kind::Received && r.entry.event_id.as_deref() == Some(event_id) {
+        if r.entry.kind == Kind::Received && r.names_alert(event_id) {
             return Ok(Some(r));
         }
     }

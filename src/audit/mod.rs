@@ -222,6 +222,16 @@ pub struct Record {
     pub entry: Entry,
 }
 
+impl Record {
+    /// Whether this record is about alert `event_id`: its `event_id`, or one of the alerts a
+    /// delivery's `received` record holds.
+    pub fn names_alert(&self, event_id: &str) -> bool {
+        self.entry.event_id.as_deref() == Some(event_id)
+            || (self.entry.kind == Kind::Received
+                && crate::event::alert_ids(self.entry.detail.as_ref()).iter().any(|id| id == event_id))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditOptions {
     pub segment_max_bytes: u64,
@@ -309,7 +319,16 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, r: &Record) -> bool {
         let e = &r.entry;
-        self.matches_parts(r.seq, r.time, e.kind, &e.rule, &e.target, &e.event_id, &e.action_id)
+        // A delivery's `received` record carries its alerts' ids in its detail (format 2).
+        let delivered;
+        let event_id = match &self.event_id {
+            Some(want) if e.event_id.is_none() && e.kind == Kind::Received && r.names_alert(want) => {
+                delivered = Some(want.clone());
+                &delivered
+            }
+            _ => &e.event_id,
+        };
+        self.matches_parts(r.seq, r.time, e.kind, &e.rule, &e.target, event_id, &e.action_id)
     }
 
     /// [`Filter::matches`] on the fields it reads (a segment index has them without the record).

@@ -70,6 +70,8 @@ pub(super) struct Shared {
     pub(super) dir: PathBuf,
     healthy: AtomicBool,
     fsyncs: AtomicU64,
+    /// Bytes appended since the log was opened.
+    appended: AtomicU64,
     pub(super) last: Mutex<Position>,
     /// Whether the writer creates records (not a follower's); see [`Mode`].
     creates: AtomicBool,
@@ -159,6 +161,7 @@ impl AuditLog {
             dir: dir.to_path_buf(),
             healthy: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
             last: Mutex::new(tail.position()),
             creates: AtomicBool::new(mode.creates_records()),
             #[cfg(test)]
@@ -256,6 +259,11 @@ impl AuditLog {
     /// Where the last record is: seq, hash, segment and byte offset of its line.
     pub fn position(&self) -> Position {
         self.shared.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Bytes appended (durably) since the log was opened.
+    pub fn bytes_appended(&self) -> u64 {
+        self.shared.appended.load(Ordering::Relaxed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -659,6 +667,7 @@ pub(super) fn append_bytes(
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         MetricEvent::AuditAppended { took: started.elapsed() }.emit();
+        shared.appended.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
     })();
     match result {

@@ -7,16 +7,12 @@ impl Pipeline {
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
     #[instrument(skip_all, fields(alerts = alerts.len()))]
     pub async fn alerts(&self, alerts: &[Alert], context: Value) -> Result<Vec<Report>, PipelineError> {
-        #[derive(Serialize)]
-        struct Delivered<'a> {
-            alert: &'a Alert,
-            delivery: &'a Value,
-        }
-        let mut received = Vec::with_capacity(alerts.len());
-        for a in alerts {
-            let entry = Entry::new(Kind::Received).event_id(&a.id).source(a.source.as_str());
-            let detail = Delivered { alert: a, delivery: &context };
-            received.push(entry.detail_of(&detail)?);
+        // One record per delivery (a payload's alerts are all of one source): what the delivery
+        // says is written once, each alert only with what is its own (`event::AlertsRecord`).
+        let mut received = Vec::with_capacity(1);
+        for run in alerts.chunk_by(|a, b| a.source == b.source) {
+            let entry = Entry::new(Kind::Received).source(run[0].source.as_str());
+            received.push(entry.detail_of(&AlertsRecord::of(&context, run))?);
         }
         // A Kafka position is guard state: recorded and noted under the state's lock, so that no
         // snapshot falls between the record and the note.

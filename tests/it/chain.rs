@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::alertmanager::{Alertmanager, Options};
-use crate::support::backstop::{Workdir, eventually, repo};
+use crate::support::backstop::{Workdir, eventually, per_alert, repo};
 use crate::support::canary::{Behaviour, CanaryApp};
 use crate::support::prometheus::Prometheus;
 
@@ -53,7 +53,7 @@ fn bad() -> Behaviour {
 
 fn records(wd: &Workdir, kind: &str) -> Vec<Value> {
     let out = wd.cli(&["audit", "query", "--outcome", kind, "--format", "json"]);
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    per_alert(String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::support::backstop::Workdir;
+use crate::support::backstop::{Workdir, per_alert};
 
 const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
 const UNRELATED: &str = include_str!("../../fixtures/alertmanager/unrelated.json");
@@ -69,7 +69,7 @@ async fn crash_and_recover(point: &str, nth: u32) {
     let out = wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{crash_at}: {}", String::from_utf8_lossy(&out.stderr));
 
-    let received = json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout);
+    let received = per_alert(json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout));
     let seen: HashSet<&str> = received.iter().filter_map(|r| r["detail"]["alert"]["fingerprint"].as_str()).collect();
     let oldest_kept = received.first().map(|r| r["seq"].as_u64().unwrap()).unwrap_or(0);
     for fp in &acked {
@@ -213,7 +213,7 @@ async fn after_kill_9_under_load_a_restart_replays_a_bounded_tail_and_loses_noth
     assert!(restarted.terminate().success());
     let out = wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let received = json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout);
+    let received = per_alert(json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout));
     let seen: HashSet<String> =
         received.iter().filter_map(|r| r["detail"]["alert"]["fingerprint"].as_str()).map(str::to_string).collect();
     for n in &acked {

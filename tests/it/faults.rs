@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::backstop::{Server, Workdir, repo};
+use crate::support::backstop::{Server, Workdir, per_alert, repo};
 
 const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
 const UNRELATED: &str = include_str!("../../fixtures/alertmanager/unrelated.json");
@@ -74,7 +74,7 @@ fn query(wd: &Workdir, args: &[&str]) -> Vec<Value> {
     all.extend_from_slice(args);
     let out = wd.cli(&all);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    per_alert(String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 fn assert_verifies(wd: &Workdir) {

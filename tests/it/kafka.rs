@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::Rng;
-use crate::support::backstop::{Workdir, eventually};
+use crate::support::backstop::{Workdir, eventually, per_alert};
 use crate::support::tansu::Tansu;
 
 /// Audit lines of `kind`, counted straight from the segment files (cheap enough to poll).
@@ -69,7 +69,7 @@ pub(crate) async fn produce(broker: &Tansu, topic: &str, lines: &[String]) {
 
 pub(crate) fn records(wd: &Workdir, kind: &str) -> Vec<Value> {
     let out = wd.cli(&["audit", "query", "--outcome", kind, "--format", "json"]);
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    per_alert(String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 #[tokio::test]

@@ -254,25 +254,47 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
 
 /// A record as one row of a timeline.
 fn record_row(r: &audit::Record) -> Vec<String> {
+    record_row_about(r, None)
+}
+
+/// At most this many of a delivery's alerts are shown in its row (with how many more there are).
+const ALERTS_SHOWN: usize = 5;
+
+/// A record as one row; a delivery's `received` record shows only alert `about` if given.
+fn record_row_about(r: &audit::Record, about: Option<&str>) -> Vec<String> {
     let e = &r.entry;
-    let alert = e.detail.as_ref().and_then(|d| d.get("alert"));
-    let change = match (&e.before, &e.after, alert) {
-        (Some(b), Some(a), _) => format!("<code>{}</code> → <code>{}</code>", esc(&weights(b)), esc(&weights(a))),
-        // A received alert: its labels and where it came from, as text.
-        (_, _, Some(alert)) => {
-            let labels: Vec<String> = alert["labels"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+    let alerts = match e.kind {
+        Kind::Received => crate::event::alerts_received(e.detail.as_ref(), e.source.as_deref()).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let alerts: Vec<&crate::event::Alert> = alerts.iter().filter(|a| about.is_none_or(|id| a.id == id)).collect();
+    let change = match (&e.before, &e.after) {
+        (Some(b), Some(a)) => format!("<code>{}</code> → <code>{}</code>", esc(&weights(b)), esc(&weights(a))),
+        // Received alerts: their labels and where they came from, as text.
+        _ => {
+            let mut shown: Vec<String> = alerts
+                .iter()
+                .take(ALERTS_SHOWN)
+                .map(|alert| {
+                    let labels: Vec<String> = alert.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(
+                        "<code>{}</code> {} <span class=\"url\">{}</span>",
+                        esc(&labels.join(" ")),
+                        alert.status,
+                        esc(&alert.generator_url)
+                    )
+                })
                 .collect();
-            format!(
-                "<code>{}</code> {} <span class=\"url\">{}</span>",
-                esc(&labels.join(" ")),
-                text(&alert["status"]),
-                text(&alert["generator_url"])
-            )
+            if alerts.len() > ALERTS_SHOWN {
+                shown.push(format!("and {} more alerts", alerts.len() - ALERTS_SHOWN));
+            }
+            shown.join("<br>")
         }
+    };
+    let id = match (e.action_id.as_deref(), e.event_id.as_deref(), alerts.as_slice()) {
+        (Some(action), _, _) => action_link(action),
+        (None, Some(event), _) => esc(event),
+        (None, None, [one]) => esc(&one.id),
         _ => String::new(),
     };
     vec![
@@ -280,7 +302,7 @@ fn record_row(r: &audit::Record) -> Vec<String> {
         esc(&r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         format!("<span class=\"kind {0}\">{0}</span>", esc(e.kind.as_str())),
         esc(e.rule.as_deref().unwrap_or("")),
-        e.action_id.as_deref().map(action_link).unwrap_or_else(|| esc(e.event_id.as_deref().unwrap_or(""))),
+        id,
         change,
         esc(e.reason.as_deref().unwrap_or("")),
     ]
@@ -442,7 +464,9 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
         );
     }
     let target = mine.iter().find_map(|r| r.entry.target.clone()).unwrap_or_default();
-    let rows: Vec<Vec<String>> = lead.iter().chain(&mine).map(record_row).collect();
+    // The delivery that brought the alert shows that alert only.
+    let event_id = mine.iter().find_map(|r| r.entry.event_id.as_deref());
+    let rows: Vec<Vec<String>> = lead.iter().chain(&mine).map(|r| record_row_about(r, event_id)).collect();
     let undo = match mine.iter().any(|r| r.entry.kind == Kind::Applied) {
         true => controls::form(&state, &format!("/ui/actions/{}/undo", seg(&id)), "Undo this action", &[]),
         false => String::new(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::Rng;
-use crate::support::backstop::{Server, Workdir, eventually, repo};
+use crate::support::backstop::{Server, Workdir, eventually, per_alert, repo};
 use crate::support::kube::KubeEmulator;
 use crate::support::tansu::Tansu;
 

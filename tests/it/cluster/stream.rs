@@ -238,7 +238,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_doubles_nothing() {
     );
     let leader = cluster.settled(Duration::from_secs(60)).await;
     cluster.assert_copies(leader, true).await;
-    let mut ids: Vec<String> = records(&cluster.replicas[leader].audit_dir())
+    let mut ids: Vec<String> = per_alert(records(&cluster.replicas[leader].audit_dir()))
         .iter()
         .filter(|r| r["kind"] == "received")
         .filter_map(|r| r["event_id"].as_str().map(str::to_string))

@@ -198,3 +198,26 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Records as one per alert: a delivery's `received` record (one for all the alerts a payload
+/// or message carried) becomes one record per alert, shaped as the log wrote them before (format
+/// 1: `event_id` the alert's id, `detail.alert` the whole alert, `detail.delivery` as it was).
+/// Every other record is kept as it is. The alerts are read by the library's own reader.
+pub fn per_alert(records: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        if r["kind"] != "received" || !r["detail"]["alerts"].is_array() {
+            out.push(r);
+            continue;
+        }
+        let alerts = backstop::event::alerts_received(Some(&r["detail"]), r["source"].as_str())
+            .unwrap_or_else(|| panic!("a received record whose alerts do not read: {r}"));
+        for alert in alerts {
+            let mut one = r.clone();
+            one["event_id"] = serde_json::json!(alert.id);
+            one["detail"] = serde_json::json!({"alert": alert, "delivery": r["detail"]["delivery"]});
+            out.push(one);
+        }
+    }
+    out
+}

@@ -121,3 +121,7 @@ pub enum FeedbackKind {
         latency_ms: Option<f64>,
     },
 }
+
+mod recorded;
+
+pub use recorded::{AlertsRecord, AlertsRecordRef, RECEIVED_FORMAT, RecordedAlert, alert_ids, alerts_received};

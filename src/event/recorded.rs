@@ -1,0 +1,217 @@
+//! Alerts as the audit log records them on arrival.
+//!
+//! Format 2 (this version): one `received` record per delivery (a webhook payload, a Kafka
+//! message), its `detail` holding what the delivery says once (`delivery`: receiver, groupKey,
+//! truncatedAlerts, externalURL, the body's SHA-256, or the Kafka position) and then its alerts,
+//! each with only what is its own:
+//!
+//! ```json
+//! {"format":2,"delivery":{…},"alerts":[{"id":"a9c5…-1795550591","status":"firing","labels":{…},"starts_at":"…"}]}
+//! ```
+//!
+//! An alert's `source` is the record's, its name its `alertname` label, its fingerprint its id
+//! less the `-{startsAt as Unix seconds}` that ends it: nothing is written twice.
+//!
+//! Format 1 (logs written before it): one `received` record per alert, `event_id` and `source`
+//! on the record and `detail: {"alert": <the whole Alert>, "delivery": {…}}`. Both read through
+//! [`alerts_received`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Alert, AlertStatus, SourceKind};
+
+/// The version of the `received` record of alerts this build writes (`detail.format`).
+pub const RECEIVED_FORMAT: u32 = 2;
+
+/// An alert of a format 2 `received` record, as written (borrowed from the [`Alert`]) and read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedAlert {
+    pub id: String,
+    pub status: AlertStatus,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generator_url: String,
+}
+
+/// What [`RecordedAlert`] writes, without copying the alert.
+#[derive(Serialize)]
+struct RecordedAlertRef<'a> {
+    id: &'a str,
+    status: AlertStatus,
+    labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
+    starts_at: &'a DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ends_at: &'a Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    generator_url: &'a str,
+}
+
+impl<'a> From<&'a Alert> for RecordedAlertRef<'a> {
+    fn from(a: &'a Alert) -> Self {
+        RecordedAlertRef {
+            id: &a.id,
+            status: a.status,
+            labels: &a.labels,
+            annotations: &a.annotations,
+            starts_at: &a.starts_at,
+            ends_at: &a.ends_at,
+            generator_url: &a.generator_url,
+        }
+    }
+}
+
+impl RecordedAlert {
+    /// The alert again, with the record's `source`.
+    pub fn into_alert(self, source: SourceKind) -> Alert {
+        // The id is `{fingerprint}-{startsAt as Unix seconds}` (see `WebhookAlert::into_event`);
+        // one that does not end so (a damaged record) is its own fingerprint.
+        let suffix = format!("-{}", self.starts_at.timestamp());
+        let fingerprint = self.id.strip_suffix(&suffix).unwrap_or(&self.id).to_string();
+        Alert {
+            name: self.labels.get("alertname").cloned().unwrap_or_default(),
+            id: self.id,
+            source,
+            status: self.status,
+            labels: self.labels,
+            annotations: self.annotations,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            fingerprint,
+            generator_url: self.generator_url,
+        }
+    }
+}
+
+/// The `detail` of a format 2 `received` record of alerts, as read back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AlertsRecord {
+    pub format: u32,
+    /// Where the alerts came from: the webhook's receiver, groupKey, truncatedAlerts,
+    /// externalURL and the body's `sha256`; a Kafka message's `kafka` position.
+    #[serde(default)]
+    pub delivery: Value,
+    pub alerts: Vec<RecordedAlert>,
+}
+
+/// What [`AlertsRecord`] writes, borrowing the delivery's alerts.
+#[derive(Serialize)]
+pub struct AlertsRecordRef<'a> {
+    format: u32,
+    delivery: &'a Value,
+    alerts: Vec<RecordedAlertRef<'a>>,
+}
+
+impl AlertsRecord {
+    /// The detail to write for `alerts`, delivered together (`delivery` says how).
+    pub fn of<'a>(delivery: &'a Value, alerts: &'a [Alert]) -> AlertsRecordRef<'a> {
+        AlertsRecordRef { format: RECEIVED_FORMAT, delivery, alerts: alerts.iter().map(RecordedAlertRef::from).collect() }
+    }
+}
+
+/// The alerts a `received` record holds, in either format: format 2's list, or format 1's one
+/// `alert`. `source` is the record's. `None` when the detail holds no alerts (a feedback event)
+/// or does not read as either format.
+pub fn alerts_received(detail: Option<&Value>, source: Option<&str>) -> Option<Vec<Alert>> {
+    let detail = detail?;
+    if let Some(alert) = detail.get("alert") {
+        return Alert::deserialize(alert).ok().map(|a| vec![a]);
+    }
+    detail.get("alerts")?;
+    let record = AlertsRecord::deserialize(detail).ok()?;
+    let source =
+        source.and_then(|s| serde_json::from_value(Value::from(s)).ok()).unwrap_or(SourceKind::Alertmanager);
+    Some(record.alerts.into_iter().map(|a| a.into_alert(source)).collect())
+}
+
+/// The ids of the alerts a format 2 `received` record holds (empty for any other detail),
+/// without reading the rest of each alert.
+pub fn alert_ids(detail: Option<&Value>) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    #[derive(Deserialize)]
+    struct Ids {
+        alerts: Vec<Id>,
+    }
+    match detail.filter(|d| d.get("alerts").is_some()).map(Ids::deserialize) {
+        Some(Ok(ids)) => ids.alerts.into_iter().map(|i| i.id).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn alert(fingerprint: &str, starts: i64, source: SourceKind) -> Alert {
+        let starts_at = DateTime::from_timestamp(starts, 250_000_000).unwrap();
+        let labels: BTreeMap<String, String> =
+            [("alertname", "CanaryHighErrorRate"), ("namespace", "sms-app"), ("severity", "critical")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        Alert {
+            id: format!("{fingerprint}-{}", starts_at.timestamp()),
+            source,
+            name: "CanaryHighErrorRate".into(),
+            status: AlertStatus::Firing,
+            labels,
+            annotations: BTreeMap::new(),
+            starts_at,
+            ends_at: None,
+            fingerprint: fingerprint.into(),
+            generator_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_delivery_of_alerts_reads_back_as_the_same_alerts() {
+        let mut resolved = alert("b2", 1_795_550_591, SourceKind::Kafka);
+        resolved.status = AlertStatus::Resolved;
+        resolved.ends_at = Some(resolved.starts_at + chrono::Duration::minutes(5));
+        resolved.annotations.insert("summary".into(), "error rate \"high\"".into());
+        resolved.generator_url = "http://prometheus:9090/graph?g0.expr=x".into();
+        // A fingerprint with dashes and an alert from before 1970: the id still splits right.
+        let odd = alert("a-b-c", -100, SourceKind::Kafka);
+        let alerts = vec![alert("a9c5c3b76558e44d", 1_795_550_591, SourceKind::Kafka), resolved, odd];
+        let delivery = json!({"kafka": {"topic": "alerts", "partition": 0, "offset": 7}});
+        let detail = serde_json::to_value(AlertsRecord::of(&delivery, &alerts)).unwrap();
+        assert_eq!(detail["format"], RECEIVED_FORMAT);
+        assert_eq!(alerts_received(Some(&detail), Some("kafka")).unwrap(), alerts);
+        assert_eq!(alert_ids(Some(&detail)), alerts.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
+        let back = AlertsRecord::deserialize(&detail).unwrap();
+        assert_eq!(back.delivery, delivery);
+    }
+
+    #[test]
+    fn nothing_is_written_twice_for_an_alert() {
+        let alerts = vec![alert("a9c5c3b76558e44d", 1_795_550_591, SourceKind::Alertmanager)];
+        let text = serde_json::to_string(&AlertsRecord::of(&Value::Null, &alerts)).unwrap();
+        // The fingerprint only inside the id, the name only as the alertname label, no source.
+        assert_eq!(text.matches("a9c5c3b76558e44d").count(), 1, "{text}");
+        assert_eq!(text.matches("CanaryHighErrorRate").count(), 1, "{text}");
+        assert!(!text.contains("alertmanager") && !text.contains("\"name\""), "{text}");
+    }
+
+    #[test]
+    fn a_format_1_record_reads_as_its_one_alert() {
+        let a = alert("f1", 1_795_550_591, SourceKind::Alertmanager);
+        let detail = json!({"alert": a, "delivery": {"receiver": "backstop"}});
+        assert_eq!(alerts_received(Some(&detail), Some("alertmanager")).unwrap(), vec![a]);
+        assert!(alert_ids(Some(&detail)).is_empty(), "format 1 carries its id on the record");
+        assert_eq!(alerts_received(Some(&json!({"feedback": {}})), Some("kafka")), None);
+    }
+}
