@@ -248,9 +248,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let snapshots = {
         let pipeline = pipeline.clone();
         let token = token.clone();
-        let (every, records, bytes) = (config.snapshot_interval, config.snapshot_records, config.snapshot_bytes);
+        let policy = crate::pipeline::SnapshotPolicy {
+            every: config.snapshot_interval,
+            records: config.snapshot_records,
+            bytes: config.snapshot_bytes,
+        };
         tokio::spawn(async move {
-            let poll = every.min(std::time::Duration::from_millis(250));
+            let poll = policy.every.min(std::time::Duration::from_millis(250));
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut last_seq, mut last_at) = (pipeline.audit().last().0, tokio::time::Instant::now());
@@ -260,10 +264,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
                     _ = token.cancelled() => break,
                     _ = tick.tick() => {
                         let (seq, appended) = (pipeline.audit().last().0, pipeline.audit().bytes_appended());
-                        if seq.saturating_sub(last_seq) < records
-                            && appended.saturating_sub(last_bytes) < bytes
-                            && last_at.elapsed() < every
-                        {
+                        if !policy.due(seq.saturating_sub(last_seq), appended.saturating_sub(last_bytes), last_at.elapsed()) {
                             continue;
                         }
                         (last_at, last_bytes) = (tokio::time::Instant::now(), appended);

@@ -115,7 +115,11 @@ pub struct AlertsRecordRef<'a> {
 impl AlertsRecord {
     /// The detail to write for `alerts`, delivered together (`delivery` says how).
     pub fn of<'a>(delivery: &'a Value, alerts: &'a [Alert]) -> AlertsRecordRef<'a> {
-        AlertsRecordRef { format: RECEIVED_FORMAT, delivery, alerts: alerts.iter().map(RecordedAlertRef::from).collect() }
+        AlertsRecordRef {
+            format: RECEIVED_FORMAT,
+            delivery,
+            alerts: alerts.iter().map(RecordedAlertRef::from).collect(),
+        }
     }
 }
 
@@ -129,8 +133,7 @@ pub fn alerts_received(detail: Option<&Value>, source: Option<&str>) -> Option<V
     }
     detail.get("alerts")?;
     let record = AlertsRecord::deserialize(detail).ok()?;
-    let source =
-        source.and_then(|s| serde_json::from_value(Value::from(s)).ok()).unwrap_or(SourceKind::Alertmanager);
+    let source = source.and_then(|s| serde_json::from_value(Value::from(s)).ok()).unwrap_or(SourceKind::Alertmanager);
     Some(record.alerts.into_iter().map(|a| a.into_alert(source)).collect())
 }
 

@@ -52,7 +52,7 @@ use feedback::FeedbackContext;
 use reject::REJECTION_MEMORY;
 pub use reject::{REJECTED_PREFIX, Rejection};
 pub use replica::{Gate, ReplicationLag, Takeover};
-pub use restore::{Restored, SNAPSHOT_FILE, start_from_snapshot};
+pub use restore::{Restored, SNAPSHOT_FILE, SnapshotPolicy, start_from_snapshot};
 use restore::{longest_cooldown, restore_state};
 use steps::step_outcome;
 use verify::verify_detail;
@@ -156,6 +156,7 @@ impl Pipeline {
         info!(
             snapshot = ?restored.snapshot_seq,
             replayed = restored.replayed,
+            replayed_bytes = restored.replayed_bytes,
             note = restored.note.as_deref().unwrap_or(""),
             "guard state restored"
         );

@@ -13,6 +13,8 @@ pub struct Restored {
     pub snapshot_seq: Option<u64>,
     /// Records read from the log after it (all of them without a snapshot).
     pub replayed: u64,
+    /// The bytes of the log those records took.
+    pub replayed_bytes: u64,
     /// Why the snapshot was not used, if it was not.
     pub note: Option<String>,
 }
@@ -38,6 +40,8 @@ pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restor
         }
         Ok::<_, AuditError>(())
     };
+    // Where the replay began: the snapshot's record (segment, offset), or the log's start.
+    let mut from = None;
     let (state, snapshot_seq, note) = match loaded {
         Ok(s) if s.format != state::SNAPSHOT_FORMAT => {
             (GuardState::default(), None, Some(format!("snapshot format {} unknown", s.format)))
@@ -52,6 +56,7 @@ pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restor
             let seq = s.position.seq;
             match audit::records_after_position(dir, &s.position)? {
                 Some(mut tail) => {
+                    from = Some((s.position.segment.clone(), s.position.offset));
                     let mut state = GuardState::from_snapshot(s);
                     replay(&mut state, &mut tail)?;
                     (state, Some(seq), None)
@@ -69,7 +74,27 @@ pub(super) fn restore_state(dir: &std::path::Path) -> Result<(GuardState, Restor
             (state, Some(format!("{note}: rebuilt from the whole log")))
         }
     };
-    Ok((state, Restored { snapshot_seq, replayed, note }))
+    let replayed_bytes = bytes_after(dir, from.as_ref())?;
+    Ok((state, Restored { snapshot_seq, replayed, replayed_bytes, note }))
+}
+
+/// The log's bytes from `from` (a segment's file name and an offset in it) to its end, or all of
+/// them.
+fn bytes_after(dir: &std::path::Path, from: Option<&(String, u64)>) -> Result<u64, AuditError> {
+    let mut total = 0;
+    let mut counting = from.is_none();
+    for (_, path) in audit::segments(dir)? {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match from {
+            Some((name, offset)) if !counting && path.file_name().is_some_and(|n| n.to_string_lossy() == *name) => {
+                counting = true;
+                total += len.saturating_sub(*offset);
+            }
+            _ if counting => total += len,
+            _ => {}
+        }
+    }
+    Ok(total)
 }
 
 /// A cluster replica with an empty disk starts from a leader's published snapshot: its log
@@ -206,5 +231,37 @@ impl Pipeline {
             });
         }
         Ok(reports)
+    }
+}
+
+/// When the guards' state is written again: `every` at the latest, sooner once `records` records
+/// or `bytes` bytes were appended since the last snapshot (a busy log), so that a restart after
+/// a crash replays a bounded tail however busy the log was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotPolicy {
+    pub every: Duration,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl SnapshotPolicy {
+    /// Whether a snapshot is due, `records` records and `bytes` bytes and `elapsed` after the last.
+    pub fn due(&self, records: u64, bytes: u64, elapsed: Duration) -> bool {
+        records >= self.records || bytes >= self.bytes || elapsed >= self.every
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_due_after_the_interval_or_enough_records_or_bytes_whichever_comes_first() {
+        let p = SnapshotPolicy { every: Duration::from_secs(30), records: 100_000, bytes: 64 << 20 };
+        let (s1, s30) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert!(!p.due(99_999, (64 << 20) - 1, Duration::from_millis(29_999)), "nothing reached yet");
+        assert!(p.due(0, 0, s30), "the interval");
+        assert!(p.due(100_000, 0, s1), "many small records (1-alert payloads, feedback)");
+        assert!(p.due(3_000, 64 << 20, s1), "few large records (50-alert deliveries)");
     }
 }

@@ -69,7 +69,8 @@ async fn crash_and_recover(point: &str, nth: u32) {
     let out = wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{crash_at}: {}", String::from_utf8_lossy(&out.stderr));
 
-    let received = per_alert(json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout));
+    let received =
+        per_alert(json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout));
     let seen: HashSet<&str> = received.iter().filter_map(|r| r["detail"]["alert"]["fingerprint"].as_str()).collect();
     let oldest_kept = received.first().map(|r| r["seq"].as_u64().unwrap()).unwrap_or(0);
     for fp in &acked {
@@ -143,17 +144,22 @@ fn fifty(n: usize) -> String {
     v.to_string()
 }
 
-/// Issue #20: under load the guards' state is written every `audit.snapshot_records` records,
-/// not only every `snapshot_interval`, so after `kill -9` a restart replays a bounded tail of
-/// the log (not everything since the last interval), loses nothing acknowledged, and verifies.
+/// Issue #20: under load the guards' state is written every `audit.snapshot_bytes` bytes of log
+/// (and every `snapshot_records` records), not only every `snapshot_interval`, so after `kill -9`
+/// a restart replays a bounded tail of the log (not everything since the last interval), loses
+/// nothing acknowledged, and verifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_kill_9_under_load_a_restart_replays_a_bounded_tail_and_loses_nothing() {
-    const EVERY: u64 = 5_000;
+    const EVERY: u64 = 4 << 20;
     const PAYLOADS: usize = 2_000; // 100,000 alerts
     let base = std::fs::read_to_string(crate::support::backstop::repo("backstop.yaml")).unwrap();
     let audit = base.find("\naudit:").unwrap();
-    // An interval far longer than the test: only the record count can trigger a snapshot.
-    let config = format!("{}\naudit:\n  snapshot_interval: 1h\n  snapshot_records: {EVERY}\n", &base[..audit]);
+    // An interval far longer than the test, and a record count it never reaches (a 50-alert
+    // payload is one record): only the bytes can trigger a snapshot.
+    let config = format!(
+        "{}\naudit:\n  snapshot_interval: 1h\n  snapshot_records: 10000000\n  snapshot_bytes: {EVERY}\n",
+        &base[..audit]
+    );
     let wd = Workdir::with_config(&config);
     let mut server = wd.serve();
     let url = server.url.clone();
@@ -209,11 +215,12 @@ async fn after_kill_9_under_load_a_restart_replays_a_bounded_tail_and_loses_noth
             .parse()
             .unwrap()
     };
-    let replayed = field("replayed");
+    let (replayed, replayed_bytes) = (field("replayed"), field("replayed_bytes"));
     assert!(restarted.terminate().success());
     let out = wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let received = per_alert(json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout));
+    let received =
+        per_alert(json_lines(&wd.cli(&["audit", "query", "--outcome", "received", "--format", "json"]).stdout));
     let seen: HashSet<String> =
         received.iter().filter_map(|r| r["detail"]["alert"]["fingerprint"].as_str()).map(str::to_string).collect();
     for n in &acked {
@@ -222,9 +229,21 @@ async fn after_kill_9_under_load_a_restart_replays_a_bounded_tail_and_loses_noth
         }
     }
     let total = received.len() as u64;
-    eprintln!("{total} alerts recorded, {} payloads acknowledged, {replayed} records replayed at restart", acked.len());
-    assert!(total >= 50 * acked.len() as u64 && total >= 50_000, "{total} records for {} payloads", acked.len());
-    // Bounded by the record count (a snapshot each EVERY records, looked for 4 times a second),
-    // not by the interval, which never came: without the bound this replays everything.
-    assert!(replayed <= 5 * EVERY, "{replayed} records replayed of {total}: {line}");
+    let log_bytes: u64 = std::fs::read_dir(wd.path("data/audit"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    eprintln!(
+        "{total} alerts recorded ({log_bytes} bytes of log), {} payloads acknowledged, {replayed} records \
+         ({replayed_bytes} bytes) replayed at restart",
+        acked.len()
+    );
+    assert!(total >= 50 * acked.len() as u64 && total >= 50_000, "{total} alerts for {} payloads", acked.len());
+    // Bounded by the bytes (a snapshot each EVERY bytes, looked for 4 times a second), not by
+    // the interval, which never came: without the bound this replays everything.
+    assert!(log_bytes > 5 * EVERY, "the log ({log_bytes} bytes) outgrew the bound many times");
+    assert!(replayed_bytes <= 5 * EVERY, "{replayed_bytes} bytes replayed of {log_bytes}: {line}");
+    assert!(replayed < 1_500, "{replayed} records replayed: {line}");
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audit_format;
 mod audit_topic;
 mod browser;
 mod chain;
