@@ -26,6 +26,7 @@ import urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 ACTION = os.environ["BACKSTOP_ACTION_ID"]
@@ -64,6 +65,7 @@ def submit(driver, button, reason):
     form.find_element(By.NAME, "reason").send_keys(reason)
     form.find_element(By.NAME, "confirm").click()
     form.find_element(By.TAG_NAME, "button").click()
+    return form
 
 
 def follow_the_event_link(driver):
@@ -136,8 +138,12 @@ def main():
         check("the held record appeared live, with its reason", "held" in row and "cooldown" in row, row)
 
         # Pause from the page: the next alert is held for it.
-        submit(driver, "Pause this target", "investigating from the page")
+        form = submit(driver, "Pause this target", "investigating from the page")
         try:
+            # The page it was on is gone once the POST was answered (the pause is recorded before
+            # the answer); only then is the next alert posted. The URL alone was already the
+            # target's before the click.
+            wait.until(EC.staleness_of(form))
             wait.until(lambda d: d.current_url.endswith("/ui/targets/sms-app/model-service") and "paused" not in d.title)
         except Exception:
             check("Pause from the page goes back to the target", False, driver.current_url + " " + driver.page_source[:600])

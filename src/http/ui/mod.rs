@@ -295,7 +295,8 @@ fn record_row_about(r: &audit::Record, about: Option<&str>) -> Vec<String> {
         (Some(action), _, _) => action_link(action),
         (None, Some(event), _) => esc(event),
         (None, None, [one]) => esc(&one.id),
-        _ => String::new(),
+        (None, None, []) => String::new(),
+        (None, None, many) => format!("{} alerts", many.len()),
     };
     vec![
         r.seq.to_string(),

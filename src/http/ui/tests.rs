@@ -244,3 +244,47 @@ fn an_action_id_says_when_it_was_made() {
     assert_eq!(minted_at("6f1c1ad4-4a5e-4b8f-9c0d-1e2f3a4b5c6d"), None);
     assert_eq!(minted_at("no-such-action"), None);
 }
+
+/// A delivery's `received` record (format 2) of `n` alerts, `n{i}` their fingerprints.
+fn delivery_of(n: usize) -> audit::Record {
+    let alerts: Vec<crate::event::Alert> = (0..n)
+        .map(|i| {
+            let starts_at = chrono::DateTime::from_timestamp(1_795_550_591, 0).unwrap();
+            crate::event::Alert {
+                id: format!("n{i}-1795550591"),
+                source: crate::event::SourceKind::Alertmanager,
+                name: "CanaryHighErrorRate".into(),
+                status: crate::event::AlertStatus::Firing,
+                labels: [("alertname".to_string(), "CanaryHighErrorRate".to_string()), ("n".into(), format!("{i}"))]
+                    .into(),
+                annotations: Default::default(),
+                starts_at,
+                ends_at: None,
+                fingerprint: format!("n{i}"),
+                generator_url: String::new(),
+            }
+        })
+        .collect();
+    let detail = serde_json::to_value(crate::event::AlertsRecord::of(&json!({"receiver": "backstop"}), &alerts)).unwrap();
+    audit::Record {
+        seq: 9,
+        time: chrono::Utc::now(),
+        prev: audit::GENESIS.into(),
+        entry: audit::Entry::new(Kind::Received).source("alertmanager").detail(detail),
+    }
+}
+
+#[test]
+fn a_delivery_s_row_shows_its_first_alerts_and_how_many_more_or_only_the_one_an_action_is_about() {
+    let r = delivery_of(7);
+    let row = record_row(&r);
+    assert_eq!(row[4], "7 alerts");
+    for i in 0..5 {
+        assert!(row[5].contains(&format!("alertname=CanaryHighErrorRate n={i}</code> firing")), "{}", row[5]);
+    }
+    assert!(!row[5].contains("n=5") && row[5].ends_with("and 2 more alerts"), "{}", row[5]);
+    let about = record_row_about(&r, Some("n6-1795550591"));
+    assert_eq!(about[4], "n6-1795550591");
+    assert!(about[5].contains("n=6") && !about[5].contains("n=0") && !about[5].contains("more"), "{}", about[5]);
+    assert_eq!(record_row(&delivery_of(1))[4], "n0-1795550591", "one alert: its id");
+}

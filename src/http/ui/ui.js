@@ -50,7 +50,11 @@
       cell(row, String(r.time));
       cell(row, String(r.kind), "kind " + String(r.kind));
       cell(row, r.rule ? String(r.rule) : "");
-      if (r.action_id) { link(row, String(r.action_id)); } else { cell(row, r.event_id ? String(r.event_id) : ""); }
+      // A delivery's received record names its alerts in its detail (one, or how many).
+      var alerts = (!r.event_id && r.detail && Array.isArray(r.detail.alerts)) ? r.detail.alerts : [];
+      var event = r.event_id ? String(r.event_id)
+        : alerts.length === 1 ? String(alerts[0].id) : alerts.length > 1 ? alerts.length + " alerts" : "";
+      if (r.action_id) { link(row, String(r.action_id)); } else { cell(row, event); }
       cell(row, "");
       cell(row, r.reason ? String(r.reason) : "");
       table.insertBefore(row, table.firstChild);
