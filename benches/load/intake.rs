@@ -1,0 +1,156 @@
+//! 1. Webhook intake: the disk's ceiling, and one load phase against a server process.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::machine::{RssSampler, cpu_seconds, machine_busy_seconds};
+use crate::servers::Backstop;
+use crate::shared::*;
+
+/// Append `payload` to a file, `batch` copies per write and one fdatasync per write, for `for_`.
+/// Returns payloads per second.
+pub fn fsync_rate(dir: &Path, payload: &[u8], batch: usize, for_: Duration) -> f64 {
+    let path = dir.join(format!("fsync-ceiling-{batch}.bin"));
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut chunk = Vec::with_capacity(payload.len() * batch + batch);
+    for _ in 0..batch {
+        chunk.extend_from_slice(payload);
+        chunk.push(b'\n');
+    }
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < for_ {
+        file.write_all(&chunk).unwrap();
+        file.sync_data().unwrap();
+        n += batch;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    rate
+}
+
+/// The disk's rates, sampled at several moments of the run (the disk may be shared): fdatasync'd
+/// appends of the 50-alert payload one per fsync (the goal's ceiling), and in batches of 64 (group
+/// commit, as 64 connections allow) for both payloads.
+#[derive(Default)]
+pub struct Disk {
+    pub each50: Vec<f64>,
+    pub batch50: Vec<f64>,
+    pub batch1: Vec<f64>,
+}
+
+impl Disk {
+    pub fn sample(&mut self, one: &[u8], fifty: &[u8]) {
+        let scratch = tempfile::Builder::new().prefix("backstop-load-fsync-").tempdir().unwrap();
+        self.each50.push(fsync_rate(scratch.path(), fifty, 1, Duration::from_millis(700)));
+        self.batch50.push(fsync_rate(scratch.path(), fifty, CONNECTIONS, Duration::from_millis(400)));
+        self.batch1.push(fsync_rate(scratch.path(), one, CONNECTIONS, Duration::from_millis(400)));
+        println!(
+            "  disk: 50-alert payloads {}/s one fdatasync each, {}/s in batches of {CONNECTIONS}; 1-alert {}/s in batches",
+            per_s(*self.each50.last().unwrap()),
+            per_s(*self.batch50.last().unwrap()),
+            per_s(*self.batch1.last().unwrap())
+        );
+    }
+
+    pub fn median(v: &[f64]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    }
+
+    pub fn range(v: &[f64]) -> String {
+        let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("{}-{}", per_s(lo), per_s(hi))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Intake, with the memory of each phase
+
+pub struct Intake {
+    pub rate: f64,
+    pub alerts_rate: f64,
+    pub peak_kb: u64,
+    pub note: String,
+    /// The audit log's fsyncs during the phase (warm-up included): count, mean seconds.
+    pub fsyncs: f64,
+    pub fsync_mean: f64,
+    /// CPU cores used on average by the server, by this process (the client), by the rest.
+    pub server_cores: f64,
+    pub client_cores: f64,
+    pub other_cores: f64,
+    /// The server's CPU time per answered request.
+    pub cpu_per_request: f64,
+}
+
+impl Intake {
+    pub fn cpu(&self) -> String {
+        format!(
+            "server {:.0} us CPU/request; cores used: server {:.2}, client {:.2}, rest of the machine {:.2}",
+            self.cpu_per_request * 1e6,
+            self.server_cores,
+            self.client_cores,
+            self.other_cores
+        )
+    }
+
+    pub fn audit(&self, seconds: f64) -> String {
+        format!(
+            "audit: {:.0} fsyncs/s, mean fdatasync {}, {:.1} alerts per fsync; {}",
+            self.fsyncs / seconds,
+            ms(self.fsync_mean),
+            self.alerts_rate * seconds / self.fsyncs.max(1.0),
+            self.cpu()
+        )
+    }
+}
+
+/// One load phase against a server process (backstop, whose /metrics is read, or the bare one).
+pub async fn intake(
+    pid: u32,
+    addr: SocketAddr,
+    backstop: Option<&Backstop>,
+    payload: &Arc<Payload>,
+    warm: Duration,
+    measure: Duration,
+) -> Intake {
+    let fsync = |m: &str| {
+        let count = metric_value(m, "backstop_audit_fsync_duration_seconds_count", &[]).unwrap_or(0.0);
+        (count, metric_value(m, "backstop_audit_fsync_duration_seconds_sum", &[]).unwrap_or(0.0))
+    };
+    let before = match backstop {
+        Some(b) => fsync(&b.metrics().await),
+        None => (0.0, 0.0),
+    };
+    let sampler = RssSampler::start(pid);
+    let pid_s = pid.to_string();
+    let cpu = (cpu_seconds(&pid_s), cpu_seconds("self"), machine_busy_seconds(), Instant::now());
+    let load = drive(addr, payload.clone(), warm, measure).await;
+    let wall = cpu.3.elapsed().as_secs_f64();
+    let server = cpu_seconds(&pid_s) - cpu.0;
+    let client = cpu_seconds("self") - cpu.1;
+    let busy = machine_busy_seconds() - cpu.2;
+    let peak_kb = sampler.finish();
+    let after = match backstop {
+        Some(b) => fsync(&b.metrics().await),
+        None => (0.0, 0.0),
+    };
+    let rate = load.rate();
+    Intake {
+        rate,
+        alerts_rate: rate * payload.alerts as f64,
+        peak_kb,
+        note: load.problems(),
+        fsyncs: (after.0 - before.0) * measure.as_secs_f64() / (warm + measure).as_secs_f64(),
+        fsync_mean: (after.1 - before.1) / (after.0 - before.0).max(1.0),
+        server_cores: server / wall,
+        client_cores: client / wall,
+        other_cores: ((busy - server - client) / wall).max(0.0),
+        cpu_per_request: server / load.all.max(1) as f64,
+    }
+}
