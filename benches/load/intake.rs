@@ -85,6 +85,10 @@ pub struct Intake {
     pub other_cores: f64,
     /// The server's CPU time per answered request.
     pub cpu_per_request: f64,
+    /// Bytes of the request bodies the server answered, warm-up included.
+    pub body_bytes: u64,
+    /// Backstop only: the growth of its audit log's segments (`seg-*.jsonl`) over the phase.
+    pub log_bytes: Option<u64>,
 }
 
 impl Intake {
@@ -99,14 +103,32 @@ impl Intake {
     }
 
     pub fn audit(&self, seconds: f64) -> String {
+        let growth = match self.log_per_body_byte() {
+            Some(per) => format!(
+                ", log +{} for {} of bodies ({per:.2} bytes per body byte)",
+                mb(self.log_bytes.unwrap_or(0)),
+                mb(self.body_bytes)
+            ),
+            None => String::new(),
+        };
         format!(
-            "audit: {:.0} fsyncs/s, mean fdatasync {}, {:.1} alerts per fsync; {}",
+            "audit: {:.0} fsyncs/s, mean fdatasync {}, {:.1} alerts per fsync{growth}; {}",
             self.fsyncs / seconds,
             ms(self.fsync_mean),
             self.alerts_rate * seconds / self.fsyncs.max(1.0),
             self.cpu()
         )
     }
+
+    /// The audit log's growth per byte of request body (backstop only).
+    pub fn log_per_body_byte(&self) -> Option<f64> {
+        self.log_bytes.map(|log| log as f64 / self.body_bytes.max(1) as f64)
+    }
+}
+
+/// Bytes as MB (10^6), one decimal.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// One load phase against a server process (backstop, whose /metrics is read, or the bare one).
@@ -126,6 +148,7 @@ pub async fn intake(
         Some(b) => fsync(&b.metrics().await),
         None => (0.0, 0.0),
     };
+    let log_before = backstop.map(Backstop::audit_segment_bytes);
     let sampler = RssSampler::start(pid);
     let pid_s = pid.to_string();
     let cpu = (cpu_seconds(&pid_s), cpu_seconds("self"), machine_busy_seconds(), Instant::now());
@@ -139,6 +162,8 @@ pub async fn intake(
         Some(b) => fsync(&b.metrics().await),
         None => (0.0, 0.0),
     };
+    // Every answered request's records are fsync'd by now (the answer waits for them).
+    let log_after = backstop.map(Backstop::audit_segment_bytes);
     let rate = load.rate();
     Intake {
         rate,
@@ -151,5 +176,7 @@ pub async fn intake(
         client_cores: client / wall,
         other_cores: ((busy - server - client) / wall).max(0.0),
         cpu_per_request: server / load.all.max(1) as f64,
+        body_bytes: load.body_bytes,
+        log_bytes: log_before.zip(log_after).map(|(b, a)| a.saturating_sub(b)),
     }
 }

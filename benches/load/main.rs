@@ -23,6 +23,12 @@
 //!    in batches of 64 (sampled three times during the run: the disk may be shared).
 //!    Each phase also reports the server's CPU time per request, the cores used by server, client
 //!    and the rest of the machine (which may be shared), and the audit log's fsyncs.
+//!    The log's size per input byte: the growth of the audit log's segments (`seg-*.jsonl`, not
+//!    their `.idx` indexes nor the snapshot) over each phase against backstop, divided by the
+//!    bytes of the request bodies the client sent and had answered in that phase (warm-up
+//!    included, since the log records those too). Goal (alerts no rule matches): <= 1.3 bytes of
+//!    log per body byte, for 1-alert and for 50-alert payloads each; the alert storm's is
+//!    information.
 //! 2. Decision latency on the manifests target: requests in sequence on one connection; an alert
 //!    whose rule rolls a VirtualService back (alternating with one whose rule sets the weights
 //!    back; cooldown 0 and the action cap raised, so every request writes), against an alert no
@@ -61,7 +67,7 @@ mod machine;
 mod rules;
 mod servers;
 
-use intake::{Disk, intake};
+use intake::{Disk, intake, mb};
 use kafka::bench_kafka;
 use latency::*;
 use machine::{RssSampler, machine_busy_seconds, status_kb};
@@ -246,6 +252,24 @@ async fn run(rows: &mut Vec<Row>) {
                 met: goals.then_some(ratio >= 0.8 && ours.note.is_empty() && ceiling.note.is_empty()),
             });
         }
+    }
+    // The audit log's growth (segments only) per byte of request body the server answered, each
+    // phase from its start to its end, warm-up included: the log records those bodies too.
+    for (what, payloads, i, goals) in [
+        ("no rule matches", "1-alert", &none1, true),
+        ("no rule matches", "50-alert", &none50, true),
+        ("rule matches, held by cooldown", "1-alert", &match1, false),
+        ("rule matches, held by cooldown", "50-alert", &match50, false),
+    ] {
+        let per = i.log_per_body_byte().unwrap_or(f64::NAN);
+        rows.push(Row {
+            name: format!("audit log bytes per body byte, {payloads} payloads, {what}"),
+            measured: format!("log +{} (seg-*.jsonl)", mb(i.log_bytes.unwrap_or(0))),
+            baseline: format!("{} of request bodies answered, warm-up included", mb(i.body_bytes)),
+            ratio: Some(per),
+            goal: if goals { "<= 1.3x" } else { "info" }.into(),
+            met: goals.then_some(per <= 1.3),
+        });
     }
     for (payloads, ours, bare) in [("1-alert", &none1, &bare_one), ("50-alert", &none50, &bare_fifty)] {
         rows.push(Row::info(

@@ -55,6 +55,12 @@ impl Backstop {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// The audit log's size: the segments (`data/audit/seg-*.jsonl`) only, not their indexes
+    /// (`seg-*.idx`) nor the guards' snapshot.
+    pub fn audit_segment_bytes(&self) -> u64 {
+        segment_bytes(&self.dir.join("data/audit"))
+    }
+
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.addr);
         reqwest::get(&url).await.unwrap().text().await.unwrap()
@@ -82,6 +88,23 @@ impl Drop for Backstop {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The audit log's segments in a directory (`seg-*.jsonl`), in order.
+pub fn segments(audit_dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(audit_dir).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+    out.retain(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-") && n.ends_with(".jsonl"))
+    });
+    // `seg-{first_seq:020}.jsonl`: the names sort as the segments follow each other.
+    out.sort();
+    out
+}
+
+/// The sum of the sizes of the audit log's segments (`seg-*.jsonl`) in a directory.
+pub fn segment_bytes(audit_dir: &Path) -> u64 {
+    segments(audit_dir).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
 /// The rules (shipped rules/ plus `extra_rules`), the demo manifests (deploy/local plus

@@ -221,6 +221,9 @@ pub struct Load {
     pub ok: u64,
     /// Answered with 200, warm-up included.
     pub all: u64,
+    /// Bytes of the request bodies the server answered (whatever the status), warm-up included:
+    /// what it read. A body whose connection failed is not counted (it may not have been sent).
+    pub body_bytes: u64,
     pub other: BTreeMap<u16, u64>,
     pub errors: u64,
     pub example: Option<String>,
@@ -263,9 +266,14 @@ pub async fn drive(addr: SocketAddr, payload: Arc<Payload>, warm: Duration, meas
                             }
                         }
                     }
-                    let result = post(sender.as_mut().unwrap(), addr, payload.next()).await;
+                    let body = payload.next();
+                    let len = body.len() as u64;
+                    let result = post(sender.as_mut().unwrap(), addr, body).await;
                     let done = Instant::now();
                     let counted = done >= from && done <= until;
+                    if result.is_ok() {
+                        load.body_bytes += len;
+                    }
                     match result {
                         Ok((200, _)) if counted => {
                             load.ok += 1;
@@ -293,6 +301,7 @@ pub async fn drive(addr: SocketAddr, payload: Arc<Payload>, warm: Duration, meas
         let l = t.await.unwrap();
         total.ok += l.ok;
         total.all += l.all;
+        total.body_bytes += l.body_bytes;
         total.errors += l.errors;
         for (s, n) in l.other {
             *total.other.entry(s).or_default() += n;
