@@ -66,6 +66,12 @@ impl Backstop {
         reqwest::get(&url).await.unwrap().text().await.unwrap()
     }
 
+    /// `kill -9` (SIGKILL: no chance to flush or close anything), and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM and wait (bounded), else SIGKILL.
     pub fn stop(mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

@@ -161,6 +161,8 @@ impl Payload {
         let payload = Payload { bytes, fingerprints, starts, alerts, base };
         let parsed = backstop::sources::alertmanager::parse(&payload.make(1)).unwrap();
         assert_eq!(parsed.events().len(), alerts);
+        let ids: Vec<String> = parsed.events().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, payload.ids(1).collect::<Vec<_>>());
         payload
     }
 
@@ -179,6 +181,13 @@ impl Payload {
             b[at..at + 20].copy_from_slice(start.as_bytes());
         }
         Bytes::from(b)
+    }
+
+    /// The ids backstop gives the alerts of request `n`, in order: `{fingerprint}-{startsAt as
+    /// Unix seconds}` of what `make(n)` writes.
+    pub fn ids(&self, n: u64) -> impl Iterator<Item = String> + use<> {
+        let start = (self.base + chrono::Duration::seconds((n % 3600) as i64)).timestamp();
+        (0..self.alerts).map(move |k| format!("{:010x}{k:06x}-{start}", n & 0xff_ffff_ffff))
     }
 
     pub fn next(&self) -> Bytes {
