@@ -8,7 +8,7 @@
 //! (lease 3 s, renewed every 500 ms, acted on until 1 s before it ends).
 //!
 //! 1. Intake: `POST /v1/alertmanager` of Alertmanager v4 payloads of 1 and of 50 alerts no rule
-//!    matches, 64 keep-alive connections (the client of benches/load.rs) for BENCH_SECONDS after
+//!    matches, 64 keep-alive connections (the client of benches/load/) for BENCH_SECONDS after
 //!    1 s of warm-up, against (a) one `backstop serve` with the same Kafka config and no `cluster:`
 //!    block and (b) the leader of three replicas (every batch produced to the log topic with
 //!    acks=all before the answer). Reported: req/s and the ratio cluster / single.
@@ -23,9 +23,9 @@
 //!    Reported: min, p50, p99, max of kill to ready, the p50 and p99 of the `handover_ms` of the
 //!    takeover records, the writes to the VirtualService (1 expected: the alert acts once across
 //!    all the takeovers), and whether the three logs end up the same bytes.
-//! 4. Kafka feedback: BENCH_KAFKA_MESSAGES (100,000) outcome events (the ones of benches/load.rs)
+//! 4. Kafka feedback: BENCH_KAFKA_MESSAGES (100,000) outcome events (the ones of benches/load/)
 //!    on the feedback topic: (a) produced, then one `backstop serve` without a `cluster:` block
-//!    started on it (as in benches/load.rs); (b) three replicas started and settled, then
+//!    started on it (as in benches/load/); (b) three replicas started and settled, then
 //!    produced (the leader consumes them; the producer is several times faster than the leader,
 //!    and the seconds it took are reported). `backstop_events_received_total{source="kafka",
 //!    outcome="accepted"}` of the server (the leader) polled every 20 ms, from the first poll that

@@ -1,6 +1,6 @@
-//! What `benches/load.rs` and `benches/cluster.rs` share (each includes this file with
-//! `#[path = "shared/intake.rs"] mod shared;`; it is under a directory so that cargo does not
-//! take it for a benchmark of its own): realistic Alertmanager v4 payloads, the 64-connection
+//! What `benches/load/` and `benches/cluster.rs` share (each includes this file with
+//! `#[path = "shared/intake.rs"] mod shared;`, or `"../shared/intake.rs"` from `load/main.rs`; it
+//! is under a directory of its own so that cargo does not take it for a benchmark): realistic Alertmanager v4 payloads, the 64-connection
 //! hyper HTTP/1.1 client that posts them, a backlog of Kafka feedback events and how fast a server
 //! records it, and small helpers (environment, quantiles, formatting, the machine's description, a
 //! series of `/metrics`).
@@ -161,6 +161,8 @@ impl Payload {
         let payload = Payload { bytes, fingerprints, starts, alerts, base };
         let parsed = backstop::sources::alertmanager::parse(&payload.make(1)).unwrap();
         assert_eq!(parsed.events().len(), alerts);
+        let ids: Vec<String> = parsed.events().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, payload.ids(1).collect::<Vec<_>>());
         payload
     }
 
@@ -179,6 +181,13 @@ impl Payload {
             b[at..at + 20].copy_from_slice(start.as_bytes());
         }
         Bytes::from(b)
+    }
+
+    /// The ids backstop gives the alerts of request `n`, in order: `{fingerprint}-{startsAt as
+    /// Unix seconds}` of what `make(n)` writes.
+    pub fn ids(&self, n: u64) -> impl Iterator<Item = String> + use<> {
+        let start = (self.base + chrono::Duration::seconds((n % 3600) as i64)).timestamp();
+        (0..self.alerts).map(move |k| format!("{:010x}{k:06x}-{start}", n & 0xff_ffff_ffff))
     }
 
     pub fn next(&self) -> Bytes {
@@ -221,6 +230,9 @@ pub struct Load {
     pub ok: u64,
     /// Answered with 200, warm-up included.
     pub all: u64,
+    /// Bytes of the request bodies the server answered (whatever the status), warm-up included:
+    /// what it read. A body whose connection failed is not counted (it may not have been sent).
+    pub body_bytes: u64,
     pub other: BTreeMap<u16, u64>,
     pub errors: u64,
     pub example: Option<String>,
@@ -263,9 +275,14 @@ pub async fn drive(addr: SocketAddr, payload: Arc<Payload>, warm: Duration, meas
                             }
                         }
                     }
-                    let result = post(sender.as_mut().unwrap(), addr, payload.next()).await;
+                    let body = payload.next();
+                    let len = body.len() as u64;
+                    let result = post(sender.as_mut().unwrap(), addr, body).await;
                     let done = Instant::now();
                     let counted = done >= from && done <= until;
+                    if result.is_ok() {
+                        load.body_bytes += len;
+                    }
                     match result {
                         Ok((200, _)) if counted => {
                             load.ok += 1;
@@ -293,6 +310,7 @@ pub async fn drive(addr: SocketAddr, payload: Arc<Payload>, warm: Duration, meas
         let l = t.await.unwrap();
         total.ok += l.ok;
         total.all += l.all;
+        total.body_bytes += l.body_bytes;
         total.errors += l.errors;
         for (s, n) in l.other {
             *total.other.entry(s).or_default() += n;
