@@ -87,10 +87,15 @@ pub fn audit_latency(audit_dir: &Path) -> Vec<f64> {
     let mut received = std::collections::HashMap::new();
     let mut out = Vec::new();
     for r in &records {
-        let Some(id) = r.entry.event_id.as_deref() else { continue };
         if r.entry.kind == Kind::Received {
-            received.insert(id.to_string(), r.time);
-        } else if r.entry.rule.as_deref().is_some_and(|n| n.starts_with("bench-"))
+            // A delivery's record names its alerts in its detail (format 2).
+            for id in backstop::event::alert_ids(r.entry.detail.as_ref()) {
+                received.insert(id, r.time);
+            }
+            continue;
+        }
+        let Some(id) = r.entry.event_id.as_deref() else { continue };
+        if r.entry.rule.as_deref().is_some_and(|n| n.starts_with("bench-"))
             && let Some(t) = received.get(id)
         {
             out.push((r.time - *t).to_std().unwrap_or_default().as_secs_f64());
