@@ -151,7 +151,7 @@ pub struct Entry {
     /// alert: no `Value` tree built, copied and dropped per alert). Written as `detail` when
     /// `detail` is not set; a record read back has it in `detail`.
     #[serde(skip)]
-    pub detail_json: Option<String>,
+    pub detail_json: Option<Vec<u8>>,
 }
 
 macro_rules! setters {
@@ -193,12 +193,16 @@ impl Entry {
         self
     }
     /// The detail, serialised from `detail` now (see [`Entry::detail_json`]).
-    pub fn detail_of(mut self, detail: &impl Serialize) -> Result<Self, AuditError> {
+    pub fn detail_of(self, detail: &impl Serialize) -> Result<Self, AuditError> {
         // Sized for a typical alert, so the text is not grown (copied) several times over.
-        let mut text = Vec::with_capacity(1024);
+        self.detail_of_sized(detail, 1024)
+    }
+
+    /// [`Entry::detail_of`], for a detail of about `capacity` bytes (a delivery of many alerts).
+    pub fn detail_of_sized(mut self, detail: &impl Serialize, capacity: usize) -> Result<Self, AuditError> {
+        let mut text = Vec::with_capacity(capacity);
+        // serde_json writes valid UTF-8 only (not checked again: a 50-alert delivery is ~45 kB).
         serde_json::to_writer(&mut text, detail).map_err(AuditError::serialise)?;
-        // serde_json writes valid UTF-8 only.
-        let text = String::from_utf8(text).map_err(|e| AuditError::serialise(serde::ser::Error::custom(e)))?;
         self.detail_json = Some(text);
         Ok(self)
     }

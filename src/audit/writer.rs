@@ -43,23 +43,24 @@ pub type StateAt = Box<dyn FnOnce(&Position) -> Vec<u8> + Send>;
 /// in front, hashes the line and writes.
 pub(super) struct Prepared {
     entry: Entry,
+    /// The entry's JSON object, less its detail when that is already text (`detail_json`).
     json: Vec<u8>,
+    /// Whether `detail_json` goes at the end of `json` (the writer copies it there, once).
+    text_detail: bool,
+}
+
+impl Prepared {
+    fn len(&self) -> usize {
+        self.json.len() + if self.text_detail { self.entry.detail_json.as_ref().map_or(0, Vec::len) + 10 } else { 0 }
+    }
 }
 
 pub(super) fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
-    let room = entry.detail_json.as_ref().map_or(0, String::len) + 512;
-    let mut json = Vec::with_capacity(room);
+    let mut json = Vec::with_capacity(256);
     serde_json::to_writer(&mut json, &entry).map_err(AuditError::serialise)?;
-    // `detail` is the entry's last field: the text goes where the value would have.
-    if let (None, Some(detail)) = (&entry.detail, &entry.detail_json)
-        && json.last() == Some(&b'}')
-    {
-        json.pop();
-        json.extend_from_slice(b",\"detail\":");
-        json.extend_from_slice(detail.as_bytes());
-        json.push(b'}');
-    }
-    Ok(Prepared { entry, json })
+    // `detail` is the entry's last field: its text goes where the value would have.
+    let text_detail = entry.detail.is_none() && entry.detail_json.is_some() && json.last() == Some(&b'}');
+    Ok(Prepared { entry, json, text_detail })
 }
 
 fn prepare_all(entries: Vec<Entry>) -> Result<Vec<Prepared>, AuditError> {
@@ -460,7 +461,7 @@ fn run(rx: mpsc::Receiver<Request>, mut tail: Tail, opts: AuditOptions, shared: 
         }
         // Writes failed before: the recovery record goes first (if it fails, so will the batch).
         recover(&mut tail, &opts, &shared, &mut mode, &mut outage);
-        let bytes = |e: &[Prepared]| e.iter().map(|p| p.json.len() + 120).sum::<usize>();
+        let bytes = |e: &[Prepared]| e.iter().map(|p| p.len() + 120).sum::<usize>();
         let mut size = bytes(&entries);
         let mut batch = vec![(entries, reply)];
         while size < MAX_BATCH_BYTES {
@@ -605,10 +606,10 @@ type Serialized = (Vec<Record>, Vec<u8>, String, usize);
 /// serialising the [`Record`] would give (its entry is flattened), from the entry's JSON.
 fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Serialized, AuditError> {
     let mut prev = prev.to_string();
-    let mut buf = Vec::with_capacity(entries.iter().map(|p| p.json.len() + 140).sum());
+    let mut buf = Vec::with_capacity(entries.iter().map(|p| p.len() + 140).sum());
     let mut last_line = 0;
     let mut records = Vec::with_capacity(entries.len());
-    for Prepared { entry, json } in entries {
+    for Prepared { entry, json, text_detail } in entries {
         let time = Utc::now();
         let start = buf.len();
         write!(buf, "{{\"seq\":{seq},\"time\":")
@@ -618,8 +619,17 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
                 Ok(())
             })
             .map_err(|e| AuditError::Io { action: "serialise", path: PathBuf::new(), source: e })?;
-        // The entry's object without its opening brace (it always has a `kind`).
-        buf.extend_from_slice(json.get(1..).unwrap_or_default());
+        // The entry's object without its opening brace (it always has a `kind`), and its detail's
+        // text in the place of its closing one.
+        match (text_detail, &entry.detail_json) {
+            (true, Some(detail)) => {
+                buf.extend_from_slice(json.get(1..json.len() - 1).unwrap_or_default());
+                buf.extend_from_slice(b",\"detail\":");
+                buf.extend_from_slice(detail);
+                buf.push(b'}');
+            }
+            _ => buf.extend_from_slice(json.get(1..).unwrap_or_default()),
+        }
         let line_hash = hash(&buf[start..]);
         let record = Record { seq, time, prev: std::mem::replace(&mut prev, line_hash), entry };
         last_line = start;

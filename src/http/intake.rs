@@ -232,12 +232,16 @@ pub(super) async fn receive_alerts(
             // failure freed the alert's key, so the retry acts; the others are duplicates.
             let failed = results.iter().any(|r| r.outcome == Kind::Failed);
             let status = if failed { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-            let body = json!({
-                "received": received,
-                "truncatedAlerts": truncated,
-                "results": results,
-                "retry": failed,
-            });
+            // Serialised straight from the reports (no JSON tree built per alert first).
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Answer {
+                received: usize,
+                results: Vec<crate::pipeline::Report>,
+                retry: bool,
+                truncated_alerts: u64,
+            }
+            let body = Answer { received, results, retry: failed, truncated_alerts: truncated };
             (status, Json(body)).into_response()
         }
         Err(e) => ApiError::from(e).into_response(),

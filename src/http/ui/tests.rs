@@ -265,7 +265,8 @@ fn delivery_of(n: usize) -> audit::Record {
             }
         })
         .collect();
-    let detail = serde_json::to_value(crate::event::AlertsRecord::of(&json!({"receiver": "backstop"}), &alerts)).unwrap();
+    let detail =
+        serde_json::to_value(crate::event::AlertsRecord::of(&json!({"receiver": "backstop"}), &alerts)).unwrap();
     audit::Record {
         seq: 9,
         time: chrono::Utc::now(),
