@@ -638,7 +638,17 @@ fn print_record(r: &Record, format: &str) -> Result<()> {
         return Ok(());
     }
     let e = &r.entry;
-    let id = e.action_id.as_deref().or(e.event_id.as_deref()).unwrap_or("-");
+    // A delivery's received record: its one alert's id, or how many alerts it holds.
+    let ids = match (&e.action_id, &e.event_id) {
+        (None, None) => backstop::event::alert_ids(e.detail.as_ref()),
+        _ => Vec::new(),
+    };
+    let id = match (e.action_id.as_deref().or(e.event_id.as_deref()), ids.as_slice()) {
+        (Some(id), _) => id.to_string(),
+        (None, []) => "-".to_string(),
+        (None, [one]) => one.clone(),
+        (None, many) => format!("{} alerts", many.len()),
+    };
     println!(
         "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  {}",
         r.seq,

@@ -92,6 +92,10 @@ async fn a_log_written_in_format_1_still_reads_verifies_and_goes_on_in_format_2(
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("CanaryHighErrorRate firing"), "{table}");
     assert!(table.contains("2 alerts: CanaryHighErrorRate firing, CanaryHighErrorRate firing"), "{table}");
+    // The event column: the alert's id, for a format 1 record and for a one-alert delivery alike.
+    let ids: Vec<&str> = table.lines().filter(|l| l.contains(CANARY_ALERT)).collect();
+    assert_eq!(ids.len(), 3, "{table}");
+    assert!(table.lines().any(|l| l.contains("  2 alerts  ")), "{table}");
 
     // An export of both verifies on its own.
     let export = wd.cli(&["audit", "export", "--since", "2026-01-01T00:00:00Z"]);
