@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,39 @@ pub fn message_key(record: &Record) -> &[u8] {
 }
 
 /// The message headers: `backstop_seq` (decimal) and `backstop_kind`.
+/// What stands in for a record too large for a Kafka message (the producer's `message.max.bytes`,
+/// 1,000,000 by default; a delivery of many alerts is one record of about its body's size): the
+/// record's place in the chain and the SHA-256 of its line, so a consumer still checks the chain
+/// (the next record's `prev` is that hash) and knows to read the record from the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StandIn {
+    pub seq: u64,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub prev: String,
+    pub kind: crate::audit::Kind,
+    pub too_large: TooLarge,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TooLarge {
+    /// The line's length in bytes.
+    pub bytes: usize,
+    /// The SHA-256 of the line (hex).
+    pub sha256: String,
+}
+
+impl StandIn {
+    pub fn of(r: &RawRecord) -> StandIn {
+        StandIn {
+            seq: r.record.seq,
+            time: r.record.time,
+            prev: r.record.prev.clone(),
+            kind: r.record.entry.kind,
+            too_large: TooLarge { bytes: r.line.len(), sha256: crate::digest::sha256_hex(&r.line) },
+        }
+    }
+}
+
 pub fn message_headers(record: &Record) -> OwnedHeaders {
     let seq = record.seq.to_string();
     OwnedHeaders::new_with_capacity(2)
@@ -279,9 +312,27 @@ impl AuditPublisher {
                 .key(message_key(&r.record))
                 .payload(&r.line)
                 .headers(message_headers(&r.record));
-            match self.producer.send_result(message) {
+            let sent = match self.producer.send_result(message).map_err(|(e, _)| e) {
+                // Larger than a message may be: its stand-in takes its place (never retried
+                // forever, holding up everything after it).
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                    let stand_in = serde_json::to_vec(&StandIn::of(r)).unwrap_or_default();
+                    warn!(
+                        topic = %self.topic,
+                        seq = r.record.seq,
+                        bytes = r.line.len(),
+                        "an audit record is larger than a Kafka message may be: a stand-in with its hash is published in its place"
+                    );
+                    let message = FutureRecord::to(&self.topic).key(message_key(&r.record)).payload(&stand_in).headers(
+                        message_headers(&r.record).insert(Header { key: "backstop_too_large", value: Some(b"1") }),
+                    );
+                    self.producer.send_result(message).map_err(|(e, _)| e)
+                }
+                sent => sent,
+            };
+            match sent {
                 Ok(d) => deliveries.push(d),
-                Err((e, _)) => {
+                Err(e) => {
                     error = Some(e);
                     break;
                 }

@@ -188,3 +188,57 @@ async fn a_broker_outage_does_not_hold_up_alerts_and_the_backlog_is_published_wh
     assert_same(&deduped, &lines);
     assert!(server.terminate().success());
 }
+
+/// A delivery is one record of about its body's size; one larger than a Kafka message may be
+/// (`message.max.bytes`, here lowered to 100,000) is published as a stand-in carrying its seq and
+/// the SHA-256 of its line, so the chain still checks and what follows is not held up.
+#[tokio::test]
+async fn a_record_larger_than_a_kafka_message_is_published_as_a_stand_in_and_the_rest_follows() {
+    let Some(broker) = Tansu::try_start().await else { return };
+    broker.create_topics(&["backstop.alerts", "backstop.feedback", TOPIC]).await;
+    let wd = Workdir::new();
+    let config = std::fs::read_to_string(wd.config()).unwrap()
+        + &format!(
+            "\nkafka:\n  brokers: {}\n  audit_topic: {TOPIC}\n  properties:\n    message.max.bytes: \"100000\"\n",
+            broker.brokers()
+        );
+    std::fs::write(wd.config(), config).unwrap();
+    let server = wd.serve();
+    // The demo alert with a 150 kB annotation (well within the body limit of 1 MiB).
+    let big =
+        FIRING.replacen("\"annotations\":{", &format!("\"annotations\":{{\"dump\":\"{}\",", "x".repeat(150_000)), 1);
+    assert!(big.len() > 150_000);
+    let (status, body) = server.post("/v1/alertmanager", "application/json", big.clone()).await;
+    assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("applied")), "{body}");
+    let (status, _) = server.post("/v1/alertmanager", "application/json", GROUPED).await;
+    assert_eq!(status, 200);
+
+    let lines = local_lines(&wd);
+    let published = consume(&broker, lines.len(), Duration::from_secs(30)).await;
+    let seqs: Vec<u64> = published.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>(), "every record once, in seq order");
+    let mut stand_ins = 0;
+    for (i, (p, line)) in published.iter().zip(&lines).enumerate() {
+        if line.len() < 100_000 {
+            assert_eq!(p.payload, *line, "seq {}: the message is the log's line", p.seq);
+            continue;
+        }
+        stand_ins += 1;
+        let stand_in: Value = serde_json::from_slice(&p.payload).unwrap();
+        let record: Value = serde_json::from_slice(line).unwrap();
+        assert_eq!(
+            (stand_in["seq"].clone(), stand_in["kind"].clone()),
+            (record["seq"].clone(), record["kind"].clone())
+        );
+        assert_eq!(stand_in["prev"], record["prev"]);
+        assert_eq!(stand_in["too_large"]["bytes"], line.len());
+        let hash = backstop::digest::sha256_hex(line);
+        assert_eq!(stand_in["too_large"]["sha256"], hash.as_str());
+        // The chain goes on through it.
+        let next: Value = serde_json::from_slice(&published[i + 1].payload).unwrap();
+        assert_eq!(next["prev"], hash.as_str(), "the next record's prev is the stand-in's hash");
+    }
+    assert_eq!(stand_ins, 1, "the big delivery, and only it");
+    assert!(server.log().contains("a stand-in with its hash is published in its place"), "{}", server.log());
+    assert!(server.terminate().success());
+}
