@@ -39,24 +39,11 @@ async fn a_log_written_in_format_1_still_reads_verifies_and_goes_on_in_format_2(
     // redelivered alert is known as handled by the old action.
     let server = wd.serve();
     let client = reqwest::Client::new();
-    let post = |body: &'static str| {
-        let (client, url) = (client.clone(), server.url.clone());
-        async move {
-            let r = client
-                .post(format!("{url}/v1/alertmanager"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
-    let (status, again) = post(FIRING).await;
+    let (status, again) = server.post("/v1/alertmanager", "application/json", FIRING).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["results"][0]["outcome"], "noop", "the state read the old records: {again}");
     assert_eq!(again["results"][0]["action_id"], OLD_ACTION, "{again}");
-    let (status, truncated) = post(TRUNCATED).await;
+    let (status, truncated) = server.post("/v1/alertmanager", "application/json", TRUNCATED).await;
     assert_eq!(status, 200, "{truncated}");
     // The on-call page of the old action shows the alert it acted on, read from a format 1 record.
     let page = client.get(format!("{}/ui/actions/{OLD_ACTION}", server.url)).send().await.unwrap();
