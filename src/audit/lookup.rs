@@ -63,23 +63,40 @@ fn read_at(reader: &mut BufReader<File>, path: &Path, at: u64) -> Result<Record,
 }
 
 /// The `received` record of event `event_id`, looked for among the few thousand records before
-/// seq `before` (where an alert's decision follows it), in that record's segment.
+/// seq `before` (where an alert's decision follows it): in the segment that holds them, and in
+/// the one before it when the window reaches back across a seal.
 pub fn received_before(dir: &Path, event_id: &str, before: u64) -> Result<Option<Record>, AuditError> {
     let segs = segments(dir)?;
-    let Some((_, path)) = segs.iter().rev().find(|(first, _)| *first <= before) else { return Ok(None) };
     let from = before.saturating_sub(RECEIVED_WINDOW);
-    // Only the anchors are wanted: the event's postings, and the marks. The id as a JSON
-    // string: a format 1 record's `event_id`, or an alert's `id` in a delivery's record.
+    // The id as a JSON string: a format 1 record's `event_id`, or an alert's `id` in a
+    // delivery's record.
     let needle = serde_json::Value::from(event_id).to_string();
-    let start = index::load(path, Some(needle.as_bytes()))?
-        .anchors
-        .into_iter()
-        .filter(|(seq, _)| *seq <= from)
-        .map(|(_, at)| at)
-        .max();
+    // Newest first: the record is nearest the decision.
+    for (first, path) in segs.iter().rev().filter(|(first, _)| *first < before) {
+        if let Some(r) = received_in(path, event_id, needle.as_bytes(), from, before)? {
+            return Ok(Some(r));
+        }
+        if *first <= from {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// [`received_before`] in one segment: from the last anchor at or before seq `from`.
+fn received_in(
+    path: &Path,
+    event_id: &str,
+    needle: &[u8],
+    from: u64,
+    before: u64,
+) -> Result<Option<Record>, AuditError> {
+    // Only the anchors are wanted: the event's postings, and the marks.
+    let start =
+        index::load(path, Some(needle))?.anchors.into_iter().filter(|(seq, _)| *seq <= from).map(|(_, at)| at).max();
     let mut lines = Lines::open_at(path, start.unwrap_or(0))?;
     while let Some((n, bytes)) = lines.next_line()? {
-        if !contains(bytes, needle.as_bytes()) {
+        if !contains(bytes, needle) {
             if index::seq_of(bytes).is_some_and(|s| s >= before) {
                 break;
             }

@@ -145,6 +145,39 @@ async fn an_alerts_received_record_is_found_just_before_its_decision() {
 }
 
 #[tokio::test]
+async fn an_alerts_received_record_is_found_across_a_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of about 1 kB: the alert's delivery ends one, its decision starts the next.
+    let log = AuditLog::open(dir.path(), AuditOptions { segment_max_bytes: 1_000, ..AuditOptions::default() }).unwrap();
+    let filler =
+        |i: usize| Entry::new(Kind::Received).event_id(format!("f{i}")).detail(json!({"pad": "x".repeat(100)}));
+    let mut n = 0;
+    while segments(dir.path()).unwrap().len() < 2 {
+        log.append(vec![filler(n)]).await.unwrap();
+        n += 1;
+    }
+    // The delivery, then enough to start another segment, then the decision there.
+    let delivered = Entry::new(Kind::Received).source("alertmanager").detail(json!({
+        "format": 2, "delivery": {},
+        "alerts": [{"id": "a1-1795550591", "status": "firing", "labels": {"alertname": "A"}, "starts_at": "2026-11-24T20:03:11Z"}],
+    }));
+    let delivered = log.append(vec![delivered]).await.unwrap()[0].seq;
+    let segs_then = segments(dir.path()).unwrap().len();
+    while segments(dir.path()).unwrap().len() == segs_then {
+        log.append(vec![filler(n)]).await.unwrap();
+        n += 1;
+    }
+    let decided = log.append(vec![Entry::new(Kind::Decided).event_id("a1-1795550591").rule("r")]).await.unwrap();
+    let seq = decided[0].seq;
+    let segs = segments(dir.path()).unwrap();
+    assert!(segs.last().unwrap().0 > delivered, "the delivery is in a segment before the decision's");
+    let received = received_before(dir.path(), "a1-1795550591", seq).unwrap().expect("found in an earlier segment");
+    assert_eq!(received.seq, delivered);
+    assert_eq!(crate::event::alert_ids(received.entry.detail.as_ref()), ["a1-1795550591"]);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn retention_removes_a_segments_index_with_it() {
     let dir = tempfile::tempdir().unwrap();
     mixed_log(dir.path()).await;
