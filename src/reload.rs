@@ -4,10 +4,11 @@
 //! The guards' state (idempotency keys, cooldowns, pauses, feedback arms) is the log's, not
 //! the rules', so it survives any reload.
 //!
-//! What a reload can change: the rules (and the rule paths), `guards`, `action_timeout`, and
-//! `dry_run` — which a reload can turn on but never off (arming backstop takes a restart, so a
-//! stray edit cannot). Everything else (listen, data_dir, target, kafka, prometheus, http) is
-//! logged as waiting for the next restart.
+//! What a reload can change: the rules (and the rule paths), `guards`, `action_timeout`,
+//! `ui.url`, and `dry_run` — which a reload can turn on but never off (arming backstop takes a
+//! restart, so a stray edit cannot). Everything else (listen, data_dir, target, kafka,
+//! prometheus, http, audit and its snapshot bounds, ui.read_only) is logged as waiting for the
+//! next restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -192,7 +193,36 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str> {
     check("http.auth", started.auth != new.auth);
     check("http.max_body_bytes", started.max_body_bytes != new.max_body_bytes);
     check("audit", format!("{:?}", started.audit) != format!("{:?}", new.audit));
+    check(
+        "audit.snapshot_*",
+        (started.snapshot_interval, started.snapshot_records, started.snapshot_bytes)
+            != (new.snapshot_interval, new.snapshot_records, new.snapshot_bytes),
+    );
+    check("ui.read_only", started.ui_read_only != new.ui_read_only);
     check("shutdown_grace", started.shutdown_grace != new.shutdown_grace);
     check("dry_run (off)", started.dry_run && !new.dry_run);
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("backstop.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn what_takes_a_restart_is_named_and_what_a_reload_applies_is_not() {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/backstop.yaml")).unwrap();
+        let started = config(&shipped);
+        assert_eq!(restart_only_changes(&started, &config(&shipped)), Vec::<&str>::new());
+        let edited = shipped
+            .replace("read_only: false", "read_only: true")
+            .replace("snapshot_bytes: 67108864", "snapshot_bytes: 33554432")
+            .replace("max_actions: 5", "max_actions: 7");
+        assert_ne!(edited, shipped);
+        // The page's controls and the snapshot's bounds are read at start only; the guards are not.
+        assert_eq!(restart_only_changes(&started, &config(&edited)), ["audit.snapshot_*", "ui.read_only"]);
+    }
 }
