@@ -48,15 +48,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/intake.rs"]
+mod common;
 #[path = "../tests/it/support/kube.rs"]
 mod kube;
-#[path = "shared/intake.rs"]
-mod shared;
 #[path = "../tests/it/support/tansu.rs"]
 mod tansu;
 
+use common::*;
 use kube::KubeEmulator;
-use shared::*;
 use tansu::Tansu;
 
 const BIN: &str = env!("CARGO_BIN_EXE_backstop");

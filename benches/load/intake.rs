@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use crate::machine::{RssSampler, cpu_seconds, machine_busy_seconds};
 use crate::servers::Backstop;
-use crate::shared::*;
 
 /// Append `payload` to a file, `batch` copies per write and one fdatasync per write, for `for_`.
 /// Returns payloads per second.
@@ -35,7 +35,7 @@ pub fn fsync_rate(dir: &Path, payload: &[u8], batch: usize, for_: Duration) -> f
 }
 
 /// The disk's raw group-commit rates, sampled at several moments of the run (the disk may be
-/// shared, and the durable server's ceiling is measured once, at the start): fdatasync'd appends
+/// shared; the durable server's ceiling is measured before and after backstop's phases): fdatasync'd appends
 /// in batches of 64 (as 64 connections allow) of each payload. Information only: it says whether
 /// the disk stayed the same between the ceiling's phases and backstop's.
 #[derive(Default)]

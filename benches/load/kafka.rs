@@ -5,9 +5,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Row;
+use crate::common::*;
 use crate::machine::RssSampler;
 use crate::servers::{Backstop, workdir};
-use crate::shared::*;
 
 pub fn tansu_binary() -> Result<PathBuf, String> {
     let on_path = std::env::var_os("PATH")

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::common::*;
 use crate::repo;
-use crate::shared::*;
 
 pub const BENCH_RULES: &str = r#"# Two rules on one VirtualService (bench/model-service), cooldown 0: every alert acts.
 rules:

@@ -57,7 +57,7 @@
 //! Layout: this file runs the phases and prints the rows; `machine` (memory and CPU time from
 //! /proc), `servers` (the release binary in a working directory, the bare axum server), `intake`,
 //! `latency`, `rules`, `kafka` and `restart` hold the phases; the payloads and the client are
-//! `../shared/intake.rs` (shared with benches/cluster.rs).
+//! `../common/intake.rs` (shared with benches/cluster.rs).
 //!
 //! Environment: BENCH_SECONDS, BENCH_LATENCY_N (1000), BENCH_MANIFEST_FILES (500),
 //! BENCH_RESTART_SECONDS (15),
@@ -68,8 +68,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "../shared/intake.rs"]
-mod shared;
+#[path = "../common/intake.rs"]
+mod common;
 
 mod intake;
 mod kafka;
@@ -79,13 +79,13 @@ mod restart;
 mod rules;
 mod servers;
 
+use common::*;
 use intake::{Disk, intake, mb};
 use kafka::bench_kafka;
 use latency::*;
 use machine::{RssSampler, machine_busy_seconds, status_kb};
 use rules::bench_rules;
 use servers::{Backstop, Bare, workdir};
-use shared::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_backstop");
 

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::common::*;
 use crate::intake::mb;
 use crate::latency::{BENCH_RULES, manifest_in};
 use crate::servers::{Backstop, segment_bytes, segments, workdir};
-use crate::shared::*;
 use crate::{BIN, Row};
 
 pub async fn bench_restart(rows: &mut Vec<Row>) {

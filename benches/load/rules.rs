@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::Row;
+use crate::common::*;
 use crate::intake::Disk;
-use crate::shared::*;
 
 /// `n` rules in files of `per_file`, each on its own alert name (`alertname="BenchAlertI"`, or
 /// `alertname=~"BenchAlertI"`, which the index cannot use).

@@ -1,5 +1,5 @@
 //! What `benches/load/` and `benches/cluster.rs` share (each includes this file with
-//! `#[path = "shared/intake.rs"] mod shared;`, or `"../shared/intake.rs"` from `load/main.rs`; it
+//! `#[path = "common/intake.rs"] mod common;`, or `"../common/intake.rs"` from `load/main.rs`; it
 //! is under a directory of its own so that cargo does not take it for a benchmark): realistic Alertmanager v4 payloads, the 64-connection
 //! hyper HTTP/1.1 client that posts them, a backlog of Kafka feedback events and how fast a server
 //! records it, and small helpers (environment, quantiles, formatting, the machine's description, a
