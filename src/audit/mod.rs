@@ -324,14 +324,8 @@ impl Filter {
     pub fn matches(&self, r: &Record) -> bool {
         let e = &r.entry;
         // A delivery's `received` record carries its alerts' ids in its detail (format 2).
-        let delivered;
-        let event_id = match &self.event_id {
-            Some(want) if e.event_id.is_none() && e.kind == Kind::Received && r.names_alert(want) => {
-                delivered = Some(want.clone());
-                &delivered
-            }
-            _ => &e.event_id,
-        };
+        let delivered = e.event_id.is_none() && self.event_id.as_deref().is_some_and(|want| r.names_alert(want));
+        let event_id = if delivered { &self.event_id } else { &e.event_id };
         self.matches_parts(r.seq, r.time, e.kind, &e.rule, &e.target, event_id, &e.action_id)
     }
 

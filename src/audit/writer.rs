@@ -45,22 +45,23 @@ pub(super) struct Prepared {
     entry: Entry,
     /// The entry's JSON object, less its detail when that is already text (`detail_json`).
     json: Vec<u8>,
-    /// Whether `detail_json` goes at the end of `json` (the writer copies it there, once).
-    text_detail: bool,
 }
 
 impl Prepared {
+    /// The detail's text, which the writer copies (once) to the end of `json`.
+    fn text_detail(&self) -> Option<&[u8]> {
+        self.entry.detail.is_none().then_some(self.entry.detail_json.as_deref()).flatten()
+    }
+
     fn len(&self) -> usize {
-        self.json.len() + if self.text_detail { self.entry.detail_json.as_ref().map_or(0, Vec::len) + 10 } else { 0 }
+        self.json.len() + self.text_detail().map_or(0, |d| d.len() + 10)
     }
 }
 
 pub(super) fn prepare(entry: Entry) -> Result<Prepared, AuditError> {
     let mut json = Vec::with_capacity(256);
     serde_json::to_writer(&mut json, &entry).map_err(AuditError::serialise)?;
-    // `detail` is the entry's last field: its text goes where the value would have.
-    let text_detail = entry.detail.is_none() && entry.detail_json.is_some() && json.last() == Some(&b'}');
-    Ok(Prepared { entry, json, text_detail })
+    Ok(Prepared { entry, json })
 }
 
 fn prepare_all(entries: Vec<Entry>) -> Result<Vec<Prepared>, AuditError> {
@@ -609,7 +610,7 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
     let mut buf = Vec::with_capacity(entries.iter().map(|p| p.len() + 140).sum());
     let mut last_line = 0;
     let mut records = Vec::with_capacity(entries.len());
-    for Prepared { entry, json, text_detail } in entries {
+    for prepared in entries {
         let time = Utc::now();
         let start = buf.len();
         write!(buf, "{{\"seq\":{seq},\"time\":")
@@ -619,17 +620,19 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
                 Ok(())
             })
             .map_err(|e| AuditError::Io { action: "serialise", path: PathBuf::new(), source: e })?;
-        // The entry's object without its opening brace (it always has a `kind`), and its detail's
-        // text in the place of its closing one.
-        match (text_detail, &entry.detail_json) {
-            (true, Some(detail)) => {
+        // The entry's object without its opening brace (it always has a `kind`); a detail given
+        // as text (`detail` is the entry's last field) goes in the place of its closing brace.
+        let json = &prepared.json;
+        match prepared.text_detail() {
+            Some(detail) => {
                 buf.extend_from_slice(json.get(1..json.len() - 1).unwrap_or_default());
                 buf.extend_from_slice(b",\"detail\":");
                 buf.extend_from_slice(detail);
                 buf.push(b'}');
             }
-            _ => buf.extend_from_slice(json.get(1..).unwrap_or_default()),
+            None => buf.extend_from_slice(json.get(1..).unwrap_or_default()),
         }
+        let entry = prepared.entry;
         let line_hash = hash(&buf[start..]);
         let record = Record { seq, time, prev: std::mem::replace(&mut prev, line_hash), entry };
         last_line = start;

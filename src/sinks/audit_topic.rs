@@ -118,7 +118,8 @@ impl StandIn {
             time: r.record.time,
             prev: r.record.prev.clone(),
             kind: r.record.entry.kind,
-            too_large: TooLarge { bytes: r.line.len(), sha256: crate::digest::sha256_hex(&r.line) },
+            // The position's hash is the line's (what the next record's `prev` names).
+            too_large: TooLarge { bytes: r.line.len(), sha256: r.position.hash.clone() },
         }
     }
 }
