@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::support::backstop::{Workdir, per_alert};
+use crate::support::backstop::{Workdir, eventually, per_alert};
 
 const FIRING: &str = include_str!("../../fixtures/alertmanager/firing.json");
 const UNRELATED: &str = include_str!("../../fixtures/alertmanager/unrelated.json");
@@ -203,8 +203,11 @@ async fn after_kill_9_under_load_a_restart_replays_a_bounded_tail_and_loses_noth
     drop(server);
 
     let restarted = wd.serve();
-    let log = restarted.log();
-    let line = log.lines().find(|l| l.contains("guard state restored")).unwrap_or_else(|| panic!("{log}"));
+    // The log is read from stderr by a thread of its own: the line may come just after `serve`
+    // printed its address on stdout.
+    let restored = |log: String| log.lines().find(|l| l.contains("guard state restored")).map(str::to_string);
+    let line = eventually(Duration::from_secs(10), || restored(restarted.log())).await;
+    let line = line.unwrap_or_else(|| panic!("no `guard state restored` line; log:\n{}", restarted.log()));
     let field = |name: &str| -> u64 {
         let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1;
         line[at..]
