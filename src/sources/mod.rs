@@ -8,3 +8,4 @@ pub mod alertmanager;
 mod fuzzing;
 pub mod kafka;
 pub mod message;
+pub mod timestamp;
