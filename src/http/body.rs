@@ -34,7 +34,10 @@ pub(super) type Limits = Option<axum::Extension<ServerLimits>>;
 pub(super) async fn read_body(body: Body, limit: usize, limits: Limits) -> BodyRead {
     let timeout = limits.map(|l| l.0).unwrap_or_default().body_read_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut kept = Vec::new();
+    // Room for the whole body at once when its length is announced (no regrowing copies of a
+    // large payload), within the limit.
+    let announced = axum::body::HttpBody::size_hint(&body).lower();
+    let mut kept = Vec::with_capacity(usize::try_from(announced).unwrap_or(usize::MAX).min(limit));
     let mut hasher = Sha256::new();
     let mut size = 0usize;
     let mut failed = None;

@@ -190,8 +190,35 @@ impl Cluster {
         let want = self.replicas[leader].audit_dir();
         for r in &self.replicas {
             let dir = r.audit_dir();
-            let same = eventually(Duration::from_secs(30), || (segments(&dir) == segments(&want)).then_some(())).await;
-            assert!(same.is_some(), "{} differs from {}'s log", r.name, self.replicas[leader].name);
+            // A follower catches up from the broker; on a loaded machine after a broker restart
+            // its consumer may take a while to reconnect (librdkafka backs off up to 10 s).
+            let same = eventually(Duration::from_secs(60), || (segments(&dir) == segments(&want)).then_some(())).await;
+            if same.is_none() {
+                // What differs, and what the replica said: enough to tell a slow follower from a
+                // diverging one.
+                let sizes = |d: &Path| -> Vec<(String, usize, usize)> {
+                    segments(d)
+                        .into_iter()
+                        .map(|(n, b)| (n, b.len(), b.iter().filter(|&&c| c == b'\n').count()))
+                        .collect()
+                };
+                let tail = |r: &Replica| {
+                    let log = r.server.as_ref().map(Server::log).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                };
+                panic!(
+                    "{} differs from {}'s log\n{} (segment, bytes, lines): {:?}\n{}: {:?}\n--- {}'s log, last lines:\n{}",
+                    r.name,
+                    self.replicas[leader].name,
+                    r.name,
+                    sizes(&dir),
+                    self.replicas[leader].name,
+                    sizes(&want),
+                    r.name,
+                    tail(r)
+                );
+            }
             if verify {
                 let out = r.wd.cli(&["audit", "verify"]);
                 assert!(out.status.success(), "{}: {}", r.name, String::from_utf8_lossy(&out.stderr));
