@@ -159,7 +159,8 @@ impl Payload {
         // Firing for 2 hours, so no rule's `for` holds them.
         let base = DateTime::from_timestamp(Utc::now().timestamp() - 7200, 0).unwrap();
         let payload = Payload { bytes, fingerprints, starts, alerts, base };
-        let parsed = backstop::sources::alertmanager::parse(&payload.make(1)).unwrap();
+        let body = payload.make(1);
+        let parsed = backstop::sources::alertmanager::parse(&body).unwrap();
         assert_eq!(parsed.events().len(), alerts);
         let ids: Vec<String> = parsed.events().into_iter().map(|e| e.id).collect();
         assert_eq!(ids, payload.ids(1).collect::<Vec<_>>());

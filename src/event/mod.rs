@@ -123,5 +123,10 @@ pub enum FeedbackKind {
 }
 
 mod recorded;
+mod view;
 
-pub use recorded::{AlertsRecord, AlertsRecordRef, RECEIVED_FORMAT, RecordedAlert, alert_ids, alerts_received};
+pub use recorded::{
+    AlertsRecord, AlertsRecordRef, LabelsRef, RECEIVED_FORMAT, RecordedAlert, RecordedAlertRef, alert_ids,
+    alerts_received,
+};
+pub use view::{AlertView, Labels};

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::view::{AlertView, Labels};
 use super::{Alert, AlertStatus, SourceKind};
 
 /// The version of the `received` record of alerts this build writes (`detail.format`).
@@ -42,19 +43,44 @@ pub struct RecordedAlert {
     pub generator_url: String,
 }
 
-/// What [`RecordedAlert`] writes, without copying the alert.
+/// What [`RecordedAlert`] writes, without copying the alert (owned or read in place).
 #[derive(Serialize)]
-struct RecordedAlertRef<'a> {
-    id: &'a str,
-    status: AlertStatus,
-    labels: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: &'a BTreeMap<String, String>,
-    starts_at: &'a DateTime<Utc>,
+pub struct RecordedAlertRef<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) status: AlertStatus,
+    pub(crate) labels: LabelsRef<'a>,
+    #[serde(skip_serializing_if = "LabelsRef::is_empty")]
+    pub(crate) annotations: LabelsRef<'a>,
+    pub(crate) starts_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ends_at: &'a Option<DateTime<Utc>>,
+    pub(crate) ends_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "str::is_empty")]
-    generator_url: &'a str,
+    pub(crate) generator_url: &'a str,
+}
+
+/// Labels as written: an owned alert's map or labels read in place (the same JSON either way).
+#[derive(Clone, Copy)]
+pub enum LabelsRef<'a> {
+    Map(&'a BTreeMap<String, String>),
+    InPlace(&'a Labels<'a>),
+}
+
+impl LabelsRef<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            LabelsRef::Map(m) => m.is_empty(),
+            LabelsRef::InPlace(l) => l.is_empty(),
+        }
+    }
+}
+
+impl Serialize for LabelsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LabelsRef::Map(m) => m.serialize(s),
+            LabelsRef::InPlace(l) => l.serialize(s),
+        }
+    }
 }
 
 impl<'a> From<&'a Alert> for RecordedAlertRef<'a> {
@@ -62,10 +88,10 @@ impl<'a> From<&'a Alert> for RecordedAlertRef<'a> {
         RecordedAlertRef {
             id: &a.id,
             status: a.status,
-            labels: &a.labels,
-            annotations: &a.annotations,
-            starts_at: &a.starts_at,
-            ends_at: &a.ends_at,
+            labels: LabelsRef::Map(&a.labels),
+            annotations: LabelsRef::Map(&a.annotations),
+            starts_at: a.starts_at,
+            ends_at: a.ends_at,
             generator_url: &a.generator_url,
         }
     }
@@ -114,12 +140,8 @@ pub struct AlertsRecordRef<'a> {
 
 impl AlertsRecord {
     /// The detail to write for `alerts`, delivered together (`delivery` says how).
-    pub fn of<'a>(delivery: &'a Value, alerts: &'a [Alert]) -> AlertsRecordRef<'a> {
-        AlertsRecordRef {
-            format: RECEIVED_FORMAT,
-            delivery,
-            alerts: alerts.iter().map(RecordedAlertRef::from).collect(),
-        }
+    pub fn of<'a, A: AlertView>(delivery: &'a Value, alerts: &'a [A]) -> AlertsRecordRef<'a> {
+        AlertsRecordRef { format: RECEIVED_FORMAT, delivery, alerts: alerts.iter().map(AlertView::recorded).collect() }
     }
 }
 

@@ -225,7 +225,7 @@ pub(super) async fn receive_alerts(
         warn!(truncated = webhook.truncated_alerts, group = %webhook.group_key, "Alertmanager truncated this group (max_alerts)");
     }
     let (received, truncated) = (webhook.alerts.len(), webhook.truncated_alerts);
-    match state.pipeline.alerts(&webhook.into_events(), context).await {
+    match state.pipeline.alerts(&webhook.alerts, context).await {
         Ok(results) => {
             // An action that failed (the target could not be read or written in time) is worth
             // another try: 503 makes Alertmanager send the group again, with its backoff. The

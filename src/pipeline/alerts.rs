@@ -6,12 +6,16 @@ use super::*;
 impl Pipeline {
     /// Record the alerts durably, then decide and act on each. Returns once everything is recorded.
     #[instrument(skip_all, fields(alerts = alerts.len()))]
-    pub async fn alerts(&self, alerts: &[Alert], context: Value) -> Result<Vec<Report>, PipelineError> {
+    pub async fn alerts<A: AlertView + Sync>(
+        &self,
+        alerts: &[A],
+        context: Value,
+    ) -> Result<Vec<Report>, PipelineError> {
         // One record per delivery (a payload's alerts are all of one source): what the delivery
         // says is written once, each alert only with what is its own (`event::AlertsRecord`).
         let mut received = Vec::with_capacity(1);
-        for run in alerts.chunk_by(|a, b| a.source == b.source) {
-            let entry = Entry::new(Kind::Received).source(run[0].source.as_str());
+        for run in alerts.chunk_by(|a, b| a.source() == b.source()) {
+            let entry = Entry::new(Kind::Received).source(run[0].source().as_str());
             // About 1 kB an alert, so a large delivery's text is not grown (copied) many times.
             received.push(entry.detail_of_sized(&AlertsRecord::of(&context, run), 512 + 1024 * run.len())?);
         }
@@ -27,28 +31,31 @@ impl Pipeline {
             state.note_kafka(&k.topic, k.partition, k.offset);
         }
         // One count per run of alerts from the same source (a payload's are all one source).
-        for run in alerts.chunk_by(|a, b| a.source == b.source) {
-            MetricEvent::Received { source: run[0].source.as_str(), outcome: "accepted", count: run.len() as u64 }
+        for run in alerts.chunk_by(|a, b| a.source() == b.source()) {
+            MetricEvent::Received { source: run[0].source().as_str(), outcome: "accepted", count: run.len() as u64 }
                 .emit();
         }
         let rules = self.rules();
-        let mut reports = Vec::new();
+        let mut reports = Vec::with_capacity(alerts.len());
         for alert in alerts {
-            let decisions = rules.decide(alert, Utc::now());
-            if decisions.is_empty() {
+            // Most alerts match no rule: they are answered from the alert as read, and only one
+            // that a rule matches is made an owned `Alert` for the decision and what follows.
+            if rules.matching(alert).is_empty() {
                 reports.push(Report {
-                    event_id: alert.id.clone(),
+                    event_id: alert.id().to_string(),
                     rule: None,
                     outcome: Kind::Received,
                     target: None,
                     action_id: None,
                     reason: Some("no rule matches".into()),
                 });
+                continue;
             }
-            for decision in decisions {
+            let alert = alert.to_alert();
+            for decision in rules.decide(&alert, Utc::now()) {
                 let rule = rules.get(decision.rule()).cloned();
                 if let Some(rule) = rule {
-                    reports.push(self.decided(alert, &rule, decision, None).await?);
+                    reports.push(self.decided(&alert, &rule, decision, None).await?);
                 }
             }
         }

@@ -31,7 +31,7 @@ use tracing::{info, instrument, warn};
 use crate::actions::{self, ActionPlan, Decide, Meta, Outcome};
 use crate::audit::{self, AuditError, AuditLog, Entry, Kind, Record};
 use crate::event::Feedback;
-use crate::event::{Alert, AlertStatus, AlertsRecord, SourceKind};
+use crate::event::{Alert, AlertStatus, AlertView, AlertsRecord, SourceKind};
 use crate::feedback::arms::{ArmKey, Origin};
 use crate::prometheus::verification::VerifySpec;
 use crate::prometheus::{SharedPrometheus, confirm};

@@ -66,7 +66,12 @@ impl Matcher {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
+        self.matches_value(labels.get(&self.name).map(String::as_str))
+    }
+
+    /// Whether the label's value (`None`: the label is absent, which matches as "") matches.
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
+        let v = value.unwrap_or("");
         match (self.op, &self.regex) {
             (Op::Eq, _) => v == self.value,
             (Op::NotEq, _) => v != self.value,

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::actions::ActionPlan;
 use crate::actions::service::SelectorSwitch;
 use crate::actions::virtualservice::{Change, Dest, Plan, Weight};
-use crate::event::{Alert, AlertStatus};
+use crate::event::{Alert, AlertStatus, AlertView};
 use crate::feedback::rule::{Check, FeedbackSpec};
 use crate::feedback::sequential::{DEFAULT_TAU, Sequential, Test};
 use crate::prometheus::confirm::{Comparison, Confirm, Fallback};
@@ -91,10 +91,10 @@ pub struct Rule {
 pub const DEFAULT_STEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Rule {
-    pub fn matches(&self, alert: &Alert) -> bool {
+    pub fn matches<A: AlertView + ?Sized>(&self, alert: &A) -> bool {
         self.feedback.is_none()
-            && self.status.accepts(alert.status)
-            && self.matchers.iter().all(|m| m.matches(&alert.labels))
+            && self.status.accepts(alert.status())
+            && self.matchers.iter().all(|m| m.matches_value(alert.label(&m.name)))
     }
 
     /// The object this rule acts on for `alert`.
@@ -303,8 +303,8 @@ impl RuleSet {
     }
 
     /// Rules matching `alert`, in file order.
-    pub fn matching<'a>(&'a self, alert: &'a Alert) -> Vec<&'a Arc<Rule>> {
-        let named = self.by_alertname.get(&alert.name).map(Vec::as_slice).unwrap_or(&[]);
+    pub fn matching<'a, A: AlertView + ?Sized>(&'a self, alert: &A) -> Vec<&'a Arc<Rule>> {
+        let named = self.by_alertname.get(alert.name()).map(Vec::as_slice).unwrap_or(&[]);
         let mut idx: Vec<usize> = named.iter().chain(&self.any_alertname).copied().collect();
         idx.sort_unstable();
         idx.into_iter().map(|i| &self.rules[i]).filter(|r| r.matches(alert)).collect()

@@ -1,48 +1,63 @@
 //! The Alertmanager webhook payload, version 4 (Alertmanager 0.25 and later).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::event::{Alert, AlertStatus, SourceKind};
+use crate::event::{Alert, AlertStatus, AlertView, Labels, LabelsRef, RecordedAlertRef, SourceKind};
 
-/// The webhook body as Alertmanager sends it. Unknown fields are tolerated.
+/// The webhook body as Alertmanager sends it, read in place: its text borrowed from the body
+/// (see [`Labels`]). Unknown fields are tolerated; `groupLabels`, `commonLabels` and
+/// `commonAnnotations` repeat what the alerts carry and are not read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Webhook {
-    pub version: String,
-    pub receiver: String,
+pub struct Webhook<'a> {
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow)]
+    pub receiver: Cow<'a, str>,
     pub status: AlertStatus,
-    pub alerts: Vec<WebhookAlert>,
-    #[serde(default)]
-    pub group_key: String,
+    #[serde(borrow)]
+    pub alerts: Vec<WebhookAlert<'a>>,
+    #[serde(default, borrow)]
+    pub group_key: Cow<'a, str>,
     #[serde(default)]
     pub truncated_alerts: u64,
-    #[serde(default)]
-    pub group_labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub common_labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub common_annotations: BTreeMap<String, String>,
-    #[serde(default, rename = "externalURL")]
-    pub external_url: String,
+    #[serde(default, rename = "externalURL", borrow)]
+    pub external_url: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookAlert {
+pub struct WebhookAlert<'a> {
     pub status: AlertStatus,
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    #[serde(borrow)]
+    pub labels: Labels<'a>,
+    #[serde(default, borrow)]
+    pub annotations: Labels<'a>,
     #[serde(deserialize_with = "super::timestamp::deserialize")]
     pub starts_at: DateTime<Utc>,
     #[serde(default, deserialize_with = "super::timestamp::deserialize_option")]
     pub ends_at: Option<DateTime<Utc>>,
-    #[serde(default, rename = "generatorURL")]
-    pub generator_url: String,
-    pub fingerprint: String,
+    #[serde(default, rename = "generatorURL", borrow)]
+    pub generator_url: Cow<'a, str>,
+    #[serde(borrow)]
+    pub fingerprint: Cow<'a, str>,
+    /// The event id, set by [`parse`] (see [`event_id`]).
+    #[serde(skip)]
+    pub id: String,
+}
+
+/// An alert instance's event id, stable across redeliveries: `{fingerprint}-{startsAt as Unix
+/// seconds}`.
+pub fn event_id(fingerprint: &str, starts_at: DateTime<Utc>) -> String {
+    format!("{fingerprint}-{}", starts_at.timestamp())
+}
+
+/// Alertmanager sends `endsAt: 0001-01-01T00:00:00Z` while an alert is firing: that is none.
+pub fn ends_at(sent: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    sent.filter(|t| t.timestamp() > 0)
 }
 
 /// Why a body is not an acceptable webhook.
@@ -92,7 +107,7 @@ pub fn elide(text: &str, max: usize) -> String {
 }
 
 /// Parse and check a webhook body.
-pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
+pub fn parse(body: &[u8]) -> Result<Webhook<'_>, ParseError> {
     // Tracking the path costs an allocation per key: a third of the parse. A body that parses
     // needs no path, so only a failed one is parsed again to say where it went wrong.
     // A body that is valid UTF-8 as a whole (checked once, quickly: it is mostly ASCII) is
@@ -102,7 +117,7 @@ pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(body),
     };
-    let webhook: Webhook = match parsed {
+    let mut webhook: Webhook = match parsed {
         Ok(webhook) => webhook,
         Err(plain) => return Err(locate(body, plain)),
     };
@@ -122,6 +137,9 @@ pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
         if alert.fingerprint.is_empty() {
             return Err(invalid(&format!("alerts[{i}].fingerprint"), "empty fingerprint".into()));
         }
+    }
+    for alert in &mut webhook.alerts {
+        alert.id = event_id(&alert.fingerprint, alert.starts_at);
     }
     Ok(webhook)
 }
@@ -155,38 +173,67 @@ fn strip_position(err: &serde_json::Error) -> String {
     }
 }
 
-impl Webhook {
-    /// The alerts as events.
+impl Webhook<'_> {
+    /// The alerts as events (owned).
     pub fn events(&self) -> Vec<Alert> {
         self.alerts.iter().map(WebhookAlert::to_event).collect()
     }
 
-    /// The alerts as events, moved out of the payload (no copies of labels and annotations).
+    /// The alerts as events (owned).
     pub fn into_events(self) -> Vec<Alert> {
-        self.alerts.into_iter().map(WebhookAlert::into_event).collect()
+        self.events()
     }
 }
 
-impl WebhookAlert {
+impl WebhookAlert<'_> {
     pub fn to_event(&self) -> Alert {
-        self.clone().into_event()
-    }
-
-    pub fn into_event(self) -> Alert {
-        // Alertmanager sends 0001-01-01T00:00:00Z while an alert is firing.
-        let ends_at = self.ends_at.filter(|t| t.timestamp() > 0);
         Alert {
-            id: format!("{}-{}", self.fingerprint, self.starts_at.timestamp()),
+            id: self.id.clone(),
             source: SourceKind::Alertmanager,
-            name: self.labels.get("alertname").cloned().unwrap_or_default(),
+            name: self.labels.get("alertname").unwrap_or_default().to_string(),
             status: self.status,
-            labels: self.labels,
-            annotations: self.annotations,
+            labels: self.labels.to_map(),
+            annotations: self.annotations.to_map(),
             starts_at: self.starts_at,
-            ends_at,
-            fingerprint: self.fingerprint,
-            generator_url: self.generator_url,
+            ends_at: ends_at(self.ends_at),
+            fingerprint: self.fingerprint.to_string(),
+            generator_url: self.generator_url.to_string(),
         }
+    }
+}
+
+impl AlertView for WebhookAlert<'_> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn source(&self) -> SourceKind {
+        SourceKind::Alertmanager
+    }
+    fn status(&self) -> AlertStatus {
+        self.status
+    }
+    fn name(&self) -> &str {
+        self.labels.get("alertname").unwrap_or_default()
+    }
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels.get(name)
+    }
+    fn starts_at(&self) -> DateTime<Utc> {
+        self.starts_at
+    }
+    fn recorded(&self) -> RecordedAlertRef<'_> {
+        RecordedAlertRef {
+            id: &self.id,
+            status: self.status,
+            labels: LabelsRef::InPlace(&self.labels),
+            annotations: LabelsRef::InPlace(&self.annotations),
+            starts_at: self.starts_at,
+            ends_at: ends_at(self.ends_at),
+            generator_url: &self.generator_url,
+        }
+    }
+    fn to_alert(&self) -> Alert {
+        self.to_event()
     }
 }
 
@@ -310,7 +357,7 @@ mod tests {
         let quick = parse(body.as_bytes()).unwrap();
         let bytes: Webhook = serde_json::from_slice(body.as_bytes()).unwrap();
         assert_eq!(quick.alerts[0].annotations, bytes.alerts[0].annotations);
-        assert_eq!(quick.alerts[0].annotations["summary"], "café é \"quoted\" \n ✓ 🦀");
+        assert_eq!(quick.alerts[0].annotations.get("summary").unwrap(), "café é \"quoted\" \n ✓ 🦀");
         assert_eq!(quick.alerts[0].starts_at, bytes.alerts[0].starts_at);
         // An offset instead of Z is the same instant (read by chrono, not the quick path).
         let offset = FIRING.replace("2026-11-24T10:00:00.123Z", "2026-11-24T12:00:00.123+02:00");
@@ -318,6 +365,35 @@ mod tests {
         // A timestamp that is not one is an error at its path.
         let bad = FIRING.replace("2026-11-24T10:00:00.123Z", "2026-11-31T10:00:00Z");
         assert_eq!(parse(bad.as_bytes()).unwrap_err().path(), Some("alerts[0].startsAt"));
+    }
+
+    #[test]
+    fn alerts_read_in_place_are_recorded_and_matched_as_their_owned_events() {
+        // Two alerts: one with escapes, annotations and a resolved endsAt; one still firing
+        // (endsAt 0001-01-01) without annotations or generatorURL.
+        let second = r#"{"status":"firing","labels":{"severity":"page","alertname":"B","pod":"a\"b"},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","fingerprint":"f2"}"#;
+        let body = FIRING
+            .replace(r#""summary":"x""#, r#""summary":"é \u0026 \"q\"","b":"2""#)
+            .replace(
+                r#""endsAt":"0001-01-01T00:00:00Z","generatorURL":"""#,
+                r#""endsAt":"2026-11-24T11:00:00Z","generatorURL":"http://p/g?a=1\u0026b=2""#,
+            )
+            .replace(r#""fingerprint":"abc123"}]"#, &format!(r#""fingerprint":"abc123"}},{second}]"#));
+        let w = parse(body.as_bytes()).unwrap();
+        let events = w.events();
+        assert_eq!(events.len(), 2);
+        let delivery = serde_json::json!({ "receiver": "backstop" });
+        let in_place = serde_json::to_string(&crate::event::AlertsRecord::of(&delivery, &w.alerts)).unwrap();
+        let owned = serde_json::to_string(&crate::event::AlertsRecord::of(&delivery, &events)).unwrap();
+        assert_eq!(in_place, owned, "the same record, byte for byte");
+        for (view, event) in w.alerts.iter().zip(&events) {
+            assert_eq!(view.to_alert(), *event);
+            assert_eq!((view.id(), view.name(), view.status()), (event.id.as_str(), event.name.as_str(), event.status));
+            assert_eq!(view.label("pod"), event.label("pod"));
+        }
+        assert_eq!(events[0].generator_url, "http://p/g?a=1&b=2");
+        assert_eq!(events[1].label("pod"), Some("a\"b"));
+        assert_eq!(events[1].ends_at, None);
     }
 
     #[test]
@@ -338,7 +414,7 @@ mod tests {
         fn check(body: &[u8]) -> Result<(), TestCaseError> {
             match parse(body) {
                 Ok(w) => {
-                    prop_assert_eq!(w.version.as_str(), "4");
+                    prop_assert_eq!(w.version.as_ref(), "4");
                     let events = w.events();
                     prop_assert_eq!(events.len(), w.alerts.len());
                     for e in &events {
@@ -409,7 +485,8 @@ mod tests {
                     "version": "4", "receiver": "r", "status": "firing",
                     "alerts": [{"status": "firing", "labels": labels, "startsAt": starts_at, "fingerprint": fingerprint}],
                 });
-                let w = parse(body.to_string().as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let text = body.to_string();
+                let w = parse(text.as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let e = &w.events()[0];
                 prop_assert_eq!(&e.labels, &labels);
                 prop_assert_eq!(e.id.clone(), format!("{fingerprint}-{starts}"));

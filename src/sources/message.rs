@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event::{Alert, AlertStatus, Feedback, FeedbackKind, SourceKind};
-use crate::sources::alertmanager::{self, WebhookAlert};
+use crate::sources::alertmanager;
 
 /// CloudEvents `type` of a feedback event.
 pub const FEEDBACK_TYPE: &str = "io.backstop.feedback.v1";
@@ -213,18 +213,18 @@ fn alerts(data: Value, prefix: &str) -> Result<Vec<Alert>, MessageError> {
         _ => AlertStatus::Firing,
     });
     let fingerprint = a.fingerprint.filter(|f| !f.is_empty()).unwrap_or_else(|| fingerprint(&a.labels));
-    let w = WebhookAlert {
+    Ok(vec![Alert {
+        id: alertmanager::event_id(&fingerprint, a.starts_at),
+        source: SourceKind::Kafka,
+        name: a.labels.get("alertname").cloned().unwrap_or_default(),
         status,
         labels: a.labels,
         annotations: a.annotations,
         starts_at: a.starts_at,
-        ends_at: a.ends_at,
-        generator_url: a.generator_url,
+        ends_at: alertmanager::ends_at(a.ends_at),
         fingerprint,
-    };
-    let mut alert = w.to_event();
-    alert.source = SourceKind::Kafka;
-    Ok(vec![alert])
+        generator_url: a.generator_url,
+    }])
 }
 
 /// A stable fingerprint of a label set, for alerts that do not carry Alertmanager's.
