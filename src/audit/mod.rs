@@ -207,6 +207,13 @@ impl Entry {
         Ok(self)
     }
 
+    /// The detail as JSON text already written (by [`crate::event::AlertsRecordRef::to_json`]):
+    /// one JSON value, valid UTF-8.
+    pub(crate) fn detail_text(mut self, json: Vec<u8>) -> Self {
+        self.detail_json = Some(json);
+        self
+    }
+
     /// Set the detail; a second object is merged into the first (its keys win).
     pub fn detail(mut self, v: Value) -> Self {
         match (&mut self.detail, v) {

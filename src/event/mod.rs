@@ -126,7 +126,7 @@ mod recorded;
 mod view;
 
 pub use recorded::{
-    AlertsRecord, AlertsRecordRef, LabelsRef, RECEIVED_FORMAT, RecordedAlert, RecordedAlertRef, alert_ids,
+    AlertsRecord, AlertsRecordRef, LabelsRef, RECEIVED_FORMAT, RecordedAlert, RecordedAlertRef, Text, alert_ids,
     alerts_received,
 };
 pub use view::{AlertView, Labels};

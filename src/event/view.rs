@@ -73,6 +73,11 @@ impl<'a> Labels<'a> {
         self.0.is_empty()
     }
 
+    /// The pairs, in name order.
+    pub fn pairs(&self) -> &[(Cow<'a, str>, Cow<'a, str>)] {
+        &self.0
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -17,7 +17,9 @@ impl Pipeline {
         for run in alerts.chunk_by(|a, b| a.source() == b.source()) {
             let entry = Entry::new(Kind::Received).source(run[0].source().as_str());
             // About 1 kB an alert, so a large delivery's text is not grown (copied) many times.
-            received.push(entry.detail_of_sized(&AlertsRecord::of(&context, run), 512 + 1024 * run.len())?);
+            let text =
+                AlertsRecord::of(&context, run).to_json(512 + 1024 * run.len()).map_err(AuditError::serialise)?;
+            received.push(entry.detail_text(text));
         }
         // A Kafka position is guard state: recorded and noted under the state's lock, so that no
         // snapshot falls between the record and the note.

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::event::{Alert, AlertStatus, AlertView, Labels, LabelsRef, RecordedAlertRef, SourceKind};
+use crate::event::{Alert, AlertStatus, AlertView, Labels, LabelsRef, RecordedAlertRef, SourceKind, Text};
 
 /// The webhook body as Alertmanager sends it, read in place: its text borrowed from the body
 /// (see [`Labels`]). Unknown fields are tolerated; `groupLabels`, `commonLabels` and
@@ -223,13 +223,17 @@ impl AlertView for WebhookAlert<'_> {
     }
     fn recorded(&self) -> RecordedAlertRef<'_> {
         RecordedAlertRef {
-            id: &self.id,
+            // The id is the fingerprint and digits: verbatim when the fingerprint is.
+            id: match self.fingerprint {
+                Cow::Borrowed(_) => Text::Verbatim(&self.id),
+                Cow::Owned(_) => Text::Any(&self.id),
+            },
             status: self.status,
             labels: LabelsRef::InPlace(&self.labels),
             annotations: LabelsRef::InPlace(&self.annotations),
             starts_at: self.starts_at,
             ends_at: ends_at(self.ends_at),
-            generator_url: &self.generator_url,
+            generator_url: Text::of(&self.generator_url),
         }
     }
     fn to_alert(&self) -> Alert {
@@ -386,6 +390,11 @@ mod tests {
         let in_place = serde_json::to_string(&crate::event::AlertsRecord::of(&delivery, &w.alerts)).unwrap();
         let owned = serde_json::to_string(&crate::event::AlertsRecord::of(&delivery, &events)).unwrap();
         assert_eq!(in_place, owned, "the same record, byte for byte");
+        // And the quick writer writes it so too, from either.
+        let quick = crate::event::AlertsRecord::of(&delivery, &w.alerts).to_json(0).unwrap();
+        assert_eq!(String::from_utf8(quick).unwrap(), owned);
+        let quick_owned = crate::event::AlertsRecord::of(&delivery, &events).to_json(0).unwrap();
+        assert_eq!(String::from_utf8(quick_owned).unwrap(), owned);
         for (view, event) in w.alerts.iter().zip(&events) {
             assert_eq!(view.to_alert(), *event);
             assert_eq!((view.id(), view.name(), view.status()), (event.id.as_str(), event.name.as_str(), event.status));
@@ -409,6 +418,49 @@ mod tests {
         use super::super::*;
         use super::FIRING;
         use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        proptest! {
+            /// Whatever the text of a delivery's alerts (quotes, backslashes, control characters,
+            /// non-ASCII, escaped or not), the record written quickly from the alerts as read is
+            /// the one serde_json writes from the owned alerts, byte for byte.
+            #[test]
+            fn the_quick_record_is_serde_jsons_byte_for_byte(
+                alerts in prop::collection::vec((
+                    prop::collection::vec(("[a-z\"\\\u{1}é]{1,4}", "[ -~\u{0}-\u{1f}é✓]{0,6}"), 0..5),
+                    prop::collection::vec(("[a-z]{1,3}", "[ -~\n]{0,8}"), 0..3),
+                    "[ -~]{0,10}",
+                    "[0-9a-f\"]{1,8}",
+                    any::<bool>(),
+                ), 1..4),
+                escape_slash in any::<bool>(),
+            ) {
+                let mut items = Vec::new();
+                for (labels, annotations, url, fingerprint, resolved) in &alerts {
+                    let mut labels: BTreeMap<String, String> = labels.iter().cloned().collect();
+                    labels.insert("alertname".into(), "A".into());
+                    let annotations: BTreeMap<String, String> = annotations.iter().cloned().collect();
+                    items.push(serde_json::json!({
+                        "status": if *resolved { "resolved" } else { "firing" },
+                        "labels": labels, "annotations": annotations,
+                        "startsAt": "2026-11-24T10:00:00.5Z",
+                        "endsAt": if *resolved { "2026-11-24T11:00:00Z" } else { "0001-01-01T00:00:00Z" },
+                        "generatorURL": url, "fingerprint": fingerprint,
+                    }));
+                }
+                let mut body = serde_json::json!({ "version": "4", "receiver": "r", "status": "firing", "alerts": items }).to_string();
+                if escape_slash {
+                    // Go escapes more than serde_json does: `/` as `\/` reads back as `/`.
+                    body = body.replace('/', "\\/");
+                }
+                let w = parse(body.as_bytes()).unwrap();
+                let events = w.events();
+                let delivery = serde_json::json!({ "receiver": "r\"q" });
+                let owned = serde_json::to_vec(&crate::event::AlertsRecord::of(&delivery, &events)).unwrap();
+                let quick = crate::event::AlertsRecord::of(&delivery, &w.alerts).to_json(0).unwrap();
+                prop_assert_eq!(String::from_utf8(quick).unwrap(), String::from_utf8(owned).unwrap());
+            }
+        }
 
         /// What every answer must be: a webhook, or an error saying where, of bounded size.
         fn check(body: &[u8]) -> Result<(), TestCaseError> {
