@@ -117,9 +117,9 @@ impl Serialize for Labels<'_> {
 }
 
 /// One string, borrowed from the input when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
+struct InPlace<'a>(Cow<'a, str>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for InPlace<'a> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -137,7 +137,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
                 Ok(Cow::Owned(v))
             }
         }
-        de.deserialize_str(V).map(Text)
+        de.deserialize_str(V).map(InPlace)
     }
 }
 
@@ -151,7 +151,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Text(k), Text(v))) = map.next_entry::<Text<'a>, Text<'a>>()? {
+                while let Some((InPlace(k), InPlace(v))) = map.next_entry::<InPlace<'a>, InPlace<'a>>()? {
                     pairs.push((k, v));
                 }
                 Ok(Labels::from_pairs(pairs))
