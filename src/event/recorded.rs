@@ -121,9 +121,7 @@ impl LabelsRef<'_> {
             LabelsRef::InPlace(l) => l.is_empty(),
         }
     }
-}
 
-impl LabelsRef<'_> {
     fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         match self {
             LabelsRef::Map(m) => serde_json::to_writer(out, m),
@@ -170,7 +168,7 @@ impl<'a> From<&'a Alert> for RecordedAlertRef<'a> {
 impl RecordedAlert {
     /// The alert again, with the record's `source`.
     pub fn into_alert(self, source: SourceKind) -> Alert {
-        // The id is `{fingerprint}-{startsAt as Unix seconds}` (see `WebhookAlert::into_event`);
+        // The id is `{fingerprint}-{startsAt as Unix seconds}` (see `sources::alertmanager::event_id`);
         // one that does not end so (a damaged record) is its own fingerprint.
         let suffix = format!("-{}", self.starts_at.timestamp());
         let fingerprint = self.id.strip_suffix(&suffix).unwrap_or(&self.id).to_string();

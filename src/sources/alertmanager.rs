@@ -178,11 +178,6 @@ impl Webhook<'_> {
     pub fn events(&self) -> Vec<Alert> {
         self.alerts.iter().map(WebhookAlert::to_event).collect()
     }
-
-    /// The alerts as events (owned).
-    pub fn into_events(self) -> Vec<Alert> {
-        self.events()
-    }
 }
 
 impl WebhookAlert<'_> {

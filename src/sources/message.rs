@@ -181,7 +181,7 @@ fn join(prefix: &str, path: &str) -> String {
 fn alerts(data: Value, prefix: &str) -> Result<Vec<Alert>, MessageError> {
     if data.get("alerts").is_some() {
         let bytes = serde_json::to_vec(&data).map_err(|e| err(prefix, e.to_string()))?;
-        return alertmanager::parse(&bytes).map(alertmanager::Webhook::into_events).map_err(|e| match e {
+        return alertmanager::parse(&bytes).map(|w| w.events()).map_err(|e| match e {
             alertmanager::ParseError::Invalid { path, message } => err(format!("{prefix}{path}"), message),
             other => err(prefix.trim_end_matches('.'), other.to_string()),
         });
