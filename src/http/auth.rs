@@ -17,7 +17,8 @@ pub struct AuthConfig {
 #[derive(Clone, Default)]
 pub struct Auth {
     /// Digests of the accepted `Authorization` header values; empty means no authentication.
-    accepted: Vec<[u8; 32]>,
+    /// Shared: the router clones it with its state for every request.
+    accepted: std::sync::Arc<[[u8; 32]]>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -50,7 +51,7 @@ impl Auth {
             let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
             accepted.push(digest(format!("Basic {encoded}").as_bytes()));
         }
-        Ok(Auth { accepted })
+        Ok(Auth { accepted: accepted.into() })
     }
 
     pub fn enabled(&self) -> bool {

@@ -73,7 +73,7 @@ pub(super) async fn read_body(body: Body, limit: usize, limits: Limits) -> BodyR
             break;
         }
     }
-    BodyRead { bytes: kept, size, sha: hex::encode(hasher.finalize()), over: size > limit, failed }
+    BodyRead { bytes: kept, size, sha: crate::digest::hex(&hasher.finalize()), over: size > limit, failed }
 }
 
 pub(super) fn is_json(headers: &HeaderMap) -> bool {

@@ -57,7 +57,9 @@ impl Pipeline {
             for decision in rules.decide(&alert, Utc::now()) {
                 let rule = rules.get(decision.rule()).cloned();
                 if let Some(rule) = rule {
-                    reports.push(self.decided(&alert, &rule, decision, None).await?);
+                    // Boxed: a decision's future is large, and most deliveries take none; inline,
+                    // it would make every delivery's future as large (and copied as often).
+                    reports.push(Box::pin(self.decided(&alert, &rule, decision, None)).await?);
                 }
             }
         }
