@@ -23,6 +23,10 @@
 //!    beside them against the same reference. Information: the same bare axum server without
 //!    the file (reads the body and answers 200), and the disk's raw rate of fdatasync'd appends
 //!    in batches of 64 (sampled three times during the run: the disk may be shared).
+//!    Information: the floor, the durable server also reading each body as JSON (syntax only,
+//!    `serde::de::IgnoredAny`) and hashing it (SHA-256) before it is queued: the least a server
+//!    that checks and fingerprints what it records does per byte, which the durable server does
+//!    not (so the share of backstop's gap that is the bytes' own cost shows).
 //!    Each phase also reports the server's CPU time per request, the cores used by server, client
 //!    and the rest of the machine (which may be shared), and the audit log's fsyncs.
 //!    The log's size per input byte: the growth of the audit log's segments (`seg-*.jsonl`, not
@@ -146,6 +150,15 @@ async fn run(rows: &mut Vec<Row>) {
     println!("  1 alert: {}/s{}; {}", per_s(durable_one.rate), durable_one.note, durable_one.cpu());
     let durable_fifty = intake(durable.pid(), durable.addr, None, &fifty_none, warm, measure).await;
     println!("  50 alerts: {}/s{}; {}", per_s(durable_fifty.rate), durable_fifty.note, durable_fifty.cpu());
+    println!("the same, also parsing and hashing every body (the floor for a recorder of alerts)...");
+    let floor_dir = tempfile::Builder::new().prefix("backstop-load-floor-").tempdir().unwrap();
+    let floor = Bare::start_floor(floor_dir.path());
+    let floor_one = intake(floor.pid(), floor.addr, None, &one_none, warm, measure).await;
+    println!("  1 alert: {}/s{}; {}", per_s(floor_one.rate), floor_one.note, floor_one.cpu());
+    let floor_fifty = intake(floor.pid(), floor.addr, None, &fifty_none, warm, measure).await;
+    println!("  50 alerts: {}/s{}; {}", per_s(floor_fifty.rate), floor_fifty.note, floor_fifty.cpu());
+    drop(floor);
+    drop(floor_dir);
     // Kept running (idle): measured again right after backstop's phases, since the disk's
     // fsync latency drifts over a run (and with the gigabytes the phases write).
     println!("disk: raw group-commit rate, information (sampled three times in the run)...");
@@ -340,6 +353,22 @@ async fn run(rows: &mut Vec<Row>) {
             format!("{:.0} us", ours.cpu_per_request * 1e6),
             format!("{:.0} us (bare axum {:.0} us)", durable.cpu_per_request * 1e6, bare.cpu_per_request * 1e6),
             Some(ours.cpu_per_request / durable.cpu_per_request),
+        ));
+    }
+    for (what, ours, floor, durable) in
+        [("1-alert", &none1, &floor_one, &durable_one), ("50-alert", &none50, &floor_fifty, &durable_fifty)]
+    {
+        rows.push(Row::info(
+            format!("intake, {what} payloads, no rule matches: vs the floor (durable server + JSON parse + SHA-256)"),
+            format!("{} req/s, {:.0} us CPU each", per_s(ours.rate), ours.cpu_per_request * 1e6),
+            format!(
+                "{} req/s{}, {:.0} us CPU each ({:.2}x the durable server's CPU)",
+                per_s(floor.rate),
+                floor.note,
+                floor.cpu_per_request * 1e6,
+                floor.cpu_per_request / durable.cpu_per_request
+            ),
+            Some(ours.rate / floor.rate),
         ));
     }
     rows.push(Row::info(

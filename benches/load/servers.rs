@@ -158,9 +158,24 @@ impl Bare {
         Bare::start_with(Some(dir))
     }
 
+    /// The durable server that also reads each body as JSON (syntax only, nothing kept) and
+    /// hashes it (SHA-256) before queuing it: the least a server that checks and fingerprints
+    /// what it records does per byte. Information beside the ceiling: how much of backstop's
+    /// gap to it is the bytes' own cost.
+    pub fn start_floor(dir: &Path) -> Bare {
+        Bare::start_env(Some(dir), true)
+    }
+
     pub fn start_with(durable: Option<&Path>) -> Bare {
+        Bare::start_env(durable, false)
+    }
+
+    fn start_env(durable: Option<&Path>, floor: bool) -> Bare {
         let mut command = Command::new(std::env::current_exe().unwrap());
         command.env("BENCH_BARE_SERVER", "1");
+        if floor {
+            command.env("BENCH_BARE_FLOOR", "1");
+        }
         if let Some(dir) = durable {
             command.env("BENCH_BARE_DURABLE_DIR", dir);
         }

@@ -3,10 +3,8 @@
 //! alert). Anything else that RFC 3339 allows (an offset, a lower-case `t`, a leap second) goes
 //! to chrono, so what is accepted and what it means do not change; only the common form is quicker.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` read directly; `None` for any other form (or a date or time
 /// out of range), which the caller leaves to chrono.
@@ -50,18 +48,54 @@ pub fn parse_utc(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     }
 }
 
+/// Reads a timestamp from the string as serde_json hands it over (borrowed from the body when it
+/// has no escapes, as all of Alertmanager's do): no `String` per timestamp, which
+/// `Cow<str>`'s own `Deserialize` (always owned) made two of per alert.
+struct Timestamp;
+
+impl serde::de::Visitor<'_> for Timestamp {
+    type Value = DateTime<Utc>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an RFC 3339 timestamp (a string)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<DateTime<Utc>, E> {
+        parse_utc(text).map_err(E::custom)
+    }
+}
+
+/// [`Timestamp`], or null.
+struct MaybeTimestamp;
+
+impl<'de> serde::de::Visitor<'de> for MaybeTimestamp {
+    type Value = Option<DateTime<Utc>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an RFC 3339 timestamp (a string) or null")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(Timestamp).map(Some)
+    }
+}
+
 /// For `#[serde(deserialize_with = ...)]` on a `DateTime<Utc>`.
 pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<DateTime<Utc>, D::Error> {
-    let text = Cow::<'de, str>::deserialize(de)?;
-    parse_utc(&text).map_err(serde::de::Error::custom)
+    de.deserialize_str(Timestamp)
 }
 
 /// For `#[serde(default, deserialize_with = ...)]` on an `Option<DateTime<Utc>>` (null is `None`).
 pub fn deserialize_option<'de, D: Deserializer<'de>>(de: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    match Option::<Cow<'de, str>>::deserialize(de)? {
-        Some(text) => parse_utc(&text).map(Some).map_err(serde::de::Error::custom),
-        None => Ok(None),
-    }
+    de.deserialize_option(MaybeTimestamp)
 }
 
 #[cfg(test)]
@@ -86,6 +120,29 @@ mod tests {
             assert_eq!(parse_utc_fast(text), chrono(text), "{text}");
             assert!(parse_utc_fast(text).is_some(), "{text} takes the quick path");
         }
+    }
+
+    #[test]
+    fn fields_read_borrowed_escaped_null_or_missing_and_anything_else_is_refused() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Alert {
+            #[serde(deserialize_with = "deserialize")]
+            at: DateTime<Utc>,
+            #[serde(default, deserialize_with = "deserialize_option")]
+            until: Option<DateTime<Utc>>,
+        }
+        let t = chrono("2026-11-24T10:00:00.5Z");
+        let read = |json: &str| serde_json::from_str::<Alert>(json).map(|a| (Some(a.at), a.until));
+        assert_eq!(read(r#"{"at":"2026-11-24T10:00:00.5Z"}"#).unwrap(), (t, None));
+        assert_eq!(read(r#"{"at":"2026-11-24T10:00:00.5Z","until":null}"#).unwrap(), (t, None));
+        // An escape makes serde_json hand over a copy rather than the body's bytes: same value.
+        assert_eq!(read(r#"{"at":"2026-11-24T10:00:00.5\u005a","until":"2026-11-24T10:00:00.5Z"}"#).unwrap(), (t, t));
+        let wrong = read(r#"{"at":5}"#).unwrap_err().to_string();
+        assert!(wrong.contains("expected an RFC 3339 timestamp"), "{wrong}");
+        let wrong = read(r#"{"at":"2026-11-24T10:00:00.5Z","until":true}"#).unwrap_err().to_string();
+        assert!(wrong.contains("invalid type: boolean `true`, expected an RFC 3339 timestamp"), "{wrong}");
+        let wrong = read(r#"{"at":"yesterday"}"#).unwrap_err().to_string();
+        assert!(wrong.contains("input contains invalid characters") || wrong.contains("premature"), "{wrong}");
     }
 
     #[test]
