@@ -35,7 +35,7 @@ pub fn fsync_rate(dir: &Path, payload: &[u8], batch: usize, for_: Duration) -> f
 }
 
 /// The disk's raw group-commit rates, sampled at several moments of the run (the disk may be
-/// shared; the durable server's ceiling is measured before and after backstop's phases): fdatasync'd appends
+/// shared): fdatasync'd appends
 /// in batches of 64 (as 64 connections allow) of each payload. Information only: it says whether
 /// the disk stayed the same between the ceiling's phases and backstop's.
 #[derive(Default)]
@@ -123,6 +123,68 @@ impl Intake {
     /// The audit log's growth per byte of request body (backstop only).
     pub fn log_per_body_byte(&self) -> Option<f64> {
         self.log_bytes.map(|log| log as f64 / self.body_bytes.max(1) as f64)
+    }
+}
+
+/// Phases of one server with one payload, taken in rounds between other servers' (see
+/// [`Paired`]).
+pub struct Rounds(pub Vec<Intake>);
+
+impl Rounds {
+    /// The rounds as one phase: rates, CPU and cores averaged, fsyncs, bytes and log growth
+    /// summed, the highest peak, every round's problems.
+    pub fn merged(&self) -> Intake {
+        let n = self.0.len().max(1) as f64;
+        let mean = |f: fn(&Intake) -> f64| self.0.iter().map(f).sum::<f64>() / n;
+        let notes: Vec<&str> = self.0.iter().map(|i| i.note.as_str()).filter(|n| !n.is_empty()).collect();
+        Intake {
+            rate: mean(|i| i.rate),
+            alerts_rate: mean(|i| i.alerts_rate),
+            peak_kb: self.0.iter().map(|i| i.peak_kb).max().unwrap_or(0),
+            note: notes.join(""),
+            fsyncs: self.0.iter().map(|i| i.fsyncs).sum(),
+            fsync_mean: mean(|i| i.fsync_mean),
+            server_cores: mean(|i| i.server_cores),
+            client_cores: mean(|i| i.client_cores),
+            other_cores: mean(|i| i.other_cores),
+            cpu_per_request: mean(|i| i.cpu_per_request),
+            body_bytes: self.0.iter().map(|i| i.body_bytes).sum(),
+            log_bytes: self.0.iter().map(|i| i.log_bytes).sum(),
+        }
+    }
+}
+
+/// Rounds of the same payload against servers in turn, so that what the shared machine does
+/// meanwhile (its speed moved by half within one run) falls on each alike: a ratio is taken
+/// within each round, and the median of the rounds' is the figure.
+pub struct Paired<'a> {
+    pub ours: &'a Rounds,
+    pub theirs: &'a Rounds,
+}
+
+impl Paired<'_> {
+    fn ratios(&self, f: fn(&Intake) -> f64) -> Vec<f64> {
+        let mut r: Vec<f64> = self.ours.0.iter().zip(&self.theirs.0).map(|(o, t)| f(o) / f(t)).collect();
+        r.sort_by(|a, b| a.total_cmp(b));
+        r
+    }
+
+    /// The median of the rounds' rate ratios, and their range.
+    pub fn rate(&self) -> (f64, f64, f64) {
+        median_range(&self.ratios(|i| i.rate))
+    }
+
+    /// The same for CPU time per request.
+    pub fn cpu(&self) -> (f64, f64, f64) {
+        median_range(&self.ratios(|i| i.cpu_per_request))
+    }
+}
+
+/// Median, lowest and highest of sorted values.
+fn median_range(sorted: &[f64]) -> (f64, f64, f64) {
+    match sorted {
+        [] => (f64::NAN, f64::NAN, f64::NAN),
+        _ => (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1]),
     }
 }
 

@@ -15,9 +15,12 @@
 //!    of its own: this executable with BENCH_BARE_SERVER=1 and BENCH_BARE_DURABLE_DIR) that
 //!    appends every body to a file and answers once it is fdatasync'd, in group commit (one
 //!    writer thread, one write and one fdatasync for all that is queued): the least any server
-//!    with a durable record of every request does. Same payloads, same client, same run; measured
-//!    before backstop's phases and again right after them, and the two averaged (the disk's fsync
-//!    latency drifts over a run: the two differed by up to a fifth).
+//!    with a durable record of every request does. Same payloads, same client, same run, and
+//!    in turn with backstop: BENCH_ROUNDS (3) rounds of each payload, each round the durable
+//!    server, the floor (below) and backstop for BENCH_ROUND_SECONDS (3) after 0.5 s of
+//!    warm-up; a round's ratio is taken within the round and the figure is the median of the
+//!    rounds' (the shared machine's speed moved by half within one run: measured one after the
+//!    other, minutes apart, the durable server's own rate differed by up to a half).
 //!    Goals (alerts no rule matches): 1-alert payloads >= 0.8x the durable group-commit server;
 //!    50-alert payloads >= 0.8x the durable group-commit server. The alert storm is reported
 //!    beside them against the same reference. Information: the same bare axum server without
@@ -84,7 +87,7 @@ mod rules;
 mod servers;
 
 use common::*;
-use intake::{Disk, intake, mb};
+use intake::{Disk, Paired, Rounds, intake, mb};
 use kafka::bench_kafka;
 use latency::*;
 use machine::{RssSampler, machine_busy_seconds, status_kb};
@@ -129,6 +132,10 @@ async fn run(rows: &mut Vec<Row>) {
     let measure = Duration::from_secs_f64(env_or("BENCH_SECONDS", 5.0));
     let secs = measure.as_secs_f64();
     let warm = Duration::from_secs(1);
+    // The goals' phases: rounds of 3 s (after 0.5 s of warm-up on connections already open).
+    let rounds: usize = env_or("BENCH_ROUNDS", 3.0) as usize;
+    let (round_warm, round_measure) =
+        (Duration::from_millis(500), Duration::from_secs_f64(env_or("BENCH_ROUND_SECONDS", 3.0)));
     let latency_n: usize = env_or("BENCH_LATENCY_N", 1_000);
     let (one_none, fifty_none) = (Arc::new(Payload::new(&NO_RULE, 1)), Arc::new(Payload::new(&NO_RULE, 50)));
     let (one_match, fifty_match) = (Arc::new(Payload::new(&MATCHED, 1)), Arc::new(Payload::new(&MATCHED, 50)));
@@ -143,24 +150,11 @@ async fn run(rows: &mut Vec<Row>) {
     let bare_fifty = intake(bare.pid(), bare.addr, None, &fifty_none, warm, measure).await;
     println!("  50 alerts: {}/s{}; {}", per_s(bare_fifty.rate), bare_fifty.note, bare_fifty.cpu());
     drop(bare);
-    println!("bare axum server with a durable group-commit append of every body...");
+    // The references for the goals, kept running (idle between their rounds, below).
     let durable_dir = tempfile::Builder::new().prefix("backstop-load-durable-").tempdir().unwrap();
     let durable = Bare::start_durable(durable_dir.path());
-    let durable_one = intake(durable.pid(), durable.addr, None, &one_none, warm, measure).await;
-    println!("  1 alert: {}/s{}; {}", per_s(durable_one.rate), durable_one.note, durable_one.cpu());
-    let durable_fifty = intake(durable.pid(), durable.addr, None, &fifty_none, warm, measure).await;
-    println!("  50 alerts: {}/s{}; {}", per_s(durable_fifty.rate), durable_fifty.note, durable_fifty.cpu());
-    println!("the same, also parsing and hashing every body (the floor for a recorder of alerts)...");
     let floor_dir = tempfile::Builder::new().prefix("backstop-load-floor-").tempdir().unwrap();
     let floor = Bare::start_floor(floor_dir.path());
-    let floor_one = intake(floor.pid(), floor.addr, None, &one_none, warm, measure).await;
-    println!("  1 alert: {}/s{}; {}", per_s(floor_one.rate), floor_one.note, floor_one.cpu());
-    let floor_fifty = intake(floor.pid(), floor.addr, None, &fifty_none, warm, measure).await;
-    println!("  50 alerts: {}/s{}; {}", per_s(floor_fifty.rate), floor_fifty.note, floor_fifty.cpu());
-    drop(floor);
-    drop(floor_dir);
-    // Kept running (idle): measured again right after backstop's phases, since the disk's
-    // fsync latency drifts over a run (and with the gigabytes the phases write).
     println!("disk: raw group-commit rate, information (sampled three times in the run)...");
     let mut disk = Disk::default();
     disk.sample(&one_bytes, &fifty_bytes);
@@ -208,23 +202,45 @@ async fn run(rows: &mut Vec<Row>) {
     }
     disk.sample(&one_bytes, &fifty_bytes);
 
-    println!("intake, alerts no rule matches...");
-    let none1 = intake(server.pid(), server.addr, Some(&server), &one_none, warm, measure).await;
-    println!("  1 alert: {}/s{}; {}", per_s(none1.rate), none1.note, none1.audit(secs));
-    let none50 = intake(server.pid(), server.addr, Some(&server), &fifty_none, warm, measure).await;
-    println!("  50 alerts: {}/s{}; {}", per_s(none50.rate), none50.note, none50.audit(secs));
-    println!("the durable group-commit server again, right after...");
-    let durable_one_after = intake(durable.pid(), durable.addr, None, &one_none, warm, measure).await;
-    println!("  1 alert: {}/s{}; {}", per_s(durable_one_after.rate), durable_one_after.note, durable_one_after.cpu());
-    let durable_fifty_after = intake(durable.pid(), durable.addr, None, &fifty_none, warm, measure).await;
     println!(
-        "  50 alerts: {}/s{}; {}",
-        per_s(durable_fifty_after.rate),
-        durable_fifty_after.note,
-        durable_fifty_after.cpu()
+        "intake, alerts no rule matches: {rounds} rounds of each payload, each round the durable \
+         group-commit server, the floor (the same, also parsing and hashing every body) and backstop in turn..."
     );
-    drop(durable);
-    drop(durable_dir);
+    let (mut durable1, mut floor1, mut none1r) = (Rounds(vec![]), Rounds(vec![]), Rounds(vec![]));
+    let (mut durable50, mut floor50, mut none50r) = (Rounds(vec![]), Rounds(vec![]), Rounds(vec![]));
+    for (payload, what, d, f, b) in [
+        (&one_none, "1 alert", &mut durable1, &mut floor1, &mut none1r),
+        (&fifty_none, "50 alerts", &mut durable50, &mut floor50, &mut none50r),
+    ] {
+        for round in 1..=rounds {
+            let ceiling = intake(durable.pid(), durable.addr, None, payload, round_warm, round_measure).await;
+            let least = intake(floor.pid(), floor.addr, None, payload, round_warm, round_measure).await;
+            let ours = intake(server.pid(), server.addr, Some(&server), payload, round_warm, round_measure).await;
+            println!(
+                "  {what}, round {round}: durable {}/s{} ({:.0} us CPU), floor {}/s{} ({:.0} us), backstop {}/s{} \
+                 ({:.0} us): {:.2}x the durable server",
+                per_s(ceiling.rate),
+                ceiling.note,
+                ceiling.cpu_per_request * 1e6,
+                per_s(least.rate),
+                least.note,
+                least.cpu_per_request * 1e6,
+                per_s(ours.rate),
+                ours.note,
+                ours.cpu_per_request * 1e6,
+                ours.rate / ceiling.rate
+            );
+            d.0.push(ceiling);
+            f.0.push(least);
+            b.0.push(ours);
+        }
+    }
+    let (durable_one, durable_fifty) = (durable1.merged(), durable50.merged());
+    let (none1, none50) = (none1r.merged(), none50r.merged());
+    let round_secs = round_measure.as_secs_f64() * rounds as f64;
+    println!("  1 alert, backstop over its rounds: {}", none1.audit(round_secs));
+    println!("  50 alerts, backstop over its rounds: {}", none50.audit(round_secs));
+    drop((durable, floor, durable_dir, floor_dir));
     println!("intake, alerts the rule canary-high-error-rate matches (rolls back once, then held by cooldown)...");
     let match1 = intake(server.pid(), server.addr, Some(&server), &one_match, warm, measure).await;
     println!("  1 alert: {}/s{}; {}", per_s(match1.rate), match1.note, match1.audit(secs));
@@ -265,44 +281,52 @@ async fn run(rows: &mut Vec<Row>) {
     }
 
     // Rows: intake. The goals are the intake's against the durable group-commit server (the
-    // least a server with a durable record of every request does, same payloads, same client);
-    // an alert storm on one held canary (three records per alert, the guards vetting each) is
-    // reported beside them. A goal is met only if neither phase had an answer other than 200.
+    // least a server with a durable record of every request does, same payloads, same client),
+    // the median of the rounds' ratios; an alert storm on one held canary (three records per
+    // alert, the guards vetting each) is reported beside them, against the durable server's
+    // mean over its rounds. A goal is met only if no round had an answer other than 200.
     let (bare1, bare50) = (bare_one.rate, bare_fifty.rate);
     let (batch50, batch1) = (Disk::median(&disk.batch50), Disk::median(&disk.batch1));
-    for (what, one, fifty, goals) in
-        [("no rule matches", &none1, &none50, true), ("rule matches, held by cooldown", &match1, &match50, false)]
-    {
-        for (ours, ceiling, after, payloads) in [
-            (one, &durable_one, &durable_one_after, "1-alert"),
-            (fifty, &durable_fifty, &durable_fifty_after, "50-alert"),
-        ] {
-            // The ceiling measured before and right after backstop's phases, averaged.
-            let rate = (ceiling.rate + after.rate) / 2.0;
-            let ratio = ours.rate / rate;
-            let alerts = if ours.alerts_rate > ours.rate {
-                format!(" = {} alerts/s", per_s(ours.alerts_rate))
-            } else {
-                String::new()
-            };
-            rows.push(Row {
-                name: format!("intake, {payloads} payloads, {what}: vs durable group-commit server"),
-                measured: format!("{} req/s{alerts}{}", per_s(ours.rate), ours.note),
-                baseline: format!(
-                    "{} req/s{}{} (mean of {} before, {} after)",
-                    per_s(rate),
-                    ceiling.note,
-                    after.note,
-                    per_s(ceiling.rate),
-                    per_s(after.rate)
-                ),
-                ratio: Some(ratio),
-                goal: if goals { ">= 0.8x" } else { "info" }.into(),
-                met: goals.then_some(
-                    ratio >= 0.8 && ours.note.is_empty() && ceiling.note.is_empty() && after.note.is_empty(),
-                ),
-            });
-        }
+    for (ours, ceiling, payloads) in [(&none1r, &durable1, "1-alert"), (&none50r, &durable50, "50-alert")] {
+        let (ratio, lo, hi) = Paired { ours, theirs: ceiling }.rate();
+        let (merged, reference) = (ours.merged(), ceiling.merged());
+        rows.push(Row {
+            name: format!("intake, {payloads} payloads, no rule matches: vs durable group-commit server"),
+            measured: format!(
+                "{} req/s{}{}, {:.0} us CPU each",
+                per_s(merged.rate),
+                if payloads == "50-alert" {
+                    format!(" = {} alerts/s", per_s(merged.alerts_rate))
+                } else {
+                    String::new()
+                },
+                merged.note,
+                merged.cpu_per_request * 1e6
+            ),
+            baseline: format!(
+                "{} req/s{}, {:.0} us CPU each (means of {rounds} rounds in turn with backstop's)",
+                per_s(reference.rate),
+                reference.note,
+                reference.cpu_per_request * 1e6
+            ),
+            ratio: Some(ratio),
+            goal: ">= 0.8x".into(),
+            met: Some(ratio >= 0.8 && merged.note.is_empty() && reference.note.is_empty()),
+        });
+        rows.push(Row::info(
+            format!("  the same, each round's ratio ({payloads}; the figure above is their median)"),
+            format!("{lo:.2}x-{hi:.2}x"),
+            format!("{rounds} rounds of {:.0} s", round_measure.as_secs_f64()),
+            None,
+        ));
+    }
+    for (ours, ceiling, payloads) in [(&match1, &durable_one, "1-alert"), (&match50, &durable_fifty, "50-alert")] {
+        rows.push(Row::info(
+            format!("intake, {payloads} payloads, rule matches, held by cooldown: vs durable group-commit server"),
+            format!("{} req/s = {} alerts/s{}", per_s(ours.rate), per_s(ours.alerts_rate), ours.note),
+            format!("{} req/s (mean of its rounds)", per_s(ceiling.rate)),
+            Some(ours.rate / ceiling.rate),
+        ));
     }
     // The audit log's growth (segments only) per byte of request body the server answered, each
     // phase from its start to its end, warm-up included: the log records those bodies too.
@@ -346,29 +370,36 @@ async fn run(rows: &mut Vec<Row>) {
         None,
     ));
     for (what, ours, durable, bare) in
-        [("1-alert", &none1, &durable_one, &bare_one), ("50-alert", &none50, &durable_fifty, &bare_fifty)]
+        [("1-alert", &none1r, &durable1, &bare_one), ("50-alert", &none50r, &durable50, &bare_fifty)]
     {
+        let (ratio, lo, hi) = Paired { ours, theirs: durable }.cpu();
         rows.push(Row::info(
             format!("server CPU per request, {what}, no rule: backstop vs durable group-commit server"),
-            format!("{:.0} us", ours.cpu_per_request * 1e6),
-            format!("{:.0} us (bare axum {:.0} us)", durable.cpu_per_request * 1e6, bare.cpu_per_request * 1e6),
-            Some(ours.cpu_per_request / durable.cpu_per_request),
+            format!("{:.0} us", ours.merged().cpu_per_request * 1e6),
+            format!(
+                "{:.0} us (bare axum {:.0} us); rounds {lo:.2}x-{hi:.2}x",
+                durable.merged().cpu_per_request * 1e6,
+                bare.cpu_per_request * 1e6
+            ),
+            Some(ratio),
         ));
     }
     for (what, ours, floor, durable) in
-        [("1-alert", &none1, &floor_one, &durable_one), ("50-alert", &none50, &floor_fifty, &durable_fifty)]
+        [("1-alert", &none1r, &floor1, &durable_one), ("50-alert", &none50r, &floor50, &durable_fifty)]
     {
+        let (ratio, lo, hi) = Paired { ours, theirs: floor }.rate();
+        let least = floor.merged();
         rows.push(Row::info(
             format!("intake, {what} payloads, no rule matches: vs the floor (durable server + JSON parse + SHA-256)"),
-            format!("{} req/s, {:.0} us CPU each", per_s(ours.rate), ours.cpu_per_request * 1e6),
+            format!("{} req/s, {:.0} us CPU each", per_s(ours.merged().rate), ours.merged().cpu_per_request * 1e6),
             format!(
-                "{} req/s{}, {:.0} us CPU each ({:.2}x the durable server's CPU)",
-                per_s(floor.rate),
-                floor.note,
-                floor.cpu_per_request * 1e6,
-                floor.cpu_per_request / durable.cpu_per_request
+                "{} req/s{}, {:.0} us CPU each ({:.2}x the durable server's CPU); rounds {lo:.2}x-{hi:.2}x",
+                per_s(least.rate),
+                least.note,
+                least.cpu_per_request * 1e6,
+                least.cpu_per_request / durable.cpu_per_request
             ),
-            Some(ours.rate / floor.rate),
+            Some(ratio),
         ));
     }
     rows.push(Row::info(
@@ -383,13 +414,13 @@ async fn run(rows: &mut Vec<Row>) {
         format!("50-alert: {}", bare_fifty.cpu()),
         None,
     ));
-    for (what, i) in [
-        ("1-alert, no rule", &none1),
-        ("50-alert, no rule", &none50),
-        ("1-alert, matched", &match1),
-        ("50-alert, matched", &match50),
+    for (what, i, seconds) in [
+        ("1-alert, no rule (its rounds)", &none1, round_secs),
+        ("50-alert, no rule (its rounds)", &none50, round_secs),
+        ("1-alert, matched", &match1, secs),
+        ("50-alert, matched", &match50, secs),
     ] {
-        rows.push(Row::info(format!("intake {what}: audit log during the phase"), i.audit(secs), "-", None));
+        rows.push(Row::info(format!("intake {what}: audit log during the phase"), i.audit(seconds), "-", None));
     }
     // Rows: latency.
     let budget = 0.005 + w99;
