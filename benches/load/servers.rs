@@ -242,12 +242,23 @@ impl Bare {
 
 impl Bare {
     /// A writer thread: takes what is queued, appends it with one write, one fdatasync, then
-    /// answers each.
+    /// answers each. A new file every 64 MiB, as backstop's audit segments
+    /// (`audit.segment_max_bytes`) are.
     pub fn group_commit(dir: &Path) -> std::sync::mpsc::Sender<(Bytes, tokio::sync::oneshot::Sender<()>)> {
+        const SEGMENT: usize = 64 << 20;
         let (tx, rx) = std::sync::mpsc::channel::<(Bytes, tokio::sync::oneshot::Sender<()>)>();
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("durable-bare.log")).unwrap();
+        let dir = dir.to_path_buf();
+        let open = move |n: u64| {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("durable-bare-{n:06}.log")))
+                .unwrap();
+            std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+            file
+        };
         std::thread::spawn(move || {
+            let (mut segment, mut file, mut len) = (0, open(0), 0);
             let mut buf = Vec::new();
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
@@ -257,8 +268,13 @@ impl Bare {
                     buf.extend_from_slice(body);
                     buf.push(b'\n');
                 }
+                if len >= SEGMENT {
+                    segment += 1;
+                    (file, len) = (open(segment), 0);
+                }
                 file.write_all(&buf).unwrap();
                 file.sync_data().unwrap();
+                len += buf.len();
                 for (_, done) in batch {
                     let _ = done.send(());
                 }
