@@ -42,7 +42,7 @@ impl Pipeline {
         for alert in alerts {
             // Most alerts match no rule: they are answered from the alert as read, and only one
             // that a rule matches is made an owned `Alert` for the decision and what follows.
-            if rules.matching(alert).is_empty() {
+            if !rules.matches_any(alert) {
                 reports.push(Report {
                     event_id: alert.id().to_string(),
                     rule: None,

@@ -310,6 +310,13 @@ impl RuleSet {
         idx.into_iter().map(|i| &self.rules[i]).filter(|r| r.matches(alert)).collect()
     }
 
+    /// Whether any rule matches `alert`: [`RuleSet::matching`] without building its list, for
+    /// the common case of a delivery's alerts that no rule wants (no allocation per alert).
+    pub fn matches_any<A: AlertView + ?Sized>(&self, alert: &A) -> bool {
+        let named = self.by_alertname.get(alert.name()).map(Vec::as_slice).unwrap_or(&[]);
+        named.iter().chain(&self.any_alertname).any(|i| self.rules[*i].matches(alert))
+    }
+
     /// Feedback rules concerned by an event about `version` of `service` in `namespace`.
     pub fn feedback_rules<'a>(
         &'a self,

@@ -151,6 +151,25 @@ rules:
 }
 
 #[test]
+fn matches_any_says_whether_matching_finds_a_rule_by_name_or_by_other_labels() {
+    let (rules, _) = parse(GOOD);
+    let set = RuleSet::new(rules);
+    let cases = [
+        ("CanaryHighErrorRate", vec![("severity", "critical")], true),
+        ("CanaryHighErrorRate", vec![("severity", "warning")], false),
+        ("BlueGreenBroken", vec![], true),
+        ("Unrelated", vec![("team", "payments")], true),
+        ("Unrelated", vec![("team", "search")], false),
+        ("CanaryHighErrorRate", vec![("severity", "warning"), ("team", "payments")], true),
+    ];
+    for (name, labels, expected) in cases {
+        let a = alert(name, &labels, AlertStatus::Firing, 300);
+        assert_eq!(set.matches_any(&a), expected, "{name} {labels:?}");
+        assert_eq!(set.matches_any(&a), !set.matching(&a).is_empty(), "{name} {labels:?}");
+    }
+}
+
+#[test]
 fn engine_decides_per_matching_rule() {
     let (rules, _) = parse(GOOD);
     let set = RuleSet::new(rules);
