@@ -55,7 +55,7 @@ pub fn fingerprint(config_file: &Path, rule_paths: &[PathBuf]) -> String {
             add(path);
         }
     }
-    hex::encode(h.finalize())
+    crate::digest::hex(&h.finalize())
 }
 
 pub struct Reloader {

@@ -236,7 +236,7 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
         h.update(v.as_bytes());
         h.update([0xfe]);
     }
-    hex::encode(&h.finalize()[..8])
+    crate::digest::hex(&h.finalize()[..8])
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use axum::Form;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
 use super::*;
 
@@ -24,7 +23,7 @@ fn token() -> &'static str {
             std::process::id(),
             std::time::SystemTime::now()
         );
-        hex::encode(Sha256::digest(seed.as_bytes()))
+        crate::digest::sha256_hex(seed.as_bytes())
     })
 }
 
