@@ -1,7 +1,7 @@
 //! Load on the running service (issue #7), as ratios against ceilings measured in the same run
 //! on the same machine with the same client:
 //!
-//!   cargo bench --bench load     (BENCH_SECONDS=5 per load phase after 1 s of warm-up; ~2 min)
+//!   cargo bench --bench load     (BENCH_SECONDS=5 per load phase after 1 s of warm-up, the goals' phases in rounds; ~4 min)
 //!
 //! 1. Webhook intake: `POST /v1/alertmanager` of the release binary (manifests target, durable
 //!    audit log, logs at info to a file), 64 keep-alive connections from a hyper HTTP/1.1 client
