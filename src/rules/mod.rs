@@ -304,8 +304,7 @@ impl RuleSet {
 
     /// Rules matching `alert`, in file order.
     pub fn matching<'a, A: AlertView + ?Sized>(&'a self, alert: &A) -> Vec<&'a Arc<Rule>> {
-        let named = self.by_alertname.get(alert.name()).map(Vec::as_slice).unwrap_or(&[]);
-        let mut idx: Vec<usize> = named.iter().chain(&self.any_alertname).copied().collect();
+        let mut idx: Vec<usize> = self.candidates(alert).collect();
         idx.sort_unstable();
         idx.into_iter().map(|i| &self.rules[i]).filter(|r| r.matches(alert)).collect()
     }
@@ -313,8 +312,13 @@ impl RuleSet {
     /// Whether any rule matches `alert`: [`RuleSet::matching`] without building its list, for
     /// the common case of a delivery's alerts that no rule wants (no allocation per alert).
     pub fn matches_any<A: AlertView + ?Sized>(&self, alert: &A) -> bool {
+        self.candidates(alert).any(|i| self.rules[i].matches(alert))
+    }
+
+    /// The rules that may match `alert` (those for its name, then those for any name), by index.
+    fn candidates<A: AlertView + ?Sized>(&self, alert: &A) -> impl Iterator<Item = usize> + '_ {
         let named = self.by_alertname.get(alert.name()).map(Vec::as_slice).unwrap_or(&[]);
-        named.iter().chain(&self.any_alertname).any(|i| self.rules[*i].matches(alert))
+        named.iter().chain(&self.any_alertname).copied()
     }
 
     /// Feedback rules concerned by an event about `version` of `service` in `namespace`.
