@@ -35,9 +35,8 @@ pub fn fsync_rate(dir: &Path, payload: &[u8], batch: usize, for_: Duration) -> f
 }
 
 /// The disk's raw group-commit rates, sampled at several moments of the run (the disk may be
-/// shared): fdatasync'd appends
-/// in batches of 64 (as 64 connections allow) of each payload. Information only: it says whether
-/// the disk stayed the same between the ceiling's phases and backstop's.
+/// shared, and slows as a run's gigabytes accumulate): fdatasync'd appends in batches of 64 (as
+/// 64 connections allow) of each payload. Information only: it says how the disk moved.
 #[derive(Default)]
 pub struct Disk {
     pub batch50: Vec<f64>,

@@ -218,23 +218,18 @@ async fn run(rows: &mut Vec<Row>) {
             // accumulate on it (for every process: measured, a 50-alert payload cost the durable
             // server 52 us of CPU on a fresh disk and 210 us once 5 GB had been written, and
             // backstop 320 and 371 us), so the server measured first in a round would be favoured.
-            let (mut ceiling, mut least, mut ours) = (None, None, None);
+            let servers = [
+                (durable.pid(), durable.addr, None),
+                (floor.pid(), floor.addr, None),
+                (server.pid(), server.addr, Some(&server)),
+            ];
+            let mut measured: [Option<intake::Intake>; 3] = [None, None, None];
             let order: [usize; 3] = if round % 2 == 1 { [0, 1, 2] } else { [2, 1, 0] };
-            for which in order {
-                match which {
-                    0 => {
-                        ceiling =
-                            Some(intake(durable.pid(), durable.addr, None, payload, round_warm, round_measure).await)
-                    }
-                    1 => least = Some(intake(floor.pid(), floor.addr, None, payload, round_warm, round_measure).await),
-                    _ => {
-                        ours = Some(
-                            intake(server.pid(), server.addr, Some(&server), payload, round_warm, round_measure).await,
-                        )
-                    }
-                }
+            for i in order {
+                let (pid, addr, backstop) = servers[i];
+                measured[i] = Some(intake(pid, addr, backstop, payload, round_warm, round_measure).await);
             }
-            let (ceiling, least, ours) = (ceiling.unwrap(), least.unwrap(), ours.unwrap());
+            let [ceiling, least, ours] = measured.map(|m| m.expect("every server is measured each round"));
             println!(
                 "  {what}, round {round}: durable {}/s{} ({:.0} us CPU), floor {}/s{} ({:.0} us), backstop {}/s{} \
                  ({:.0} us): {:.2}x the durable server",
@@ -255,6 +250,7 @@ async fn run(rows: &mut Vec<Row>) {
         }
     }
     let (durable_one, durable_fifty) = (durable1.merged(), durable50.merged());
+    let (floor_one, floor_fifty) = (floor1.merged(), floor50.merged());
     let (none1, none50) = (none1r.merged(), none50r.merged());
     let round_secs = round_measure.as_secs_f64() * rounds as f64;
     println!("  1 alert, backstop over its rounds: {}", none1.audit(round_secs));
@@ -306,19 +302,21 @@ async fn run(rows: &mut Vec<Row>) {
     // mean over its rounds. A goal is met only if no round had an answer other than 200.
     let (bare1, bare50) = (bare_one.rate, bare_fifty.rate);
     let (batch50, batch1) = (Disk::median(&disk.batch50), Disk::median(&disk.batch1));
-    for (ours, ceiling, payloads) in [(&none1r, &durable1, "1-alert"), (&none50r, &durable50, "50-alert")] {
-        let (ratio, lo, hi) = Paired { ours, theirs: ceiling }.rate();
-        let (merged, reference) = (ours.merged(), ceiling.merged());
+    for (rounds_of, merged, ceiling, reference, payloads) in [
+        (&none1r, &none1, &durable1, &durable_one, "1-alert"),
+        (&none50r, &none50, &durable50, &durable_fifty, "50-alert"),
+    ] {
+        let (ratio, lo, hi) = Paired { ours: rounds_of, theirs: ceiling }.rate();
+        let alerts = if merged.alerts_rate > merged.rate {
+            format!(" = {} alerts/s", per_s(merged.alerts_rate))
+        } else {
+            String::new()
+        };
         rows.push(Row {
             name: format!("intake, {payloads} payloads, no rule matches: vs durable group-commit server"),
             measured: format!(
-                "{} req/s{}{}, {:.0} us CPU each",
+                "{} req/s{alerts}{}, {:.0} us CPU each",
                 per_s(merged.rate),
-                if payloads == "50-alert" {
-                    format!(" = {} alerts/s", per_s(merged.alerts_rate))
-                } else {
-                    String::new()
-                },
                 merged.note,
                 merged.cpu_per_request * 1e6
             ),
@@ -388,29 +386,30 @@ async fn run(rows: &mut Vec<Row>) {
         format!("ranges {} / {}", Disk::range(&disk.batch1), Disk::range(&disk.batch50)),
         None,
     ));
-    for (what, ours, durable, bare) in
-        [("1-alert", &none1r, &durable1, &bare_one), ("50-alert", &none50r, &durable50, &bare_fifty)]
-    {
+    for (what, ours, merged, durable, reference, bare) in [
+        ("1-alert", &none1r, &none1, &durable1, &durable_one, &bare_one),
+        ("50-alert", &none50r, &none50, &durable50, &durable_fifty, &bare_fifty),
+    ] {
         let (ratio, lo, hi) = Paired { ours, theirs: durable }.cpu();
         rows.push(Row::info(
             format!("server CPU per request, {what}, no rule: backstop vs durable group-commit server"),
-            format!("{:.0} us", ours.merged().cpu_per_request * 1e6),
+            format!("{:.0} us", merged.cpu_per_request * 1e6),
             format!(
                 "{:.0} us (bare axum {:.0} us); rounds {lo:.2}x-{hi:.2}x",
-                durable.merged().cpu_per_request * 1e6,
+                reference.cpu_per_request * 1e6,
                 bare.cpu_per_request * 1e6
             ),
             Some(ratio),
         ));
     }
-    for (what, ours, floor, durable) in
-        [("1-alert", &none1r, &floor1, &durable_one), ("50-alert", &none50r, &floor50, &durable_fifty)]
-    {
+    for (what, ours, merged, floor, least, durable) in [
+        ("1-alert", &none1r, &none1, &floor1, &floor_one, &durable_one),
+        ("50-alert", &none50r, &none50, &floor50, &floor_fifty, &durable_fifty),
+    ] {
         let (ratio, lo, hi) = Paired { ours, theirs: floor }.rate();
-        let least = floor.merged();
         rows.push(Row::info(
             format!("intake, {what} payloads, no rule matches: vs the floor (durable server + JSON parse + SHA-256)"),
-            format!("{} req/s, {:.0} us CPU each", per_s(ours.merged().rate), ours.merged().cpu_per_request * 1e6),
+            format!("{} req/s, {:.0} us CPU each", per_s(merged.rate), merged.cpu_per_request * 1e6),
             format!(
                 "{} req/s{}, {:.0} us CPU each ({:.2}x the durable server's CPU); rounds {lo:.2}x-{hi:.2}x",
                 per_s(least.rate),
