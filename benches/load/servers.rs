@@ -148,14 +148,14 @@ pub struct Bare {
 
 impl Bare {
     pub fn start() -> Bare {
-        Bare::start_with(None)
+        Bare::start_env(None, false)
     }
 
     /// The same server, but every body is appended to a file in `dir` and fdatasync'd before
     /// the answer, in group commit (one writer thread, one write and one fsync for all that is
     /// queued): the least any server with a durable record per request does.
     pub fn start_durable(dir: &Path) -> Bare {
-        Bare::start_with(Some(dir))
+        Bare::start_env(Some(dir), false)
     }
 
     /// The durable server that also reads each body as JSON (syntax only, nothing kept) and
@@ -164,10 +164,6 @@ impl Bare {
     /// gap to it is the bytes' own cost.
     pub fn start_floor(dir: &Path) -> Bare {
         Bare::start_env(Some(dir), true)
-    }
-
-    pub fn start_with(durable: Option<&Path>) -> Bare {
-        Bare::start_env(durable, false)
     }
 
     fn start_env(durable: Option<&Path>, floor: bool) -> Bare {
