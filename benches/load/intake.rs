@@ -179,11 +179,13 @@ impl Paired<'_> {
     }
 }
 
-/// Median, lowest and highest of sorted values.
+/// Median (of an even number, the mean of the middle two: not the upper one, which would lean
+/// towards a goal met), lowest and highest of sorted values.
 fn median_range(sorted: &[f64]) -> (f64, f64, f64) {
-    match sorted {
-        [] => (f64::NAN, f64::NAN, f64::NAN),
-        _ => (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1]),
+    let n = sorted.len();
+    match n {
+        0 => (f64::NAN, f64::NAN, f64::NAN),
+        _ => ((sorted[(n - 1) / 2] + sorted[n / 2]) / 2.0, sorted[0], sorted[n - 1]),
     }
 }
 
