@@ -225,7 +225,15 @@ pub(super) async fn receive_alerts(
         warn!(truncated = webhook.truncated_alerts, group = %webhook.group_key, "Alertmanager truncated this group (max_alerts)");
     }
     let (received, truncated) = (webhook.alerts.len(), webhook.truncated_alerts);
-    match state.pipeline.alerts(&webhook.alerts, context).await {
+    // Read while the delivery is fresh in the cache, then dropped: what waits for the durable
+    // write is only what goes on (see `PreparedAlerts`).
+    let prepared = match state.pipeline.prepare_alerts(&webhook.alerts, &context) {
+        Ok(p) => p,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    drop(webhook);
+    drop((context, bytes));
+    match state.pipeline.record_alerts(prepared).await {
         Ok(results) => {
             // An action that failed (the target could not be read or written in time) is worth
             // another try: 503 makes Alertmanager send the group again, with its backoff. The

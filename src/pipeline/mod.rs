@@ -46,6 +46,7 @@ use crate::state::{self, GuardSettings, GuardState, GuardVerdict};
 use crate::target::{Notice, ObjectKind, ObjectRef, Target};
 use crate::telemetry::metrics::Event as MetricEvent;
 
+pub use alerts::PreparedAlerts;
 pub use chain::{CHAIN_CHECK_EVERY, ChainCheck};
 pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;
