@@ -67,12 +67,13 @@ pub(super) async fn receive_feedback(
     let ndjson = is_ndjson(&headers);
     let send = "application/json, application/cloudevents+json or application/x-ndjson";
     if let Some(err) = precheck(&state, &headers, &mut body, ndjson || is_json(&headers), send) {
-        if let Err(unavailable) = record_rejection(&state, "http", &err, body.size, &body.bytes, body.sha).await {
+        if let Err(unavailable) = record_rejection(&state, "http", &err, body.size, &body.bytes, body.sha256()).await {
             return unavailable;
         }
         return err.into_response();
     }
-    let BodyRead { bytes, sha, size, .. } = body;
+    let sha = body.sha256();
+    let BodyRead { bytes, size, .. } = body;
     // The HTTP binding's `ce-` headers are the Kafka binding's `ce_` ones.
     let ce: Vec<(String, Vec<u8>)> = headers
         .iter()
@@ -192,10 +193,9 @@ pub(super) async fn receive_alerts(
 ) -> Response {
     let mut body = read_body(body, state.max_body_bytes, limits).await;
     let rejection = precheck(&state, &headers, &mut body, is_json(&headers), "application/json");
-    let BodyRead { bytes, size, sha, .. } = body;
     let parsed = match rejection {
         Some(e) => Err(e),
-        None => alertmanager::parse(&bytes).map_err(|e| {
+        None => alertmanager::parse(&body.bytes).map_err(|e| {
             let (status, location) = match &e {
                 ParseError::Syntax { line, column, .. } => {
                     (StatusCode::BAD_REQUEST, json!({ "line": line, "column": column }))
@@ -208,7 +208,9 @@ pub(super) async fn receive_alerts(
     let webhook = match parsed {
         Ok(w) => w,
         Err(err) => {
-            if let Err(unavailable) = record_rejection(&state, "alertmanager", &err, size, &bytes, sha).await {
+            if let Err(unavailable) =
+                record_rejection(&state, "alertmanager", &err, body.size, &body.bytes, body.sha256()).await
+            {
                 return unavailable;
             }
             return err.into_response();
@@ -219,7 +221,6 @@ pub(super) async fn receive_alerts(
         "groupKey": webhook.group_key,
         "truncatedAlerts": webhook.truncated_alerts,
         "externalURL": webhook.external_url,
-        "sha256": sha,
     });
     if webhook.truncated_alerts > 0 {
         warn!(truncated = webhook.truncated_alerts, group = %webhook.group_key, "Alertmanager truncated this group (max_alerts)");
@@ -232,7 +233,7 @@ pub(super) async fn receive_alerts(
         Err(e) => return ApiError::from(e).into_response(),
     };
     drop(webhook);
-    drop((context, bytes));
+    drop((context, body));
     match state.pipeline.record_alerts(prepared).await {
         Ok(results) => {
             // An action that failed (the target could not be read or written in time) is worth
@@ -262,13 +263,15 @@ pub(super) async fn receive_alerts(
 /// Flagger's webhooks cannot send them, and the answer reveals only yes or no (restrict who can
 /// reach it with a NetworkPolicy).
 pub(super) async fn flagger_rollback(State(state): State<AppState>, limits: Limits, body: Body) -> Response {
-    let BodyRead { bytes, size, sha, over, failed } = read_body(body, state.max_body_bytes, limits).await;
+    let mut body = read_body(body, state.max_body_bytes, limits).await;
+    let (size, over, failed) = (body.size, body.over, body.failed.take());
+    let bytes = &body.bytes;
     let parsed: Result<Value, ApiError> = if let Some(failed) = failed {
         Err(failed)
     } else if over {
         Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {size} bytes exceeds the limit")))
     } else {
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+        serde_json::from_slice::<Value>(bytes).map_err(|e| {
             ApiError::at(
                 StatusCode::BAD_REQUEST,
                 format!("invalid JSON: {e}"),
@@ -287,7 +290,7 @@ pub(super) async fn flagger_rollback(State(state): State<AppState>, limits: Limi
     let (namespace, name, payload) = match fields {
         Ok(f) => f,
         Err(err) => {
-            if let Err(unavailable) = record_rejection(&state, "flagger", &err, size, &bytes, sha).await {
+            if let Err(unavailable) = record_rejection(&state, "flagger", &err, size, bytes, body.sha256()).await {
                 return unavailable;
             }
             return err.into_response();
