@@ -52,7 +52,14 @@ pub struct WebhookAlert<'a> {
 /// An alert instance's event id, stable across redeliveries: `{fingerprint}-{startsAt as Unix
 /// seconds}`.
 pub fn event_id(fingerprint: &str, starts_at: DateTime<Utc>) -> String {
-    format!("{fingerprint}-{}", starts_at.timestamp())
+    // Not `format!`: its machinery was a fiftieth of a 50-alert delivery's CPU.
+    let mut digits = itoa::Buffer::new();
+    let seconds = digits.format(starts_at.timestamp());
+    let mut id = String::with_capacity(fingerprint.len() + 1 + seconds.len());
+    id.push_str(fingerprint);
+    id.push('-');
+    id.push_str(seconds);
+    id
 }
 
 /// Alertmanager sends `endsAt: 0001-01-01T00:00:00Z` while an alert is firing: that is none.
