@@ -18,10 +18,12 @@
 //!    with a durable record of every request does. Same payloads, same client, same run, and
 //!    in turn with backstop: BENCH_ROUNDS (3) rounds of each payload, each round the durable
 //!    server, the floor (below) and backstop for BENCH_ROUND_SECONDS (3) after 0.5 s of
-//!    warm-up, every other round in the reverse order; a round's ratio is taken within the
+//!    warm-up, every other round in the reverse order, each server started for its measurement
+//!    on an empty directory that is deleted after it; a round's ratio is taken within the
 //!    round and the figure is the median of the rounds' (measured one after the other, minutes
 //!    apart, the durable server's own rate differed by up to a half: this machine's disk slows
-//!    as the gigabytes a run writes accumulate on it, for every process writing).
+//!    as the gigabytes a run writes accumulate on it, for every process writing, and recovers
+//!    once they are deleted).
 //!    Goals (alerts no rule matches): 1-alert payloads >= 0.8x the durable group-commit server;
 //!    50-alert payloads >= 0.8x the durable group-commit server. The alert storm is reported
 //!    beside them against the same reference. Information: the same bare axum server without
@@ -151,11 +153,6 @@ async fn run(rows: &mut Vec<Row>) {
     let bare_fifty = intake(bare.pid(), bare.addr, None, &fifty_none, warm, measure).await;
     println!("  50 alerts: {}/s{}; {}", per_s(bare_fifty.rate), bare_fifty.note, bare_fifty.cpu());
     drop(bare);
-    // The references for the goals, kept running (idle between their rounds, below).
-    let durable_dir = tempfile::Builder::new().prefix("backstop-load-durable-").tempdir().unwrap();
-    let durable = Bare::start_durable(durable_dir.path());
-    let floor_dir = tempfile::Builder::new().prefix("backstop-load-floor-").tempdir().unwrap();
-    let floor = Bare::start_floor(floor_dir.path());
     println!("disk: raw group-commit rate, information (sampled three times in the run)...");
     let mut disk = Disk::default();
     disk.sample(&one_bytes, &fifty_bytes);
@@ -214,20 +211,15 @@ async fn run(rows: &mut Vec<Row>) {
         (&fifty_none, "50 alerts", &mut durable50, &mut floor50, &mut none50r),
     ] {
         for round in 1..=rounds {
-            // Every other round in the reverse order: the disk slows as the run's gigabytes
-            // accumulate on it (for every process: measured, a 50-alert payload cost the durable
-            // server 52 us of CPU on a fresh disk and 210 us once 5 GB had been written, and
-            // backstop 320 and 371 us), so the server measured first in a round would be favoured.
-            let servers = [
-                (durable.pid(), durable.addr, None),
-                (floor.pid(), floor.addr, None),
-                (server.pid(), server.addr, Some(&server)),
-            ];
+            // Each server fresh, on an empty directory deleted after (`measure_fresh`), and every
+            // other round in the reverse order: the disk slows as the run's gigabytes accumulate
+            // on it (for every process: measured, a 50-alert payload cost the durable server 52
+            // us of CPU on a fresh disk and 210 us once 5 GB had been written, and backstop 320
+            // and 371 us), and what is deleted may still be written back for a while.
             let mut measured: [Option<intake::Intake>; 3] = [None, None, None];
             let order: [usize; 3] = if round % 2 == 1 { [0, 1, 2] } else { [2, 1, 0] };
             for i in order {
-                let (pid, addr, backstop) = servers[i];
-                measured[i] = Some(intake(pid, addr, backstop, payload, round_warm, round_measure).await);
+                measured[i] = Some(measure_fresh(i, payload, round_warm, round_measure).await);
             }
             let [ceiling, least, ours] = measured.map(|m| m.expect("every server is measured each round"));
             println!(
@@ -255,7 +247,6 @@ async fn run(rows: &mut Vec<Row>) {
     let round_secs = round_measure.as_secs_f64() * rounds as f64;
     println!("  1 alert, backstop over its rounds: {}", none1.audit(round_secs));
     println!("  50 alerts, backstop over its rounds: {}", none50.audit(round_secs));
-    drop((durable, floor, durable_dir, floor_dir));
     println!("intake, alerts the rule canary-high-error-rate matches (rolls back once, then held by cooldown)...");
     let match1 = intake(server.pid(), server.addr, Some(&server), &one_match, warm, measure).await;
     println!("  1 alert: {}/s{}; {}", per_s(match1.rate), match1.note, match1.audit(secs));
@@ -558,4 +549,19 @@ fn main() {
         };
         println!("| {} | {} | {} | {ratio} | {} | {met} |", r.name, r.measured, r.baseline, r.goal);
     }
+}
+
+/// One measurement of intake in a round, on a server started for it on a directory of its own
+/// that is deleted after: 0 the durable server, 1 the floor, 2 backstop. The disk slows as the
+/// gigabytes a run writes accumulate on it, and recovers once they are deleted; so no server is
+/// measured on what the others (or its own earlier rounds) left behind.
+async fn measure_fresh(which: usize, payload: &Arc<Payload>, warm: Duration, measure: Duration) -> intake::Intake {
+    if which == 2 {
+        let dir = workdir(BENCH_RULES, &[("bench.yaml".into(), manifest_in("bench"))], "");
+        let server = Backstop::start(dir.path());
+        return intake(server.pid(), server.addr, Some(&server), payload, warm, measure).await;
+    }
+    let dir = tempfile::Builder::new().prefix("backstop-load-reference-").tempdir().unwrap();
+    let server = if which == 0 { Bare::start_durable(dir.path()) } else { Bare::start_floor(dir.path()) };
+    intake(server.pid(), server.addr, None, payload, warm, measure).await
 }
