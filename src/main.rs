@@ -244,34 +244,17 @@ fn main() -> ExitCode {
     code
 }
 
-/// The spans opened for every request or message taken in (see docs/design.md, "Traces").
-const PER_REQUEST_SPANS: [&str; 2] = ["intake", "alerts"];
-
 /// Logs to stderr (text, or JSON with `--log-format json`; levels via RUST_LOG), and spans
 /// over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (backstop's own spans at info and above,
 /// whatever RUST_LOG says). The guard flushes the spans.
 fn init_logging(format: &str) -> TraceGuard {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only for a person at a terminal, not in files and collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
-    // The spans every request opens (`intake`, `alerts`) are for traces: in the log they would
-    // only prefix the few lines written inside them, which carry their own fields, and
-    // formatting them cost a twentieth of a 1-alert request's CPU. With traces off they are
-    // not even created.
-    let filter = tracing_subscriber::filter::FilterExt::and(
-        filter,
-        tracing_subscriber::filter::filter_fn(|meta| !(meta.is_span() && PER_REQUEST_SPANS.contains(&meta.name()))),
-    );
     let traces = Traces::from_env();
-    let otel = traces.as_ref().ok().and_then(Option::as_ref).map(|t| {
-        t.layer().with_filter(tracing_subscriber::filter::Targets::new().with_target("backstop", tracing::Level::INFO))
-    });
-    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    let exported = traces.as_ref().ok().and_then(Option::as_ref);
+    backstop::telemetry::trace::subscriber(filter, format == "json", ansi, std::io::stderr, exported).init();
     match traces {
         Ok(Some(t)) => {
             tracing::info!(endpoint = %t.endpoint, protocol = t.protocol, "exporting traces over OTLP");
