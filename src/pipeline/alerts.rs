@@ -224,7 +224,10 @@ impl Pipeline {
             GuardVerdict::Held { reason } => {
                 drop(state);
                 self.record_unlocked(vec![matched, base(Kind::Held).reason(&reason)]).await?;
-                info!(target = %target_name, %reason, "held");
+                // Every hold is recorded; in a storm the log says so once a minute, with a count.
+                if let Some(not_logged) = self.held_log.line(&format!("{target_name} {}", rule.name), Utc::now()) {
+                    info!(target = %target_name, rule = %rule.name, %reason, not_logged, "held");
+                }
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))
             }
             GuardVerdict::Proceed => {

@@ -11,6 +11,7 @@ mod chain;
 mod controls;
 mod feedback;
 mod promote;
+mod quiet;
 mod reject;
 mod replica;
 mod restore;
@@ -141,6 +142,8 @@ pub struct Pipeline {
     replication_lag: RwLock<Option<ReplicationLag>>,
     /// The last verification of the whole log (see `chain`).
     chain: RwLock<Option<ChainCheck>>,
+    /// "held" log lines, one a minute per target and rule (see `quiet`).
+    held_log: quiet::LogQuiet,
 }
 
 impl Pipeline {
@@ -167,6 +170,7 @@ impl Pipeline {
             target,
             state: tokio::sync::Mutex::new(state),
             settings: RwLock::new(settings),
+            held_log: Default::default(),
             rejections: Default::default(),
             unlocked_writes: Default::default(),
             restored,
