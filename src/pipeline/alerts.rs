@@ -100,8 +100,7 @@ impl Pipeline {
                 Slot::Decide(alert) => alert,
             };
             for decision in rules.decide(&alert, Utc::now()) {
-                let rule = rules.get(decision.rule()).cloned();
-                if let Some(rule) = rule {
+                if let Some(rule) = rules.get(decision.rule()).cloned() {
                     // Boxed: a decision's future is large, and most deliveries take none; inline,
                     // it would make every delivery's future as large (and copied as often).
                     reports.push(Box::pin(self.decided(&alert, &rule, decision, None)).await?);
@@ -225,7 +224,7 @@ impl Pipeline {
                 drop(state);
                 self.record_unlocked(vec![matched, base(Kind::Held).reason(&reason)]).await?;
                 // Every hold is recorded; in a storm the log says so once a minute, with a count.
-                if let Some(not_logged) = self.held_log.line(&format!("{target_name} {}", rule.name), Utc::now()) {
+                if let Some(not_logged) = self.held_log.say(&format!("{target_name} {}", rule.name), Utc::now()) {
                     info!(target = %target_name, rule = %rule.name, %reason, not_logged, "held");
                 }
                 Ok(report(Kind::Held, Some(&target), None, Some(reason)))

@@ -195,7 +195,7 @@ impl Pipeline {
     fn quiet(&self, key: String) {
         let until = Utc::now() + chrono::Duration::from_std(FEEDBACK_QUIET).unwrap_or_default();
         let mut quiet = self.feedback_quiet.lock().unwrap_or_else(|p| p.into_inner());
-        if quiet.len() >= REJECTION_MEMORY {
+        if quiet.len() >= super::quiet::MEMORY {
             let now = Utc::now();
             quiet.retain(|_, t| *t > now);
         }

@@ -51,7 +51,6 @@ pub use alerts::PreparedAlerts;
 pub use chain::{CHAIN_CHECK_EVERY, ChainCheck};
 pub use feedback::FEEDBACK_QUIET;
 use feedback::FeedbackContext;
-use reject::REJECTION_MEMORY;
 pub use reject::{REJECTED_PREFIX, Rejection};
 pub use replica::{Gate, ReplicationLag, Takeover};
 pub use restore::{Restored, SNAPSHOT_FILE, SnapshotPolicy, start_from_snapshot};
@@ -123,7 +122,8 @@ pub struct Pipeline {
     target: Arc<dyn Target>,
     state: tokio::sync::Mutex<GuardState>,
     settings: RwLock<Settings>,
-    rejections: std::sync::Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
+    /// Refused bodies recorded once per [`reject::REJECTION_DEDUP`], the repeats counted.
+    rejections: quiet::Quiet,
     /// Held shared by a write that changes the state after it is recorded without the state's
     /// lock ([`Pipeline::record_unlocked`]), and exclusively while a snapshot is published, so
     /// that none falls between a checkpoint and its snapshot.
@@ -143,7 +143,7 @@ pub struct Pipeline {
     /// The last verification of the whole log (see `chain`).
     chain: RwLock<Option<ChainCheck>>,
     /// "held" log lines, one a minute per target and rule (see `quiet`).
-    held_log: quiet::LogQuiet,
+    held_log: quiet::Quiet,
 }
 
 impl Pipeline {
@@ -170,8 +170,8 @@ impl Pipeline {
             target,
             state: tokio::sync::Mutex::new(state),
             settings: RwLock::new(settings),
-            held_log: Default::default(),
-            rejections: Default::default(),
+            held_log: quiet::Quiet::new(quiet::HELD_LOG_EVERY),
+            rejections: quiet::Quiet::new(reject::REJECTION_DEDUP),
             unlocked_writes: Default::default(),
             restored,
             prometheus: None,

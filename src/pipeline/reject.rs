@@ -19,31 +19,17 @@ pub struct Rejection<'a> {
 pub const REJECTED_PREFIX: usize = 512;
 
 /// The same rejected body is recorded once per this period; repeats in between are counted.
-pub(super) const REJECTION_DEDUP: Duration = Duration::from_secs(600);
-
-pub(super) const REJECTION_MEMORY: usize = 4096;
+pub(super) const REJECTION_DEDUP: chrono::Duration = chrono::Duration::seconds(600);
 
 impl Pipeline {
     /// Record a rejected request. The same body (by hash) is written once per period; repeats
     /// in between are counted and reported with the next record of that body.
     pub async fn reject(&self, r: Rejection<'_>) -> Result<(), AuditError> {
         MetricEvent::Received { source: r.source, outcome: "rejected", count: 1 }.emit();
-        let now = Utc::now();
-        let period = chrono::Duration::from_std(REJECTION_DEDUP).unwrap_or_default();
-        let repeats = {
-            let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-            let repeats = match seen.get_mut(&r.body_sha256) {
-                Some((first, count)) if now - *first < period => {
-                    *count += 1;
-                    return Ok(());
-                }
-                Some((_, count)) => *count,
-                None => 0,
-            };
-            // Claimed before the write, so the same body arriving meanwhile is counted, not
-            // recorded again; released if the write fails (recorded when it comes again).
-            seen.insert(r.body_sha256.clone(), (now, 0));
-            repeats
+        // Claimed before the write, so the same body arriving meanwhile is counted, not recorded
+        // again; given back if the write fails (recorded when it comes again).
+        let Some(repeats) = self.rejections.say(&r.body_sha256, Utc::now()) else {
+            return Ok(());
         };
         // Credential-like values are redacted whatever the source (HTTP bodies, Kafka messages).
         let prefix = crate::redact::redact(&r.body[..r.body.len().min(REJECTED_PREFIX)]);
@@ -64,22 +50,11 @@ impl Pipeline {
             None => None,
         };
         if let Err(e) = self.audit.append(vec![entry]).await {
-            // Only a recorded body is remembered: this one is recorded when it comes again.
-            self.rejections.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.body_sha256);
+            self.rejections.unsay(&r.body_sha256);
             return Err(e);
         }
         if let (Some(mut state), Some(k)) = (held, kafka) {
             state.note_kafka(&k.topic, k.partition, k.offset);
-        }
-        // The memory is bounded: past its size, expired entries go, and if that is not enough,
-        // all but this one (de-duplication is a saving, not a guarantee).
-        let mut seen = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > REJECTION_MEMORY {
-            seen.retain(|_, (t, _)| now - *t < period);
-            if seen.len() > REJECTION_MEMORY {
-                seen.clear();
-                seen.insert(r.body_sha256, (now, 0));
-            }
         }
         Ok(())
     }
