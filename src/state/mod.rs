@@ -439,9 +439,10 @@ impl GuardState {
         {
             self.verifications.remove(id);
         }
+        // Held too: a rollback the guards held stops a promotion as a decided one does.
         if matches!(
             e.kind,
-            Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Promoted | Kind::Unverified
+            Kind::Decided | Kind::Applied | Kind::Noop | Kind::Control | Kind::Promoted | Kind::Unverified | Kind::Held
         ) {
             self.promotions.observe(r, control);
         }

@@ -149,8 +149,12 @@ impl Promotions {
             // A rollback the guards held (pause, cooldown, cap, its confirmation) still says the
             // canary should not go up: it stops the promotion as a decided one would. A
             // promotion's own held steps carry their step.
+            // It names no action and no version: it stops a promotion under way, or a target not
+            // stopped yet, for every version; an earlier stop, which says by which action, stays.
             (Kind::Held, None, _) => {
-                self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, Vec::new());
+                if self.under_way.contains_key(target) || !self.stopped.contains_key(target) {
+                    self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, Vec::new());
+                }
             }
             (Kind::Applied, None, _) => {
                 self.last_rollback.insert(target.clone(), (r.time, e.rule.clone().unwrap_or_default()));
@@ -277,11 +281,14 @@ impl Promotions {
             ));
         }
         if let Some(s) = self.stopped.get(target).filter(|s| s.concerns(canary)) {
+            let by = match s.action_id.as_str() {
+                "" => "a rollback the guards held".to_string(),
+                id => format!("action {id}"),
+            };
             return Some(format!(
-                "promotion of {canary} on {target} stopped by action {} (rule {}) at {}: rollback wins; a person \
+                "promotion of {canary} on {target} stopped by {by} (rule {}) at {}: rollback wins; a person \
                  resumes it (`backstop promote` or `backstop hold-promotion --release`), or a new canary version starts \
                  its own",
-                s.action_id,
                 s.rule,
                 s.at.to_rfc3339()
             ));
@@ -416,7 +423,16 @@ mod tests {
         assert_eq!(view["stopped"][VS]["canaries"], serde_json::json!(["v2", "v3"]), "{view}");
         let mut p = Promotions::default();
         p.observe(&record(0, Entry::new(Kind::Held).target(VS).rule("errors").reason("action cap")), None);
-        assert!(p.vet(VS, "v2", Duration::ZERO, &no_cooldown, t(1)).is_some(), "a held rollback stops it");
+        let why = p.vet(VS, "v2", Duration::ZERO, &no_cooldown, t(1)).expect("a held rollback stops it");
+        assert!(why.contains("stopped by a rollback the guards held (rule errors)"), "{why}");
+        // After a decided rollback, its holds (its cooldown) leave the stop that names the action.
+        let mut p = Promotions::default();
+        p.observe(&record(0, step("A1", 10, 20)), None);
+        p.observe(&record(1, rollback_decided("v2")), None);
+        p.observe(&record(2, Entry::new(Kind::Held).target(VS).rule("errors").reason("cooldown")), None);
+        let why = p.vet(VS, "v2", Duration::ZERO, &no_cooldown, t(3)).unwrap();
+        assert!(why.contains("stopped by action R1"), "{why}");
+        assert_eq!(p.vet(VS, "v3", Duration::ZERO, &no_cooldown, t(3)), None, "a new version is still not stopped");
         let held_step = Entry::new(Kind::Held).target(VS).rule("promote").detail(
             PromotionPart { promotion: StepUp { canary: "v2".into(), from: 10, to: 20, max: 30, evidence: None } }
                 .value(),

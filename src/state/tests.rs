@@ -67,6 +67,35 @@ fn promotion_steps_do_not_count_against_the_cap() {
     assert_eq!(s.vet("rollback", "k", "x/1", TEN_MIN, &settings(), t0), GuardVerdict::Proceed, "cap of 2 untouched");
 }
 
+/// docs/feedback.md "Rollback wins": a rollback the guards held still says the canary should not
+/// go up, so the fold stops the promotion on that target; a promotion's own held step does not.
+#[test]
+fn a_rollback_held_by_the_guards_stops_the_promotion_on_its_target() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    let step = promotion::StepUp { canary: "v2".into(), from: 10, to: 20, max: 50, evidence: None };
+    let applied = Entry::new(Kind::Applied)
+        .rule("promote")
+        .target("x/1")
+        .action_id("p1")
+        .detail(promotion::PromotionPart { promotion: step.clone() }.value());
+    s.observe(&rec(1, t0, applied));
+    let no_cooldown = |_: &str| Duration::ZERO;
+    let vet = |s: &GuardState| s.vet_promotion("k2", "x/1", "v2", Duration::ZERO, &no_cooldown, t0);
+    assert_eq!(vet(&s), GuardVerdict::Proceed, "the promotion goes on");
+    let own_hold = Entry::new(Kind::Held)
+        .rule("promote")
+        .target("x/1")
+        .reason("paused")
+        .detail(promotion::PromotionPart { promotion: step }.value());
+    s.observe(&rec(2, t0, own_hold));
+    assert_eq!(vet(&s), GuardVerdict::Proceed, "a promotion's own held step does not stop it");
+    s.observe(&rec(3, t0, Entry::new(Kind::Held).rule("errors").target("x/1").reason("cooldown")));
+    let v = vet(&s);
+    assert!(matches!(v, GuardVerdict::Held { ref reason } if reason.contains("rollback wins")), "{v:?}");
+    assert!(s.promotions().under_way("x/1").is_none());
+}
+
 #[test]
 fn pause_and_resume_per_target_and_global() {
     let now = Utc::now();
