@@ -180,7 +180,7 @@ impl Pipeline {
             Err(missing) => Decision::Refuse { rule: rule.name.clone(), reason: missing.to_string() },
         };
         let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms, promotion: None };
-        self.decided(&alert, rule, decision, Some(&context)).await
+        self.decided(&alert, rule, decision, Some(&context), None).await
     }
 
     /// Held, refused or failed: the next events would find the same; say it again only after a

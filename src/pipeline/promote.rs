@@ -119,7 +119,7 @@ impl Pipeline {
             }
         };
         let context = FeedbackContext { evidence: finding.evidence, arms: finding.arms, promotion: step };
-        Ok(Some(self.decided(&alert, rule, decision, Some(&context)).await?))
+        Ok(Some(self.decided(&alert, rule, decision, Some(&context), None).await?))
     }
 
     /// Whether a promotion rule's next step on the target its labels name is not due yet (its

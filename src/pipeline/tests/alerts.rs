@@ -179,3 +179,61 @@ async fn no_data_holds_by_default_and_acts_when_the_rule_says_so() {
     assert_eq!(body["results"][0]["outcome"], "applied", "{body}");
     assert_eq!(h.records(Kind::Decided)[0].entry.detail.as_ref().unwrap()["confirmation"]["result"], "no_data");
 }
+
+/// An alert storm on a held target: every alert's `matched` and `held` are recorded, in the
+/// delivery's order, in one write after the delivery's `received` (each alert was its own write
+/// and its own wait for the disk, one after another), and before the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storm_on_a_held_target_is_recorded_in_the_deliverys_order_in_one_write() {
+    let h = harness();
+    let target = crate::target::ObjectRef::virtual_service("sms-app", "model-service");
+    h.state.pipeline.pause(Some(&target), true, "ana", "investigating").await.unwrap();
+    let mut delivery: Value = serde_json::from_str(FIRING).unwrap();
+    let alert = delivery["alerts"][0].clone();
+    delivery["alerts"] = (0..20)
+        .map(|i| {
+            let mut a = alert.clone();
+            a["fingerprint"] = json!(format!("storm{i:02}"));
+            a["labels"]["pod"] = json!(format!("model-service-v2-{i}"));
+            a
+        })
+        .collect();
+    let fsyncs = h.state.pipeline.audit().fsyncs();
+    let (status, body) = h.webhook(&delivery.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.state.pipeline.audit().fsyncs() - fsyncs, 2, "the received record, then the holds: {body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 20);
+    assert!(results.iter().all(|r| r["outcome"] == "held"), "{body}");
+    let ids: Vec<&str> = results.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    let records = audit::query(&h.audit, &audit::Filter::default()).unwrap();
+    let after_received: Vec<(Kind, Option<&str>)> = records
+        .iter()
+        .skip_while(|r| r.entry.kind != Kind::Received)
+        .skip(1)
+        .map(|r| (r.entry.kind, r.entry.event_id.as_deref()))
+        .collect();
+    let expected: Vec<(Kind, Option<&str>)> =
+        ids.iter().flat_map(|id| [(Kind::Matched, Some(*id)), (Kind::Held, Some(*id))]).collect();
+    assert_eq!(after_received, expected);
+    audit::verify(&h.audit).unwrap();
+}
+
+/// Holds deferred within a delivery are written before an action's records, so the log keeps
+/// the delivery's order: held, acted on (here refused by the target), held.
+#[tokio::test(flavor = "multi_thread")]
+async fn holds_of_a_delivery_are_written_before_an_action_taken_after_them() {
+    let h = harness();
+    let target = crate::target::ObjectRef::virtual_service("sms-app", "model-service");
+    h.state.pipeline.pause(Some(&target), true, "ana", "investigating").await.unwrap();
+    let (status, body) = h.webhook(GROUPED).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let outcomes: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["held", "refused", "held"], "{body}");
+    let kinds = h.kinds();
+    let after_received: Vec<Kind> = kinds.into_iter().skip_while(|k| *k != Kind::Received).skip(1).collect();
+    use Kind::*;
+    assert_eq!(after_received, [Matched, Held, Matched, Decided, Refused, Matched, Held]);
+    audit::verify(&h.audit).unwrap();
+}
