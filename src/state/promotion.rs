@@ -151,10 +151,8 @@ impl Promotions {
             // promotion's own held steps carry their step.
             // It names no action and no version: it stops a promotion under way, or a target not
             // stopped yet, for every version; an earlier stop, which says by which action, stays.
-            (Kind::Held, None, _) => {
-                if self.under_way.contains_key(target) || !self.stopped.contains_key(target) {
-                    self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, Vec::new());
-                }
+            (Kind::Held, None, _) if self.under_way.contains_key(target) || !self.stopped.contains_key(target) => {
+                self.stop(target, e.action_id.as_deref(), e.rule.as_deref(), r.time, Vec::new());
             }
             (Kind::Applied, None, _) => {
                 self.last_rollback.insert(target.clone(), (r.time, e.rule.clone().unwrap_or_default()));
