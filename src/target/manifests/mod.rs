@@ -148,9 +148,12 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> TargetError 
 }
 
 /// All `*.yaml`/`*.yml` files under `dir`, recursively, in a stable order; dot-directories skipped.
+/// Symbolic links are followed; a directory reached twice (a link back up, two links to one
+/// place) is listed once.
 fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut seen = std::collections::HashSet::from([std::fs::canonicalize(dir)?]);
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
@@ -166,7 +169,9 @@ fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
                 false => file_type.is_dir(),
             };
             if is_dir {
-                stack.push(path);
+                if seen.insert(std::fs::canonicalize(&path)?) {
+                    stack.push(path);
+                }
             } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
                 out.push(path);
             }
@@ -276,6 +281,14 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join(".real"), dir.path().join("linked")).unwrap();
         let fetched = m.get(&obj).await.unwrap();
         assert!(fetched.version.contains("linked"), "{}", fetched.version);
+        // Links back up (to the top, to a directory between) are not followed again: the
+        // object is found once, not forever or as a duplicate of itself.
+        std::fs::rename(dir.path().join(".real/vs.yaml"), dir.path().join("nested/vs.yaml")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join(".real/top")).unwrap();
+        std::fs::create_dir(dir.path().join("nested/deeper")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nested"), dir.path().join("nested/deeper/up")).unwrap();
+        let fetched = m.get(&obj).await.unwrap();
+        assert!(fetched.version.contains("/nested/vs.yaml#0@"), "{}", fetched.version);
     }
 
     #[tokio::test(flavor = "multi_thread")]
