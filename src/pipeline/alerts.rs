@@ -33,9 +33,8 @@ enum Slot {
 /// change (a held rollback stops a promotion, a failed confirmation frees its key) matters to
 /// no later alert of the same delivery, whose rules roll back (promotions are decided on
 /// feedback, which does not defer), and concurrent deliveries already see such records late.
-/// At most this many are held (32 alerts' `matched` and `held`, about 80 kB in memory), then
-/// written: a delivery of thousands of alerts holds no more (64 connections' 50-alert storms
-/// held 12 MB more at their peak with no bound).
+/// At most this many are held (32 alerts' `matched` and `held`, some 80 kB in memory), then
+/// written: a delivery of thousands of alerts holds no more than that.
 #[derive(Default)]
 pub(super) struct Deferred(Vec<Entry>);
 
