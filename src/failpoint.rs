@@ -1,6 +1,8 @@
 //! Crash points for crash-safety tests: `BACKSTOP_CRASH_AT=NAME[:N]` makes the process abort
 //! (as `kill -9` would stop it: no destructors, no flushing) the N-th time (default: first) it
-//! reaches the point NAME. Unset, a crash point costs one relaxed atomic load.
+//! reaches the point NAME. Unset, a crash point costs one relaxed atomic load. A few points only
+//! slow the process down instead (`serve.slow_start`: half a second after "listening"), for
+//! tests of what may happen meanwhile.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

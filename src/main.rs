@@ -328,7 +328,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     None => bail!("--kafka-audit-topic needs --kafka-brokers or `kafka:` in the config"),
                 }
             }
-            runtime.block_on(backstop::server::serve(config, shutdown_signal()))?;
+            runtime.block_on(async {
+                // The handlers are installed before anything starts: a SIGTERM that came after
+                // "listening" but before the shutdown future was first polled (while the
+                // background tasks started) killed the process outright, without the graceful
+                // stop.
+                let shutdown = shutdown_signal()?;
+                backstop::server::serve(config, shutdown).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { paths } => validate(&cli.config, paths),
@@ -364,25 +371,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM: the handlers are installed now, the future completes on the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
+            tracing::info!("shutdown requested");
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    })
 }
 
 fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {

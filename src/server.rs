@@ -233,6 +233,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     );
     // One line on stdout that scripts and tests can wait for.
     println!("backstop listening on http://{addr}");
+    // For the test that a signal right after this line is a graceful stop: a slow start.
+    if crate::failpoint::hit("serve.slow_start") {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 
     let token = CancellationToken::new();
     let mut tasks = JoinSet::new();

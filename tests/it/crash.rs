@@ -250,3 +250,20 @@ async fn after_kill_9_under_load_a_restart_replays_a_bounded_tail_and_loses_noth
     assert!(replayed_bytes <= 5 * EVERY, "{replayed_bytes} bytes replayed of {log_bytes}: {line}");
     assert!(replayed < 1_500, "{replayed} records replayed: {line}");
 }
+
+/// A SIGTERM as soon as `serve` says it listens (a rollout that replaces the pod at once) is a
+/// graceful stop, exit status 0: the handlers are installed before anything starts. They were
+/// installed when the shutdown future was first polled, after the background tasks started, and
+/// a signal before that killed the process outright.
+#[tokio::test]
+async fn a_sigterm_as_soon_as_serve_listens_is_a_graceful_stop() {
+    let wd = Workdir::new();
+    // Held 500 ms after "listening" (a slow start on a loaded machine), then as it comes.
+    for env in [&[("BACKSTOP_CRASH_AT", "serve.slow_start")][..], &[]] {
+        let server = wd.serve_with_env(env);
+        let status = server.terminate();
+        assert!(status.success(), "{status:?}");
+    }
+    let out = wd.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
