@@ -95,6 +95,14 @@ impl Manifests {
         if crate::digest::sha256_hex(text.as_bytes()) != loc.hash {
             return Err(conflict(format!("{} was modified", loc.file.display())));
         }
+        // The version names this object's document, not another's (the search checked that).
+        let holds = yaml_edit::parse_documents(&text)
+            .ok()
+            .and_then(|docs| docs.into_iter().find(|d| d.index == loc.index))
+            .is_some_and(|d| is_object(&d.value, obj));
+        if !holds {
+            return Err(conflict(format!("{} document {} is not {obj}", loc.file.display(), loc.index + 1)));
+        }
         let edited = yaml_edit::edit_document(&text, loc.index, new).map_err(|e| TargetError::Invalid {
             object: obj.to_string(),
             message: format!("cannot edit {}: {e}", loc.file.display()),
@@ -264,11 +272,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_version_not_from_this_target_is_a_conflict() {
+    async fn a_version_not_from_this_target_or_of_another_object_is_a_conflict() {
         let (dir, m, obj) = setup();
         let fetched = Fetched { object: serde_json::json!({}), version: "7".into() };
         let err = m.replace(&obj, &fetched, &fetched.object).await.unwrap_err();
         assert!(matches!(err, TargetError::Conflict { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("nested/vs.yaml")).unwrap(), VS);
+        // Another object's version: its file is not written for this one.
+        let other = ObjectRef::virtual_service("sms-app", "other");
+        let err = m.replace(&other, &m.get(&obj).await.unwrap(), &fetched.object).await.unwrap_err();
+        assert!(err.to_string().contains("is not"), "{err}");
         assert_eq!(std::fs::read_to_string(dir.path().join("nested/vs.yaml")).unwrap(), VS);
     }
 
