@@ -33,11 +33,11 @@ enum Slot {
 /// change (a held rollback stops a promotion, a failed confirmation frees its key) matters to
 /// no later alert of the same delivery, whose rules roll back (promotions are decided on
 /// feedback, which does not defer), and concurrent deliveries already see such records late.
-/// At most this many are held (32 alerts' `matched` and `held`, some 80 kB in memory), then
-/// written: a delivery of thousands of alerts holds no more than that.
 #[derive(Default)]
 pub(super) struct Deferred(Vec<Entry>);
 
+/// At most this many records are held (32 alerts' `matched` and `held`, some 80 kB in memory),
+/// then written: a delivery of thousands of alerts holds no more than that.
 const DEFERRED_MAX: usize = 64;
 
 impl Deferred {
