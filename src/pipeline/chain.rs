@@ -14,15 +14,29 @@ pub struct ChainCheck {
     /// Intact: what was verified (`audit verify`'s summary); broken: where and why.
     pub intact: bool,
     pub summary: String,
+    /// The last record verified (0: the log was empty).
+    pub last_seq: u64,
 }
 
 impl ChainCheck {
-    /// One line for the page's header.
-    pub fn line(&self) -> String {
+    /// One line for the page's header, with what the log has written since (`log_seq`, its last
+    /// record now): a check at start sees an empty or short log, and the next is 15 minutes away.
+    pub fn line(&self, log_seq: u64) -> String {
         let at = self.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        match self.intact {
-            true => format!("chain intact ({}), verified {at}", self.summary),
-            false => format!("CHAIN BROKEN: {} (verified {at})", self.summary),
+        if !self.intact {
+            return format!("CHAIN BROKEN: {} (verified {at})", self.summary);
+        }
+        let verified = match self.last_seq {
+            0 => format!("chain intact (the log was empty), verified {at}"),
+            _ => format!("chain intact ({}), verified {at}", self.summary),
+        };
+        match log_seq > self.last_seq {
+            true => format!(
+                "{verified}; seq {}..{log_seq} written since, verified at the next check (every {} min)",
+                self.last_seq + 1,
+                CHAIN_CHECK_EVERY.as_secs() / 60
+            ),
+            false => verified,
         }
     }
 }
@@ -32,16 +46,16 @@ impl Pipeline {
     pub async fn check_chain(&self) -> ChainCheck {
         let dir = self.audit.dir().to_path_buf();
         let verdict = tokio::task::spawn_blocking(move || audit::verify(&dir)).await;
-        let (intact, summary) = match verdict {
-            Ok(Ok(r)) => (true, format!("{} records, seq {}..{}", r.records, r.first_seq, r.last_seq)),
-            Ok(Err(e)) => (false, e.to_string()),
-            Err(e) => (false, format!("the check did not finish: {e}")),
+        let (intact, summary, last_seq) = match verdict {
+            Ok(Ok(r)) => (true, format!("{} records, seq {}..{}", r.records, r.first_seq, r.last_seq), r.last_seq),
+            Ok(Err(e)) => (false, e.to_string(), 0),
+            Err(e) => (false, format!("the check did not finish: {e}"), 0),
         };
         if !intact {
             tracing::error!(problem = %summary, "audit log chain broken");
         }
         MetricEvent::ChainChecked { intact }.emit();
-        let check = ChainCheck { at: Utc::now(), intact, summary };
+        let check = ChainCheck { at: Utc::now(), intact, summary, last_seq };
         *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(check.clone());
         check
     }
@@ -66,5 +80,45 @@ impl Pipeline {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(intact: bool, summary: &str, last_seq: u64) -> ChainCheck {
+        let at = DateTime::parse_from_rfc3339("2026-12-03T03:00:00Z").unwrap().with_timezone(&Utc);
+        ChainCheck { at, intact, summary: summary.into(), last_seq }
+    }
+
+    #[test]
+    fn a_check_of_an_empty_log_says_so_rather_than_counting_zero_records() {
+        assert_eq!(
+            check(true, "0 records, seq 0..0", 0).line(0),
+            "chain intact (the log was empty), verified 2026-12-03T03:00:00Z"
+        );
+    }
+
+    #[test]
+    fn records_written_after_the_check_are_named_as_not_yet_verified() {
+        let c = check(true, "4 records, seq 1..4", 4);
+        assert_eq!(c.line(4), "chain intact (4 records, seq 1..4), verified 2026-12-03T03:00:00Z");
+        assert_eq!(
+            c.line(10),
+            "chain intact (4 records, seq 1..4), verified 2026-12-03T03:00:00Z; \
+             seq 5..10 written since, verified at the next check (every 15 min)"
+        );
+        assert_eq!(
+            check(true, "0 records, seq 0..0", 0).line(3),
+            "chain intact (the log was empty), verified 2026-12-03T03:00:00Z; \
+             seq 1..3 written since, verified at the next check (every 15 min)"
+        );
+    }
+
+    #[test]
+    fn a_broken_chain_is_only_the_break() {
+        let c = check(false, "seq 3: prev does not match", 0);
+        assert_eq!(c.line(10), "CHAIN BROKEN: seq 3: prev does not match (verified 2026-12-03T03:00:00Z)");
     }
 }

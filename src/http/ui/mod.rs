@@ -71,7 +71,7 @@ fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
 /// The chain's last verdict and the log's place, on every page.
 fn chain(state: &AppState) -> String {
     let (seq, hash) = state.pipeline.audit().last();
-    let verdict = state.pipeline.chain_check().map_or_else(|| "chain not verified yet".to_string(), |c| c.line());
+    let verdict = state.pipeline.chain_check().map_or_else(|| "chain not verified yet".to_string(), |c| c.line(seq));
     format!("{verdict} · log at seq {seq}, last hash {}", hash.get(..12).unwrap_or(&hash))
 }
 

@@ -84,7 +84,8 @@ async fn without_credentials_the_page_asks_for_basic_auth() {
     assert_eq!(resp.status(), StatusCode::OK, "oncall:pw");
 }
 
-/// Every page says whether the chain was verified, and a broken one loudly.
+/// Every page says whether the chain was verified (and what was written since), and a broken
+/// one loudly.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_page_carries_the_chain_verdict_and_a_broken_chain_is_loud() {
     let h = harness();
@@ -95,6 +96,12 @@ async fn every_page_carries_the_chain_verdict_and_a_broken_chain_is_loud() {
     assert!(check.intact, "{check:?}");
     let (_, _, html) = get_page(&h, "/ui/targets/sms-app/model-service").await;
     assert!(html.contains("chain intact (4 records, seq 1..4), verified"), "{html}");
+    // What is written after the check is named as not verified yet, not hidden behind it.
+    h.webhook(FIRING).await;
+    let (seq, _) = h.state.pipeline.audit().last();
+    assert!(seq > 4, "the repeated delivery was recorded");
+    let (_, _, html) = get_page(&h, "/ui/").await;
+    assert!(html.contains(&format!("seq 5..{seq} written since, verified at the next check")), "{html}");
     // Someone edits a record in place: the next check finds it.
     let (_, segment) = crate::audit::segments(&h.audit).unwrap().remove(0);
     let text = std::fs::read_to_string(&segment).unwrap();
