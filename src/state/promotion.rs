@@ -26,7 +26,9 @@ use crate::audit::{Kind, Record};
 pub struct PromotionPart {
     pub promotion: StepUp,
 }
-impl Part for PromotionPart {}
+impl Part for PromotionPart {
+    const FIELD: &'static str = "promotion";
+}
 
 /// The name of [`PromotionPart`]'s field, for a cheap test of presence.
 pub const PROMOTION_FIELD: &str = "promotion";
