@@ -13,6 +13,7 @@
 //! (a crash, a log from before indexes, a replica's first segment) gives the same answers,
 //! slower. The writer completes the open segment's index at start.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -114,37 +115,60 @@ fn kind_of(line: &[u8]) -> Option<Kind> {
     std::str::from_utf8(&line[start..start + len]).ok()?.parse().ok()
 }
 
+/// A posting as its record's line spells it, borrowing the line's text: the writer indexes every
+/// record it appends (a storm's held alerts are two records each) without building owned
+/// strings, or parsing the time to format it again. Serialised, it is a [`Posting`]'s line.
+#[derive(Debug, Serialize, Deserialize)]
+struct PostingRef<'a> {
+    seq: u64,
+    /// Not in the record: set from where its line is.
+    #[serde(default)]
+    at: u64,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    kind: Kind,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    rule: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    target: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    action_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    event_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> PostingRef<'a> {
+    /// The posting of the line at `at`, if its kind (read by [`kind_of`]) is indexed.
+    fn of(line: &'a [u8], at: u64, kind: Option<Kind>) -> Option<PostingRef<'a>> {
+        if !kind.is_some_and(indexed) {
+            return None;
+        }
+        let p: PostingRef = serde_json::from_slice(line).ok()?;
+        Some(PostingRef { at, ..p })
+    }
+
+    fn owned(self) -> Option<Posting> {
+        Some(Posting {
+            seq: self.seq,
+            at: self.at,
+            time: self.time.parse().ok()?,
+            kind: self.kind,
+            rule: self.rule.map(Cow::into_owned),
+            target: self.target.map(Cow::into_owned),
+            action_id: self.action_id.map(Cow::into_owned),
+            event_id: self.event_id.map(Cow::into_owned),
+        })
+    }
+}
+
 /// The posting of the line at `at`, if its kind (read by [`kind_of`]) is indexed.
 fn posting(line: &[u8], at: u64, kind: Option<Kind>) -> Option<Posting> {
-    #[derive(Deserialize)]
-    struct Head {
-        seq: u64,
-        time: DateTime<Utc>,
-        kind: Kind,
-        rule: Option<String>,
-        target: Option<String>,
-        action_id: Option<String>,
-        event_id: Option<String>,
-    }
-    if !kind.is_some_and(indexed) {
-        return None;
-    }
-    let h: Head = serde_json::from_slice(line).ok()?;
-    Some(Posting {
-        seq: h.seq,
-        at,
-        time: h.time,
-        kind: h.kind,
-        rule: h.rule,
-        target: h.target,
-        action_id: h.action_id,
-        event_id: h.event_id,
-    })
+    PostingRef::of(line, at, kind)?.owned()
 }
 
 /// The postings of whole lines in `buf`, which starts at byte `offset` of its segment; and
 /// whether it holds anything but intake (which closes a group with a mark).
-fn postings(buf: &[u8], offset: u64) -> (Vec<Posting>, bool) {
+fn postings(buf: &[u8], offset: u64) -> (Vec<PostingRef<'_>>, bool) {
     let mut out = Vec::new();
     let mut start = 0;
     let mut notable = false;
@@ -153,7 +177,7 @@ fn postings(buf: &[u8], offset: u64) -> (Vec<Posting>, bool) {
         let line = &buf[start..end];
         let kind = kind_of(line);
         notable |= kind.is_some_and(|k| !matches!(k, Kind::Received | Kind::Rejected));
-        out.extend(posting(line, offset + start as u64, kind));
+        out.extend(PostingRef::of(line, offset + start as u64, kind));
         start = end + 1;
     }
     (out, notable)
@@ -326,7 +350,7 @@ impl IndexWriter {
         self.file = None;
     }
 
-    fn write(&mut self, postings: &[Posting], to: u64, next_seq: u64) -> Result<(), std::io::Error> {
+    fn write(&mut self, postings: &[PostingRef<'_>], to: u64, next_seq: u64) -> Result<(), std::io::Error> {
         let mut buf = Vec::with_capacity(64 + postings.len() * 160);
         for p in postings {
             serde_json::to_writer(&mut buf, p)?;
@@ -377,5 +401,19 @@ mod tests {
         assert_eq!((p.seq, p.at, p.kind, p.rule.as_deref()), (7, 40, Kind::DryRun, Some("kind")));
         let received = br#"{"seq":8,"time":"2026-12-02T00:00:00Z","prev":"00","kind":"received","target":"a/b"}"#;
         assert_eq!(posting(received, 0, kind_of(received)), None);
+    }
+
+    /// The writer writes the posting it borrows from the line; a reader reads it as the posting
+    /// it would have built from the line itself (escapes and sub-second times included).
+    #[test]
+    fn a_borrowed_posting_is_written_as_the_posting_of_its_line() {
+        let line = br#"{"seq":9,"time":"2026-12-02T00:00:00.123456789Z","prev":"00","kind":"held","event_id":"e\"1","rule":"r\u00e9","target":"ns/vs","reason":"cooldown","detail":{"rule":"not this"}}"#;
+        let borrowed = PostingRef::of(line, 77, kind_of(line)).unwrap();
+        let written = serde_json::to_vec(&borrowed).unwrap();
+        let read: Posting = serde_json::from_slice(&written).unwrap();
+        assert_eq!(Some(read.clone()), posting(line, 77, kind_of(line)));
+        assert_eq!((read.at, read.rule.as_deref(), read.event_id.as_deref()), (77, Some("r\u{e9}"), Some("e\"1")));
+        assert_eq!(read.time.timestamp_subsec_nanos(), 123_456_789);
+        assert!(matches!(serde_json::from_slice::<IndexLine>(&written).unwrap(), IndexLine::Posting(_)));
     }
 }
