@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{AuditError, Filter, Kind};
+use super::{AuditError, Filter, Kind, Record};
 
 /// A mark is written at least every this many bytes of intake, so that a reader never has much
 /// of a segment to read itself.
@@ -158,6 +158,37 @@ impl<'a> PostingRef<'a> {
             action_id: self.action_id.map(Cow::into_owned),
             event_id: self.event_id.map(Cow::into_owned),
         })
+    }
+}
+
+/// The postings of lines the writer has just made from its own records, known without reading
+/// the lines back; and whether they hold anything but intake (see [`postings`]).
+pub(super) struct Known<'a> {
+    postings: Vec<PostingRef<'a>>,
+    notable: bool,
+}
+
+impl<'a> Known<'a> {
+    /// `records`, each with its line's offset in the segment and its `time` as the line spells it.
+    pub(super) fn of(records: impl Iterator<Item = (&'a Record, u64, &'a str)>) -> Known<'a> {
+        let mut known = Known { postings: Vec::new(), notable: false };
+        for (r, at, time) in records {
+            let e = &r.entry;
+            known.notable |= !matches!(e.kind, Kind::Received | Kind::Rejected);
+            if indexed(e.kind) {
+                known.postings.push(PostingRef {
+                    seq: r.seq,
+                    at,
+                    time: Cow::Borrowed(time),
+                    kind: e.kind,
+                    rule: e.rule.as_deref().map(Cow::Borrowed),
+                    target: e.target.as_deref().map(Cow::Borrowed),
+                    action_id: e.action_id.as_deref().map(Cow::Borrowed),
+                    event_id: e.event_id.as_deref().map(Cow::Borrowed),
+                });
+            }
+        }
+        known
     }
 }
 
@@ -369,13 +400,17 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// `buf` (whole lines) was written at `offset` and is durable.
-    pub(super) fn note(&mut self, offset: u64, buf: &[u8]) {
+    /// `buf` (whole lines) was written at `offset` and is durable. Its postings are `known` when
+    /// the writer made the lines, else read from them.
+    pub(super) fn note(&mut self, offset: u64, buf: &[u8], known: Option<Known<'_>>) {
         if self.broken || offset != self.covered + self.unmarked {
             self.broken = true;
             return;
         }
-        let (postings, notable) = postings(buf, offset);
+        let (postings, notable) = match known {
+            Some(k) => (k.postings, k.notable),
+            None => postings(buf, offset),
+        };
         self.unmarked += buf.len() as u64;
         if notable || self.unmarked >= MARK_EVERY {
             let next_seq = next_seq_after(buf);

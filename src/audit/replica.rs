@@ -102,7 +102,8 @@ pub(super) fn apply_lines(
             return Ok(());
         }
         let offset = tail.len;
-        append_bytes(tail, opts, shared, buf)?;
+        // Lines this writer did not make: the index reads them.
+        append_bytes(tail, opts, shared, buf, None)?;
         tail.last_hash = last_hash.to_string();
         tail.last_at = (file_name(&tail.path), offset + last_line as u64);
         *shared.last.lock().unwrap_or_else(|p| p.into_inner()) = tail.position();

@@ -579,7 +579,7 @@ fn write_lines(
     mode: &mut Mode,
     entries: Vec<Prepared>,
 ) -> Result<(Vec<Record>, Vec<u8>), AuditError> {
-    let (records, buf, last_hash, last_line) = serialize(tail.next_seq, &tail.last_hash, entries)?;
+    let (records, buf, last_hash, last_line, times) = serialize(tail.next_seq, &tail.last_hash, entries)?;
     if let Mode::Leader(replicate) = mode
         && let Err(reason) = replicate.replicate(tail.next_seq, &tail.last_hash, &buf)
     {
@@ -591,7 +591,10 @@ fn write_lines(
         return Err(AuditError::Replication(reason));
     }
     let offset = tail.len;
-    append_bytes(tail, opts, shared, &buf)?;
+    let lines = records.iter().zip(&times).map(|(r, (start, time))| {
+        (r, offset + *start as u64, std::str::from_utf8(&buf[time.clone()]).unwrap_or_default())
+    });
+    append_bytes(tail, opts, shared, &buf, Some(super::index::Known::of(lines)))?;
     tail.first_time.get_or_insert(records[0].time);
     tail.next_seq += records.len() as u64;
     tail.last_hash = last_hash;
@@ -600,8 +603,9 @@ fn write_lines(
     Ok((records, buf))
 }
 
-/// The records, their bytes, the last record's hash and the offset of its line in the bytes.
-type Serialized = (Vec<Record>, Vec<u8>, String, usize);
+/// The records, their bytes, the last record's hash and the offset of its line in the bytes; and
+/// where each record's line starts and its time's text is, for the index.
+type Serialized = (Vec<Record>, Vec<u8>, String, usize, Vec<(usize, std::ops::Range<usize>)>);
 
 /// Each line is `{"seq":…,"time":…,"prev":…,` and then the entry's own fields: what
 /// serialising the [`Record`] would give (its entry is flattened), from the entry's JSON.
@@ -610,16 +614,22 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
     let mut buf = Vec::with_capacity(entries.iter().map(|p| p.len() + 140).sum());
     let mut last_line = 0;
     let mut records = Vec::with_capacity(entries.len());
+    let mut times = Vec::with_capacity(entries.len());
     for prepared in entries {
         let time = Utc::now();
         let start = buf.len();
+        let mut time_at = 0..0;
         write!(buf, "{{\"seq\":{seq},\"time\":")
             .and_then(|()| {
+                let from = buf.len();
                 serde_json::to_writer(&mut buf, &time)?;
+                // Inside its quotes.
+                time_at = from + 1..buf.len() - 1;
                 write!(buf, ",\"prev\":\"{prev}\",")?;
                 Ok(())
             })
             .map_err(|e| AuditError::Io { action: "serialise", path: PathBuf::new(), source: e })?;
+        times.push((start, time_at));
         // The entry's object without its opening brace (it always has a `kind`); a detail given
         // as text (`detail` is the entry's last field) goes in the place of its closing brace.
         let json = &prepared.json;
@@ -640,7 +650,7 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
         records.push(record);
         seq += 1;
     }
-    Ok((records, buf, prev, last_line))
+    Ok((records, buf, prev, last_line, times))
 }
 
 use crate::telemetry::metrics::Event as MetricEvent;
@@ -650,6 +660,7 @@ pub(super) fn append_bytes(
     opts: &AuditOptions,
     shared: &Shared,
     buf: &[u8],
+    known: Option<super::index::Known<'_>>,
 ) -> Result<(), AuditError> {
     let result = (|| -> std::io::Result<()> {
         #[cfg(test)]
@@ -685,7 +696,7 @@ pub(super) fn append_bytes(
     })();
     match result {
         Ok(()) => {
-            tail.index.note(tail.len, buf);
+            tail.index.note(tail.len, buf, known);
             tail.len += buf.len() as u64;
             shared.healthy.store(true, Ordering::Relaxed);
             Ok(())

@@ -198,3 +198,34 @@ async fn retention_removes_a_segments_index_with_it() {
         .collect();
     assert_eq!(idx.len(), segs.len(), "{idx:?}");
 }
+
+/// The writer indexes the records it writes from the records themselves, without reading their
+/// lines back: each index holds exactly the postings a read of its segment's lines gives
+/// (escaped and non-ASCII text, sub-second times), and in the same order.
+#[tokio::test]
+async fn the_postings_the_writer_knows_are_those_its_lines_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), AuditOptions { segment_max_bytes: 2_000, ..AuditOptions::default() }).unwrap();
+    for i in 0..60 {
+        let event = format!("e\"{i}");
+        log.append(vec![
+            Entry::new(Kind::Received).event_id(format!("r{i}")).source("http"),
+            Entry::new(Kind::Matched).event_id(&event).rule("règle\\1"),
+            Entry::new(Kind::Held).event_id(&event).rule("règle\\1").target("ns/a\tb").reason("cooldown"),
+        ])
+        .await
+        .unwrap();
+    }
+    log.close().await.unwrap();
+    let segs = segments(dir.path()).unwrap();
+    assert!(segs.len() > 5, "{} segments", segs.len());
+    let mut indexed = 0;
+    for (_, seg) in &segs {
+        let through_index = index::load(seg, None).unwrap().postings;
+        std::fs::remove_file(index::path_of(seg)).unwrap();
+        let from_lines = index::load(seg, None).unwrap().postings;
+        assert_eq!(through_index, from_lines, "{}", seg.display());
+        indexed += from_lines.len();
+    }
+    assert_eq!(indexed, 120, "matched and held, not received");
+}
