@@ -579,7 +579,7 @@ fn write_lines(
     mode: &mut Mode,
     entries: Vec<Prepared>,
 ) -> Result<(Vec<Record>, Vec<u8>), AuditError> {
-    let (records, buf, last_hash, last_line, times) = serialize(tail.next_seq, &tail.last_hash, entries)?;
+    let Serialized { records, buf, last_hash, last_line, times } = serialize(tail.next_seq, &tail.last_hash, entries)?;
     if let Mode::Leader(replicate) = mode
         && let Err(reason) = replicate.replicate(tail.next_seq, &tail.last_hash, &buf)
     {
@@ -603,9 +603,17 @@ fn write_lines(
     Ok((records, buf))
 }
 
-/// The records, their bytes, the last record's hash and the offset of its line in the bytes; and
-/// where each record's line starts and its time's text is, for the index.
-type Serialized = (Vec<Record>, Vec<u8>, String, usize, Vec<(usize, std::ops::Range<usize>)>);
+/// A batch made into lines.
+struct Serialized {
+    records: Vec<Record>,
+    /// The lines, each ending in a newline.
+    buf: Vec<u8>,
+    /// The last record's hash, and where its line starts in `buf`.
+    last_hash: String,
+    last_line: usize,
+    /// Where each record's line starts in `buf` and where its time's text is (for the index).
+    times: Vec<(usize, std::ops::Range<usize>)>,
+}
 
 /// Each line is `{"seq":…,"time":…,"prev":…,` and then the entry's own fields: what
 /// serialising the [`Record`] would give (its entry is flattened), from the entry's JSON.
@@ -650,7 +658,7 @@ fn serialize(mut seq: u64, prev: &str, entries: Vec<Prepared>) -> Result<Seriali
         records.push(record);
         seq += 1;
     }
-    Ok((records, buf, prev, last_line, times))
+    Ok(Serialized { records, buf, last_hash: prev, last_line, times })
 }
 
 use crate::telemetry::metrics::Event as MetricEvent;
