@@ -121,8 +121,8 @@ fn kind_of(line: &[u8]) -> Option<Kind> {
 #[derive(Debug, Serialize, Deserialize)]
 struct PostingRef<'a> {
     seq: u64,
-    /// Not in the record: set from where its line is.
-    #[serde(default)]
+    /// Not in the record (nor read from it): set from where its line is.
+    #[serde(skip_deserializing)]
     at: u64,
     #[serde(borrow)]
     time: Cow<'a, str>,

@@ -22,7 +22,8 @@ use crate::target::ObjectKind;
 pub trait Part: Serialize + DeserializeOwned {
     /// The field the part is written under. A detail without it is not read as the part: the
     /// guards ask every record appended for several parts, and a failed read builds an error
-    /// (some 4% of the CPU of an alert storm's held alerts, whose details have none).
+    /// (in an alert storm, whose records have none of them, the guards' share of the CPU went
+    /// from 3.0% to 1.7% without those errors).
     const FIELD: &'static str;
 
     /// The part, if the detail has it (and it reads as this type).
