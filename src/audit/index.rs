@@ -74,6 +74,11 @@ struct MarkLine {
     covered: Covered,
 }
 
+/// Whether records of this kind close a group of postings with a mark: anything but intake.
+fn notable(kind: Kind) -> bool {
+    !matches!(kind, Kind::Received | Kind::Rejected)
+}
+
 /// Whether records of this kind are indexed.
 pub(super) fn indexed(kind: Kind) -> bool {
     !matches!(kind, Kind::Received | Kind::Rejected | Kind::Seal | Kind::Checkpoint)
@@ -206,7 +211,7 @@ impl<'a> Known<'a> {
         let mut known = Known { postings: Vec::new(), notable: false };
         for (r, at, time) in records {
             let e = &r.entry;
-            known.notable |= !matches!(e.kind, Kind::Received | Kind::Rejected);
+            known.notable |= notable(e.kind);
             if indexed(e.kind) {
                 known.postings.push(PostingRef {
                     seq: r.seq,
@@ -234,16 +239,16 @@ fn posting(line: &[u8], at: u64, kind: Option<Kind>) -> Option<Posting> {
 fn postings(buf: &[u8], offset: u64) -> (Vec<PostingRef<'_>>, bool) {
     let mut out = Vec::new();
     let mut start = 0;
-    let mut notable = false;
+    let mut any_notable = false;
     // memchr finds the ends of lines many bytes at a time: a delivery's line is tens of kB.
     for end in memchr::memchr_iter(b'\n', buf) {
         let line = &buf[start..end];
         let kind = kind_of(line);
-        notable |= kind.is_some_and(|k| !matches!(k, Kind::Received | Kind::Rejected));
+        any_notable |= kind.is_some_and(notable);
         out.extend(PostingRef::of(line, offset + start as u64, kind));
         start = end + 1;
     }
-    (out, notable)
+    (out, any_notable)
 }
 
 /// What a reader knows of a segment: every posting, and places to start reading it.

@@ -39,7 +39,7 @@ use crate::prometheus::{SharedPrometheus, confirm};
 use crate::rules::{Decision, Rule, RuleSet};
 use crate::state::detail::{
     ConfirmationPart, Control, ControlPart, DuplicatePart, FeedbackArmsPart, FlaggerHoldPart, KafkaPosition, KindPart,
-    ManualPart, Part, PlanPart, Recorded, STEP_DOWN_FIELD, StepDownPart, VerifyPart,
+    ManualPart, Part, PlanPart, Recorded, StepDownPart, VerifyPart,
 };
 use crate::state::promotion::{PromotionPart, StepUp};
 use crate::state::stepdown::{self, StepDown, StepInfo};
@@ -283,8 +283,7 @@ impl Pipeline {
             count_decision(r);
             promotions |= count_promotion(r, promoting, state);
             // A step's decision or outcome changes the schedule (a key lookup, not a parse).
-            reschedule |= r.entry.kind == Kind::Unverified
-                || r.entry.detail.as_ref().is_some_and(|d| d.get(STEP_DOWN_FIELD).is_some());
+            reschedule |= r.entry.kind == Kind::Unverified || StepDownPart::is_in(r.entry.detail.as_ref());
         }
         if reschedule {
             self.step_wake.notify_one();

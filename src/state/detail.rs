@@ -26,11 +26,17 @@ pub trait Part: Serialize + DeserializeOwned {
     /// from 3.0% to 1.7% without those errors).
     const FIELD: &'static str;
 
+    /// Whether the detail has the part's field: a test of presence, nothing read.
+    fn is_in(detail: Option<&Value>) -> bool {
+        detail.is_some_and(|d| d.get(Self::FIELD).is_some())
+    }
+
     /// The part, if the detail has it (and it reads as this type).
     fn read(detail: Option<&Value>) -> Option<Self> {
-        let detail = detail?;
-        detail.get(Self::FIELD)?;
-        Self::deserialize(detail).ok()
+        match Self::is_in(detail) {
+            true => Self::deserialize(detail?).ok(),
+            false => None,
+        }
     }
 
     /// The part as a JSON object, to merge into a record's detail.
@@ -97,11 +103,8 @@ impl Part for FeedbackArmsPart {
 pub struct StepDownPart {
     pub step_down: StepInfo,
 }
-
-/// The name of [`StepDownPart`]'s field, for a cheap test of presence on every record appended.
-pub const STEP_DOWN_FIELD: &str = "step_down";
 impl Part for StepDownPart {
-    const FIELD: &'static str = STEP_DOWN_FIELD;
+    const FIELD: &'static str = "step_down";
 }
 
 /// `applied` records of a rule with `verify:`: the check to run, as rendered for the event.
@@ -277,8 +280,9 @@ mod tests {
         assert_eq!(FeedbackArmsPart::read(Some(&detail)), None, "unreadable: absent, the rest still read");
         assert_eq!(ControlPart::read(None), None);
         let flagger = json!({"control": "flagger-rollback"});
-        let step = json!({STEP_DOWN_FIELD: {"origin": "a", "step": 1, "interval_ms": 1}});
-        assert!(StepDownPart::read(Some(&step)).is_some(), "the constant names the part's field");
+        let step = json!({"step_down": {"origin": "a", "step": 1, "interval_ms": 1}});
+        assert!(StepDownPart::read(Some(&step)).is_some() && StepDownPart::is_in(Some(&step)));
+        assert!(!StepDownPart::is_in(Some(&flagger)) && !StepDownPart::is_in(None));
         assert_eq!(ControlPart::read(Some(&flagger)).map(|c| c.control), Some(Control::FlaggerRollback));
     }
 

@@ -30,7 +30,7 @@ use detail::{
     Control, ControlPart, DuplicatePart, FeedbackArmsPart, FeedbackPart, FlaggerHoldPart, KafkaPosition, KindPart,
     Part, PlanPart, Recorded, StepDownPart, VerifyPart,
 };
-use promotion::{PROMOTION_FIELD, Promotions};
+use promotion::{PromotionPart, Promotions};
 use stepdown::{StepDown, StepInfo};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -485,7 +485,7 @@ impl GuardState {
             && let Some(arms) = &feedback_arms
         {
             // A promotion's step ends its stage only: rollback rules' comparisons go on.
-            match e.detail.as_ref().is_some_and(|d| d.get(PROMOTION_FIELD).is_some()) {
+            match PromotionPart::is_in(e.detail.as_ref()) {
                 true => self.arms.reset_stage(arms),
                 false => self.arms.reset(arms),
             }
@@ -535,7 +535,7 @@ impl GuardState {
                 // A gradual rollback counts once against the cap: its first step. A promotion's
                 // steps do not count: the cap is there to stop runaway rollbacks, and a promotion
                 // must never use up what a rollback needs.
-                let promotion_step = e.detail.as_ref().is_some_and(|d| d.get(PROMOTION_FIELD).is_some());
+                let promotion_step = PromotionPart::is_in(e.detail.as_ref());
                 if step.as_ref().is_none_or(|s| s.step <= 1) && !promotion_step {
                     self.applied.push_back(r.time);
                 }

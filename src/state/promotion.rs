@@ -30,9 +30,6 @@ impl Part for PromotionPart {
     const FIELD: &'static str = "promotion";
 }
 
-/// The name of [`PromotionPart`]'s field, for a cheap test of presence.
-pub const PROMOTION_FIELD: &str = "promotion";
-
 /// One step of a promotion, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepUp {
