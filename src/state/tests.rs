@@ -38,6 +38,25 @@ fn cooldown_holds_the_same_rule_and_target_until_it_ends() {
     );
 }
 
+/// A target found already as decided (rolled back by hand) was not changed by backstop: the
+/// rule stays free to act when its canary is raised again and fails, and the cap is not used up.
+#[test]
+fn a_noop_starts_no_cooldown_and_uses_none_of_the_cap() {
+    let t0 = Utc::now();
+    let mut s = GuardState::default();
+    for (seq, key) in [(1, "k1"), (2, "k2"), (3, "k3")] {
+        s.observe(&rec(seq, t0, Entry::new(Kind::Decided).key(key).action_id(key).rule("r").target("ns/vs")));
+        s.observe(&rec(seq, t0, Entry::new(Kind::Noop).key(key).action_id(key).rule("r").target("ns/vs")));
+    }
+    let minute_later = t0 + chrono::Duration::minutes(1);
+    assert_eq!(s.vet("r", "k4", "ns/vs", TEN_MIN, &settings(), minute_later), GuardVerdict::Proceed);
+    // The same alert again is still a duplicate of the action that found nothing to do.
+    assert_eq!(
+        s.vet("r", "k1", "ns/vs", TEN_MIN, &settings(), minute_later),
+        GuardVerdict::Duplicate { action_id: "k1".into() }
+    );
+}
+
 #[test]
 fn cap_counts_applied_actions_in_the_window() {
     let t0 = Utc::now();
