@@ -594,18 +594,14 @@ fn audit_command(cfg: &ConfigSource, cmd: AuditCommand) -> Result<ExitCode> {
 }
 
 /// The last column of the table: the reason, or for received alerts their names and statuses.
-fn describe(r: &Record) -> String {
+fn describe(r: &Record, alerts: &[backstop::event::Alert]) -> String {
     if let Some(reason) = &r.entry.reason {
         return reason.clone();
     }
-    if r.entry.kind != audit::Kind::Received {
-        return String::new();
-    }
-    let alerts = backstop::event::alerts_received(r.entry.detail.as_ref(), r.entry.source.as_deref());
-    match alerts.as_deref() {
-        None | Some([]) => String::new(),
-        Some([a]) => format!("{} {}", a.name, a.status),
-        Some(all) => {
+    match alerts {
+        [] => String::new(),
+        [a] => format!("{} {}", a.name, a.status),
+        all => {
             let first: Vec<String> = all.iter().take(3).map(|a| format!("{} {}", a.name, a.status)).collect();
             let more = all.len().saturating_sub(3);
             let more = if more > 0 { format!(", and {more} more") } else { String::new() };
@@ -640,16 +636,16 @@ fn print_record(r: &Record, format: &str) -> Result<()> {
         return Ok(());
     }
     let e = &r.entry;
-    // A delivery's received record: its one alert's id, or how many alerts it holds.
-    let ids = match (&e.action_id, &e.event_id) {
-        (None, None) => backstop::event::alert_ids(e.detail.as_ref()),
+    // A delivery's received record: its alerts, read once for the id column and the last one.
+    let alerts = match e.kind {
+        audit::Kind::Received => {
+            backstop::event::alerts_received(e.detail.as_ref(), e.source.as_deref()).unwrap_or_default()
+        }
         _ => Vec::new(),
     };
-    let id = match (e.action_id.as_deref().or(e.event_id.as_deref()), ids.as_slice()) {
-        (Some(id), _) => id.to_string(),
-        (None, []) => "-".to_string(),
-        (None, [one]) => one.clone(),
-        (None, many) => format!("{} alerts", many.len()),
+    let id = match e.action_id.as_deref().or(e.event_id.as_deref()) {
+        Some(id) => id.to_string(),
+        None => backstop::event::alerts_label(alerts.iter().map(|a| a.id.as_str())).unwrap_or_else(|| "-".into()),
     };
     println!(
         "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  {}",
@@ -659,7 +655,7 @@ fn print_record(r: &Record, format: &str) -> Result<()> {
         e.rule.as_deref().unwrap_or("-"),
         e.target.as_deref().unwrap_or("-"),
         id,
-        describe(r)
+        describe(r, &alerts)
     );
     Ok(())
 }

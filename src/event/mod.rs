@@ -127,6 +127,6 @@ mod view;
 
 pub use recorded::{
     AlertsRecord, AlertsRecordRef, LabelsRef, RECEIVED_FORMAT, RecordedAlert, RecordedAlertRef, Text, alert_ids,
-    alerts_received,
+    alerts_label, alerts_received,
 };
 pub use view::{AlertView, Labels};

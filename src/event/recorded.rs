@@ -308,6 +308,16 @@ pub fn alerts_received(detail: Option<&Value>, source: Option<&str>) -> Option<V
     Some(record.alerts.into_iter().map(|a| a.into_alert(source)).collect())
 }
 
+/// What stands for a delivery's alerts where one id fits (the id column of `audit query`, the
+/// on-call page's timeline): its one alert's id, or how many alerts it holds; `None` for none.
+pub fn alerts_label<'a>(mut ids: impl ExactSizeIterator<Item = &'a str>) -> Option<String> {
+    match ids.len() {
+        0 => None,
+        1 => ids.next().map(str::to_string),
+        n => Some(format!("{n} alerts")),
+    }
+}
+
 /// The ids of the alerts a format 2 `received` record holds (empty for any other detail),
 /// without reading the rest of each alert.
 pub fn alert_ids(detail: Option<&Value>) -> Vec<String> {
@@ -329,6 +339,13 @@ pub fn alert_ids(detail: Option<&Value>) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_delivery_is_labelled_by_its_one_alert_or_how_many_it_holds() {
+        assert_eq!(alerts_label([].into_iter()), None);
+        assert_eq!(alerts_label(["a1"].into_iter()).as_deref(), Some("a1"));
+        assert_eq!(alerts_label(["a1", "a2", "a3"].into_iter()).as_deref(), Some("3 alerts"));
+    }
 
     #[test]
     fn times_are_written_as_serde_json_writes_them() {

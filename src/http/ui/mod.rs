@@ -291,12 +291,10 @@ fn record_row_about(r: &audit::Record, about: Option<&str>) -> Vec<String> {
             shown.join("<br>")
         }
     };
-    let id = match (e.action_id.as_deref(), e.event_id.as_deref(), alerts.as_slice()) {
-        (Some(action), _, _) => action_link(action),
-        (None, Some(event), _) => esc(event),
-        (None, None, [one]) => esc(&one.id),
-        (None, None, []) => String::new(),
-        (None, None, many) => format!("{} alerts", many.len()),
+    let id = match (e.action_id.as_deref(), e.event_id.as_deref()) {
+        (Some(action), _) => action_link(action),
+        (None, Some(event)) => esc(event),
+        (None, None) => esc(&crate::event::alerts_label(alerts.iter().map(|a| a.id.as_str())).unwrap_or_default()),
     };
     vec![
         r.seq.to_string(),
