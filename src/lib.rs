@@ -35,3 +35,4 @@ pub mod telemetry;
 pub mod template;
 #[cfg(test)]
 mod testing;
+pub mod when;

@@ -579,8 +579,13 @@ fn audit_command(cfg: &ConfigSource, cmd: AuditCommand) -> Result<ExitCode> {
                         None => String::new(),
                     };
                     println!(
-                        "ok: {} records in {} segments, seq {}..{}, chain intact{from}; last hash {}",
-                        r.records, r.segments, r.first_seq, r.last_seq, r.last_hash
+                        "ok: {} records in {} segment{}, seq {}..{}, chain intact{from}; last hash {}",
+                        r.records,
+                        r.segments,
+                        if r.segments == 1 { "" } else { "s" },
+                        r.first_seq,
+                        r.last_seq,
+                        r.last_hash
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -650,7 +655,7 @@ fn print_record(r: &Record, format: &str) -> Result<()> {
     println!(
         "{:>6}  {:<24}  {:<9}  {:<24}  {:<24}  {:<36}  {}",
         r.seq,
-        r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        backstop::when::shown(&r.time),
         e.kind.to_string(),
         e.rule.as_deref().unwrap_or("-"),
         e.target.as_deref().unwrap_or("-"),

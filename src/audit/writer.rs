@@ -523,7 +523,7 @@ fn recover(tail: &mut Tail, opts: &AuditOptions, shared: &Shared, mode: &mut Mod
         .reason(format!(
             "the audit log can write again after {} failed writes since {} (first error: {})",
             o.failed,
-            o.since.to_rfc3339(),
+            crate::when::shown(&o.since),
             o.first_error
         ))
         .detail(json!({

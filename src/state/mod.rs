@@ -639,9 +639,9 @@ impl GuardState {
                 return GuardVerdict::Held {
                     reason: format!(
                         "cooldown: rule {rule} acted on {target} at {}, cooldown {} ends {}",
-                        last.to_rfc3339(),
+                        crate::when::shown(last),
                         humantime::format_duration(cooldown),
-                        ends.to_rfc3339()
+                        crate::when::shown(&ends)
                     ),
                 };
             }
@@ -672,7 +672,7 @@ impl GuardState {
     pub fn paused(&self, target: &str) -> Option<String> {
         let p = self.global_pause.as_ref().or_else(|| self.paused.get(target))?;
         let scope = if self.global_pause.is_some() { "all automatic actions" } else { target };
-        Some(format!("paused ({scope}) by {} since {}: {}", p.actor, p.since.to_rfc3339(), p.reason))
+        Some(format!("paused ({scope}) by {} since {}: {}", p.actor, crate::when::shown(&p.since), p.reason))
     }
 
     /// Current pauses, for the API and CLI.

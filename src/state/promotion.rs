@@ -273,7 +273,7 @@ impl Promotions {
             return Some(format!(
                 "promotion held on {target} by {} since {}: {}",
                 h.actor,
-                h.since.to_rfc3339(),
+                crate::when::shown(&h.since),
                 h.reason
             ));
         }
@@ -287,7 +287,7 @@ impl Promotions {
                  resumes it (`backstop promote` or `backstop hold-promotion --release`), or a new canary version starts \
                  its own",
                 s.rule,
-                s.at.to_rfc3339()
+                crate::when::shown(&s.at)
             ));
         }
         if let Some((at, rule)) = self.last_rollback.get(target) {
@@ -295,8 +295,8 @@ impl Promotions {
             if now < ends {
                 return Some(format!(
                     "cooldown: rule {rule} acted on {target} at {}; no promotion before {}",
-                    at.to_rfc3339(),
-                    ends.to_rfc3339()
+                    crate::when::shown(at),
+                    crate::when::shown(&ends)
                 ));
             }
         }
@@ -305,7 +305,7 @@ impl Promotions {
         {
             return Some(format!(
                 "the last step on {target} was less than the interval ago; next at {}",
-                next.to_rfc3339()
+                crate::when::shown(&next)
             ));
         }
         None

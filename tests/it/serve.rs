@@ -28,16 +28,51 @@ async fn readme_demo_rolls_back_the_manifest_and_the_audit_trail_verifies() {
     assert_eq!(applied[0]["target"], "sms-app/model-service");
     assert_eq!(applied[0]["rule"], "canary-high-error-rate");
 
+    // What the README shows: the answer (but for the action's id), the duplicate's answer, the
+    // trail's rows (kind, rule, target, reason) and the verify line.
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let demo = &readme[readme.find("## The demo").unwrap()..readme.find("## Pointing it at Alertmanager").unwrap()];
+    // The lines of the code block that opens with `opening` (its fence line included).
+    let block = |opening: &str| -> Vec<&str> {
+        let start = demo.find(opening).unwrap_or_else(|| panic!("README demo: `{opening}`")) + opening.len();
+        demo[start..][..demo[start..].find("```").unwrap()].lines().collect()
+    };
+    let mut shown: serde_json::Value = serde_json::from_str(block("/v1/alertmanager\n```\n```json\n")[0]).unwrap();
+    let action_id = body["results"][0]["action_id"].as_str().unwrap().to_string();
+    shown["results"][0]["action_id"] = action_id.clone().into();
+    assert_eq!(body, shown, "the README shows the answer as it is");
+    let (_, again) = server.post("/v1/alertmanager", "application/json", FIRING).await;
+    assert_eq!(again["results"][0]["outcome"], "noop");
+    let duplicate = format!("duplicate delivery: this alert was already handled by action {action_id}");
+    assert_eq!(again["results"][0]["reason"], duplicate.as_str());
+    assert!(
+        demo.contains("`\"outcome\":\"noop\"` with `\"reason\":\"duplicate delivery: this alert was already handled")
+    );
+
     let out = wd.cli(&["audit", "tail", "-n", "10"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.lines().next().unwrap().contains("KIND"), "{table}");
-    assert!(table.contains("applied"), "{table}");
+    // Kind, rule, target; then the reason, after the id.
+    let columns = |row: &str| -> (Vec<String>, String) {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let fixed = words[2..5].iter().map(|w| w.to_string()).collect();
+        let reason = words.get(6..).map(|w| w.join(" ")).unwrap_or_default();
+        (fixed, reason)
+    };
+    let readme_rows: Vec<_> = block("-- audit tail\n```\n```\n").into_iter().map(columns).collect();
+    let rows: Vec<_> = table.lines().map(columns).collect();
+    assert_eq!(rows.len(), readme_rows.len(), "{table}");
+    for (row, shown) in rows.iter().zip(&readme_rows) {
+        assert_eq!(row.0, shown.0, "{table}");
+        assert_eq!(row.1.replace(&action_id, "ID"), shown.1.replace("01a20f31-1f7c-7114-81fd-8a62217cdf48", "ID"));
+    }
 
     let status = server.terminate();
     assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
     let out = wd.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("chain intact"));
+    let verified = String::from_utf8_lossy(&out.stdout);
+    let shown = demo.split("# ok: ").nth(1).unwrap().split("; …").next().unwrap();
+    assert!(verified.starts_with(&format!("ok: {shown}; last hash ")), "README: {shown}\nverify: {verified}");
 }
 
 #[tokio::test]

@@ -298,7 +298,7 @@ fn record_row_about(r: &audit::Record, about: Option<&str>) -> Vec<String> {
     };
     vec![
         r.seq.to_string(),
-        esc(&r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        esc(&crate::when::shown(&r.time)),
         format!("<span class=\"kind {0}\">{0}</span>", esc(e.kind.as_str())),
         esc(e.rule.as_deref().unwrap_or("")),
         id,

@@ -75,7 +75,7 @@ pub(super) fn group(records: &[Record]) -> Vec<Group<'_>> {
 }
 
 fn time(r: &Record) -> String {
-    r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::when::shown(&r.time)
 }
 
 fn confirmation(records: &[&Record]) -> String {
