@@ -430,7 +430,7 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            eprintln!("{} problems", errors.0.len());
+            eprintln!("{} problem{}", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
             failed = true;
         }
     }

@@ -49,24 +49,45 @@ impl fmt::Display for RuleErrors {
 pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RuleErrors> {
     let mut errors = Vec::new();
     let mut rules = Vec::new();
+    // Each name's first rule, by file and index: a rule named again is an error where it is.
+    let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
     for file in rule_files(paths, &mut errors) {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => rules.extend(parse_file(&file, &text, &mut errors)),
-            Err(e) => errors.push(file_error(&file, format!("cannot read: {e}"))),
-        }
-    }
-    let mut seen: HashMap<String, PathBuf> = HashMap::new();
-    for rule in &rules {
-        if let Some(first) = seen.insert(rule.name.clone(), rule.file.clone()) {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(file_error(&file, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let (valid, names) = parse_named(&file, &text, &mut errors);
+        rules.extend(valid);
+        // Every rule's name, valid or not: a name given twice is reported with the rest.
+        for (index, name) in names {
+            let Some((first, first_index)) = seen.get(&name) else {
+                seen.insert(name, (file.clone(), index));
+                continue;
+            };
+            // Rare: the lines are worked out only now (the first may be in another file).
+            let name_line = |text: &str, index| FieldLines::of(text).line(index, "name");
+            let first_line = match first == &file {
+                true => name_line(&text, *first_index),
+                false => std::fs::read_to_string(first).ok().and_then(|t| name_line(&t, *first_index)),
+            };
+            let at = match first_line {
+                Some(l) => format!("{}:{l}", first.display()),
+                None => first.display().to_string(),
+            };
             errors.push(RuleError {
-                file: rule.file.clone(),
-                line: None,
-                rule: Some(rule.name.clone()),
+                file: file.clone(),
+                line: name_line(&text, index),
+                rule: Some(name),
                 field: "name".into(),
-                message: format!("duplicate rule name (also in {})", first.display()),
+                message: format!("duplicate rule name (first at {at})"),
             });
         }
     }
+    // By file and line (problems without a line, such as an unreadable file, first in theirs).
+    errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     if errors.is_empty() { Ok(RuleSet::new(rules)) } else { Err(RuleErrors(errors)) }
 }
 
@@ -101,6 +122,12 @@ pub(super) fn rule_files(paths: &[PathBuf], errors: &mut Vec<RuleError>) -> Vec<
 
 /// Parse one file's text; problems go to `errors`, valid rules are returned.
 pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<Rule> {
+    parse_named(file, text, errors).0
+}
+
+/// [`parse_file`], and the name of every rule that has one (valid or not) with its index in the
+/// file's `rules`.
+fn parse_named(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> (Vec<Rule>, Vec<(usize, String)>) {
     // The YAML library's time grows much faster than the input with flow nesting (`[[[[…`:
     // 84 s for 100,000 levels); no rule needs more than a few levels.
     if let Some(line) = too_deep(text) {
@@ -111,7 +138,7 @@ pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<R
             field: String::new(),
             message: format!("nested more than {MAX_FLOW_NESTING} levels deep (`[` or `{{`); a rule needs a few"),
         });
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawFile = match serde_path_to_error::deserialize(de) {
@@ -126,35 +153,75 @@ pub fn parse_file(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> Vec<R
                 field: if path == "." { String::new() } else { path },
                 message: strip_location(&inner.to_string()),
             });
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
-    let mut rules = Vec::new();
-    let lines = rule_lines(text);
+    let (mut rules, mut names) = (Vec::new(), Vec::new());
+    // Where each field is, worked out only for a file with a problem (one more parse).
+    let mut lines: Option<FieldLines> = None;
     for (i, value) in raw.rules.into_iter().enumerate() {
         let name = value.get("name").and_then(|n| n.as_str()).map(str::to_string);
-        let line = name.as_deref().and_then(|n| lines.get(n).copied());
+        names.extend(name.clone().map(|n| (i, n)));
         let mut push = |field: String, message: String| {
             errors.push(RuleError {
                 file: file.to_path_buf(),
-                line,
+                line: lines.get_or_insert_with(|| FieldLines::of(text)).line(i, &field),
                 rule: Some(name.clone().unwrap_or_else(|| format!("#{}", i + 1))),
                 field,
                 message,
             })
         };
-        match serde_path_to_error::deserialize::<_, RawRule>(value) {
+        match serde_path_to_error::deserialize::<_, RawRule>(&value) {
             Ok(raw) => match validate(raw, file) {
                 Ok(rule) => rules.push(rule),
                 Err(problems) => problems.into_iter().for_each(|(f, m)| push(f, m)),
             },
-            Err(e) => {
-                let path = e.path().to_string();
-                push(if path == "." { String::new() } else { path }, strip_location(&e.into_inner().to_string()))
+            Err(e) => further_problems(value, e, &mut push, file),
+        }
+    }
+    (rules, names)
+}
+
+/// A rule that does not read stops at its first problem; to report the others with it, the
+/// field at fault is set aside and the rule read again, until it reads or the only problem left
+/// is a field set aside (`missing field`). Only if every field set aside was unknown (a typo, which
+/// cannot change what the rest means) is the rest checked for sense as well.
+fn further_problems(
+    mut value: serde_yaml_ng::Value,
+    first: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    push: &mut impl FnMut(String, String),
+    file: &Path,
+) {
+    let (mut set_aside, mut only_unknown) = (Vec::<String>::new(), true);
+    let mut error = first;
+    loop {
+        let path = error.path().to_string();
+        let message = strip_location(&error.into_inner().to_string());
+        // `missing field `x``, at the rule: not news if x was set aside.
+        let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+        if path == "." && missing.is_some_and(|m| set_aside.iter().any(|s| s == m)) {
+            return;
+        }
+        push(if path == "." { String::new() } else { path.clone() }, message.clone());
+        let field = path.split(['.', '[']).next().unwrap_or_default().to_string();
+        let Some(map) = value.as_mapping_mut().filter(|_| path != "." && !set_aside.contains(&field)) else {
+            return;
+        };
+        if map.remove(field.as_str()).is_none() {
+            return;
+        }
+        only_unknown &= message.starts_with("unknown field");
+        set_aside.push(field);
+        match serde_path_to_error::deserialize::<_, RawRule>(&value) {
+            Err(next) => error = next,
+            Ok(raw) => {
+                if only_unknown && let Err(problems) = validate(raw, file) {
+                    problems.into_iter().for_each(|(f, m)| push(f, m));
+                }
+                return;
             }
         }
     }
-    rules
 }
 
 /// Where a file of several YAML documents goes wrong, for serde_yaml, which says so without a
@@ -217,15 +284,91 @@ pub(super) fn too_deep(text: &str) -> Option<usize> {
     None
 }
 
-/// The line of each rule's `name:` (the first, for a name given twice), in one pass over the
-/// text: looking each rule up in the whole text made a file of 10,000 rules take 20 s to load.
-pub(super) fn rule_lines(text: &str) -> HashMap<&str, usize> {
-    let mut lines = HashMap::new();
-    for (i, l) in text.lines().enumerate() {
-        let t = l.trim_start().trim_start_matches("- ").trim_start();
-        if let Some(v) = t.strip_prefix("name:") {
-            lines.entry(v.trim().trim_matches(|c| c == '"' || c == '\'')).or_insert(i + 1);
+/// The line of each key and list item of a file's rules, by path (`rules[2].action.rollback`,
+/// `rules[0].match[1]`), from one pass of a YAML parser over the text; a path given twice keeps
+/// its first line.
+pub(super) struct FieldLines(HashMap<String, usize>);
+
+impl FieldLines {
+    pub(super) fn of(text: &str) -> FieldLines {
+        use saphyr_parser::Event;
+        /// Where the parser is: in a mapping (the path of the value after the key just read, or
+        /// `None` while a key is expected), or in a sequence (its path and next index).
+        enum Frame {
+            Map { base: String, value: Option<String> },
+            Seq { base: String, next: usize },
+        }
+        let mut lines = HashMap::new();
+        let mut stack: Vec<Frame> = Vec::new();
+        // The path of the node that starts now, recording its line; a mapping's key is recorded
+        // as the path of its value.
+        let mut node = |stack: &mut Vec<Frame>, line: usize, key: Option<&str>| -> Option<String> {
+            match stack.last_mut() {
+                None => Some(String::new()),
+                Some(Frame::Seq { base, next }) => {
+                    let path = format!("{base}[{next}]");
+                    *next += 1;
+                    lines.entry(path.clone()).or_insert(line);
+                    Some(path)
+                }
+                Some(Frame::Map { value: value @ Some(_), .. }) => value.take(),
+                Some(Frame::Map { base, value: value @ None }) => {
+                    // A key: scalars only (a complex key has no path of its own).
+                    let key = key?;
+                    let path = if base.is_empty() { key.to_string() } else { format!("{base}.{key}") };
+                    lines.entry(path.clone()).or_insert(line);
+                    *value = Some(path);
+                    None
+                }
+            }
+        };
+        for event in saphyr_parser::Parser::new_from_str(text) {
+            let Ok((event, span)) = event else { break };
+            let line = span.start.line().max(1);
+            match event {
+                Event::Scalar(value, ..) => {
+                    let key_expected = matches!(stack.last(), Some(Frame::Map { value: None, .. }));
+                    let _ = node(&mut stack, line, key_expected.then_some(value.as_ref()));
+                }
+                Event::Alias(_) => {
+                    let _ = node(&mut stack, line, None);
+                }
+                Event::MappingStart(..) => {
+                    let base = node(&mut stack, line, None).unwrap_or_else(|| "?".into());
+                    stack.push(Frame::Map { base, value: None });
+                }
+                Event::SequenceStart(..) => {
+                    let base = node(&mut stack, line, None).unwrap_or_else(|| "?".into());
+                    stack.push(Frame::Seq { base, next: 0 });
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    stack.pop();
+                }
+                Event::DocumentEnd | Event::StreamEnd => break,
+                _ => {}
+            }
+        }
+        FieldLines(lines)
+    }
+
+    /// The line of field `field` (a path as errors name it: `action.rollback.canary`) of rule
+    /// `index`: the field's own, else its nearest enclosing field's (a missing field is reported
+    /// where its parent is), else the rule's.
+    pub(super) fn line(&self, index: usize, field: &str) -> Option<usize> {
+        let rule = format!("rules[{index}]");
+        let mut path = match field {
+            "" => rule.clone(),
+            f if f.starts_with('[') => format!("{rule}{f}"),
+            f => format!("{rule}.{f}"),
+        };
+        loop {
+            if let Some(line) = self.0.get(&path) {
+                return Some(*line);
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) if cut >= rule.len() => path.truncate(cut),
+                _ => return None,
+            }
         }
     }
-    lines
 }

@@ -104,7 +104,7 @@ rules:
     let e = by_rule("bad-regex");
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].field, "match");
-    assert_eq!(e[0].line, Some(3));
+    assert_eq!(e[0].line, Some(4), "the line of the field, not of the rule");
     assert!(e[0].message.contains("invalid regex"), "{}", e[0].message);
     let e = by_rule("bad-duration");
     assert_eq!(e.len(), 2, "both problems of one rule are reported: {e:?}");
@@ -115,7 +115,87 @@ rules:
     let e = by_rule("bad-weight");
     assert_eq!(e[0].field, "action.set-weights[0].weight");
     let shown = RuleErrors(errors.clone()).to_string();
-    assert!(shown.contains("rules/test.yaml:3: rule `bad-regex`: field `match`"), "{shown}");
+    assert!(shown.contains("rules/test.yaml:4: rule `bad-regex`: field `match`"), "{shown}");
+    let e = by_rule("bad-weight");
+    assert_eq!(e[0].line, Some(20), "a list item's own line");
+}
+
+/// A rule stops reading at its first problem; the others are still found: every unknown field,
+/// a second field that does not read, and (when only typos stood in the way) what the rest means.
+#[test]
+fn every_problem_of_one_rule_is_reported_each_at_its_line() {
+    let text = r#"rules:
+  - name: typos
+    match: ['alertname=~"("']
+    target: { namespace: a, virtualservice: b }
+    action: { rollback: { stable: v1, canary: v2 } }
+    colldown: 5m
+    dryrun: true
+  - name: shapes
+    match: ['alertname=X']
+    target: { namespace: a, virtualservice: b }
+    action:
+      rollback:
+        stable: v1
+    verify: { query: 'q', max_share: lots }
+    colldown: 5m
+"#;
+    let (rules, errors) = parse(text);
+    assert!(rules.is_empty());
+    let mut found: Vec<(Option<usize>, &str, &str, &str)> =
+        errors.iter().map(|e| (e.line, e.rule.as_deref().unwrap(), e.field.as_str(), e.message.as_str())).collect();
+    found.sort();
+    let found: Vec<_> = found.iter().map(|(line, rule, field, _)| (*line, *rule, *field)).collect();
+    assert_eq!(
+        found,
+        [
+            (Some(3), "typos", "match"),
+            (Some(6), "typos", "colldown"),
+            (Some(7), "typos", "dryrun"),
+            (Some(12), "shapes", "action.rollback"),
+            (Some(14), "shapes", "verify.max_share"),
+            (Some(15), "shapes", "colldown"),
+        ],
+        "{errors:#?}"
+    );
+    let missing = errors.iter().find(|e| e.field == "action.rollback").unwrap();
+    assert!(missing.message.contains("missing field `canary`"), "{}", missing.message);
+    // The fields set aside are not reported missing as well.
+    assert!(!errors.iter().any(|e| e.message.contains("missing field `action`")), "{errors:#?}");
+}
+
+/// A name given twice is an error at the second, naming the first's line, whether or not
+/// either rule is otherwise valid; all of a load's problems come by file and line.
+#[test]
+fn a_duplicate_name_is_reported_where_it_is_with_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = "rules:\n  - name: a\n    match: ['alertname=X']\n    target: { namespace: n, virtualservice: v }\n    action: { rollback: { stable: v1, canary: v2 } }\n    cooldown: never\n";
+    let two = "rules:\n  - name: b\n    match: ['alertname=X']\n    target: { namespace: n, virtualservice: v }\n    action: { rollback: { stable: v1, canary: v2 } }\n  - name: a\n    match: ['alertname=X']\n    target: { namespace: n, virtualservice: v }\n    action: { rollback: { stable: v1, canary: v2 } }\n";
+    std::fs::write(dir.path().join("1.yaml"), one).unwrap();
+    std::fs::write(dir.path().join("2.yaml"), two).unwrap();
+    let errors = load(&[dir.path().to_path_buf()]).unwrap_err().0;
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!((errors[0].line, errors[0].field.as_str()), (Some(6), "cooldown"));
+    assert_eq!(errors[1].file, dir.path().join("2.yaml"));
+    assert_eq!((errors[1].line, errors[1].field.as_str()), (Some(6), "name"));
+    let first = format!("first at {}:2", dir.path().join("1.yaml").display());
+    assert!(errors[1].message.contains(&first), "{}", errors[1].message);
+}
+
+/// Each key and list item of a file's rules has the line it is on; a field that is not there
+/// (a missing one) has its nearest enclosing field's.
+#[test]
+fn field_lines_follow_block_and_flow_style_and_fall_back_to_the_parent() {
+    let text = "rules:\n  - name: a\n    match:\n      - x\n      - 'y'\n    action: {rollback: {stable: v1,\n      canary: v2}}\n  - {name: b, target: {namespace: n}}\n";
+    let lines = super::loading::FieldLines::of(text);
+    assert_eq!(lines.line(0, ""), Some(2));
+    assert_eq!(lines.line(0, "name"), Some(2));
+    assert_eq!(lines.line(0, "match"), Some(3));
+    assert_eq!(lines.line(0, "match[1]"), Some(5));
+    assert_eq!(lines.line(0, "action.rollback.canary"), Some(7));
+    assert_eq!(lines.line(0, "action.rollback.interval"), Some(6), "missing: its parent's line");
+    assert_eq!(lines.line(1, "target.virtualservice"), Some(8));
+    assert_eq!(lines.line(2, "name"), None, "no third rule");
 }
 
 #[test]

@@ -16,15 +16,25 @@ fn validate_reports_every_problem_with_file_rule_and_field_and_fails() {
     let wd = Workdir::new();
     std::fs::write(
         wd.path("bad.yaml"),
-        "rules:\n  - name: one\n    match: ['alertname=~\"(\"']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n  - name: two\n    match: ['alertname=X']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n    cooldown: forever\n",
+        "rules:\n  - name: one\n    match: ['alertname=~\"(\"']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n    colldown: 5m\n  - name: two\n    match: ['alertname=X']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n    cooldown: forever\n  - name: one\n    match: ['alertname=X']\n    target: {namespace: a, virtualservice: b}\n    action: {rollback: {stable: v1, canary: v2}}\n",
     )
     .unwrap();
     let out = wd.cli(&["validate", wd.path("bad.yaml").to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml:2: rule `one`: field `match`: `alertname=~\"(\"`: invalid regex"), "{stderr}");
-    assert!(stderr.contains("bad.yaml:6: rule `two`: field `cooldown`"), "{stderr}");
-    assert!(stderr.contains("2 problems"), "{stderr}");
+    // Each at the line of its field, in the order of the file; the typo does not hide the regex.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("bad.yaml:")).collect();
+    let expected = [
+        "bad.yaml:3: rule `one`: field `match`: `alertname=~\"(\"`: invalid regex",
+        "bad.yaml:6: rule `one`: field `colldown`: unknown field `colldown`",
+        "bad.yaml:11: rule `two`: field `cooldown`: `forever` is not a duration",
+        "bad.yaml:12: rule `one`: field `name`: duplicate rule name (first at ",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(expected) {
+        assert!(line.contains(expected), "{line}\nexpected: {expected}\n{stderr}");
+    }
+    assert!(stderr.lines().any(|l| l == "4 problems"), "{stderr}");
 }
 
 #[test]
