@@ -36,3 +36,4 @@ pub mod template;
 #[cfg(test)]
 mod testing;
 pub mod when;
+pub mod yaml;

@@ -2,6 +2,7 @@
 //! every error collected with its file, line and field, all reported at once.
 
 use super::*;
+use crate::yaml::{FieldLines, strip_location};
 
 /// One problem in a rule file, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +69,7 @@ pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RuleErrors> {
                 continue;
             };
             // Rare: the lines are worked out only now (the first may be in another file).
-            let name_line = |text: &str, index| FieldLines::of(text).line(index, "name");
+            let name_line = |text: &str, index| FieldLines::of(text).line(&format!("rules[{index}]"), "name");
             let first_line = match first == &file {
                 true => name_line(&text, *first_index),
                 false => std::fs::read_to_string(first).ok().and_then(|t| name_line(&t, *first_index)),
@@ -165,7 +166,7 @@ fn parse_named(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> (Vec<Rul
         let mut push = |field: String, message: String| {
             errors.push(RuleError {
                 file: file.to_path_buf(),
-                line: lines.get_or_insert_with(|| FieldLines::of(text)).line(i, &field),
+                line: lines.get_or_insert_with(|| FieldLines::of(text)).line(&format!("rules[{i}]"), &field),
                 rule: Some(name.clone().unwrap_or_else(|| format!("#{}", i + 1))),
                 field,
                 message,
@@ -176,52 +177,16 @@ fn parse_named(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> (Vec<Rul
                 Ok(rule) => rules.push(rule),
                 Err(problems) => problems.into_iter().for_each(|(f, m)| push(f, m)),
             },
-            Err(e) => further_problems(value, e, &mut push, file),
-        }
-    }
-    (rules, names)
-}
-
-/// A rule that does not read stops at its first problem; to report the others with it, the
-/// field at fault is set aside and the rule read again, until it reads or the only problem left
-/// is a field set aside (`missing field`). Only if every field set aside was unknown (a typo, which
-/// cannot change what the rest means) is the rest checked for sense as well.
-fn further_problems(
-    mut value: serde_yaml_ng::Value,
-    first: serde_path_to_error::Error<serde_yaml_ng::Error>,
-    push: &mut impl FnMut(String, String),
-    file: &Path,
-) {
-    let (mut set_aside, mut only_unknown) = (Vec::<String>::new(), true);
-    let mut error = first;
-    loop {
-        let path = error.path().to_string();
-        let message = strip_location(&error.into_inner().to_string());
-        // `missing field `x``, at the rule: not news if x was set aside.
-        let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
-        if path == "." && missing.is_some_and(|m| set_aside.iter().any(|s| s == m)) {
-            return;
-        }
-        push(if path == "." { String::new() } else { path.clone() }, message.clone());
-        let field = path.split(['.', '[']).next().unwrap_or_default().to_string();
-        let Some(map) = value.as_mapping_mut().filter(|_| path != "." && !set_aside.contains(&field)) else {
-            return;
-        };
-        if map.remove(field.as_str()).is_none() {
-            return;
-        }
-        only_unknown &= message.starts_with("unknown field");
-        set_aside.push(field);
-        match serde_path_to_error::deserialize::<_, RawRule>(&value) {
-            Err(next) => error = next,
-            Ok(raw) => {
-                if only_unknown && let Err(problems) = validate(raw, file) {
+            Err(first) => {
+                let all = crate::yaml::read_all(value, first, |v| serde_path_to_error::deserialize::<_, RawRule>(v));
+                all.problems.into_iter().for_each(|(f, m)| push(f, m));
+                if let Some(Err(problems)) = all.without_unknown.map(|raw| validate(raw, file)) {
                     problems.into_iter().for_each(|(f, m)| push(f, m));
                 }
-                return;
             }
         }
     }
+    (rules, names)
 }
 
 /// Where a file of several YAML documents goes wrong, for serde_yaml, which says so without a
@@ -243,13 +208,6 @@ pub(super) fn second_document(text: &str) -> Option<usize> {
         }
     }
     None
-}
-
-pub(super) fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
 }
 
 /// Flow collections (`[`, `{`) nested deeper than this are refused before parsing.
@@ -282,93 +240,4 @@ pub(super) fn too_deep(text: &str) -> Option<usize> {
         prev = c;
     }
     None
-}
-
-/// The line of each key and list item of a file's rules, by path (`rules[2].action.rollback`,
-/// `rules[0].match[1]`), from one pass of a YAML parser over the text; a path given twice keeps
-/// its first line.
-pub(super) struct FieldLines(HashMap<String, usize>);
-
-impl FieldLines {
-    pub(super) fn of(text: &str) -> FieldLines {
-        use saphyr_parser::Event;
-        /// Where the parser is: in a mapping (the path of the value after the key just read, or
-        /// `None` while a key is expected), or in a sequence (its path and next index).
-        enum Frame {
-            Map { base: String, value: Option<String> },
-            Seq { base: String, next: usize },
-        }
-        let mut lines = HashMap::new();
-        let mut stack: Vec<Frame> = Vec::new();
-        // The path of the node that starts now, recording its line; a mapping's key is recorded
-        // as the path of its value.
-        let mut node = |stack: &mut Vec<Frame>, line: usize, key: Option<&str>| -> Option<String> {
-            match stack.last_mut() {
-                None => Some(String::new()),
-                Some(Frame::Seq { base, next }) => {
-                    let path = format!("{base}[{next}]");
-                    *next += 1;
-                    lines.entry(path.clone()).or_insert(line);
-                    Some(path)
-                }
-                Some(Frame::Map { value: value @ Some(_), .. }) => value.take(),
-                Some(Frame::Map { base, value: value @ None }) => {
-                    // A key: scalars only (a complex key has no path of its own).
-                    let key = key?;
-                    let path = if base.is_empty() { key.to_string() } else { format!("{base}.{key}") };
-                    lines.entry(path.clone()).or_insert(line);
-                    *value = Some(path);
-                    None
-                }
-            }
-        };
-        for event in saphyr_parser::Parser::new_from_str(text) {
-            let Ok((event, span)) = event else { break };
-            let line = span.start.line().max(1);
-            match event {
-                Event::Scalar(value, ..) => {
-                    let key_expected = matches!(stack.last(), Some(Frame::Map { value: None, .. }));
-                    let _ = node(&mut stack, line, key_expected.then_some(value.as_ref()));
-                }
-                Event::Alias(_) => {
-                    let _ = node(&mut stack, line, None);
-                }
-                Event::MappingStart(..) => {
-                    let base = node(&mut stack, line, None).unwrap_or_else(|| "?".into());
-                    stack.push(Frame::Map { base, value: None });
-                }
-                Event::SequenceStart(..) => {
-                    let base = node(&mut stack, line, None).unwrap_or_else(|| "?".into());
-                    stack.push(Frame::Seq { base, next: 0 });
-                }
-                Event::MappingEnd | Event::SequenceEnd => {
-                    stack.pop();
-                }
-                Event::DocumentEnd | Event::StreamEnd => break,
-                _ => {}
-            }
-        }
-        FieldLines(lines)
-    }
-
-    /// The line of field `field` (a path as errors name it: `action.rollback.canary`) of rule
-    /// `index`: the field's own, else its nearest enclosing field's (a missing field is reported
-    /// where its parent is), else the rule's.
-    pub(super) fn line(&self, index: usize, field: &str) -> Option<usize> {
-        let rule = format!("rules[{index}]");
-        let mut path = match field {
-            "" => rule.clone(),
-            f if f.starts_with('[') => format!("{rule}{f}"),
-            f => format!("{rule}.{f}"),
-        };
-        loop {
-            if let Some(line) = self.0.get(&path) {
-                return Some(*line);
-            }
-            match path.rfind(['.', '[']) {
-                Some(cut) if cut >= rule.len() => path.truncate(cut),
-                _ => return None,
-            }
-        }
-    }
 }

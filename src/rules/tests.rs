@@ -182,22 +182,6 @@ fn a_duplicate_name_is_reported_where_it_is_with_the_first() {
     assert!(errors[1].message.contains(&first), "{}", errors[1].message);
 }
 
-/// Each key and list item of a file's rules has the line it is on; a field that is not there
-/// (a missing one) has its nearest enclosing field's.
-#[test]
-fn field_lines_follow_block_and_flow_style_and_fall_back_to_the_parent() {
-    let text = "rules:\n  - name: a\n    match:\n      - x\n      - 'y'\n    action: {rollback: {stable: v1,\n      canary: v2}}\n  - {name: b, target: {namespace: n}}\n";
-    let lines = super::loading::FieldLines::of(text);
-    assert_eq!(lines.line(0, ""), Some(2));
-    assert_eq!(lines.line(0, "name"), Some(2));
-    assert_eq!(lines.line(0, "match"), Some(3));
-    assert_eq!(lines.line(0, "match[1]"), Some(5));
-    assert_eq!(lines.line(0, "action.rollback.canary"), Some(7));
-    assert_eq!(lines.line(0, "action.rollback.interval"), Some(6), "missing: its parent's line");
-    assert_eq!(lines.line(1, "target.virtualservice"), Some(8));
-    assert_eq!(lines.line(2, "name"), None, "no third rule");
-}
-
 #[test]
 fn yaml_syntax_error_names_the_line() {
     let (_, errors) = parse("rules:\n  - name: x\n   match: [\n");

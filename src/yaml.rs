@@ -1,0 +1,230 @@
+//! What the config and the rule files share in reporting their problems: where in the text a
+//! field is ([`FieldLines`]), and every problem of a document that does not read, not only the
+//! first ([`read_all`]).
+
+use std::collections::HashMap;
+
+use serde_yaml_ng::Value;
+
+/// The line of each mapping key and list item of a YAML text, by path as serde errors name it
+/// (`rules[2].action.rollback`, `kafka.properties`), from one pass of a YAML parser; a path
+/// given twice keeps its first line.
+pub struct FieldLines(HashMap<String, usize>);
+
+impl FieldLines {
+    pub fn of(text: &str) -> FieldLines {
+        use saphyr_parser::Event;
+        /// Where the parser is: in a mapping (the path of the value after the key just read, or
+        /// `None` while a key is expected), or in a sequence (its path and next index).
+        enum Frame {
+            Map { base: String, value: Option<String> },
+            Seq { base: String, next: usize },
+        }
+        let mut lines = HashMap::new();
+        let mut stack: Vec<Frame> = Vec::new();
+        // The path of the node that starts now, recording its line; a mapping's key is recorded
+        // as the path of its value (and has no path itself: `None`).
+        let mut node = |stack: &mut Vec<Frame>, line: usize, key: Option<&str>| -> Option<String> {
+            match stack.last_mut() {
+                None => Some(String::new()),
+                Some(Frame::Seq { base, next }) => {
+                    let path = format!("{base}[{next}]");
+                    *next += 1;
+                    lines.entry(path.clone()).or_insert(line);
+                    Some(path)
+                }
+                Some(Frame::Map { value: value @ Some(_), .. }) => value.take(),
+                Some(Frame::Map { base, value: value @ None }) => {
+                    // A complex key (a mapping or a list as a key) gets no path.
+                    let key = key.unwrap_or("?");
+                    let path = if base.is_empty() { key.to_string() } else { format!("{base}.{key}") };
+                    lines.entry(path.clone()).or_insert(line);
+                    *value = Some(path);
+                    None
+                }
+            }
+        };
+        for event in saphyr_parser::Parser::new_from_str(text) {
+            let Ok((event, span)) = event else { break };
+            let line = span.start.line().max(1);
+            match event {
+                Event::Scalar(value, ..) => {
+                    let key_expected = matches!(stack.last(), Some(Frame::Map { value: None, .. }));
+                    let _ = node(&mut stack, line, key_expected.then_some(value.as_ref()));
+                }
+                Event::Alias(_) => {
+                    let _ = node(&mut stack, line, None);
+                }
+                Event::MappingStart(..) => {
+                    let base = node(&mut stack, line, None).unwrap_or_else(|| "?".into());
+                    stack.push(Frame::Map { base, value: None });
+                }
+                Event::SequenceStart(..) => {
+                    let base = node(&mut stack, line, None).unwrap_or_else(|| "?".into());
+                    stack.push(Frame::Seq { base, next: 0 });
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    stack.pop();
+                }
+                Event::DocumentEnd | Event::StreamEnd => break,
+                _ => {}
+            }
+        }
+        FieldLines(lines)
+    }
+
+    /// The line of `field` (a path as errors name it: `action.rollback.canary`) within the node
+    /// at `base` (`rules[3]`, or `""` for the document): the field's own line, else its nearest
+    /// enclosing field's (a missing field is reported where its parent is), else `base`'s.
+    pub fn line(&self, base: &str, field: &str) -> Option<usize> {
+        let mut path = match (base, field) {
+            (b, "") => b.to_string(),
+            ("", f) => f.to_string(),
+            (b, f) if f.starts_with('[') => format!("{b}{f}"),
+            (b, f) => format!("{b}.{f}"),
+        };
+        loop {
+            if let Some(line) = self.0.get(&path) {
+                return Some(*line);
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) if cut >= base.len() && !(base.is_empty() && cut == 0) => path.truncate(cut),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A problem of a document: the path of the field (empty for the document itself) and what is
+/// wrong with it.
+pub type Problem = (String, String);
+
+/// What [`read_all`] made of a document that did not read at first.
+pub struct ReadAll<T> {
+    /// Every problem found, the first one first.
+    pub problems: Vec<Problem>,
+    /// The document as read without its unknown fields, when those were all that stood in the
+    /// way: a typo cannot change what the rest means, so the rest may still be checked for sense.
+    pub without_unknown: Option<T>,
+}
+
+/// A document stops reading at its first problem (`first`, from reading `value` with `read`); to
+/// report the others with it, the top-level field at fault is set aside and the document read
+/// again, until it reads or the only problem left is a field set aside (`missing field`).
+pub fn read_all<T, E: std::fmt::Display>(
+    mut value: Value,
+    first: serde_path_to_error::Error<E>,
+    read: impl Fn(&Value) -> Result<T, serde_path_to_error::Error<E>>,
+) -> ReadAll<T> {
+    let (mut problems, mut set_aside, mut only_unknown) = (Vec::new(), Vec::<String>::new(), true);
+    let mut error = first;
+    loop {
+        let path = error.path().to_string();
+        let message = strip_location(&error.into_inner().to_string());
+        // `missing field `x``, at the top: not news if x was set aside.
+        let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+        if path == "." && missing.is_some_and(|m| set_aside.iter().any(|s| s == m)) {
+            return ReadAll { problems, without_unknown: None };
+        }
+        problems.push((if path == "." { String::new() } else { path.clone() }, message.clone()));
+        let field = path.split(['.', '[']).next().unwrap_or_default().to_string();
+        let set_aside_now = value
+            .as_mapping_mut()
+            .filter(|_| path != "." && !set_aside.contains(&field))
+            .and_then(|map| map.shift_remove(field.as_str()));
+        if set_aside_now.is_none() {
+            return ReadAll { problems, without_unknown: None };
+        }
+        only_unknown &= message.starts_with("unknown field");
+        set_aside.push(field);
+        match read(&value) {
+            Err(next) => error = next,
+            Ok(read) => return ReadAll { problems, without_unknown: only_unknown.then_some(read) },
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to its messages; the line is reported on its own.
+pub fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each key and list item has the line it is on; a field that is not there (a missing one)
+    /// has its nearest enclosing field's.
+    #[test]
+    fn field_lines_follow_block_and_flow_style_and_fall_back_to_the_parent() {
+        let text = "rules:\n  - name: a\n    match:\n      - x\n      - 'y'\n    action: {rollback: {stable: v1,\n      canary: v2}}\n  - {name: b, target: {namespace: n}}\nguards:\n  window: 1h\n";
+        let lines = FieldLines::of(text);
+        assert_eq!(lines.line("rules[0]", ""), Some(2));
+        assert_eq!(lines.line("rules[0]", "name"), Some(2));
+        assert_eq!(lines.line("rules[0]", "match"), Some(3));
+        assert_eq!(lines.line("rules[0]", "match[1]"), Some(5));
+        assert_eq!(lines.line("rules[0]", "action.rollback.canary"), Some(7));
+        assert_eq!(lines.line("rules[0]", "action.rollback.interval"), Some(6), "missing: its parent's line");
+        assert_eq!(lines.line("rules[1]", "target.virtualservice"), Some(8));
+        assert_eq!(lines.line("rules[2]", "name"), None, "no third rule: not another rule's line");
+        assert_eq!(lines.line("", "guards.window"), Some(10));
+        assert_eq!(lines.line("", "guards.max_actions"), Some(9));
+        assert_eq!(lines.line("", "kafka.brokers"), None, "nothing at the top to fall back to");
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        name: String,
+        #[serde(default)]
+        count: u32,
+        inner: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        a: String,
+    }
+
+    fn read(v: &Value) -> Result<Doc, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+        serde_path_to_error::deserialize(v)
+    }
+
+    fn all(text: &str) -> ReadAll<Doc> {
+        let value: Value = serde_yaml_ng::from_str(text).unwrap();
+        let first = read(&value).unwrap_err();
+        read_all(value, first, read)
+    }
+
+    #[test]
+    fn every_problem_is_found_by_setting_aside_the_field_at_fault() {
+        let r = all("name: x\ncount: many\ninner: {b: 1}\nnmae: y\n");
+        let fields: Vec<&str> = r.problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["count", "inner.b", "nmae"], "{:?}", r.problems);
+        assert!(r.problems[1].1.starts_with("unknown field `b`"), "{:?}", r.problems);
+        assert!(r.without_unknown.is_none(), "a field of the wrong type was set aside");
+        assert!(
+            !r.problems.iter().any(|(_, m)| m.contains("missing field `inner`")),
+            "a required field set aside is not reported missing as well: {:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn a_document_held_up_only_by_unknown_fields_is_read_without_them() {
+        let r = all("name: x\ncolor: red\ninner: {a: z}\nsize: 3\n");
+        assert_eq!(r.problems.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["color", "size"]);
+        assert_eq!(r.without_unknown, Some(Doc { name: "x".into(), count: 0, inner: Inner { a: "z".into() } }));
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_has_one_problem() {
+        let r = all("[1, 2]\n");
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert_eq!(r.problems[0].0, "");
+    }
+}
