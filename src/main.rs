@@ -393,6 +393,11 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
+/// "1 problem", "3 problems".
+fn problems(n: usize) -> String {
+    format!("{n} problem{}", if n == 1 { "" } else { "s" })
+}
+
 fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
     let mut failed = false;
     let rule_paths = if paths.is_empty() {
@@ -401,8 +406,11 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
                 println!("ok: {}", config_path.display());
                 c.rules
             }
-            Err(e) => {
-                eprintln!("{e}");
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                eprintln!("{}", problems(errors.0.len()));
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -430,7 +438,7 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("{e}");
             }
-            eprintln!("{} problem{}", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
+            eprintln!("{}", problems(errors.0.len()));
             failed = true;
         }
     }

@@ -163,7 +163,7 @@ impl Reloader {
 /// The config file and the rules it names, as a reload would put them in force, or every
 /// problem found.
 fn load(file: &Path, started: &Config) -> Result<(Config, rules::RuleSet), Vec<String>> {
-    let mut config = Config::load(file).map_err(|e| vec![e.to_string()])?;
+    let mut config = Config::load(file).map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     // Where the service stores and listens cannot move under it.
     config.data_dir = started.data_dir.clone();
     let rules = rules::load(&config.rules).map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;

@@ -108,40 +108,92 @@ pub struct ReadAll<T> {
     pub without_unknown: Option<T>,
 }
 
+/// A problem as serde_path_to_error reports it: its path (empty for the document) and message
+/// (without the path serde_yaml puts in front of a nested one's, and without its position).
+pub fn problem<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Problem {
+    let path = match e.path().to_string() {
+        dot if dot == "." => String::new(),
+        path => path,
+    };
+    let mut message = strip_location(&e.into_inner().to_string());
+    // serde_yaml names the mapping the problem is in: the path or one that encloses it.
+    let mut enclosing = path.as_str();
+    while !enclosing.is_empty() {
+        if let Some(rest) = message.strip_prefix(&format!("{enclosing}: ")) {
+            message = rest.to_string();
+            break;
+        }
+        enclosing = &enclosing[..enclosing.rfind(['.', '[']).unwrap_or(0)];
+    }
+    (path, message)
+}
+
 /// A document stops reading at its first problem (`first`, from reading `value` with `read`); to
-/// report the others with it, the top-level field at fault is set aside and the document read
-/// again, until it reads or the only problem left is a field set aside (`missing field`).
-pub fn read_all<T, E: std::fmt::Display>(
-    mut value: Value,
-    first: serde_path_to_error::Error<E>,
-    read: impl Fn(&Value) -> Result<T, serde_path_to_error::Error<E>>,
-) -> ReadAll<T> {
+/// report the others with it, the field at fault is set aside and the document read again, until
+/// it reads or the only problem left is a field set aside (`missing field`). An unknown field is
+/// set aside where it is; any other problem takes its top-level field with it (a value of the
+/// wrong type may be one that something else needs).
+pub fn read_all<T>(mut value: Value, first: Problem, read: impl Fn(&Value) -> Result<T, Problem>) -> ReadAll<T> {
     let (mut problems, mut set_aside, mut only_unknown) = (Vec::new(), Vec::<String>::new(), true);
     let mut error = first;
     loop {
-        let path = error.path().to_string();
-        let message = strip_location(&error.into_inner().to_string());
-        // `missing field `x``, at the top: not news if x was set aside.
+        let (path, message) = error;
+        // `missing field `x`` in the mapping at `path`: not news if x was set aside.
         let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
-        if path == "." && missing.is_some_and(|m| set_aside.iter().any(|s| s == m)) {
+        let missing = missing.map(|m| if path.is_empty() { m.to_string() } else { format!("{path}.{m}") });
+        if missing.is_some_and(|m| set_aside.contains(&m)) {
             return ReadAll { problems, without_unknown: None };
         }
-        problems.push((if path == "." { String::new() } else { path.clone() }, message.clone()));
-        let field = path.split(['.', '[']).next().unwrap_or_default().to_string();
-        let set_aside_now = value
-            .as_mapping_mut()
-            .filter(|_| path != "." && !set_aside.contains(&field))
-            .and_then(|map| map.shift_remove(field.as_str()));
-        if set_aside_now.is_none() {
+        problems.push((path.clone(), message.clone()));
+        let unknown = message.starts_with("unknown field");
+        let field = match unknown {
+            true => path.clone(),
+            false => path.split(['.', '[']).next().unwrap_or_default().to_string(),
+        };
+        if path.is_empty() || set_aside.contains(&field) || !remove(&mut value, &field) {
             return ReadAll { problems, without_unknown: None };
         }
-        only_unknown &= message.starts_with("unknown field");
+        only_unknown &= unknown;
         set_aside.push(field);
         match read(&value) {
             Err(next) => error = next,
             Ok(read) => return ReadAll { problems, without_unknown: only_unknown.then_some(read) },
         }
     }
+}
+
+/// Take out the value at `path` (`kafka.properties`, `rules[2].colldown`), keeping the order of
+/// what is left; false if there is none.
+fn remove(value: &mut Value, path: &str) -> bool {
+    // Segments: keys and list indices, `a.b[2].c` -> a, b, [2], c.
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            segments.push(&rest[..i]);
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                segments.push(&rest[..=end]);
+                rest = &rest[end + 1..];
+            }
+        } else {
+            segments.push(rest);
+        }
+    }
+    let segments: Vec<&str> = segments.into_iter().filter(|s| !s.is_empty()).collect();
+    let Some((last, parents)) = segments.split_last() else { return false };
+    let mut node = value;
+    for s in parents {
+        let next = match s.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+            Some(i) => i.parse::<usize>().ok().and_then(|i| node.as_sequence_mut()?.get_mut(i)),
+            None => node.as_mapping_mut().and_then(|m| m.get_mut(*s)),
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    node.as_mapping_mut().and_then(|m| m.shift_remove(*last)).is_some()
 }
 
 /// serde_yaml appends " at line L column C" to its messages; the line is reported on its own.
@@ -190,8 +242,8 @@ mod tests {
         a: String,
     }
 
-    fn read(v: &Value) -> Result<Doc, serde_path_to_error::Error<serde_yaml_ng::Error>> {
-        serde_path_to_error::deserialize(v)
+    fn read(v: &Value) -> Result<Doc, Problem> {
+        serde_path_to_error::deserialize(v).map_err(problem)
     }
 
     fn all(text: &str) -> ReadAll<Doc> {
@@ -204,7 +256,9 @@ mod tests {
     fn every_problem_is_found_by_setting_aside_the_field_at_fault() {
         let r = all("name: x\ncount: many\ninner: {b: 1}\nnmae: y\n");
         let fields: Vec<&str> = r.problems.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, ["count", "inner.b", "nmae"], "{:?}", r.problems);
+        // `inner` without its unknown `b` lacks `a`: a problem of its own.
+        assert_eq!(fields, ["count", "inner.b", "inner", "nmae"], "{:?}", r.problems);
+        assert_eq!(r.problems[2].1, "missing field `a`");
         assert!(r.problems[1].1.starts_with("unknown field `b`"), "{:?}", r.problems);
         assert!(r.without_unknown.is_none(), "a field of the wrong type was set aside");
         assert!(
@@ -219,6 +273,23 @@ mod tests {
         let r = all("name: x\ncolor: red\ninner: {a: z}\nsize: 3\n");
         assert_eq!(r.problems.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["color", "size"]);
         assert_eq!(r.without_unknown, Some(Doc { name: "x".into(), count: 0, inner: Inner { a: "z".into() } }));
+    }
+
+    #[test]
+    fn an_unknown_field_is_set_aside_where_it_is_and_the_rest_still_read() {
+        let r = all("name: x\ninner: {a: z, b: 1}\n");
+        assert_eq!(r.problems, [("inner.b".to_string(), "unknown field `b`, expected `a`".to_string())]);
+        assert_eq!(r.without_unknown, Some(Doc { name: "x".into(), count: 0, inner: Inner { a: "z".into() } }));
+    }
+
+    #[test]
+    fn a_value_is_removed_at_its_path_through_lists_and_mappings() {
+        let mut v: Value = serde_yaml_ng::from_str("a: [{b: 1, c: 2}, {b: 3}]\nd: 4\n").unwrap();
+        assert!(remove(&mut v, "a[0].b"));
+        assert!(!remove(&mut v, "a[5].b"), "no such item");
+        assert!(!remove(&mut v, "a[1].x"), "no such key");
+        assert!(remove(&mut v, "d"));
+        assert_eq!(v, serde_yaml_ng::from_str::<Value>("a: [{c: 2}, {b: 3}]\n").unwrap());
     }
 
     #[test]

@@ -178,7 +178,8 @@ fn parse_named(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> (Vec<Rul
                 Err(problems) => problems.into_iter().for_each(|(f, m)| push(f, m)),
             },
             Err(first) => {
-                let all = crate::yaml::read_all(value, first, |v| serde_path_to_error::deserialize::<_, RawRule>(v));
+                let read = |v: &serde_yaml_ng::Value| serde_path_to_error::deserialize(v).map_err(crate::yaml::problem);
+                let all = crate::yaml::read_all(value, crate::yaml::problem(first), read);
                 all.problems.into_iter().for_each(|(f, m)| push(f, m));
                 if let Some(Err(problems)) = all.without_unknown.map(|raw| validate(raw, file)) {
                     problems.into_iter().for_each(|(f, m)| push(f, m));

@@ -37,6 +37,30 @@ fn validate_reports_every_problem_with_file_rule_and_field_and_fails() {
     assert!(stderr.lines().any(|l| l == "4 problems"), "{stderr}");
 }
 
+/// A config with several problems: all of them, each at its line, and a count; nothing runs.
+#[test]
+fn validate_reports_every_problem_of_the_config_at_its_line() {
+    let wd = Workdir::new();
+    let config = wd.read("backstop.yaml");
+    let bad = config
+        .replacen("data_dir: data", "data_dir: data\nlistne: 0.0.0.0:80", 1)
+        .replacen("  window: 1h", "  window: soon", 1)
+        .replacen("shutdown_grace: 20s", "shutdown_grace: never", 1);
+    assert!(bad.contains("window: soon") && bad.contains("shutdown_grace: never"), "{bad}");
+    std::fs::write(wd.config(), &bad).unwrap();
+    let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let out = wd.cli(&["validate"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (needle, field) in
+        [("listne:", "listne"), ("window: soon", "guards.window"), ("grace: never", "shutdown_grace")]
+    {
+        let expected = format!("backstop.yaml:{}: field `{field}`: ", line_of(needle));
+        assert!(stderr.contains(&expected), "{expected}\n{stderr}");
+    }
+    assert!(stderr.lines().any(|l| l == "3 problems"), "{stderr}");
+}
+
 #[test]
 fn simulate_shows_what_would_happen_and_touches_nothing() {
     let wd = Workdir::new();
