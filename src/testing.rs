@@ -137,6 +137,12 @@ impl Harness {
         (status, body)
     }
 
+    /// A webhook's firing fixture sent to `path`.
+    pub(crate) async fn webhook_to(&self, path: &str) -> (StatusCode, Value) {
+        let body = include_str!("../fixtures/alertmanager/firing.json");
+        self.send(post(path, "application/json", body.as_bytes().to_vec())).await
+    }
+
     pub(crate) async fn webhook(&self, body: &str) -> (StatusCode, Value) {
         self.send(post("/v1/alertmanager", "application/json", body.as_bytes().to_vec())).await
     }

@@ -35,6 +35,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A path the API does not serve: our error body, not an empty 404 (a webhook sent to a
+/// mistyped URL says so in Alertmanager's log).
+pub(super) async fn no_such_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {method} {}: the webhook is POST /v1/alertmanager; the API is in the README", uri.path()),
+    )
+}
+
+/// A method a path does not take; the `Allow` header (axum's) names those it does.
+pub(super) async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method} (see the Allow header)", uri.path()),
+    )
+}
+
 impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> ApiError {
         let status = match e {

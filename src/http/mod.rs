@@ -20,6 +20,7 @@ pub use connections::{ServerLimits, serve};
 pub use controls::AuditParams;
 use controls::*;
 pub use error::{ApiError, ApiJson};
+use error::{method_not_allowed, no_such_endpoint};
 use health::*;
 pub use intake::ndjson_lines;
 use intake::*;
@@ -79,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_endpoint))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 

@@ -711,3 +711,22 @@ mod properties {
         }
     }
 }
+
+/// Every answer is our error body, a path or method the API does not serve included.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_path_and_a_wrong_method_get_our_error_body() {
+    let h = harness();
+    let (status, body) = h.webhook_to("/v1/alertmanger").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["status"], 404);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("POST /v1/alertmanger") && message.contains("POST /v1/alertmanager"), "{message}");
+
+    let req = Request::builder().method("GET").uri("/v1/alertmanager").body(Body::empty()).unwrap();
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "POST", "the methods it takes");
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["status"], 405);
+    assert!(body["error"]["message"].as_str().unwrap().contains("/v1/alertmanager does not take GET"), "{body}");
+}
