@@ -24,9 +24,6 @@ struct Cli {
     /// Data directory (audit log), overriding the config's `data_dir`.
     #[arg(long, global = true, env = "BACKSTOP_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The target, overriding the config's: `kubernetes` or `manifests:DIR`.
-    #[arg(long, global = true)]
-    target: Option<String>,
     /// Kubeconfig for the kubernetes target (default: in-cluster, else $KUBECONFIG or ~/.kube/config).
     #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
@@ -58,6 +55,9 @@ enum Command {
         /// config's `kafka:`).
         #[arg(long, value_name = "NAME")]
         kafka_audit_topic: Option<String>,
+        /// Where objects live, overriding the config's target: `kubernetes` or `manifests:DIR`.
+        #[arg(long, value_name = "KIND")]
+        target: Option<String>,
     },
     /// Check the config and rule files; exits non-zero listing every problem.
     Validate {
@@ -73,11 +73,16 @@ enum Command {
         /// Run confirmations with this value instead of asking Prometheus.
         #[arg(long)]
         value: Option<f64>,
+        /// Where objects live, overriding the config's target: `kubernetes` or `manifests:DIR`.
+        #[arg(long, value_name = "KIND")]
+        target: Option<String>,
     },
     /// Fire a rule's action by hand (the kill switch), through the running server.
     Act {
+        /// The rule whose action to fire.
         rule: String,
-        #[arg(long)]
+        /// The object to act on, `namespace/name`.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
         target: String,
         #[command(flatten)]
         who: Who,
@@ -90,14 +95,16 @@ enum Command {
     },
     /// Stop automatic actions (one target, or all) while people work.
     Pause {
-        #[arg(long)]
+        /// The object to pause, `namespace/name` (without it: everything).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
         target: Option<String>,
         #[command(flatten)]
         who: Who,
     },
     /// Resume automatic actions.
     Resume {
-        #[arg(long)]
+        /// The object to resume, `namespace/name` (without it: the global pause).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
         target: Option<String>,
         #[command(flatten)]
         who: Who,
@@ -171,7 +178,8 @@ enum AuditCommand {
         until: Option<String>,
         #[arg(long)]
         rule: Option<String>,
-        #[arg(long)]
+        /// The object, `namespace/name`.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
         target: Option<String>,
         #[arg(long)]
         event: Option<String>,
@@ -302,15 +310,16 @@ impl ConfigSource {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let cfg = ConfigSource {
+    let mut cfg = ConfigSource {
         file: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
-        target: cli.target.clone(),
+        target: None,
         kubeconfig: cli.kubeconfig.clone(),
         context: cli.context.clone(),
     };
     match cli.command {
-        Command::Serve { listen, dry_run, kafka_brokers, kafka_audit_topic } => {
+        Command::Serve { listen, dry_run, kafka_brokers, kafka_audit_topic, target } => {
+            cfg.target = target;
             let mut config = cfg.load()?;
             if let Some(l) = listen {
                 config.listen = l;
@@ -339,7 +348,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { paths } => validate(&cli.config, paths),
-        Command::Simulate { payload, prometheus, value } => {
+        Command::Simulate { payload, prometheus, value, target } => {
+            cfg.target = target;
             runtime.block_on(simulate(&cfg, &payload, prometheus, value))
         }
         Command::Act { rule, target, who } => {
@@ -722,5 +732,38 @@ async fn follow(base: &str, token: Option<&str>, n: usize, format: &str) -> Resu
         }
         // The server went away (a restart): pick up where the last record printed left off.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--target` is the object (`namespace/name`) for the commands that act through the server,
+    /// and where objects live (`kubernetes`) only for serve and simulate: it was once also a
+    /// global option, and `backstop --target kubernetes pause` paused an object named
+    /// "kubernetes".
+    #[test]
+    fn target_names_the_object_or_for_serve_and_simulate_where_objects_live() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["backstop"][..], args].concat());
+        match parse(&["pause", "--target", "ns/vs", "--reason", "r"]).unwrap().command {
+            Command::Pause { target, .. } => assert_eq!(target.as_deref(), Some("ns/vs")),
+            _ => panic!("pause"),
+        }
+        match parse(&["serve", "--target", "kubernetes"]).unwrap().command {
+            Command::Serve { target, .. } => assert_eq!(target.as_deref(), Some("kubernetes")),
+            _ => panic!("serve"),
+        }
+        match parse(&["simulate", "p.json", "--target", "manifests:deploy"]).unwrap().command {
+            Command::Simulate { target, .. } => assert_eq!(target.as_deref(), Some("manifests:deploy")),
+            _ => panic!("simulate"),
+        }
+        assert!(parse(&["--target", "kubernetes", "pause", "--reason", "r"]).is_err(), "not a global option");
     }
 }

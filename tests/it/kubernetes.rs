@@ -207,11 +207,11 @@ async fn older_istio_uses_v1beta1_and_the_cli_selects_the_target() {
     let wd = Workdir::new();
     let kc = emu.write_kubeconfig(wd.dir.path());
     let out = wd.cli(&[
-        "--target",
-        "kubernetes",
         "--kubeconfig",
         kc.to_str().unwrap(),
         "simulate",
+        "--target",
+        "kubernetes",
         repo("fixtures/alertmanager/firing.json").to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
