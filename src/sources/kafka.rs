@@ -35,15 +35,21 @@ struct ConsumerState {
 
 impl rdkafka::ClientContext for ConsumerState {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        for (topic, t) in &statistics.topics {
-            for (id, p) in &t.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 is unknown.
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    MetricEvent::KafkaLag { topic, partition: *id, lag: p.consumer_lag }.emit();
-                }
-            }
+        for (topic, partition, lag) in lags(&statistics) {
+            MetricEvent::KafkaLag { topic, partition, lag }.emit();
         }
     }
+}
+
+/// Each partition's consumer lag that librdkafka knows: not its internal "unassigned" partition
+/// (-1), nor a lag of -1 (unknown: no committed offset or high watermark yet).
+fn lags(statistics: &rdkafka::Statistics) -> impl Iterator<Item = (&str, i32, i64)> {
+    statistics.topics.iter().flat_map(|(topic, t)| {
+        t.partitions
+            .iter()
+            .filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0)
+            .map(move |(id, p)| (topic.as_str(), *id, p.consumer_lag))
+    })
 }
 
 impl ConsumerContext for ConsumerState {
@@ -511,5 +517,24 @@ impl Task for KafkaSource {
             close(*self).await;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::statistics::{Partition, Statistics, Topic};
+
+    #[test]
+    fn the_lag_of_each_assigned_partition_is_reported_and_unknown_ones_are_not() {
+        let partition = |lag| Partition { consumer_lag: lag, ..Default::default() };
+        let mut statistics = Statistics::default();
+        let topic = Topic {
+            partitions: [(0, partition(42)), (1, partition(0)), (2, partition(-1)), (-1, partition(7))].into(),
+            ..Default::default()
+        };
+        statistics.topics.insert("backstop.feedback".into(), topic);
+        let mut found: Vec<_> = super::lags(&statistics).collect();
+        found.sort();
+        assert_eq!(found, [("backstop.feedback", 0, 42), ("backstop.feedback", 1, 0)]);
     }
 }
