@@ -85,21 +85,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// Start `backstop serve` on `data`, return the time until it listens, then stop it (SIGTERM).
 fn start_to_ready(config: &Path, data: &Path) -> Duration {
-    let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .args(["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let ready = t.elapsed();
-    assert!(line.starts_with("backstop listening"), "{line}");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    let (server, ready) = Served::start_with(config, Some(data));
+    assert!(server.stop(), "SIGTERM is a clean exit");
     ready
 }
 
@@ -264,14 +251,28 @@ fn page_workdir() -> tempfile::TempDir {
     dir
 }
 
-/// `backstop serve` in `dir` until dropped; its address.
-struct Served(std::process::Child, String);
+/// `backstop serve` until stopped or dropped (SIGTERM), and its address.
+struct Served {
+    child: Option<std::process::Child>,
+    url: String,
+}
 
 impl Served {
+    /// `serve` with the config in `dir`.
     fn start(dir: &Path) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-            .arg("--config")
-            .arg(dir.join("backstop.yaml"))
+        Served::start_with(&dir.join("backstop.yaml"), None).0
+    }
+
+    /// `serve` with `config` (and `data` as its data directory, if given), once it listens, and
+    /// the time it took to.
+    fn start_with(config: &Path, data: Option<&Path>) -> (Served, Duration) {
+        let t = Instant::now();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_backstop"));
+        command.arg("--config").arg(config);
+        if let Some(data) = data {
+            command.arg("--data-dir").arg(data);
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -280,15 +281,27 @@ impl Served {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let ready = t.elapsed();
         let url = line.trim().strip_prefix("backstop listening on ").unwrap_or_else(|| panic!("{line}"));
-        Served(child, url.trim_end_matches('/').to_string())
+        (Served { child: Some(child), url: url.trim_end_matches('/').to_string() }, ready)
     }
+
+    /// Stop it (SIGTERM): whether it exited cleanly.
+    fn stop(mut self) -> bool {
+        self.child.take().is_some_and(terminate)
+    }
+}
+
+fn terminate(mut child: std::process::Child) -> bool {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    child.wait().is_ok_and(|s| s.success())
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
-        let _ = self.0.wait();
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
     }
 }
 
@@ -302,7 +315,7 @@ fn real_decisions(rt: &tokio::runtime::Runtime) -> (Vec<Entry>, Vec<Entry>) {
     let server = Served::start(dir.path());
     let client = reqwest::Client::new();
     let post = |body: String| {
-        let url = format!("{}/v1/alertmanager", server.1);
+        let url = format!("{}/v1/alertmanager", server.url);
         let client = client.clone();
         rt.block_on(async move {
             let resp = client.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
@@ -420,7 +433,7 @@ fn pages_over(
         ("/ui/targets/sms-app/model-service".to_string(), "kind held\">held</span> ×"),
         (format!("/ui/actions/{last}"), "kind applied"),
     ];
-    let out = pages.iter().map(|(p, expect)| page_time(rt, &server.1, p, expect)).collect();
+    let out = pages.iter().map(|(p, expect)| page_time(rt, &server.url, p, expect)).collect();
     drop(server);
     out
 }
