@@ -115,7 +115,7 @@ pub fn problem<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Proble
         dot if dot == "." => String::new(),
         path => path,
     };
-    let mut message = strip_location(&e.into_inner().to_string());
+    let mut message = plain(&strip_location(&e.into_inner().to_string()));
     // serde_yaml names the mapping the problem is in: the path or one that encloses it.
     let mut enclosing = path.as_str();
     while !enclosing.is_empty() {
@@ -194,6 +194,20 @@ fn remove(value: &mut Value, path: &str) -> bool {
         }
     }
     node.as_mapping_mut().and_then(|m| m.shift_remove(*last)).is_some()
+}
+
+/// serde names the Rust type it expected (`expected struct RawRule`), which means nothing to
+/// whoever wrote the YAML: it expected a mapping (`key: value` lines or `{key: value}`).
+pub fn plain(message: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    match message.find(STRUCT) {
+        Some(i) => {
+            let rest = &message[i + STRUCT.len()..];
+            let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            format!("{}expected a mapping{}", &message[..i], &rest[end..])
+        }
+        None => message.to_string(),
+    }
 }
 
 /// serde_yaml appends " at line L column C" to its messages; the line is reported on its own.
@@ -293,9 +307,10 @@ mod tests {
     }
 
     #[test]
-    fn a_document_that_is_not_a_mapping_has_one_problem() {
+    fn a_document_that_is_not_a_mapping_has_one_problem_in_yaml_terms() {
         let r = all("[1, 2]\n");
-        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-        assert_eq!(r.problems[0].0, "");
+        assert_eq!(r.problems, [(String::new(), "invalid type: sequence, expected a mapping".to_string())]);
+        let r = all("name: x\ninner: 3\n");
+        assert_eq!(r.problems[0], ("inner".to_string(), "invalid type: integer `3`, expected a mapping".to_string()));
     }
 }

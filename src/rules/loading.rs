@@ -151,8 +151,13 @@ fn parse_named(file: &Path, text: &str, errors: &mut Vec<RuleError>) -> (Vec<Rul
                 file: file.to_path_buf(),
                 line: inner.location().map(|l| l.line()).or_else(|| second_document(text)),
                 rule: None,
+                message: match crate::yaml::plain(&strip_location(&inner.to_string())) {
+                    m if path == "." && m.ends_with("expected a mapping") => {
+                        format!("{m}: a rule file is `rules:` and the list of its rules")
+                    }
+                    m => m,
+                },
                 field: if path == "." { String::new() } else { path },
-                message: strip_location(&inner.to_string()),
             });
             return (Vec::new(), Vec::new());
         }

@@ -593,3 +593,17 @@ fn a_file_of_several_documents_is_refused_at_the_second() {
     assert!(errors[0].message.contains("more than one document"), "{:?}", errors);
     assert_eq!(errors[0].line, Some(3), "{:?}", errors);
 }
+
+/// A file or a rule of the wrong shape is told in YAML's terms, not by the name of a Rust type.
+#[test]
+fn a_file_or_a_rule_of_the_wrong_shape_says_a_mapping_was_expected() {
+    let (_, errors) = parse("- name: x\n");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].message,
+        "invalid type: sequence, expected a mapping: a rule file is `rules:` and the list of its rules"
+    );
+    let (_, errors) = parse("rules:\n  - just a string\n");
+    assert_eq!(errors[0].message, "invalid type: string \"just a string\", expected a mapping");
+    assert_eq!(errors[0].line, Some(2));
+}
