@@ -171,7 +171,12 @@ impl AuditParams {
             None => Vec::new(),
             Some(list) => list
                 .split(',')
-                .map(|k| k.trim().parse::<Kind>().map_err(|_| format!("`{k}` is not an outcome")))
+                .map(|k| {
+                    k.trim().parse::<Kind>().map_err(|_| {
+                        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                        format!("`{k}` is not an outcome: one or more of {}", kinds.join(", "))
+                    })
+                })
                 .collect::<Result<_, _>>()?,
         };
         Ok(audit::Filter {

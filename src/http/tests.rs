@@ -144,6 +144,12 @@ async fn audit_endpoint_filters_by_outcome_and_rule() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (_, body) = h.send(Request::get("/v1/audit?since=1h&outcome=received").body(Body::empty()).unwrap()).await;
     assert_eq!(body["records"].as_array().unwrap().len(), 2);
+    // A misspelt outcome is refused with the ones there are.
+    let (status, body) = h.send(Request::get("/v1/audit?outcome=aplied").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("`aplied` is not an outcome: one or more of received, "), "{message}");
+    assert!(message.contains(", applied, noop, "), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
