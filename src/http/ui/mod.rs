@@ -94,6 +94,14 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A time from the API's JSON as the rest of the page shows times (to the millisecond, `Z`).
+fn time(v: &Value) -> String {
+    match v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+        Some(t) => esc(&crate::when::shown(&t.to_utc())),
+        None => text(v),
+    }
+}
+
 async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(resp) = refused(&state, &headers) {
         return resp;
@@ -131,7 +139,7 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
                 seen,
                 format!("<span class=\"kind {0}\">{0}</span>", text(&a["outcome"])),
                 text(&a["rule"]),
-                text(&a["at"]),
+                time(&a["at"]),
                 action_link(a["action_id"].as_str().unwrap_or_default()),
                 verification,
                 paused,
@@ -233,7 +241,7 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
                     esc(&rate(bs, "negative", "satisfaction_n"))
                 ),
                 format!("{} vs {}", esc(&p95(cs)), esc(&p95(bs))),
-                text(&c["canary"]["since"]),
+                time(&c["canary"]["since"]),
             ]
         })
         .collect();

@@ -296,3 +296,11 @@ fn a_delivery_s_row_shows_its_first_alerts_and_how_many_more_or_only_the_one_an_
     assert!(about[5].contains("n=6") && !about[5].contains("n=0") && !about[5].contains("more"), "{}", about[5]);
     assert_eq!(record_row(&delivery_of(1))[4], "n0-1795550591", "one alert: its id");
 }
+
+#[test]
+fn the_page_shows_a_time_from_the_api_as_it_shows_records_times() {
+    assert_eq!(time(&json!("2026-12-03T16:24:55.738120543Z")), "2026-12-03T16:24:55.738Z");
+    assert_eq!(time(&json!("2026-12-03T17:24:55+01:00")), "2026-12-03T16:24:55.000Z");
+    assert_eq!(time(&json!("not a time <b>")), "not a time &lt;b&gt;", "anything else as text, escaped");
+    assert_eq!(time(&Value::Null), "");
+}
