@@ -36,20 +36,42 @@ impl IntoResponse for ApiError {
 }
 
 /// A path the API does not serve: our error body, not an empty 404 (a webhook sent to a
-/// mistyped URL says so in Alertmanager's log).
-pub(super) async fn no_such_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no endpoint {method} {}: the webhook is POST /v1/alertmanager; the API is in the README", uri.path()),
-    )
+/// mistyped URL says so in Alertmanager's log). A request that brought a body is recorded, as any
+/// refused one is: events sent to the wrong address are not lost without a trace.
+pub(super) async fn no_such_endpoint(
+    State(state): State<AppState>,
+    limits: Limits,
+    method: Method,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    let message =
+        format!("no endpoint {method} {}: the webhook is POST /v1/alertmanager; the API is in the README", uri.path());
+    refuse(&state, limits, ApiError::new(StatusCode::NOT_FOUND, message), body).await
 }
 
 /// A method a path does not take; the `Allow` header (axum's) names those it does.
-pub(super) async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} does not take {method} (see the Allow header)", uri.path()),
-    )
+pub(super) async fn method_not_allowed(
+    State(state): State<AppState>,
+    limits: Limits,
+    method: Method,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    let message = format!("{} does not take {method} (see the Allow header)", uri.path());
+    refuse(&state, limits, ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message), body).await
+}
+
+/// Answer `err`, recording the request first if it brought a body (a browser's stray GET, such
+/// as `/favicon.ico`, brings none and is not recorded).
+async fn refuse(state: &AppState, limits: Limits, err: ApiError, body: Body) -> Response {
+    let read = read_body(body, state.max_body_bytes, limits).await;
+    if read.size > 0
+        && let Err(unavailable) = record_rejection(state, "http", &err, read.size, &read.bytes, read.sha256()).await
+    {
+        return unavailable;
+    }
+    err.into_response()
 }
 
 impl From<PipelineError> for ApiError {

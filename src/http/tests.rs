@@ -727,6 +727,16 @@ async fn an_unknown_path_and_a_wrong_method_get_our_error_body() {
     assert_eq!(body["error"]["status"], 404);
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("POST /v1/alertmanger") && message.contains("POST /v1/alertmanager"), "{message}");
+    // The webhook sent to the wrong address is recorded, as any refused request.
+    let rejected = h.records(Kind::Rejected);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].entry.reason.as_deref(), Some(message));
+    let detail = rejected[0].entry.detail.as_ref().unwrap();
+    assert_eq!((detail["status"].as_u64(), detail["size"].as_u64()), (Some(404), Some(FIRING.len() as u64)));
+    // A stray GET (a browser's favicon) is answered, not recorded.
+    let (status, _) = h.send(Request::get("/favicon.ico").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(h.records(Kind::Rejected).len(), 1);
 
     let req = Request::builder().method("GET").uri("/v1/alertmanager").body(Body::empty()).unwrap();
     let resp = router(h.state.clone()).oneshot(req).await.unwrap();
