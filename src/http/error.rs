@@ -63,10 +63,12 @@ pub(super) async fn method_not_allowed(
 }
 
 /// Answer `err`, recording the request first if it brought a body (a browser's stray GET, such
-/// as `/favicon.ico`, brings none and is not recorded).
+/// as `/favicon.ico`, brings none and is not recorded) and this replica writes the log (a
+/// follower does not: it answers only).
 async fn refuse(state: &AppState, limits: Limits, err: ApiError, body: Body) -> Response {
     let read = read_body(body, state.max_body_bytes, limits).await;
     if read.size > 0
+        && state.pipeline.gate().acts_at(chrono::Utc::now())
         && let Err(unavailable) = record_rejection(state, "http", &err, read.size, &read.bytes, read.sha256()).await
     {
         return unavailable;
