@@ -737,6 +737,16 @@ async fn an_unknown_path_and_a_wrong_method_get_our_error_body() {
     let (status, _) = h.send(Request::get("/favicon.ico").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(h.records(Kind::Rejected).len(), 1);
+    // A follower answers the same, and does not write (only the leader does). (Another body: the
+    // same one again within 10 minutes would be counted, not recorded, anyway.)
+    let another = || post("/v1/alertmanger", "application/json", FIRING.replace("a9c5", "b9c5").into_bytes());
+    h.state.pipeline.set_gate(crate::pipeline::Gate::Following(Some("backstop-0".into())));
+    let (status, _) = h.send(another()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(h.records(Kind::Rejected).len(), 1);
+    h.state.pipeline.set_gate(crate::pipeline::Gate::Always);
+    h.send(another()).await;
+    assert_eq!(h.records(Kind::Rejected).len(), 2, "the leader records it");
 
     let req = Request::builder().method("GET").uri("/v1/alertmanager").body(Body::empty()).unwrap();
     let resp = router(h.state.clone()).oneshot(req).await.unwrap();
