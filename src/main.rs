@@ -442,7 +442,8 @@ fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
                 };
                 println!("ok: rule {} ({}): {on}{}", r.name, r.file.display(), r.action_summary());
             }
-            println!("{} rules valid", set.rules().len());
+            let n = set.rules().len();
+            println!("{n} rule{} valid", if n == 1 { "" } else { "s" });
         }
         Err(errors) => {
             for e in &errors.0 {

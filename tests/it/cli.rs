@@ -115,5 +115,5 @@ fn the_chain_by_hand_config_is_valid() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok: rule canary-high-error-rate-confirmed"), "{stdout}");
-    assert!(stdout.contains("1 rules valid"), "only the confirming rule: {stdout}");
+    assert!(stdout.lines().any(|l| l == "1 rule valid"), "only the confirming rule: {stdout}");
 }
