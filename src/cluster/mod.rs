@@ -1,4 +1,4 @@
-//! Cluster mode (in progress): several replicas, one acting. Leadership is a
+//! Cluster mode: several replicas, one acting. Leadership is a
 //! `coordination.k8s.io/v1` Lease in backstop's namespace: [`lease`] decides (pure), [`elector`]
 //! reads and writes the Lease and publishes this replica's role. The Lease's `leaseTransitions`
 //! is the leader's epoch; [`replica`] is the rule by which every replica reads the replicated
