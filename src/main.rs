@@ -409,51 +409,58 @@ fn problems(n: usize) -> String {
 }
 
 fn validate(config_path: &Path, paths: Vec<PathBuf>) -> Result<ExitCode> {
-    let mut failed = false;
+    // Every problem of the config and of its rules, counted together.
+    let mut found = 0;
     let rule_paths = if paths.is_empty() {
         match Config::load(config_path) {
             Ok(c) => {
                 println!("ok: {}", config_path.display());
-                c.rules
+                Some(c.rules)
             }
             Err(errors) => {
                 for e in &errors.0 {
                     eprintln!("{e}");
                 }
-                eprintln!("{}", problems(errors.0.len()));
-                return Ok(ExitCode::FAILURE);
+                found += errors.0.len();
+                // The rules the config names are still checked, when they can be told.
+                backstop::config::rule_paths(config_path)
             }
         }
     } else {
-        paths
+        Some(paths)
     };
-    match rules::load(&rule_paths) {
-        Ok(set) => {
-            for r in set.rules() {
-                let on = match &r.feedback {
-                    Some(f) => format!(
-                        "on feedback {} of {} {}{}: ",
-                        f.test_name(),
-                        f.service,
-                        f.canary,
-                        f.baseline.as_deref().map(|b| format!(" against {b}")).unwrap_or_default()
-                    ),
-                    None => String::new(),
-                };
-                println!("ok: rule {} ({}): {on}{}", r.name, r.file.display(), r.action_summary());
+    if let Some(rule_paths) = rule_paths {
+        match rules::load(&rule_paths) {
+            Ok(set) => {
+                for r in set.rules() {
+                    let on = match &r.feedback {
+                        Some(f) => format!(
+                            "on feedback {} of {} {}{}: ",
+                            f.test_name(),
+                            f.service,
+                            f.canary,
+                            f.baseline.as_deref().map(|b| format!(" against {b}")).unwrap_or_default()
+                        ),
+                        None => String::new(),
+                    };
+                    println!("ok: rule {} ({}): {on}{}", r.name, r.file.display(), r.action_summary());
+                }
+                let n = set.rules().len();
+                println!("{n} rule{} valid", if n == 1 { "" } else { "s" });
             }
-            let n = set.rules().len();
-            println!("{n} rule{} valid", if n == 1 { "" } else { "s" });
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                found += errors.0.len();
             }
-            eprintln!("{}", problems(errors.0.len()));
-            failed = true;
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    if found == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{}", problems(found));
+    Ok(ExitCode::FAILURE)
 }
 
 async fn simulate(cfg: &ConfigSource, payload: &Path, url: Option<String>, value: Option<f64>) -> Result<ExitCode> {

@@ -343,6 +343,21 @@ impl Config {
     }
 }
 
+/// The rule paths a config file names (resolved against its folder), read leniently so that they
+/// are known even when the rest of the file has problems: `validate` checks those rules too.
+/// `None` if the file cannot be read or its `rules:` cannot be told.
+pub fn rule_paths(file: &Path) -> Option<Vec<PathBuf>> {
+    #[derive(Deserialize)]
+    struct RulesOnly {
+        #[serde(default = "default_rules")]
+        rules: Vec<PathBuf>,
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let only: RulesOnly = serde_yaml_ng::from_str(&text).ok()?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    Some(only.rules.iter().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }).collect())
+}
+
 /// The config as written and its problems: none, or every one found, with the config read
 /// without its unknown fields when those were all that stood in the way (what the rest means is
 /// then checked too).

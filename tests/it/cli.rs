@@ -58,7 +58,19 @@ fn validate_reports_every_problem_of_the_config_at_its_line() {
         let expected = format!("backstop.yaml:{}: field `{field}`: ", line_of(needle));
         assert!(stderr.contains(&expected), "{expected}\n{stderr}");
     }
-    assert!(stderr.lines().any(|l| l == "3 problems"), "{stderr}");
+    // The rules it names are checked too, and counted with its own problems.
+    std::fs::write(
+        wd.path("rules/canary.yaml"),
+        wd.read("rules/canary.yaml").replacen("cooldown: 15m", "cooldown: forever", 1),
+    )
+    .unwrap();
+    let out = wd.cli(&["validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canary.yaml:") && stderr.contains("field `cooldown`: `forever` is not a duration"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().any(|l| l == "4 problems"), "{stderr}");
 }
 
 #[test]
