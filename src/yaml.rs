@@ -196,6 +196,42 @@ fn remove(value: &mut Value, path: &str) -> bool {
     node.as_mapping_mut().and_then(|m| m.shift_remove(*last)).is_some()
 }
 
+/// A duration as written (`30s`, `5m`), kept as text for humantime to read and refuse with its
+/// field's name. A bare number is refused here, saying what to write: `cooldown: 300` would
+/// otherwise be "invalid type: integer `300`, expected a string".
+pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::{Error, Visitor};
+    struct Text;
+    impl<'de> Visitor<'de> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as 30s, 5m or 1h")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("`{v}` has no unit: write {v}s if seconds are meant (durations: 30s, 5m, 1h)")))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("`{v}` is not a duration: write one such as 30s, 5m or 1h")))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("`{v}` has no unit: write a duration such as 1m30s or 90s")))
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Text)
+        }
+    }
+    d.deserialize_any(Text)
+}
+
 /// serde names the Rust type it expected (`expected struct RawRule`), which means nothing to
 /// whoever wrote the YAML: it expected a mapping (`key: value` lines or `{key: value}`).
 pub fn plain(message: &str) -> String {
@@ -294,6 +330,29 @@ mod tests {
         let r = all("name: x\ninner: {a: z, b: 1}\n");
         assert_eq!(r.problems, [("inner.b".to_string(), "unknown field `b`, expected `a`".to_string())]);
         assert_eq!(r.without_unknown, Some(Doc { name: "x".into(), count: 0, inner: Inner { a: "z".into() } }));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Timed {
+        #[serde(default, deserialize_with = "duration")]
+        every: Option<String>,
+    }
+
+    #[test]
+    fn a_duration_is_kept_as_written_and_a_bare_number_is_told_to_take_a_unit() {
+        let read =
+            |t: &str| serde_yaml_ng::from_str::<Timed>(t).map(|t| t.every).map_err(|e| strip_location(&e.to_string()));
+        assert_eq!(read("every: 5m\n"), Ok(Some("5m".into())));
+        assert_eq!(read("every: '300'\n"), Ok(Some("300".into())), "text: humantime refuses it later, by name");
+        assert_eq!(read("{}\n"), Ok(None));
+        assert_eq!(read("every: ~\n"), Ok(None));
+        assert_eq!(
+            read("every: 300\n"),
+            Err("every: `300` has no unit: write 300s if seconds are meant (durations: 30s, 5m, 1h)".into())
+        );
+        let value: Value = serde_yaml_ng::from_str("every: 1.5\n").unwrap();
+        let err = serde_path_to_error::deserialize::<_, Timed>(&value).map_err(problem).unwrap_err();
+        assert_eq!(err, ("every".into(), "`1.5` has no unit: write a duration such as 1m30s or 90s".into()));
     }
 
     #[test]

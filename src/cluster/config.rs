@@ -22,11 +22,11 @@ pub struct RawCluster {
     pub namespace: Option<String>,
     #[serde(default)]
     pub lease: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub lease_duration: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub renew_every: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub margin: Option<String>,
     #[serde(default)]
     pub log_topic: Option<String>,
@@ -41,7 +41,7 @@ pub struct RawCluster {
     pub context: Option<String>,
     /// How often the leader publishes a snapshot to the log topic, from which a replica with an
     /// empty disk starts (default 10m). The topic's retention must keep more than one period.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub snapshot_every: Option<String>,
 }
 

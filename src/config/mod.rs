@@ -55,11 +55,11 @@ struct RawConfig {
     target: RawTarget,
     #[serde(default)]
     dry_run: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     action_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     shutdown_grace: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     reload_interval: Option<String>,
     #[serde(default)]
     http: RawHttp,
@@ -132,7 +132,7 @@ struct RawPrometheus {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     insecure_skip_verify: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     timeout: Option<String>,
 }
 
@@ -170,7 +170,7 @@ struct RawKubernetes {
     context: Option<String>,
     #[serde(default)]
     virtualservice_version: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     request_timeout: Option<String>,
     #[serde(default)]
     events: Option<bool>,
@@ -208,9 +208,9 @@ struct RawHttp {
     max_connections: Option<usize>,
     #[serde(default)]
     max_concurrent_requests: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     header_read_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     body_read_timeout: Option<String>,
     #[serde(default)]
     max_headers: Option<usize>,
@@ -245,8 +245,11 @@ struct RawBasic {
 #[serde(deny_unknown_fields)]
 struct RawGuards {
     max_actions: Option<usize>,
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     window: Option<String>,
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     default_cooldown: Option<String>,
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     key_retention: Option<String>,
 }
 
@@ -254,7 +257,9 @@ struct RawGuards {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     segment_max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     segment_max_age: Option<String>,
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     snapshot_interval: Option<String>,
     snapshot_records: Option<u64>,
     snapshot_bytes: Option<u64>,
@@ -265,6 +270,7 @@ struct RawAudit {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     max_age: Option<String>,
     max_bytes: Option<u64>,
 }

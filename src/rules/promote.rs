@@ -54,7 +54,7 @@ pub(super) struct RawMargin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScoreAbove {
     pub(super) threshold: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) window: Option<String>,
     #[serde(default)]
     pub(super) min_samples: Option<u64>,
@@ -73,7 +73,7 @@ pub(super) struct RawPromote {
     pub(super) switch_selector: Option<SelectorSwitch>,
     #[serde(default)]
     pub(super) steps: Option<Vec<u64>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) interval: Option<String>,
     #[serde(default)]
     pub(super) max: Option<u64>,

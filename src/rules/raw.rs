@@ -22,11 +22,11 @@ pub(super) struct RawRule {
     pub(super) feedback: Option<RawFeedback>,
     #[serde(default)]
     pub(super) status: StatusFilter,
-    #[serde(default, rename = "for")]
+    #[serde(default, rename = "for", deserialize_with = "crate::yaml::duration")]
     pub(super) min_firing: Option<String>,
     pub(super) target: RawTarget,
     pub(super) action: RawAction,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) cooldown: Option<String>,
     #[serde(default)]
     pub(super) dry_run: bool,
@@ -42,9 +42,9 @@ pub(super) struct RawVerify {
     pub(super) query: String,
     #[serde(default)]
     pub(super) max_share: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) deadline: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) interval: Option<String>,
 }
 
@@ -76,7 +76,7 @@ pub(super) struct RawFeedback {
     pub(super) max_ratio: Option<f64>,
     #[serde(default)]
     pub(super) threshold: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) window: Option<String>,
 }
 
@@ -97,7 +97,7 @@ pub(super) struct RawConfirm {
     pub(super) above: Option<f64>,
     #[serde(default)]
     pub(super) below: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) timeout: Option<String>,
     #[serde(default)]
     pub(super) on_no_data: Fallback,
@@ -155,7 +155,7 @@ pub(super) struct RawRollback {
     #[serde(default)]
     pub(super) steps: Option<Vec<Weight>>,
     /// The time between steps (default 1m).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::duration")]
     pub(super) interval: Option<String>,
 }
 
