@@ -52,6 +52,16 @@ pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RuleErrors> {
     let mut rules = Vec::new();
     // Each name's first rule, by file and index: a rule named again is an error where it is.
     let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    // Where each field of a file is, for the files that have a duplicate: parsed once each.
+    let mut lines: HashMap<PathBuf, Option<FieldLines>> = HashMap::new();
+    let mut name_line = |file: &Path, text: Option<&str>, index: usize| {
+        let of = |t: &str| Some(FieldLines::of(t));
+        let found = lines.entry(file.to_path_buf()).or_insert_with(|| match text {
+            Some(t) => of(t),
+            None => std::fs::read_to_string(file).ok().as_deref().and_then(of),
+        });
+        found.as_ref().and_then(|l| l.line(&format!("rules[{index}]"), "name"))
+    };
     for file in rule_files(paths, &mut errors) {
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
@@ -69,18 +79,14 @@ pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RuleErrors> {
                 continue;
             };
             // Rare: the lines are worked out only now (the first may be in another file).
-            let name_line = |text: &str, index| FieldLines::of(text).line(&format!("rules[{index}]"), "name");
-            let first_line = match first == &file {
-                true => name_line(&text, *first_index),
-                false => std::fs::read_to_string(first).ok().and_then(|t| name_line(&t, *first_index)),
-            };
+            let first_line = name_line(first, (first == &file).then_some(text.as_str()), *first_index);
             let at = match first_line {
                 Some(l) => format!("{}:{l}", first.display()),
                 None => first.display().to_string(),
             };
             errors.push(RuleError {
                 file: file.clone(),
-                line: name_line(&text, index),
+                line: name_line(&file, Some(&text), index),
                 rule: Some(name),
                 field: "name".into(),
                 message: format!("duplicate rule name (first at {at})"),
